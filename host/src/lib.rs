@@ -1,0 +1,89 @@
+//! binaryrepo: a binary repository manager. The host moves bytes; format plugins
+//! (WebAssembly components) make decisions. See DESIGN.md for the architecture.
+
+pub mod api;
+pub mod config;
+pub mod digest;
+pub mod plugins;
+pub mod repos;
+pub mod server;
+pub mod storage;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use config::Config;
+use plugins::{Capabilities, Plugins};
+use repos::Repos;
+use storage::{BlobStore, Layout, MetaStore};
+use upstream::Upstream;
+use upstream::fill::Fills;
+
+/// Everything a request may need, shared by all of them.
+pub struct App {
+    pub config: Config,
+    pub repos: Repos,
+    pub plugins: Plugins,
+    pub caps: Arc<Capabilities>,
+    pub fills: Arc<Fills>,
+    pub listeners: server::RepoListeners,
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Held by every connection task, so shutdown can wait for them.
+    pub open_connections: Arc<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data directory {path}: {source}")]
+    DataDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Blobs(#[from] storage::blobs::BlobError),
+    #[error(transparent)]
+    Meta(#[from] storage::meta::MetaError),
+    #[error(transparent)]
+    Plugins(#[from] plugins::PluginError),
+    #[error(transparent)]
+    Repos(#[from] repos::RepoError),
+    #[error("HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("seeded repository: {0}")]
+    Seed(String),
+    #[error("listen on {addr}: {source}")]
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+}
+
+/// Opens the data directory, loads plugins and repositories.
+pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
+    let layout = Layout::new(&config.data_dir);
+    let store = BlobStore::open(layout.clone())?;
+    let meta = MetaStore::open(&layout.meta_db())?;
+    let upstream = Arc::new(Upstream::new(config.upstream.clone())?);
+    let caps = Arc::new(Capabilities { store: store.clone(), meta, scratch: Default::default(), upstream: upstream.clone() });
+    let plugins = Plugins::load(&config.plugin_dir, config.plugins.clone(), caps.clone()).await?;
+    let formats = plugins.formats();
+    let seed = config
+        .seed_repositories
+        .iter()
+        .cloned()
+        .map(|input| input.validate(None, &formats).map_err(|e| StartError::Seed(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let repos = Repos::load_or_seed(layout.repositories(), seed, config.listen.port())?;
+    let fills = Fills::new(store, upstream);
+    Ok(Arc::new(App {
+        config,
+        repos,
+        plugins,
+        caps,
+        fills,
+        listeners: Default::default(),
+        shutdown: server::shutdown_channel(),
+        open_connections: Arc::new(()),
+    }))
+}
+
+pub async fn serve(config: Config) -> Result<(), StartError> {
+    let addr = config.listen;
+    let app = build(config).await?;
+    server::run(app).await.map_err(|source| StartError::Listen { addr, source })
+}

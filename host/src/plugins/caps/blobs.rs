@@ -1,0 +1,45 @@
+//! `blob-*`: the content-addressed store. Small documents only cross into the plugin.
+
+use crate::digest::Digest;
+use crate::plugins::bindings::types::{BlobInfo, HostError};
+use super::Scope;
+use crate::storage::blobs::BlobError;
+use crate::upstream::SMALL_LIMIT;
+
+fn parse(digest: &str) -> Result<Digest, HostError> {
+    digest.parse().map_err(|e: crate::digest::DigestError| HostError::InvalidDigest(e.to_string()))
+}
+
+fn err(e: BlobError) -> HostError {
+    match e {
+        BlobError::Unknown(d) => HostError::Internal(format!("blob {d} vanished")),
+        BlobError::DigestMismatch { .. } => HostError::DigestMismatch(e.to_string()),
+        BlobError::TooLarge { size, .. } => HostError::TooLarge(size),
+        BlobError::Io { .. } => HostError::Internal(e.to_string()),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, HostError> + Send + 'static) -> Result<T, HostError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| HostError::Internal(e.to_string()))?
+}
+
+pub async fn stat(state: &Scope, digest: String) -> Result<Option<BlobInfo>, HostError> {
+    let digest = parse(&digest)?;
+    let store = state.caps.store.clone();
+    blocking(move || Ok(store.stat(&digest).map_err(err)?.map(|size| BlobInfo { size }))).await
+}
+
+pub async fn read(state: &Scope, digest: String) -> Result<Vec<u8>, HostError> {
+    let digest = parse(&digest)?;
+    let store = state.caps.store.clone();
+    blocking(move || store.read_small(&digest, SMALL_LIMIT).map_err(err)).await
+}
+
+pub async fn write(state: &Scope, data: Vec<u8>, expected: Option<String>) -> Result<String, HostError> {
+    if data.len() as u64 > SMALL_LIMIT {
+        return Err(HostError::TooLarge(data.len() as u64));
+    }
+    let expected = expected.as_deref().map(parse).transpose()?;
+    let store = state.caps.store.clone();
+    blocking(move || Ok(store.write_small(&data, expected.as_ref()).map_err(err)?.to_string())).await
+}

@@ -1,0 +1,61 @@
+//! `meta-*`: durable per-repository metadata.
+
+use crate::plugins::bindings::types::HostError;
+use super::Scope;
+use crate::storage::meta::MetaError;
+
+const MAX_KEY: usize = 1024;
+const MAX_VALUE: usize = 1024 * 1024;
+
+fn err(e: MetaError) -> HostError {
+    match e {
+        MetaError::BadKey(k) => HostError::NotAllowed(format!("bad key {k:?}")),
+        other => HostError::Internal(other.to_string()),
+    }
+}
+
+fn check_key(key: &str) -> Result<(), HostError> {
+    if key.len() > MAX_KEY {
+        return Err(HostError::NotAllowed(format!("key longer than {MAX_KEY} bytes")));
+    }
+    Ok(())
+}
+
+pub async fn get(state: &Scope, key: String) -> Result<Option<Vec<u8>>, HostError> {
+    check_key(&key)?;
+    let repo = state.repo()?;
+    let meta = state.caps.meta.clone();
+    tokio::task::spawn_blocking(move || meta.get(repo.name.as_str(), &key).map_err(err))
+        .await
+        .map_err(|e| HostError::Internal(e.to_string()))?
+}
+
+pub async fn put(state: &Scope, key: String, value: Vec<u8>) -> Result<(), HostError> {
+    check_key(&key)?;
+    if value.len() > MAX_VALUE {
+        return Err(HostError::TooLarge(value.len() as u64));
+    }
+    let repo = state.repo()?;
+    let meta = state.caps.meta.clone();
+    tokio::task::spawn_blocking(move || meta.put(repo.name.as_str(), &key, &value).map_err(err))
+        .await
+        .map_err(|e| HostError::Internal(e.to_string()))?
+}
+
+pub async fn delete(state: &Scope, key: String) -> Result<(), HostError> {
+    check_key(&key)?;
+    let repo = state.repo()?;
+    let meta = state.caps.meta.clone();
+    tokio::task::spawn_blocking(move || meta.delete(repo.name.as_str(), &key).map_err(err))
+        .await
+        .map_err(|e| HostError::Internal(e.to_string()))?
+}
+
+pub async fn list(state: &Scope, prefix: String) -> Result<Vec<String>, HostError> {
+    check_key(&prefix)?;
+    let repo = state.repo()?;
+    let meta = state.caps.meta.clone();
+    tokio::task::spawn_blocking(move || meta.list(repo.name.as_str(), &prefix).map_err(err))
+        .await
+        .map_err(|e| HostError::Internal(e.to_string()))?
+}

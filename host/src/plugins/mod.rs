@@ -1,0 +1,246 @@
+//! The plugin runtime: loads every component in the plugin directory once, and runs each
+//! request in a fresh store from a pre-instantiated component, bounded in memory and CPU.
+
+pub mod bindings;
+pub mod caps;
+mod host_api;
+pub mod state;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder, UpdateDeadline};
+
+use crate::config::PluginLimits;
+use crate::repos::Repository;
+use crate::storage::{BlobStore, MetaStore};
+use crate::upstream::Upstream;
+use bindings::types;
+use bindings::{CONTRACT, Plugin, PluginPre};
+use caps::scratch::Scratch;
+use state::CallState;
+
+/// Plugin instances alive at once; more requests wait for a slot.
+const MAX_INSTANCES: u32 = 256;
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// What the host lends plugins, shared by every store.
+pub struct Capabilities {
+    pub store: BlobStore,
+    pub meta: MetaStore,
+    pub scratch: Scratch,
+    pub upstream: Arc<Upstream>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("plugin directory {path}: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+    #[error("plugin {path}: {message}")]
+    Load { path: PathBuf, message: String },
+    #[error("plugins {a} and {b} both provide format {format:?}")]
+    Duplicate { format: String, a: PathBuf, b: PathBuf },
+    #[error("no plugins in {0}: build them with `make` (or pass --plugin-dir)")]
+    None(PathBuf),
+    /// The plugin trapped, ran out of time or memory: the plugin's fault, this request only.
+    #[error("plugin {format} failed: {message}")]
+    Failed { format: String, message: String },
+    #[error("wasm engine: {0}")]
+    Engine(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct PluginMeta {
+    pub format: String,
+    pub contract: String,
+    pub roots: Vec<String>,
+    pub file: PathBuf,
+}
+
+pub struct LoadedPlugin {
+    pub meta: PluginMeta,
+    pre: PluginPre<CallState>,
+}
+
+pub struct Plugins {
+    engine: Engine,
+    by_format: HashMap<String, Arc<LoadedPlugin>>,
+    limits: PluginLimits,
+    caps: Arc<Capabilities>,
+    permits: Semaphore,
+}
+
+fn engine(limits: &PluginLimits) -> Result<Engine, PluginError> {
+    let mut config = wasmtime::Config::new();
+    config.epoch_interruption(true);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(MAX_INSTANCES)
+        .total_core_instances(MAX_INSTANCES * 4)
+        .total_memories(MAX_INSTANCES * 4)
+        .total_tables(MAX_INSTANCES * 4)
+        .total_stacks(MAX_INSTANCES)
+        .max_memory_size(limits.memory_bytes);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    match Engine::new(&config) {
+        Ok(e) => Ok(e),
+        Err(err) => {
+            // A machine that refuses the pool's address-space reservation still runs plugins,
+            // only with slower instantiation.
+            tracing::warn!(error = %err, "pooling allocator unavailable; using on-demand allocation");
+            config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+            Engine::new(&config).map_err(|e| PluginError::Engine(e.to_string()))
+        }
+    }
+}
+
+fn compatible(contract: &str) -> bool {
+    let major_minor = |v: &str| v.split('.').take(2).collect::<Vec<_>>().join(".");
+    major_minor(contract) == major_minor(CONTRACT) && contract.split('.').count() == 3
+}
+
+impl Plugins {
+    pub async fn load(dir: &Path, limits: PluginLimits, caps: Arc<Capabilities>) -> Result<Plugins, PluginError> {
+        let engine = engine(&limits)?;
+        {
+            let engine = engine.clone();
+            std::thread::Builder::new()
+                .name("wasm-epoch".into())
+                .spawn(move || loop {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                })
+                .map_err(|e| PluginError::Engine(e.to_string()))?;
+        }
+        let mut linker: Linker<CallState> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| PluginError::Engine(e.to_string()))?;
+        Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| PluginError::Engine(e.to_string()))?;
+
+        let mut plugins =
+            Plugins { engine, by_format: HashMap::new(), limits, caps, permits: Semaphore::new(MAX_INSTANCES as usize) };
+        let entries = std::fs::read_dir(dir).map_err(|source| PluginError::Dir { path: dir.into(), source })?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+            .collect();
+        files.sort();
+        for file in files {
+            let loaded = plugins.load_one(&linker, &file).await?;
+            if let Some(other) = plugins.by_format.get(&loaded.meta.format) {
+                return Err(PluginError::Duplicate { format: loaded.meta.format.clone(), a: other.meta.file.clone(), b: file });
+            }
+            tracing::info!(format = %loaded.meta.format, contract = %loaded.meta.contract, roots = ?loaded.meta.roots, file = %file.display(), "plugin loaded");
+            plugins.by_format.insert(loaded.meta.format.clone(), Arc::new(loaded));
+        }
+        if plugins.by_format.is_empty() {
+            return Err(PluginError::None(dir.into()));
+        }
+        Ok(plugins)
+    }
+
+    async fn load_one(&self, linker: &Linker<CallState>, file: &Path) -> Result<LoadedPlugin, PluginError> {
+        let load_err = |message: String| PluginError::Load { path: file.into(), message };
+        let started = std::time::Instant::now();
+        let component = Component::from_file(&self.engine, file).map_err(|e| load_err(format!("{e:#}")))?;
+        let pre = linker.instantiate_pre(&component).map_err(|e| load_err(format!("{e:#}")))?;
+        let pre = PluginPre::new(pre).map_err(|e| load_err(format!("does not implement binaryrepo:plugin@{CONTRACT}: {e:#}")))?;
+        let (mut store, instance) = self.instantiate(&pre, None).await.map_err(|e| load_err(e.to_string()))?;
+        let info = instance.binaryrepo_plugin_format().call_info(&mut store).await.map_err(|e| load_err(format!("info(): {e:#}")))?;
+        if !compatible(&info.contract) {
+            return Err(load_err(format!("built for contract {} but this host implements {CONTRACT}", info.contract)));
+        }
+        let format_ok = !info.format.is_empty() && info.format.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !format_ok {
+            return Err(load_err(format!("invalid format name {:?}", info.format)));
+        }
+        if let Some(bad) = info.roots.iter().find(|r| !r.starts_with('/') || !r.ends_with('/')) {
+            return Err(load_err(format!("root {bad:?} must start and end with '/'")));
+        }
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "compiled {}", file.display());
+        Ok(LoadedPlugin { meta: PluginMeta { format: info.format, contract: info.contract, roots: info.roots, file: file.into() }, pre })
+    }
+
+    async fn instantiate(&self, pre: &PluginPre<CallState>, repo: Option<Arc<Repository>>) -> wasmtime::Result<(Store<CallState>, Plugin)> {
+        let limits = StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).trap_on_grow_failure(true).build();
+        let mut store = Store::new(&self.engine, CallState::new(self.caps.clone(), repo, limits));
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(1);
+        let budget = self.limits.cpu;
+        store.epoch_deadline_callback(move |ctx| {
+            if ctx.data().guest_time() > budget { Ok(UpdateDeadline::Interrupt) } else { Ok(UpdateDeadline::Yield(1)) }
+        });
+        let instance = pre.instantiate_async(&mut store).await?;
+        Ok((store, instance))
+    }
+
+    pub fn formats(&self) -> Vec<String> {
+        let mut f: Vec<String> = self.by_format.keys().cloned().collect();
+        f.sort();
+        f
+    }
+
+    pub fn all(&self) -> Vec<PluginMeta> {
+        let mut v: Vec<PluginMeta> = self.by_format.values().map(|p| p.meta.clone()).collect();
+        v.sort_by(|a, b| a.format.cmp(&b.format));
+        v
+    }
+
+    pub fn get(&self, format: &str) -> Option<Arc<LoadedPlugin>> {
+        self.by_format.get(format).cloned()
+    }
+
+    /// The plugin whose root the path starts under, with that root.
+    pub fn by_root(&self, path: &str) -> Option<(Arc<LoadedPlugin>, String)> {
+        let mut best: Option<(Arc<LoadedPlugin>, String)> = None;
+        for p in self.by_format.values() {
+            for root in &p.meta.roots {
+                let matches = path.starts_with(root.as_str()) || path == root.trim_end_matches('/');
+                if matches && best.as_ref().is_none_or(|(_, r)| root.len() > r.len()) {
+                    best = Some((p.clone(), root.clone()));
+                }
+            }
+        }
+        best
+    }
+
+    fn failed(plugin: &LoadedPlugin, e: impl std::fmt::Display) -> PluginError {
+        PluginError::Failed { format: plugin.meta.format.clone(), message: e.to_string() }
+    }
+
+    pub async fn handle(&self, plugin: &LoadedPlugin, repo: Option<Arc<Repository>>, req: &types::Request) -> Result<types::Plan, PluginError> {
+        let _permit = self.permits.acquire().await.map_err(|e| Self::failed(plugin, e))?;
+        let (mut store, instance) = self.instantiate(&plugin.pre, repo).await.map_err(|e| Self::failed(plugin, format!("{e:#}")))?;
+        instance.binaryrepo_plugin_format().call_handle(&mut store, req).await.map_err(|e| Self::failed(plugin, format!("{e:#}")))
+    }
+
+    pub async fn render_failure(
+        &self,
+        plugin: &LoadedPlugin,
+        repo: Option<Arc<Repository>>,
+        req: &types::Request,
+        failure: &types::Failure,
+    ) -> Result<types::Response, PluginError> {
+        let _permit = self.permits.acquire().await.map_err(|e| Self::failed(plugin, e))?;
+        let (mut store, instance) = self.instantiate(&plugin.pre, repo).await.map_err(|e| Self::failed(plugin, format!("{e:#}")))?;
+        instance
+            .binaryrepo_plugin_format()
+            .call_render_failure(&mut store, req, failure)
+            .await
+            .map_err(|e| Self::failed(plugin, format!("{e:#}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn contract_compatibility() {
+        assert!(super::compatible("0.1.0"));
+        assert!(super::compatible("0.1.7"));
+        assert!(!super::compatible("0.2.0"));
+        assert!(!super::compatible("1.1.0"));
+        assert!(!super::compatible("0.1"));
+    }
+}

@@ -1,0 +1,478 @@
+//! Repository definitions: validated once, persisted in the data directory, shared read-mostly.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RepoType {
+    Local,
+    Remote,
+    Virtual,
+}
+
+/// A repository name: `[a-z0-9][a-z0-9._-]{0,63}`, so it is safe in URLs, keys and host routing.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RepoName(String);
+
+impl RepoName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for RepoName {
+    type Error = RepoError;
+    fn try_from(s: String) -> Result<Self, RepoError> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        if ok && s != "api" {
+            Ok(RepoName(s))
+        } else {
+            Err(RepoError::Invalid(format!(
+                "invalid repository name {s:?}: use 1-64 of a-z 0-9 . _ - starting with a letter or digit (\"api\" is reserved)"
+            )))
+        }
+    }
+}
+
+impl From<RepoName> for String {
+    fn from(n: RepoName) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for RepoName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A repository as stored. The password is kept here and nowhere else; `view()` never shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Repository {
+    pub name: RepoName,
+    #[serde(rename = "type")]
+    pub repo_type: RepoType,
+    pub format: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    pub tag_check_seconds: u64,
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub default: bool,
+    #[serde(default)]
+    pub members: Vec<RepoName>,
+    pub delete_enabled: bool,
+}
+
+/// What the API shows: no password, ever.
+#[derive(Debug, Serialize)]
+pub struct RepositoryView<'a> {
+    pub name: &'a RepoName,
+    #[serde(rename = "type")]
+    pub repo_type: RepoType,
+    pub format: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<&'a str>,
+    pub has_credentials: bool,
+    pub tag_check_seconds: u64,
+    pub hostnames: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub default: bool,
+    #[serde(skip_serializing_if = "<[RepoName]>::is_empty")]
+    pub members: &'a [RepoName],
+    pub delete_enabled: bool,
+}
+
+impl Repository {
+    pub fn view(&self) -> RepositoryView<'_> {
+        RepositoryView {
+            name: &self.name,
+            repo_type: self.repo_type,
+            format: &self.format,
+            url: self.url.as_deref(),
+            username: self.username.as_deref(),
+            has_credentials: self.password.is_some() || self.username.is_some(),
+            tag_check_seconds: self.tag_check_seconds,
+            hostnames: &self.hostnames,
+            port: self.port,
+            default: self.default,
+            members: &self.members,
+            delete_enabled: self.delete_enabled,
+        }
+    }
+
+    /// `Basic` credentials for the upstream, when configured.
+    pub fn credentials(&self) -> Option<(&str, &str)> {
+        match (&self.username, &self.password) {
+            (None, None) => None,
+            (u, p) => Some((u.as_deref().unwrap_or(""), p.as_deref().unwrap_or(""))),
+        }
+    }
+}
+
+/// A repository as a client sends it. Both our names and the original project's
+/// (`repo_type`, `package_type`, `remote_url`) are accepted.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RepositoryInput {
+    pub name: Option<String>,
+    #[serde(rename = "type", alias = "repo_type")]
+    pub repo_type: Option<String>,
+    #[serde(alias = "package_type")]
+    pub format: Option<String>,
+    #[serde(alias = "remote_url")]
+    pub url: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub tag_check_seconds: Option<u64>,
+    pub hostnames: Option<Vec<String>>,
+    pub port: Option<u16>,
+    pub default: Option<bool>,
+    pub members: Option<Vec<String>>,
+    pub delete_enabled: Option<bool>,
+}
+
+pub const DEFAULT_TAG_CHECK_SECONDS: u64 = 300;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// The client sent something we cannot accept.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("repository {0:?} not found")]
+    NotFound(String),
+    /// Our fault: the definitions could not be written.
+    #[error("cannot persist repositories to {path}: {source}")]
+    Persist { path: PathBuf, source: std::io::Error },
+    #[error("cannot load repositories from {path}: {message}")]
+    Load { path: PathBuf, message: String },
+}
+
+fn invalid<T>(msg: impl Into<String>) -> Result<T, RepoError> {
+    Err(RepoError::Invalid(msg.into()))
+}
+
+fn valid_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-') && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+impl RepositoryInput {
+    /// Validates the input on its own (not against other repositories). `path_name` is the
+    /// name from the URL for PUT; a body name must then agree with it.
+    pub fn validate(self, path_name: Option<&str>, formats: &[String]) -> Result<Repository, RepoError> {
+        let name = match (path_name, self.name) {
+            (Some(p), Some(b)) if p != b => return invalid(format!("name in the body ({b:?}) differs from the URL ({p:?})")),
+            (Some(p), _) => p.to_owned(),
+            (None, Some(b)) => b,
+            (None, None) => return invalid("missing \"name\""),
+        };
+        let name = RepoName::try_from(name)?;
+        let repo_type = match self.repo_type.as_deref() {
+            Some("local") => RepoType::Local,
+            Some("remote") => RepoType::Remote,
+            Some("virtual") => RepoType::Virtual,
+            Some(other) => return invalid(format!("unknown repository type {other:?}: use local, remote or virtual")),
+            None => return invalid("missing \"type\" (local, remote or virtual)"),
+        };
+        let format = match self.format {
+            Some(f) if formats.iter().any(|k| *k == f) => f,
+            Some(f) => return invalid(format!("unknown format {f:?}: the loaded plugins provide {}", formats.join(", "))),
+            None => return invalid(format!("missing \"format\" (one of: {})", formats.join(", "))),
+        };
+        let url = match (repo_type, self.url) {
+            (RepoType::Remote, None) => return invalid("a remote repository needs \"url\", the upstream's base URL"),
+            (RepoType::Remote, Some(u)) => {
+                let parsed = url::Url::parse(&u).map_err(|e| RepoError::Invalid(format!("invalid url {u:?}: {e}")))?;
+                if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                    return invalid(format!("invalid url {u:?}: use http:// or https:// with a host"));
+                }
+                if parsed.query().is_some() || parsed.fragment().is_some() {
+                    return invalid(format!("invalid url {u:?}: no query or fragment"));
+                }
+                Some(u.trim_end_matches('/').to_owned())
+            }
+            (_, Some(_)) => return invalid("\"url\" only applies to remote repositories"),
+            (_, None) => None,
+        };
+        if repo_type != RepoType::Remote && (self.username.is_some() || self.password.is_some()) {
+            return invalid("\"username\"/\"password\" only apply to remote repositories");
+        }
+        let hostnames = self.hostnames.unwrap_or_default().into_iter().map(|h| h.to_ascii_lowercase()).collect::<Vec<_>>();
+        if let Some(bad) = hostnames.iter().find(|h| !valid_hostname(h)) {
+            return invalid(format!("invalid host name {bad:?}"));
+        }
+        if self.port == Some(0) {
+            return invalid("port 0 is not a port");
+        }
+        let members = self.members.unwrap_or_default().into_iter().map(RepoName::try_from).collect::<Result<Vec<_>, _>>()?;
+        if repo_type != RepoType::Virtual && !members.is_empty() {
+            return invalid("\"members\" only apply to virtual repositories");
+        }
+        Ok(Repository {
+            name,
+            repo_type,
+            format,
+            url,
+            username: self.username,
+            password: self.password,
+            tag_check_seconds: self.tag_check_seconds.unwrap_or(DEFAULT_TAG_CHECK_SECONDS),
+            hostnames,
+            port: self.port,
+            default: self.default.unwrap_or(false),
+            members,
+            delete_enabled: self.delete_enabled.unwrap_or(true),
+        })
+    }
+}
+
+/// All repositories, persisted as one JSON file written atomically.
+pub struct Repos {
+    path: PathBuf,
+    inner: RwLock<BTreeMap<RepoName, Arc<Repository>>>,
+    reserved_port: u16,
+}
+
+impl Repos {
+    /// Loads the definitions, or seeds them on first start.
+    pub fn load_or_seed(path: PathBuf, seed: Vec<Repository>, reserved_port: u16) -> Result<Repos, RepoError> {
+        let existing = match std::fs::read(&path) {
+            Ok(bytes) => Some(
+                serde_json::from_slice::<Vec<Repository>>(&bytes)
+                    .map_err(|e| RepoError::Load { path: path.clone(), message: e.to_string() })?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(RepoError::Load { path, message: e.to_string() }),
+        };
+        let seeded = existing.is_none();
+        let repos = Repos { path, inner: RwLock::new(BTreeMap::new()), reserved_port };
+        {
+            let mut map = repos.write();
+            for repo in existing.unwrap_or(seed) {
+                Self::check_against(&map, &repo, None, reserved_port)?;
+                map.insert(repo.name.clone(), Arc::new(repo));
+            }
+            if seeded {
+                repos.persist(&map)?;
+            }
+        }
+        Ok(repos)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<RepoName, Arc<Repository>>> {
+        // A panic while holding the lock cannot leave the map half-updated (we only swap
+        // whole entries), so a poisoned lock is still consistent.
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<RepoName, Arc<Repository>>> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Repository>> {
+        self.read().iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v.clone())
+    }
+
+    pub fn list(&self) -> Vec<Arc<Repository>> {
+        self.read().values().cloned().collect()
+    }
+
+    pub fn by_port(&self, port: u16) -> Option<Arc<Repository>> {
+        self.read().values().find(|r| r.port == Some(port)).cloned()
+    }
+
+    pub fn by_hostname(&self, host: &str) -> Option<Arc<Repository>> {
+        self.read().values().find(|r| r.hostnames.iter().any(|h| h.eq_ignore_ascii_case(host))).cloned()
+    }
+
+    pub fn default_repository(&self) -> Option<Arc<Repository>> {
+        self.read().values().find(|r| r.default).cloned()
+    }
+
+    /// Cross-repository rules: unique name, port, host names, one default, members exist.
+    fn check_against(
+        map: &BTreeMap<RepoName, Arc<Repository>>,
+        repo: &Repository,
+        replacing: Option<&RepoName>,
+        reserved_port: u16,
+    ) -> Result<(), RepoError> {
+        let others = || map.values().filter(|r| Some(&r.name) != replacing && r.name != repo.name);
+        if let Some(port) = repo.port {
+            if port == reserved_port {
+                return Err(RepoError::Conflict(format!("port {port} is the server's main listener")));
+            }
+            if let Some(o) = others().find(|o| o.port == Some(port)) {
+                return Err(RepoError::Conflict(format!("port {port} is already bound to repository {}", o.name)));
+            }
+        }
+        for h in &repo.hostnames {
+            if let Some(o) = others().find(|o| o.hostnames.contains(h)) {
+                return Err(RepoError::Conflict(format!("host name {h} is already bound to repository {}", o.name)));
+            }
+        }
+        if repo.default {
+            if let Some(o) = others().find(|o| o.default) {
+                return Err(RepoError::Conflict(format!(
+                    "repository {} is already the default; set \"default\": false on it first",
+                    o.name
+                )));
+            }
+        }
+        for m in &repo.members {
+            match map.get(m) {
+                None => return Err(RepoError::Invalid(format!("member repository {m} does not exist"))),
+                Some(r) if r.repo_type == RepoType::Virtual => {
+                    return Err(RepoError::Invalid(format!("member {m} is itself virtual")));
+                }
+                Some(r) if r.format != repo.format => {
+                    return Err(RepoError::Invalid(format!("member {m} is of format {}, not {}", r.format, repo.format)));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub fn create(&self, repo: Repository) -> Result<Arc<Repository>, RepoError> {
+        let mut map = self.write();
+        if map.contains_key(&repo.name) {
+            return Err(RepoError::Conflict(format!("repository {} already exists", repo.name)));
+        }
+        Self::check_against(&map, &repo, None, self.reserved_port)?;
+        let repo = Arc::new(repo);
+        map.insert(repo.name.clone(), repo.clone());
+        if let Err(e) = self.persist(&map) {
+            map.remove(&repo.name);
+            return Err(e);
+        }
+        Ok(repo)
+    }
+
+    /// Creates or replaces; returns the previous definition when there was one.
+    pub fn put(&self, repo: Repository) -> Result<(Arc<Repository>, Option<Arc<Repository>>), RepoError> {
+        let mut map = self.write();
+        Self::check_against(&map, &repo, Some(&repo.name), self.reserved_port)?;
+        let repo = Arc::new(repo);
+        let old = map.insert(repo.name.clone(), repo.clone());
+        if let Err(e) = self.persist(&map) {
+            match &old {
+                Some(o) => map.insert(o.name.clone(), o.clone()),
+                None => map.remove(&repo.name),
+            };
+            return Err(e);
+        }
+        Ok((repo, old))
+    }
+
+    pub fn delete(&self, name: &str) -> Result<Arc<Repository>, RepoError> {
+        let mut map = self.write();
+        let key = map.keys().find(|k| k.as_str() == name).cloned().ok_or_else(|| RepoError::NotFound(name.to_owned()))?;
+        if let Some(v) = map.values().find(|r| r.members.contains(&key)) {
+            return Err(RepoError::Conflict(format!("repository {name} is a member of virtual repository {}", v.name)));
+        }
+        let old = map.remove(&key).ok_or_else(|| RepoError::NotFound(name.to_owned()))?;
+        if let Err(e) = self.persist(&map) {
+            map.insert(key, old);
+            return Err(e);
+        }
+        Ok(old)
+    }
+
+    fn persist(&self, map: &BTreeMap<RepoName, Arc<Repository>>) -> Result<(), RepoError> {
+        let err = |source| RepoError::Persist { path: self.path.clone(), source };
+        let list: Vec<&Repository> = map.values().map(|r| r.as_ref()).collect();
+        let json = serde_json::to_vec_pretty(&list).map_err(|e| err(std::io::Error::other(e)))?;
+        let tmp = self.path.with_extension("json.tmp");
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            // The file holds upstream passwords.
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp).map_err(err)?;
+        f.write_all(&json).and_then(|_| f.sync_all()).map_err(err)?;
+        std::fs::rename(&tmp, &self.path).map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn formats() -> Vec<String> {
+        vec!["docker".into()]
+    }
+
+    fn input(json: &str) -> RepositoryInput {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn original_api_shape_is_accepted() {
+        let r = input(r#"{"name":"docker-remote","repo_type":"remote","package_type":"docker","remote_url":"https://registry-1.docker.io/","username":"u","password":"p"}"#)
+            .validate(None, &formats())
+            .unwrap();
+        assert_eq!(r.repo_type, RepoType::Remote);
+        assert_eq!(r.url.as_deref(), Some("https://registry-1.docker.io"));
+        let view = serde_json::to_string(&r.view()).unwrap();
+        assert!(!view.contains("\"p\""), "{view}");
+        assert!(view.contains("\"has_credentials\":true"));
+    }
+
+    #[test]
+    fn bad_inputs_say_what_is_wrong() {
+        let cases = [
+            (r#"{"name":"x","type":"remote","format":"npm","url":"http://a"}"#, "unknown format"),
+            (r#"{"name":"Bad Name","type":"local","format":"docker"}"#, "invalid repository name"),
+            (r#"{"name":"x","type":"remote","format":"docker"}"#, "needs \"url\""),
+            (r#"{"name":"x","type":"cache","format":"docker"}"#, "unknown repository type"),
+            (r#"{"name":"x","type":"remote","format":"docker","url":"ftp://a"}"#, "invalid url"),
+        ];
+        for (json, want) in cases {
+            let err = input(json).validate(None, &formats()).unwrap_err().to_string();
+            assert!(err.contains(want), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn conflicts_and_persistence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("repos.json");
+        let repos = Repos::load_or_seed(path.clone(), vec![], 8081).unwrap();
+        let mk = |j: &str| input(j).validate(None, &formats()).unwrap();
+        repos.create(mk(r#"{"name":"a","type":"local","format":"docker","port":9000,"default":true}"#)).unwrap();
+        assert!(matches!(repos.create(mk(r#"{"name":"a","type":"local","format":"docker"}"#)), Err(RepoError::Conflict(_))));
+        assert!(matches!(repos.create(mk(r#"{"name":"b","type":"local","format":"docker","port":9000}"#)), Err(RepoError::Conflict(_))));
+        assert!(matches!(repos.create(mk(r#"{"name":"b","type":"local","format":"docker","default":true}"#)), Err(RepoError::Conflict(_))));
+        assert!(matches!(repos.create(mk(r#"{"name":"b","type":"local","format":"docker","port":8081}"#)), Err(RepoError::Conflict(_))));
+        assert_eq!(repos.list().len(), 1);
+        let again = Repos::load_or_seed(path, vec![], 8081).unwrap();
+        assert_eq!(again.get("a").unwrap().port, Some(9000));
+    }
+}

@@ -1,0 +1,116 @@
+//! Response bodies: small ones whole, blobs as streams read from a file chunk by chunk, so
+//! memory stays flat however large the blob.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::stream;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::Frame;
+
+use crate::upstream::fill::Fill;
+
+pub type Body = BoxBody<Bytes, io::Error>;
+
+/// Bytes read per step when streaming a blob.
+const CHUNK: u64 = 512 * 1024;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+async fn read_at(file: Arc<File>, pos: u64, want: u64) -> io::Result<Bytes> {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; want as usize];
+        let n = file.read_at(&mut buf, pos)?;
+        buf.truncate(n);
+        Ok(Bytes::from(buf))
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+/// `len` bytes of a stored blob from `start`.
+pub fn file_range(file: Arc<File>, start: u64, len: u64) -> Body {
+    let end = start + len;
+    let s = stream::unfold((file, start), move |(file, pos)| async move {
+        if pos >= end {
+            return None;
+        }
+        match read_at(file.clone(), pos, CHUNK.min(end - pos)).await {
+            Ok(b) if !b.is_empty() => {
+                let next = pos + b.len() as u64;
+                Some((Ok(Frame::data(b)), (file, next)))
+            }
+            Ok(_) => Some((Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob shorter than its size")), (file, end))),
+            Err(e) => Some((Err(e), (file, end))),
+        }
+    });
+    StreamBody::new(s).boxed()
+}
+
+/// Streams a fill in progress as it grows. The last byte is held back until the fill is
+/// verified and committed; a failed fill ends the stream with an error, which aborts the
+/// response so the client never takes a partial or wrong blob for a whole one.
+pub fn follow(fill: Arc<Fill>) -> Body {
+    struct St {
+        fill: Arc<Fill>,
+        rx: tokio::sync::watch::Receiver<crate::upstream::fill::Progress>,
+        pos: u64,
+        done: bool,
+    }
+    let rx = fill.progress.clone();
+    let s = stream::unfold(St { fill, rx, pos: 0, done: false }, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        loop {
+            let step = {
+                let p = st.rx.borrow_and_update();
+                match &p.outcome {
+                    Some(Ok(size)) => Ok((*size, true)),
+                    Some(Err(e)) => Err(io::Error::other(format!("cache fill failed: {e}"))),
+                    None => Ok((p.written.saturating_sub(1), false)),
+                }
+            };
+            let (limit, finished) = match step {
+                Ok(s) => s,
+                Err(err) => {
+                    st.done = true;
+                    return Some((Err(err), st));
+                }
+            };
+            if st.pos < limit {
+                match read_at(st.fill.reader.clone(), st.pos, CHUNK.min(limit - st.pos)).await {
+                    Ok(b) if !b.is_empty() => {
+                        st.pos += b.len() as u64;
+                        return Some((Ok(Frame::data(b)), st));
+                    }
+                    Ok(_) => {
+                        st.done = true;
+                        return Some((Err(io::Error::new(io::ErrorKind::UnexpectedEof, "staged blob shorter than written")), st));
+                    }
+                    Err(e) => {
+                        st.done = true;
+                        return Some((Err(e), st));
+                    }
+                }
+            }
+            if finished {
+                return None;
+            }
+            if st.rx.changed().await.is_err() {
+                st.done = true;
+                return Some((Err(io::Error::other("cache fill ended without an outcome")), st));
+            }
+        }
+    });
+    StreamBody::new(s).boxed()
+}

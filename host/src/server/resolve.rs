@@ -1,0 +1,130 @@
+//! Which repository a request is for, and the URL the client sees it under.
+//!
+//! In order: a repository bound to the listener's port; a virtual host; the path prefix
+//! `/repo/<name>/` (the original project's nginx set-up); the path method (the segment right
+//! after a format root names a repository: `/v2/<name>/...`); the default repository.
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+use crate::App;
+use crate::plugins::LoadedPlugin;
+use crate::repos::Repository;
+
+pub struct Resolved {
+    pub repo: Option<Arc<Repository>>,
+    pub plugin: Arc<LoadedPlugin>,
+    /// The path the plugin sees, with the repository's mount removed.
+    pub path: String,
+    pub base_url: String,
+    pub path_repo: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("repository {0:?} not found")]
+    UnknownRepository(String),
+    #[error("no repository or format serves {0:?}")]
+    NoRoute(String),
+    #[error("repository {repo} has format {format}, whose plugin is not loaded")]
+    NoPlugin { repo: String, format: String },
+}
+
+fn first_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(|v| v.split(',').next().unwrap_or("").trim()).filter(|v| !v.is_empty())
+}
+
+/// `host[:port]` without the port, lowercased.
+fn host_only(authority: &str) -> String {
+    let a = authority.trim();
+    let host = if let Some(rest) = a.strip_prefix('[') { rest.split(']').next().unwrap_or(rest) } else { a.rsplit_once(':').map_or(a, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { a }) };
+    host.to_ascii_lowercase()
+}
+
+/// The external base URL. Behind a proxy that sets `X-Forwarded-Host`, the client sees the
+/// proxy's host at its root unless `X-Forwarded-Prefix` says otherwise (the original set-up
+/// maps a virtual host to `/repo/<name>/`, which the client never sees).
+fn base_url(headers: &HeaderMap, uri_authority: Option<&str>, mount: &str) -> String {
+    let scheme = first_value(headers, "x-forwarded-proto").unwrap_or("http");
+    if let Some(fwd_host) = first_value(headers, "x-forwarded-host") {
+        let prefix = first_value(headers, "x-forwarded-prefix").unwrap_or("").trim_end_matches('/');
+        return format!("{scheme}://{fwd_host}{prefix}");
+    }
+    let host = headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).or(uri_authority).unwrap_or("localhost");
+    format!("{scheme}://{host}{mount}")
+}
+
+pub fn resolve(app: &App, main_listener: bool, local_port: u16, method_path: (&http::Uri, &HeaderMap)) -> Result<Resolved, ResolveError> {
+    let (uri, headers) = method_path;
+    let path = uri.path();
+    let authority = uri.authority().map(|a| a.as_str());
+    let plugin_for = |repo: &Repository| {
+        app.plugins.get(&repo.format).ok_or_else(|| ResolveError::NoPlugin { repo: repo.name.to_string(), format: repo.format.clone() })
+    };
+    let whole = |repo: Arc<Repository>, path: &str, mount: &str| -> Result<Resolved, ResolveError> {
+        Ok(Resolved {
+            plugin: plugin_for(&repo)?,
+            repo: Some(repo),
+            path: if path.is_empty() { "/".into() } else { path.to_owned() },
+            base_url: base_url(headers, authority, mount),
+            path_repo: None,
+        })
+    };
+
+    if !main_listener {
+        if let Some(repo) = app.repos.by_port(local_port) {
+            return whole(repo, path, "");
+        }
+    }
+    let host = first_value(headers, "x-forwarded-host").or_else(|| headers.get(http::header::HOST).and_then(|v| v.to_str().ok())).or(authority);
+    if let Some(repo) = host.and_then(|h| app.repos.by_hostname(&host_only(h))) {
+        return whole(repo, path, "");
+    }
+    if let Some(rest) = path.strip_prefix("/repo/") {
+        let (name, tail) = rest.split_once('/').map_or((rest, ""), |(n, t)| (n, t));
+        let repo = app.repos.get(name).ok_or_else(|| ResolveError::UnknownRepository(name.to_owned()))?;
+        return whole(repo, &format!("/{tail}"), &format!("/repo/{name}"));
+    }
+    let (plugin, root) = app.plugins.by_root(path).ok_or_else(|| ResolveError::NoRoute(path.to_owned()))?;
+    if let Some(after) = path.strip_prefix(root.as_str()) {
+        if let Some((segment, tail)) = after.split_once('/') {
+            if let Some(repo) = app.repos.get(segment).filter(|r| r.format == plugin.meta.format) {
+                return Ok(Resolved {
+                    plugin,
+                    path: format!("{root}{tail}"),
+                    base_url: base_url(headers, authority, ""),
+                    path_repo: Some(repo.name.to_string()),
+                    repo: Some(repo),
+                });
+            }
+        }
+    }
+    let repo = app.repos.default_repository().filter(|r| r.format == plugin.meta.format);
+    Ok(Resolved { plugin, repo, path: path.to_owned(), base_url: base_url(headers, authority, ""), path_repo: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn hosts() {
+        assert_eq!(host_only("Docker-Remote.example.com:8081"), "docker-remote.example.com");
+        assert_eq!(host_only("[::1]:80"), "::1");
+        assert_eq!(host_only("plain"), "plain");
+    }
+
+    #[test]
+    fn base_urls() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("127.0.0.1:8081"));
+        assert_eq!(base_url(&h, None, "/repo/x"), "http://127.0.0.1:8081/repo/x");
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("docker-remote.example.com"));
+        assert_eq!(base_url(&h, None, "/repo/x"), "https://docker-remote.example.com");
+        h.insert("x-forwarded-prefix", HeaderValue::from_static("/artifacts/"));
+        assert_eq!(base_url(&h, None, "/repo/x"), "https://docker-remote.example.com/artifacts");
+    }
+}

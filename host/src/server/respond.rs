@@ -1,0 +1,237 @@
+//! Carries out a plugin's plan: a small response, a stored blob streamed from disk, or a blob
+//! fetched from upstream through the single-flight fill.
+
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue, Response, StatusCode};
+
+use super::body::{self, Body};
+use crate::App;
+use crate::digest::Digest;
+use crate::plugins::LoadedPlugin;
+use crate::plugins::bindings::types::{self, Failure, FailureKind, Plan};
+use crate::repos::Repository;
+use crate::storage::blobs::BlobError;
+use crate::upstream::fill::{FillError, Joined, Progress};
+use crate::upstream::{UpstreamError, parse_request};
+
+/// One request's context while its plan runs.
+pub struct Exchange<'a> {
+    pub app: &'a App,
+    pub plugin: &'a Arc<LoadedPlugin>,
+    pub repo: Option<Arc<Repository>>,
+    pub request: &'a types::Request,
+    pub head: bool,
+    pub range: Option<String>,
+}
+
+/// The plugin broke the contract (bad header, bad digest in a plan): its fault, a 500 that
+/// says so.
+pub fn plugin_fault(format: &str, message: impl std::fmt::Display) -> Response<Body> {
+    tracing::error!(plugin = format, "{message}");
+    let body = serde_json::json!({"error": {"code": "PLUGIN_FAILED", "message": format!("the {format} plugin failed: {message}")}});
+    json(StatusCode::INTERNAL_SERVER_ERROR, &body)
+}
+
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(body::full(value.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn apply_headers(resp: &mut Response<Body>, headers: &[(String, String)]) -> Result<(), String> {
+    for (k, v) in headers {
+        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("invalid header name {k:?}"))?;
+        let value = HeaderValue::from_str(v).map_err(|_| format!("invalid value for header {k}"))?;
+        resp.headers_mut().append(name, value);
+    }
+    Ok(())
+}
+
+/// A single `bytes=` range against a blob of `len` bytes: Some(Ok((start, len))), Some(Err)
+/// when unsatisfiable, None to serve it whole (absent, malformed or multi-range).
+fn parse_range(header: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
+    let spec = header.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    let range = if a.is_empty() {
+        let n: u64 = b.parse().ok()?;
+        if n == 0 {
+            return Some(Err(()));
+        }
+        let n = n.min(len);
+        (len - n, n)
+    } else {
+        let start: u64 = a.parse().ok()?;
+        let end = if b.is_empty() { len.saturating_sub(1) } else { b.parse::<u64>().ok()?.min(len.saturating_sub(1)) };
+        if start >= len || end < start {
+            return Some(Err(()));
+        }
+        (start, end - start + 1)
+    };
+    Some(Ok(range))
+}
+
+impl Exchange<'_> {
+    pub async fn execute(&self, plan: Plan) -> Response<Body> {
+        match plan {
+            Plan::Respond(r) => self.respond(r),
+            Plan::ServeBlob(s) => self.serve_blob(&s.digest, &s.headers).await,
+            Plan::FetchBlob(f) => self.fetch_blob(f).await,
+        }
+    }
+
+    fn respond(&self, r: types::Response) -> Response<Body> {
+        let Ok(status) = StatusCode::from_u16(r.status) else {
+            return plugin_fault(&self.plugin.meta.format, format!("status {} is not HTTP", r.status));
+        };
+        // HEAD answers keep the plugin's Content-Length (it describes the GET) but no body.
+        let mut resp = Response::new(if self.head { body::empty() } else { body::full(r.body) });
+        *resp.status_mut() = status;
+        if let Err(e) = apply_headers(&mut resp, &r.headers) {
+            return plugin_fault(&self.plugin.meta.format, e);
+        }
+        resp
+    }
+
+    async fn failure(&self, kind: FailureKind, status: Option<u16>, message: String) -> Response<Body> {
+        let failure = Failure { kind, status, message };
+        match self.app.plugins.render_failure(self.plugin, self.repo.clone(), self.request, &failure).await {
+            Ok(r) => self.respond(r),
+            Err(e) => plugin_fault(&self.plugin.meta.format, e),
+        }
+    }
+
+    async fn serve_blob(&self, digest: &str, headers: &[(String, String)]) -> Response<Body> {
+        let digest: Digest = match digest.parse() {
+            Ok(d) => d,
+            Err(e) => return plugin_fault(&self.plugin.meta.format, format!("serve-blob: {e}")),
+        };
+        let store = self.app.caps.store.clone();
+        let opened = tokio::task::spawn_blocking({
+            let digest = digest.clone();
+            move || store.open_blob(&digest)
+        })
+        .await;
+        let (file, len) = match opened {
+            Ok(Ok(f)) => f,
+            Ok(Err(BlobError::Unknown(d))) => return self.failure(FailureKind::BlobUnknown, None, format!("blob {d} is not stored")).await,
+            Ok(Err(e)) => return self.failure(FailureKind::Internal, None, e.to_string()).await,
+            Err(e) => return self.failure(FailureKind::Internal, None, e.to_string()).await,
+        };
+        let (status, start, count) = match self.range.as_deref().and_then(|r| parse_range(r, len)) {
+            None => (StatusCode::OK, 0, len),
+            Some(Ok((start, count))) => (StatusCode::PARTIAL_CONTENT, start, count),
+            Some(Err(())) => {
+                let mut resp = Response::new(body::empty());
+                *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                    resp.headers_mut().insert(http::header::CONTENT_RANGE, v);
+                }
+                return resp;
+            }
+        };
+        let body = if self.head { body::empty() } else { body::file_range(Arc::new(file), start, count) };
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        if let Err(e) = apply_headers(&mut resp, headers) {
+            return plugin_fault(&self.plugin.meta.format, e);
+        }
+        let h = resp.headers_mut();
+        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(count));
+        h.insert(http::header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        if status == StatusCode::PARTIAL_CONTENT {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{}", start, start + count - 1, len)) {
+                h.insert(http::header::CONTENT_RANGE, v);
+            }
+        }
+        resp
+    }
+
+    async fn fetch_blob(&self, plan: types::FetchBlob) -> Response<Body> {
+        let format = &self.plugin.meta.format;
+        let Some(repo) = self.repo.clone() else {
+            return plugin_fault(format, "fetch-blob for a request with no repository");
+        };
+        let digest: Digest = match plan.digest.parse() {
+            Ok(d) => d,
+            Err(e) => return plugin_fault(format, format!("fetch-blob: {e}")),
+        };
+        let r = &plan.request;
+        let request = match parse_request(&r.method, &r.url, &r.headers, r.with_credentials) {
+            Ok(req) => req,
+            Err(e) => return plugin_fault(format, format!("fetch-blob: {e}")),
+        };
+        let fill = match self.app.fills.join_or_start(repo, digest.clone(), request) {
+            Ok(Joined::Stored) => return self.serve_blob(&plan.digest, &plan.headers).await,
+            Ok(Joined::Filling(fill)) => fill,
+            Err(e) => return self.fill_failure(e).await,
+        };
+        let total = match wait_started(&fill.progress).await {
+            Ok(total) => total,
+            Err(e) => return self.fill_failure(e).await,
+        };
+        let mut resp = Response::new(if self.head { body::empty() } else { body::follow(fill) });
+        if let Err(e) = apply_headers(&mut resp, &plan.headers) {
+            return plugin_fault(format, e);
+        }
+        if let Some(total) = total {
+            resp.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from(total));
+        }
+        resp
+    }
+
+    async fn fill_failure(&self, e: FillError) -> Response<Body> {
+        let (kind, status) = match &e {
+            FillError::Status(s) => (FailureKind::UpstreamStatus, Some(*s)),
+            FillError::Upstream(UpstreamError::Unreachable(_)) | FillError::Stalled(_) | FillError::Length { .. } => {
+                (FailureKind::UpstreamUnreachable, None)
+            }
+            FillError::Upstream(UpstreamError::NotAllowed(m) | UpstreamError::Invalid(m)) => {
+                return plugin_fault(&self.plugin.meta.format, format!("fetch-blob: {m}"));
+            }
+            FillError::Upstream(UpstreamError::TooLarge(_)) | FillError::Storage(_) => (FailureKind::Internal, None),
+            FillError::DigestMismatch { .. } => (FailureKind::DigestMismatch, None),
+        };
+        self.failure(kind, status, e.to_string()).await
+    }
+}
+
+/// Waits for the upstream's answer; returns its Content-Length.
+async fn wait_started(rx: &tokio::sync::watch::Receiver<Progress>) -> Result<Option<u64>, FillError> {
+    let mut rx = rx.clone();
+    loop {
+        {
+            let p = rx.borrow_and_update();
+            match &p.outcome {
+                Some(Err(e)) => return Err(e.clone()),
+                Some(Ok(size)) => return Ok(Some(*size)),
+                None if p.started => return Ok(p.total),
+                None => {}
+            }
+        }
+        if rx.changed().await.is_err() {
+            return Err(FillError::Storage("fill ended without an outcome".into()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Some(Ok((0, 10))));
+        assert_eq!(parse_range("bytes=90-", 100), Some(Ok((90, 10))));
+        assert_eq!(parse_range("bytes=-5", 100), Some(Ok((95, 5))));
+        assert_eq!(parse_range("bytes=50-1000", 100), Some(Ok((50, 50))));
+        assert_eq!(parse_range("bytes=100-", 100), Some(Err(())));
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
+        assert_eq!(parse_range("items=0-1", 100), None);
+    }
+}

@@ -1,0 +1,52 @@
+//! Where everything lives under the data directory, in one place.
+//!
+//! ```text
+//! <data>/blobs/<algorithm>/<first two hex>/<hex>   verified content, named by its digest
+//! <data>/staging/<uuid>                             writes in progress; emptied at start
+//! <data>/meta.redb                                  per-repository metadata (tag links, ...)
+//! <data>/repositories.json                          repository definitions
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use crate::digest::Digest;
+
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: impl Into<PathBuf>) -> Layout {
+        Layout { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blobs(&self) -> PathBuf {
+        self.root.join("blobs")
+    }
+
+    pub fn blob(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.blobs().join(digest.algorithm().name()).join(&hex[..2]).join(hex)
+    }
+
+    pub fn staging(&self) -> PathBuf {
+        self.root.join("staging")
+    }
+
+    pub fn staged(&self) -> PathBuf {
+        self.staging().join(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    pub fn meta_db(&self) -> PathBuf {
+        self.root.join("meta.redb")
+    }
+
+    pub fn repositories(&self) -> PathBuf {
+        self.root.join("repositories.json")
+    }
+}

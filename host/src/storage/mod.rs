@@ -1,0 +1,10 @@
+//! Storage: the content-addressed blob store and per-repository metadata, both under one data
+//! directory whose layout is written down in `layout`.
+
+pub mod blobs;
+pub mod layout;
+pub mod meta;
+
+pub use blobs::{BlobStore, StagedBlob};
+pub use layout::Layout;
+pub use meta::MetaStore;

@@ -1,0 +1,289 @@
+//! Single-flight cache fills: however many clients ask for an uncached blob at once, it is
+//! fetched from upstream once. The bytes go to a staging file and every waiting client streams
+//! from that file as it grows, so they get the bytes as they arrive, not after the download.
+//!
+//! The fill runs in its own task: a client that disconnects does not abort it. The content is
+//! hashed by a second thread reading behind the writer (hashing is slower than the network
+//! here, so it must not sit in the write path), verified, and only then committed by rename.
+//! Clients are held back from the last byte until the digest is verified, so a fill that fails
+//! or does not match is never completed to anyone and leaves nothing behind.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+use super::{Upstream, UpstreamError, UpstreamRequest};
+use crate::digest::{Digest, Hasher};
+use crate::repos::Repository;
+use crate::storage::BlobStore;
+
+/// Progress is published to readers at least this often (bytes), and at the end.
+const PUBLISH_EVERY: u64 = 256 * 1024;
+const HASH_CHUNK: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FillError {
+    #[error("{0}")]
+    Upstream(#[from] UpstreamError),
+    #[error("upstream answered {0}")]
+    Status(u16),
+    #[error("upstream sent {actual} bytes, announced {announced}")]
+    Length { announced: u64, actual: u64 },
+    #[error("upstream content hashes to {actual}, expected {expected}")]
+    DigestMismatch { expected: String, actual: String },
+    #[error("no bytes from upstream for {0} s")]
+    Stalled(u64),
+    /// Our fault: staging or committing failed.
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// The upstream answered with a success status; `total` is its Content-Length.
+    pub started: bool,
+    pub total: Option<u64>,
+    /// Bytes in the staging file that readers may read.
+    pub written: u64,
+    /// Set once: the verified, committed size, or why the fill failed.
+    pub outcome: Option<Result<u64, FillError>>,
+}
+
+/// One fill in flight; readers share the staging file through `reader` (positional reads,
+/// so the file can be renamed into place under them).
+pub struct Fill {
+    pub digest: Digest,
+    pub reader: Arc<File>,
+    pub progress: watch::Receiver<Progress>,
+}
+
+pub enum Joined {
+    /// The blob was committed meanwhile: serve it from the store.
+    Stored,
+    Filling(Arc<Fill>),
+}
+
+pub struct Fills {
+    store: BlobStore,
+    upstream: Arc<Upstream>,
+    inflight: Mutex<HashMap<Digest, Arc<Fill>>>,
+}
+
+impl Fills {
+    pub fn new(store: BlobStore, upstream: Arc<Upstream>) -> Arc<Fills> {
+        Arc::new(Fills { store, upstream, inflight: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Joins the fill for `digest`, or starts it.
+    pub fn join_or_start(self: &Arc<Self>, repo: Arc<Repository>, digest: Digest, request: UpstreamRequest) -> Result<Joined, FillError> {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fill) = inflight.get(&digest) {
+            return Ok(Joined::Filling(fill.clone()));
+        }
+        // Checked under the lock: a fill commits before it leaves the map, so a blob is
+        // either in flight or stored here, never fetched twice.
+        if self.store.stat(&digest).map_err(|e| FillError::Storage(e.to_string()))?.is_some() {
+            return Ok(Joined::Stored);
+        }
+        let path = self.store.layout().staged();
+        let writer = File::create(&path).map_err(|e| FillError::Storage(format!("{}: {e}", path.display())))?;
+        let reader = File::open(&path).map_err(|e| FillError::Storage(format!("{}: {e}", path.display())))?;
+        let (tx, rx) = watch::channel(Progress::default());
+        let fill = Arc::new(Fill { digest: digest.clone(), reader: Arc::new(reader), progress: rx });
+        inflight.insert(digest.clone(), fill.clone());
+        drop(inflight);
+
+        let fills = self.clone();
+        let span = tracing::info_span!("fill", digest = %digest, repo = %repo.name);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let started = std::time::Instant::now();
+                let tx = Arc::new(tx);
+                let outcome = fills.run(&repo, &digest, &request, writer, path.clone(), tx.clone()).await;
+                match &outcome {
+                    Ok(size) => tracing::info!(size, ms = started.elapsed().as_millis() as u64, "fill committed"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "fill failed; nothing stored");
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+                tx.send_modify(|p| {
+                    if let Ok(size) = &outcome {
+                        p.written = *size;
+                    }
+                    p.outcome = Some(outcome.clone());
+                });
+                fills.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&digest);
+            },
+            span,
+        ));
+        Ok(Joined::Filling(fill))
+    }
+
+    async fn run(
+        &self,
+        repo: &Repository,
+        digest: &Digest,
+        request: &UpstreamRequest,
+        writer: File,
+        path: PathBuf,
+        tx: Arc<watch::Sender<Progress>>,
+    ) -> Result<u64, FillError> {
+        let mut resp = self.upstream.send(repo, request).await?;
+        if !resp.status().is_success() {
+            return Err(FillError::Status(resp.status().as_u16()));
+        }
+        let total = resp.content_length();
+        tx.send_modify(|p| {
+            p.started = true;
+            p.total = total;
+        });
+
+        let shared = Arc::new(Shared::default());
+        let (chunks_tx, chunks_rx) = mpsc::channel::<Bytes>(32);
+        let write_task = tokio::task::spawn_blocking({
+            let shared = shared.clone();
+            let tx = tx.clone();
+            move || write_loop(writer, chunks_rx, &shared, &tx)
+        });
+        let hash_task = tokio::task::spawn_blocking({
+            let shared = shared.clone();
+            let reader = File::open(&path).map_err(|e| FillError::Storage(e.to_string()))?;
+            let algorithm = digest.algorithm();
+            move || hash_loop(reader, Hasher::new(algorithm), &shared)
+        });
+
+        let idle = self.upstream.config().idle_timeout;
+        let received: Result<(), FillError> = async {
+            loop {
+                match tokio::time::timeout(idle, resp.chunk()).await {
+                    Err(_) => return Err(FillError::Stalled(idle.as_secs())),
+                    Ok(Err(e)) => return Err(UpstreamError::Unreachable(e.to_string()).into()),
+                    Ok(Ok(None)) => return Ok(()),
+                    Ok(Ok(Some(chunk))) => {
+                        if chunks_tx.send(chunk).await.is_err() {
+                            return Err(FillError::Storage("staging writer stopped".into()));
+                        }
+                    }
+                }
+            }
+        }
+        .await;
+        drop(chunks_tx);
+        if received.is_err() {
+            shared.fail();
+        }
+        let written = write_task.await.map_err(|e| FillError::Storage(e.to_string()))?;
+        let hashed = hash_task.await.map_err(|e| FillError::Storage(e.to_string()))?;
+        received?;
+        let written = written?;
+        if let Some(announced) = total.filter(|t| *t != written) {
+            return Err(FillError::Length { announced, actual: written });
+        }
+        let actual = hashed.ok_or_else(|| FillError::Storage("hashing stopped".into()))?;
+        if actual != *digest {
+            return Err(FillError::DigestMismatch { expected: digest.to_string(), actual: actual.to_string() });
+        }
+        let store = self.store.clone();
+        let digest = digest.clone();
+        tokio::task::spawn_blocking(move || store.commit_verified(&path, &digest))
+            .await
+            .map_err(|e| FillError::Storage(e.to_string()))?
+            .map_err(|e| FillError::Storage(e.to_string()))?;
+        Ok(written)
+    }
+}
+
+/// Writer → hasher hand-off: how far the file is written, and whether writing ended.
+#[derive(Default)]
+struct Shared {
+    state: Mutex<WriteState>,
+    cond: Condvar,
+}
+
+#[derive(Default, Clone, Copy)]
+struct WriteState {
+    written: u64,
+    done: bool,
+    failed: bool,
+}
+
+impl Shared {
+    fn update(&self, f: impl FnOnce(&mut WriteState)) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut s);
+        self.cond.notify_all();
+    }
+
+    fn fail(&self) {
+        self.update(|s| s.failed = true);
+    }
+
+    /// Waits until more than `seen` bytes are written or writing ended.
+    fn wait_past(&self, seen: u64) -> WriteState {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while s.written <= seen && !s.done && !s.failed {
+            s = self.cond.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        *s
+    }
+}
+
+fn write_loop(mut file: File, mut chunks: mpsc::Receiver<Bytes>, shared: &Shared, tx: &watch::Sender<Progress>) -> Result<u64, FillError> {
+    let mut written = 0u64;
+    let mut published = 0u64;
+    let result = (|| {
+        while let Some(chunk) = chunks.blocking_recv() {
+            file.write_all(&chunk).map_err(|e| FillError::Storage(e.to_string()))?;
+            written += chunk.len() as u64;
+            shared.update(|s| s.written = written);
+            if written - published >= PUBLISH_EVERY {
+                published = written;
+                tx.send_modify(|p| p.written = written);
+            }
+        }
+        file.flush().map_err(|e| FillError::Storage(e.to_string()))?;
+        Ok(written)
+    })();
+    match &result {
+        Ok(_) => {
+            tx.send_modify(|p| p.written = written);
+            shared.update(|s| s.done = true);
+        }
+        Err(_) => shared.fail(),
+    }
+    result
+}
+
+fn hash_loop(reader: File, mut hasher: Hasher, shared: &Shared) -> Option<Digest> {
+    let mut buf = vec![0u8; HASH_CHUNK];
+    let mut pos = 0u64;
+    loop {
+        let state = shared.wait_past(pos);
+        if state.failed {
+            return None;
+        }
+        while pos < state.written {
+            let want = ((state.written - pos) as usize).min(buf.len());
+            let n = reader.read_at(&mut buf[..want], pos).ok()?;
+            if n == 0 {
+                return None;
+            }
+            hasher.update(&buf[..n]);
+            pos += n as u64;
+        }
+        if state.done && pos >= state.written {
+            return Some(hasher.finish());
+        }
+    }
+}

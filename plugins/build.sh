@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Builds every plugin crate under plugins/ as a wasm32-wasip2 component, or runs their native
+# unit tests. Idempotently sets up the toolchain first:
+#   - the standard route: `rustup target add wasm32-wasip2` (about 20 s on a new machine);
+#   - where that download fails, Debian's rustc-web + rust-web-src (same version) with std
+#     rebuilt by -Zbuild-std, linked by Debian's lld and wasi-libc.
+#
+#   plugins/build.sh install      set up the toolchain only
+#   plugins/build.sh build OUTDIR build every plugin, copy the .wasm files to OUTDIR
+#   plugins/build.sh test         native unit tests of every plugin
+set -euo pipefail
+caller=$PWD
+cd "$(dirname "$0")"
+TARGET=wasm32-wasip2
+WASI_LIBDIR=/usr/lib/wasm32-wasi
+DEB_PKGS="rustc-web cargo-web rust-web-src rust-web-llvm wasi-libc"
+log() { echo "plugins/build.sh: $*" >&2; }
+
+have_rustup_target() { command -v rustup >/dev/null && rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; }
+debian_ready() {
+  [ -x /usr/bin/rustc ] && [ -x /usr/bin/cargo ] && [ -d /usr/lib/rustlib/src/rust/library/std ] &&
+    [ -x /usr/bin/rust-lld ] && /usr/bin/rust-lld -flavor wasm --version >/dev/null 2>&1 && [ -f "$WASI_LIBDIR/libc.a" ]
+}
+apt_install() {
+  local missing=() p
+  for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "apt-get install ${missing[*]}"
+  apt-get -o DPkg::Lock::Timeout=900 update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -qq "${missing[@]}" >/dev/null
+}
+install() {
+  if ! have_rustup_target && command -v rustup >/dev/null; then
+    log "rustup target add $TARGET"
+    timeout 300 rustup target add "$TARGET" >&2 || log "rustup could not add $TARGET; using Debian's toolchain"
+  fi
+  if ! have_rustup_target && ! debian_ready; then
+    apt_install $DEB_PKGS
+    apt_install "$(readlink /usr/bin/rust-lld)"
+  fi
+  have_rustup_target || debian_ready || { log "no toolchain for $TARGET"; exit 1; }
+}
+guest_cargo() { # cargo for the guest, on whichever route is set up
+  if have_rustup_target; then
+    cargo "$1" --target "$TARGET" "${@:2}"
+  else
+    local tv; tv=$(echo "$TARGET" | tr 'a-z-' 'A-Z_')
+    env RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 \
+      "CARGO_TARGET_${tv}_RUSTFLAGS=-L native=$WASI_LIBDIR" \
+      /usr/bin/cargo "$1" --target "$TARGET" -Zbuild-std=std,panic_abort "${@:2}"
+  fi
+}
+crates() { for d in */; do [ -f "$d/Cargo.toml" ] && grep -q '^crate-type = \["cdylib"\]' "$d/Cargo.toml" && echo "${d%/}"; done; }
+
+case "${1:-}" in
+  install) install ;;
+  build)
+    out=$(cd "$caller" && realpath -m "${2:?usage: build OUTDIR}"); install; mkdir -p "$out"
+    for c in $(crates); do
+      (cd "$c" && guest_cargo build --release --quiet)
+      for w in "$c"/target/$TARGET/release/*.wasm; do cp -f "$w" "$out/"; log "built $out/$(basename "$w") ($(stat -c %s "$w") bytes)"; done
+    done ;;
+  test)
+    for c in $(crates); do (cd "$c" && cargo test --quiet); done ;;
+  *) echo "usage: $0 install | build OUTDIR | test" >&2; exit 2 ;;
+esac

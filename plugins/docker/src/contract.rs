@@ -1,0 +1,166 @@
+//! The shapes of the WIT contract (`binaryrepo:plugin@0.1.0`, interface `types`) as plain Rust.
+//!
+//! The format logic is written against these rather than the wit-bindgen types so that it
+//! builds and is tested natively; `guest` converts at the component boundary.
+
+/// HTTP header fields in order; a name may repeat.
+pub type Headers = Vec<(String, String)>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepoType {
+    Local,
+    Remote,
+    Virtual,
+}
+
+#[derive(Clone, Debug)]
+pub struct Repository {
+    pub name: String,
+    pub repo_type: RepoType,
+    pub remote_url: Option<String>,
+    pub has_credentials: bool,
+    pub tag_check_seconds: u64,
+    pub members: Vec<String>,
+    pub delete_enabled: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: Headers,
+    pub base_url: String,
+    pub path_repo: Option<String>,
+    pub repository: Option<Repository>,
+    pub now: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Headers,
+    pub body: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamRequest {
+    pub method: String,
+    pub url: String,
+    pub headers: Headers,
+    pub with_credentials: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamResponse {
+    pub status: u16,
+    pub headers: Headers,
+    pub body: Vec<u8>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub size: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServeBlob {
+    pub digest: String,
+    pub headers: Headers,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchBlob {
+    pub digest: String,
+    pub request: UpstreamRequest,
+    pub headers: Headers,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    Respond(Response),
+    ServeBlob(ServeBlob),
+    FetchBlob(FetchBlob),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostError {
+    NotAllowed(String),
+    UpstreamUnreachable(String),
+    TooLarge(u64),
+    InvalidDigest(String),
+    DigestMismatch(String),
+    Internal(String),
+}
+
+impl std::fmt::Display for HostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostError::NotAllowed(m) => write!(f, "not allowed: {m}"),
+            HostError::UpstreamUnreachable(m) => write!(f, "upstream unreachable: {m}"),
+            HostError::TooLarge(n) => write!(f, "document too large ({n} bytes)"),
+            HostError::InvalidDigest(m) => write!(f, "invalid digest: {m}"),
+            HostError::DigestMismatch(m) => write!(f, "digest mismatch: {m}"),
+            HostError::Internal(m) => write!(f, "host failure: {m}"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    BlobUnknown,
+    UpstreamStatus,
+    UpstreamUnreachable,
+    DigestMismatch,
+    Internal,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub status: Option<u16>,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// The capabilities the host grants (interface `host`), so the logic can run against a fake.
+pub trait Host {
+    fn log(&self, level: Level, message: &str);
+    fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, HostError>;
+    fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), HostError>;
+    fn meta_delete(&self, key: &str) -> Result<(), HostError>;
+    fn meta_list(&self, prefix: &str) -> Result<Vec<String>, HostError>;
+    fn scratch_get(&self, key: &str) -> Option<Vec<u8>>;
+    fn scratch_put(&self, key: &str, value: &[u8], ttl_seconds: u64);
+    fn blob_stat(&self, digest: &str) -> Result<Option<BlobInfo>, HostError>;
+    fn blob_read(&self, digest: &str) -> Result<Vec<u8>, HostError>;
+    fn blob_write(&self, data: &[u8], expected: Option<&str>) -> Result<String, HostError>;
+    fn upstream(&self, request: &UpstreamRequest) -> Result<UpstreamResponse, HostError>;
+}
+
+/// First value of a header, names compared case-insensitively.
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// Every value of a header, in order.
+pub fn header_values<'a>(
+    headers: &'a [(String, String)],
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .iter()
+        .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}

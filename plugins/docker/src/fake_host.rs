@@ -1,0 +1,318 @@
+//! A host and an upstream registry in memory, for native tests of whole request flows.
+
+use crate::contract::*;
+use sha2::{Digest as _, Sha256};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+
+pub const UPSTREAM: &str = "http://up.example";
+pub const REALM: &str = "http://auth.example/token";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamAuth {
+    Open,
+    Bearer,
+    Basic,
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    let h = Sha256::digest(data);
+    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// One upstream registry: manifests by digest, tags, blob sizes.
+pub struct Registry {
+    pub base: String,
+    pub auth: UpstreamAuth,
+    pub manifests: HashMap<String, (String, Vec<u8>)>,
+    pub tags: BTreeMap<(String, String), String>,
+    pub blobs: HashMap<String, u64>,
+    /// answer HEAD on manifests without Docker-Content-Digest
+    pub head_without_digest: bool,
+    /// serve these bytes instead of the real manifest (a tampering upstream)
+    pub tamper: Option<Vec<u8>>,
+    pub status_override: Option<u16>,
+    /// answer blob requests with a redirect to storage.example (which the host refuses)
+    pub redirect_blobs: bool,
+    pub token_counter: Cell<u32>,
+}
+
+impl Registry {
+    pub fn new(base: &str, auth: UpstreamAuth) -> Registry {
+        Registry {
+            base: base.to_owned(),
+            auth,
+            manifests: HashMap::new(),
+            tags: BTreeMap::new(),
+            blobs: HashMap::new(),
+            head_without_digest: false,
+            tamper: None,
+            status_override: None,
+            redirect_blobs: false,
+            token_counter: Cell::new(0),
+        }
+    }
+
+    /// Publish a manifest under a tag; returns its digest.
+    pub fn push(&mut self, name: &str, tag: &str, body: &str) -> String {
+        let digest = sha256(body.as_bytes());
+        self.manifests.insert(
+            digest.clone(),
+            (
+                "application/vnd.oci.image.manifest.v1+json".to_owned(),
+                body.as_bytes().to_vec(),
+            ),
+        );
+        self.tags
+            .insert((name.to_owned(), tag.to_owned()), digest.clone());
+        digest
+    }
+
+    fn respond(&self, req: &UpstreamRequest) -> UpstreamResponse {
+        let resp = |status: u16, headers: Vec<(&str, String)>, body: Vec<u8>| UpstreamResponse {
+            status,
+            headers: headers
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            body: if req.method == "HEAD" {
+                Vec::new()
+            } else {
+                body
+            },
+        };
+        if let Some(q) = req.url.strip_prefix(REALM) {
+            if self.auth == UpstreamAuth::Basic && !req.with_credentials {
+                return resp(401, vec![], vec![]);
+            }
+            assert!(
+                q.starts_with('?'),
+                "token request without query: {}",
+                req.url
+            );
+            let n = self.token_counter.get() + 1;
+            self.token_counter.set(n);
+            return resp(
+                200,
+                vec![],
+                format!(r#"{{"token":"tok-{n}","expires_in":300}}"#).into_bytes(),
+            );
+        }
+        let Some(path) = req.url.strip_prefix(&self.base) else {
+            return resp(599, vec![], vec![]);
+        };
+        let (path, _query) = path.split_once('?').unwrap_or((path, ""));
+        let name_for_scope = path
+            .strip_prefix("/v2/")
+            .and_then(|p| p.rsplitn(3, '/').nth(2))
+            .unwrap_or("")
+            .to_owned();
+        match self.auth {
+            UpstreamAuth::Bearer => {
+                let ok = header(&req.headers, "authorization")
+                    .is_some_and(|a| a.starts_with("Bearer tok-"));
+                if !ok {
+                    let mut c = format!(r#"Bearer realm="{REALM}",service="up.example""#);
+                    if !name_for_scope.is_empty() {
+                        c.push_str(&format!(r#",scope="repository:{name_for_scope}:pull""#));
+                    }
+                    return resp(401, vec![("WWW-Authenticate", c)], br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#.to_vec());
+                }
+            }
+            UpstreamAuth::Basic if !req.with_credentials => {
+                return resp(
+                    401,
+                    vec![(
+                        "WWW-Authenticate",
+                        r#"Basic realm="Registry Realm""#.to_owned(),
+                    )],
+                    vec![],
+                );
+            }
+            _ => {}
+        }
+        if let Some(s) = self.status_override {
+            return resp(
+                s,
+                vec![],
+                br#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#.to_vec(),
+            );
+        }
+        if path == "/v2/" {
+            return resp(200, vec![], b"{}".to_vec());
+        }
+        let rest = &path[4..];
+        if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
+            let digest = if reference.contains(':') {
+                Some(reference.to_owned())
+            } else {
+                self.tags
+                    .get(&(name.to_owned(), reference.to_owned()))
+                    .cloned()
+            };
+            let Some((mt, body)) = digest.as_ref().and_then(|d| self.manifests.get(d)) else {
+                return resp(
+                    404,
+                    vec![],
+                    br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#
+                        .to_vec(),
+                );
+            };
+            let mut headers = vec![
+                ("Content-Type", mt.clone()),
+                ("Content-Length", body.len().to_string()),
+            ];
+            if !(req.method == "HEAD" && self.head_without_digest) {
+                headers.push(("Docker-Content-Digest", digest.clone().unwrap_or_default()));
+            }
+            let body = self.tamper.clone().unwrap_or_else(|| body.clone());
+            return resp(200, headers, body);
+        }
+        if let Some((_name, digest)) = rest.rsplit_once("/blobs/") {
+            if self.redirect_blobs {
+                let location = format!("http://storage.example/{digest}");
+                return resp(307, vec![("Location", location)], vec![]);
+            }
+            return match self.blobs.get(digest) {
+                Some(size) => resp(200, vec![("Content-Length", size.to_string())], vec![]),
+                None => resp(404, vec![], vec![]),
+            };
+        }
+        if let Some(name) = rest.strip_suffix("/tags/list") {
+            let tags: Vec<&String> = self
+                .tags
+                .keys()
+                .filter(|(n, _)| n == name)
+                .map(|(_, t)| t)
+                .collect();
+            if tags.is_empty() {
+                return resp(404, vec![], vec![]);
+            }
+            let body = serde_json::json!({ "name": name, "tags": tags })
+                .to_string()
+                .into_bytes();
+            return resp(
+                200,
+                vec![("Content-Type", "application/json".to_owned())],
+                body,
+            );
+        }
+        resp(404, vec![], vec![])
+    }
+}
+
+pub struct FakeHost {
+    pub meta: RefCell<BTreeMap<String, Vec<u8>>>,
+    pub scratch: RefCell<HashMap<String, (Vec<u8>, u64)>>,
+    pub blobs: RefCell<HashMap<String, Vec<u8>>>,
+    pub registry: RefCell<Registry>,
+    pub down: Cell<bool>,
+    pub sent: RefCell<Vec<UpstreamRequest>>,
+    pub logs: RefCell<Vec<(Level, String)>>,
+}
+
+impl FakeHost {
+    pub fn new(registry: Registry) -> FakeHost {
+        FakeHost {
+            meta: RefCell::default(),
+            scratch: RefCell::default(),
+            blobs: RefCell::default(),
+            registry: RefCell::new(registry),
+            down: Cell::new(false),
+            sent: RefCell::default(),
+            logs: RefCell::default(),
+        }
+    }
+
+    /// "METHOD url" of every upstream request since the last call.
+    pub fn take_sent(&self) -> Vec<String> {
+        self.sent
+            .borrow_mut()
+            .drain(..)
+            .map(|r| format!("{} {}", r.method, r.url))
+            .collect()
+    }
+
+    pub fn logged(&self, level: Level, needle: &str) -> bool {
+        self.logs
+            .borrow()
+            .iter()
+            .any(|(l, m)| *l == level && m.contains(needle))
+    }
+}
+
+impl Host for FakeHost {
+    fn log(&self, level: Level, message: &str) {
+        self.logs.borrow_mut().push((level, message.to_owned()));
+    }
+    fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, HostError> {
+        Ok(self.meta.borrow().get(key).cloned())
+    }
+    fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), HostError> {
+        self.meta
+            .borrow_mut()
+            .insert(key.to_owned(), value.to_vec());
+        Ok(())
+    }
+    fn meta_delete(&self, key: &str) -> Result<(), HostError> {
+        self.meta.borrow_mut().remove(key);
+        Ok(())
+    }
+    fn meta_list(&self, prefix: &str) -> Result<Vec<String>, HostError> {
+        Ok(self
+            .meta
+            .borrow()
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
+    fn scratch_get(&self, key: &str) -> Option<Vec<u8>> {
+        self.scratch.borrow().get(key).map(|(v, _)| v.clone())
+    }
+    fn scratch_put(&self, key: &str, value: &[u8], ttl_seconds: u64) {
+        self.scratch
+            .borrow_mut()
+            .insert(key.to_owned(), (value.to_vec(), ttl_seconds));
+    }
+    fn blob_stat(&self, digest: &str) -> Result<Option<BlobInfo>, HostError> {
+        Ok(self.blobs.borrow().get(digest).map(|b| BlobInfo {
+            size: b.len() as u64,
+        }))
+    }
+    fn blob_read(&self, digest: &str) -> Result<Vec<u8>, HostError> {
+        self.blobs
+            .borrow()
+            .get(digest)
+            .cloned()
+            .ok_or_else(|| HostError::Internal("no such blob".into()))
+    }
+    fn blob_write(&self, data: &[u8], expected: Option<&str>) -> Result<String, HostError> {
+        let actual = sha256(data);
+        if let Some(e) = expected.filter(|e| *e != actual) {
+            return Err(HostError::DigestMismatch(format!(
+                "expected {e}, got {actual}"
+            )));
+        }
+        self.blobs
+            .borrow_mut()
+            .insert(actual.clone(), data.to_vec());
+        Ok(actual)
+    }
+    fn upstream(&self, request: &UpstreamRequest) -> Result<UpstreamResponse, HostError> {
+        self.sent.borrow_mut().push(request.clone());
+        if self.down.get() {
+            return Err(HostError::UpstreamUnreachable("connection refused".into()));
+        }
+        let registry = self.registry.borrow();
+        if !request.url.starts_with(&registry.base) && !request.url.starts_with(REALM) {
+            return Err(HostError::NotAllowed(format!(
+                "{} is outside the remote",
+                request.url
+            )));
+        }
+        drop(registry);
+        Ok(self.registry.borrow().respond(request))
+    }
+}

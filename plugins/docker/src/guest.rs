@@ -1,0 +1,186 @@
+//! The component boundary: wit-bindgen bindings for world `plugin`, and conversions between
+//! the generated types and `contract`.
+
+use crate::contract as c;
+use crate::handler;
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "plugin",
+});
+
+use binaryrepo::plugin::host as wit_host;
+use binaryrepo::plugin::types as wit;
+use exports::binaryrepo::plugin::format::{Guest, PluginInfo};
+
+struct Component;
+
+impl Guest for Component {
+    fn info() -> PluginInfo {
+        PluginInfo {
+            format: handler::FORMAT.to_owned(),
+            contract: handler::CONTRACT.to_owned(),
+            roots: handler::ROOTS.iter().map(|r| (*r).to_owned()).collect(),
+        }
+    }
+
+    fn handle(request: wit::Request) -> wit::Plan {
+        plan_out(handler::handle(&WitHost, &request_in(request)))
+    }
+
+    fn render_failure(request: wit::Request, failure: wit::Failure) -> wit::Response {
+        response_out(handler::render_failure(
+            &request_in(request),
+            &failure_in(failure),
+        ))
+    }
+}
+
+export!(Component);
+
+/// The imported `host` interface behind the `contract::Host` trait.
+struct WitHost;
+
+impl c::Host for WitHost {
+    fn log(&self, level: c::Level, message: &str) {
+        let level = match level {
+            c::Level::Trace => wit::Level::Trace,
+            c::Level::Debug => wit::Level::Debug,
+            c::Level::Info => wit::Level::Info,
+            c::Level::Warn => wit::Level::Warn,
+            c::Level::Error => wit::Level::Error,
+        };
+        wit_host::log(level, message);
+    }
+
+    fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, c::HostError> {
+        wit_host::meta_get(key).map_err(host_error_in)
+    }
+
+    fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), c::HostError> {
+        wit_host::meta_put(key, value).map_err(host_error_in)
+    }
+
+    fn meta_delete(&self, key: &str) -> Result<(), c::HostError> {
+        wit_host::meta_delete(key).map_err(host_error_in)
+    }
+
+    fn meta_list(&self, prefix: &str) -> Result<Vec<String>, c::HostError> {
+        wit_host::meta_list(prefix).map_err(host_error_in)
+    }
+
+    fn scratch_get(&self, key: &str) -> Option<Vec<u8>> {
+        wit_host::scratch_get(key)
+    }
+
+    fn scratch_put(&self, key: &str, value: &[u8], ttl_seconds: u64) {
+        wit_host::scratch_put(key, value, ttl_seconds);
+    }
+
+    fn blob_stat(&self, digest: &str) -> Result<Option<c::BlobInfo>, c::HostError> {
+        wit_host::blob_stat(digest)
+            .map(|o| o.map(|i| c::BlobInfo { size: i.size }))
+            .map_err(host_error_in)
+    }
+
+    fn blob_read(&self, digest: &str) -> Result<Vec<u8>, c::HostError> {
+        wit_host::blob_read(digest).map_err(host_error_in)
+    }
+
+    fn blob_write(&self, data: &[u8], expected: Option<&str>) -> Result<String, c::HostError> {
+        wit_host::blob_write(data, expected).map_err(host_error_in)
+    }
+
+    fn upstream(&self, request: &c::UpstreamRequest) -> Result<c::UpstreamResponse, c::HostError> {
+        let request = upstream_request_out(request.clone());
+        wit_host::upstream(&request)
+            .map(|r| c::UpstreamResponse {
+                status: r.status,
+                headers: r.headers,
+                body: r.body,
+            })
+            .map_err(host_error_in)
+    }
+}
+
+fn host_error_in(e: wit::HostError) -> c::HostError {
+    match e {
+        wit::HostError::NotAllowed(m) => c::HostError::NotAllowed(m),
+        wit::HostError::UpstreamUnreachable(m) => c::HostError::UpstreamUnreachable(m),
+        wit::HostError::TooLarge(n) => c::HostError::TooLarge(n),
+        wit::HostError::InvalidDigest(m) => c::HostError::InvalidDigest(m),
+        wit::HostError::DigestMismatch(m) => c::HostError::DigestMismatch(m),
+        wit::HostError::Internal(m) => c::HostError::Internal(m),
+    }
+}
+
+fn request_in(r: wit::Request) -> c::Request {
+    c::Request {
+        method: r.method,
+        path: r.path,
+        query: r.query,
+        headers: r.headers,
+        base_url: r.base_url,
+        path_repo: r.path_repo,
+        repository: r.repository.map(|repo| c::Repository {
+            name: repo.name,
+            repo_type: match repo.repo_type {
+                wit::RepoType::Local => c::RepoType::Local,
+                wit::RepoType::Remote => c::RepoType::Remote,
+                wit::RepoType::Virtual => c::RepoType::Virtual,
+            },
+            remote_url: repo.remote_url,
+            has_credentials: repo.has_credentials,
+            tag_check_seconds: repo.tag_check_seconds,
+            members: repo.members,
+            delete_enabled: repo.delete_enabled,
+        }),
+        now: r.now,
+    }
+}
+
+fn failure_in(f: wit::Failure) -> c::Failure {
+    c::Failure {
+        kind: match f.kind {
+            wit::FailureKind::BlobUnknown => c::FailureKind::BlobUnknown,
+            wit::FailureKind::UpstreamStatus => c::FailureKind::UpstreamStatus,
+            wit::FailureKind::UpstreamUnreachable => c::FailureKind::UpstreamUnreachable,
+            wit::FailureKind::DigestMismatch => c::FailureKind::DigestMismatch,
+            wit::FailureKind::Internal => c::FailureKind::Internal,
+        },
+        status: f.status,
+        message: f.message,
+    }
+}
+
+fn response_out(r: c::Response) -> wit::Response {
+    wit::Response {
+        status: r.status,
+        headers: r.headers,
+        body: r.body,
+    }
+}
+
+fn upstream_request_out(r: c::UpstreamRequest) -> wit::UpstreamRequest {
+    wit::UpstreamRequest {
+        method: r.method,
+        url: r.url,
+        headers: r.headers,
+        with_credentials: r.with_credentials,
+    }
+}
+
+fn plan_out(p: c::Plan) -> wit::Plan {
+    match p {
+        c::Plan::Respond(r) => wit::Plan::Respond(response_out(r)),
+        c::Plan::ServeBlob(s) => wit::Plan::ServeBlob(wit::ServeBlob {
+            digest: s.digest,
+            headers: s.headers,
+        }),
+        c::Plan::FetchBlob(f) => wit::Plan::FetchBlob(wit::FetchBlob {
+            digest: f.digest,
+            request: upstream_request_out(f.request),
+            headers: f.headers,
+        }),
+    }
+}

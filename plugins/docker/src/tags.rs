@@ -1,0 +1,215 @@
+//! `GET /v2/<name>/tags/list`: the body, pagination (`n`, `last`) and the `Link` to the next
+//! page, addressed the way the client reached us.
+
+use crate::contract::{Request, Response};
+use crate::error::{ErrorCode, RegistryError};
+use crate::plan;
+use crate::url;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+pub struct TagList {
+    pub name: String,
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Paging {
+    pub n: Option<usize>,
+    pub last: Option<String>,
+}
+
+impl Paging {
+    pub fn from_query(query: Option<&str>) -> Result<Paging, RegistryError> {
+        let n = match url::query_param(query, "n") {
+            None => None,
+            Some(s) if s.is_empty() => None,
+            Some(s) => Some(s.parse::<usize>().map_err(|_| {
+                RegistryError::new(
+                    ErrorCode::PaginationNumberInvalid,
+                    "n must be a non-negative integer",
+                )
+                .with_detail(serde_json::json!({ "n": s }))
+            })?),
+        };
+        let last = url::query_param(query, "last").filter(|s| !s.is_empty());
+        Ok(Paging { n, last })
+    }
+
+    pub fn params(&self) -> Vec<(&'static str, String)> {
+        let mut p = Vec::new();
+        if let Some(n) = self.n {
+            p.push(("n", n.to_string()));
+        }
+        if let Some(last) = &self.last {
+            p.push(("last", last.clone()));
+        }
+        p
+    }
+}
+
+/// One page of `all` (sorted): tags after `last`, at most `n`; and the paging of the next
+/// page when more remain.
+pub fn paginate(all: &[String], paging: &Paging) -> (Vec<String>, Option<Paging>) {
+    let after: Vec<String> = all
+        .iter()
+        .filter(|t| paging.last.as_ref().is_none_or(|l| t.as_str() > l.as_str()))
+        .cloned()
+        .collect();
+    match paging.n {
+        Some(n) if after.len() > n => {
+            let page: Vec<String> = after.into_iter().take(n).collect();
+            let next = (n > 0).then(|| Paging {
+                n: Some(n),
+                last: page.last().cloned(),
+            });
+            (page, next)
+        }
+        _ => (after, None),
+    }
+}
+
+/// The name the client used, which includes the repository segment of the path method.
+pub fn client_name(req: &Request, name: &str) -> String {
+    match &req.path_repo {
+        Some(repo) => format!("{repo}/{name}"),
+        None => name.to_owned(),
+    }
+}
+
+/// `<…/v2/<client name>/tags/list?n=…&last=…>; rel="next"`
+pub fn next_link(req: &Request, client_name: &str, next: &Paging) -> String {
+    let base = format!(
+        "{}/v2/{client_name}/tags/list",
+        req.base_url.trim_end_matches('/')
+    );
+    let params = next.params();
+    let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    format!("<{}>; rel=\"next\"", url::with_query(&base, &params))
+}
+
+/// The paging of an upstream's `Link: <…?n=…&last=…>; rel="next"` header.
+pub fn paging_from_link(link: &str) -> Option<Paging> {
+    if !link.contains("rel=\"next\"") && !link.contains("rel=next") {
+        return None;
+    }
+    let target = link.split_once('<')?.1.split_once('>')?.0;
+    let query = target.split_once('?').map(|(_, q)| q);
+    Paging::from_query(query).ok().filter(|p| p.last.is_some())
+}
+
+pub fn response(
+    req: &Request,
+    client_name: &str,
+    tags: Vec<String>,
+    next: Option<&Paging>,
+) -> Response {
+    let body = serde_json::json!({ "name": client_name, "tags": tags })
+        .to_string()
+        .into_bytes();
+    let mut resp = plan::json(200, body);
+    if let Some(next) = next {
+        resp.headers
+            .push(("Link".to_owned(), next_link(req, client_name, next)));
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn req(path_repo: Option<&str>) -> Request {
+        Request {
+            method: "GET".into(),
+            path: "/v2/redis/tags/list".into(),
+            query: None,
+            headers: vec![],
+            base_url: "http://h:8081".into(),
+            path_repo: path_repo.map(Into::into),
+            repository: None,
+            now: 0,
+        }
+    }
+
+    #[test]
+    fn paging_query() {
+        assert_eq!(Paging::from_query(None).unwrap(), Paging::default());
+        assert_eq!(
+            Paging::from_query(Some("n=2&last=b")).unwrap(),
+            Paging {
+                n: Some(2),
+                last: Some("b".into())
+            }
+        );
+        let e = Paging::from_query(Some("n=-1")).unwrap_err();
+        assert_eq!(
+            (e.code, e.status),
+            (ErrorCode::PaginationNumberInvalid, 400)
+        );
+    }
+
+    #[test]
+    fn pages() {
+        let all = tags(&["a", "b", "c", "d"]);
+        let p = |n, last: Option<&str>| Paging {
+            n,
+            last: last.map(Into::into),
+        };
+        assert_eq!(paginate(&all, &p(None, None)), (all.clone(), None));
+        assert_eq!(
+            paginate(&all, &p(Some(2), None)),
+            (tags(&["a", "b"]), Some(p(Some(2), Some("b"))))
+        );
+        assert_eq!(
+            paginate(&all, &p(Some(2), Some("b"))),
+            (tags(&["c", "d"]), None)
+        );
+        assert_eq!(paginate(&all, &p(None, Some("c"))), (tags(&["d"]), None));
+        assert_eq!(paginate(&all, &p(Some(0), None)), (vec![], None));
+        assert_eq!(paginate(&all, &p(Some(10), Some("z"))), (vec![], None));
+    }
+
+    #[test]
+    fn links_use_the_client_view() {
+        let r = req(Some("docker-remote"));
+        let name = client_name(&r, "redis");
+        assert_eq!(name, "docker-remote/redis");
+        let next = Paging {
+            n: Some(2),
+            last: Some("b".into()),
+        };
+        assert_eq!(
+            next_link(&r, &name, &next),
+            "<http://h:8081/v2/docker-remote/redis/tags/list?n=2&last=b>; rel=\"next\""
+        );
+    }
+
+    #[test]
+    fn upstream_links() {
+        assert_eq!(
+            paging_from_link("</v2/library/redis/tags/list?last=7&n=2>; rel=\"next\""),
+            Some(Paging {
+                n: Some(2),
+                last: Some("7".into())
+            })
+        );
+        assert_eq!(
+            paging_from_link("</v2/x/tags/list?last=7>; rel=\"prev\""),
+            None
+        );
+        assert_eq!(paging_from_link("garbage"), None);
+    }
+
+    #[test]
+    fn body() {
+        let r = response(&req(None), "redis", tags(&["7"]), None);
+        assert_eq!(r.body, br#"{"name":"redis","tags":["7"]}"#.to_vec());
+        assert!(r.headers.iter().all(|(k, _)| k != "Link"));
+    }
+}
