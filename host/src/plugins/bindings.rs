@@ -8,8 +8,8 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use binaryrepo::plugin::types;
-pub use exports::binaryrepo::plugin::format::PluginInfo;
+pub use self::binaryrepo::plugin::types;
+pub use self::exports::binaryrepo::plugin::format::PluginInfo;
 
 /// The contract version this host implements; plugins built against the same major.minor
 /// (any patch) load.

@@ -110,19 +110,34 @@ impl Fills {
                 let started = std::time::Instant::now();
                 let tx = Arc::new(tx);
                 let outcome = fills.run(&repo, &digest, &request, writer, path.clone(), tx.clone()).await;
-                match &outcome {
-                    Ok(size) => tracing::info!(size, ms = started.elapsed().as_millis() as u64, "fill committed"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "fill failed; nothing stored");
-                        let _ = std::fs::remove_file(&path);
-                    }
-                }
+                // Verified bytes may be completed to clients now; the durable commit (fsync and
+                // rename) follows, and the fill leaves the map only after it, so a newcomer
+                // either joins this fill or finds the blob stored.
                 tx.send_modify(|p| {
                     if let Ok(size) = &outcome {
                         p.written = *size;
                     }
                     p.outcome = Some(outcome.clone());
                 });
+                let committed = match outcome {
+                    Ok(size) => {
+                        let store = fills.store.clone();
+                        let (path, digest) = (path.clone(), digest.clone());
+                        match tokio::task::spawn_blocking(move || store.commit_verified(&path, &digest)).await {
+                            Ok(Ok(())) => Ok(size),
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        }
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                match committed {
+                    Ok(size) => tracing::info!(size, ms = started.elapsed().as_millis() as u64, "fill committed"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "fill failed; nothing stored");
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
                 fills.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&digest);
             },
             span,
@@ -194,12 +209,6 @@ impl Fills {
         if actual != *digest {
             return Err(FillError::DigestMismatch { expected: digest.to_string(), actual: actual.to_string() });
         }
-        let store = self.store.clone();
-        let digest = digest.clone();
-        tokio::task::spawn_blocking(move || store.commit_verified(&path, &digest))
-            .await
-            .map_err(|e| FillError::Storage(e.to_string()))?
-            .map_err(|e| FillError::Storage(e.to_string()))?;
         Ok(written)
     }
 }

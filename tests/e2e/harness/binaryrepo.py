@@ -1,0 +1,173 @@
+"""Start/stop the binaryrepo server under test, and talk to its management API.
+
+The binary is $BINARYREPO_BIN or <repo>/target/release/binaryrepo; plugins $BINARYREPO_PLUGIN_DIR (or
+$BINARYREPO_PLUGINS) or the `plugins/` directory next to the binary. Each instance gets a free port, its own data dir and config file
+(TOML, see the CLI section of the README) and logs to <dir>/binaryrepo.log.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+from .util import Fatal, Resp, free_port, proc_status, request, stop_process, tail, wait_until
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def binary_path() -> Path:
+    return Path(os.environ.get("BINARYREPO_BIN", REPO_ROOT / "target" / "release" / "binaryrepo"))
+
+
+def plugin_dir() -> Path:
+    d = os.environ.get("BINARYREPO_PLUGIN_DIR") or os.environ.get("BINARYREPO_PLUGINS")
+    return Path(d) if d else binary_path().parent / "plugins"
+
+
+def _toml(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{s}"'
+
+
+class BinaryRepo:
+    def __init__(self, workdir: Path, name: str = "binaryrepo", port: int | None = None, config: dict | None = None,
+                 repositories: list[dict] | None = None):
+        self.dir = Path(workdir) / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = self.dir / "data"
+        self.conf = self.dir / "binaryrepo.toml"
+        self.logfile = self.dir / "binaryrepo.log"
+        self.port = port or free_port()
+        self.config = {"upstream_connect_timeout_ms": 2000, "upstream_down_seconds": 30}
+        self.config.update(config or {})
+        self.repositories = repositories or []
+        self.proc: subprocess.Popen | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _write_config(self):
+        lines = [f"listen = {_toml(self.host)}", f"data_dir = {_toml(str(self.data_dir))}",
+                 f"plugin_dir = {_toml(str(plugin_dir()))}"]
+        lines += [f"{k} = {_toml(v)}" for k, v in self.config.items()]
+        if not self.repositories:
+            # no seeds at all: without this key the server seeds its embedded defaults (a Docker Hub
+            # remote as the default repository), and a test must never reach for the internet
+            lines.append("repositories = []")
+        for r in self.repositories:
+            lines.append("")
+            lines.append("[[repositories]]")
+            lines += [f"{k} = {_toml(v)}" for k, v in r.items()]
+        self.conf.write_text("\n".join(lines) + "\n")
+
+    def start(self, timeout: float = 30):
+        exe = binary_path()
+        if not exe.exists():
+            raise RuntimeError(f"binaryrepo binary not found at {exe} (run `make build`, or set BINARYREPO_BIN)")
+        self._write_config()
+        logf = open(self.logfile, "ab")
+        logf.write(f"=== start {exe} serve --config {self.conf}\n".encode())
+        logf.flush()
+        env = dict(os.environ)
+        env.setdefault("RUST_BACKTRACE", "1")
+        env["NO_COLOR"] = "1"  # plain log lines
+        for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+            env.pop(k, None)
+        self.proc = subprocess.Popen([str(exe), "serve", "--config", str(self.conf)], stdout=logf,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        logf.close()
+
+        def healthy():
+            if self.proc.poll() is not None:
+                raise Fatal(f"binaryrepo exited with {self.proc.returncode}:\n{tail(self.logfile)}")
+            r = request("GET", self.url + "/api/health", timeout=2)
+            return r.status == 200
+        try:
+            wait_until(healthy, timeout=timeout, what=f"binaryrepo /api/health on {self.host}")
+        except TimeoutError as e:
+            raise RuntimeError(f"{e}\n{tail(self.logfile)}") from None
+        return self
+
+    def stop(self):
+        stop_process(self.proc)
+        self.proc = None
+
+    def kill(self):
+        """SIGKILL: no chance to clean up"""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def restart(self):
+        self.stop()
+        return self.start()
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n: int = 30) -> str:
+        return tail(self.logfile, n)
+
+    def memory(self) -> dict:
+        return proc_status(self.pid)
+
+    # --- management API --------------------------------------------------------------------------
+    def api(self, method: str, path: str, json_body=None, body=None, headers=None) -> Resp:
+        return request(method, self.url + path, json_body=json_body, body=body, headers=headers, timeout=30)
+
+    def repos(self) -> list:
+        r = self.api("GET", "/api/repositories")
+        assert r.status == 200, f"GET /api/repositories -> {r!r}"
+        return r.json()
+
+    def create(self, **obj) -> dict:
+        r = self.api("POST", "/api/repositories", json_body=obj)
+        assert r.status == 201, f"POST /api/repositories {obj} -> {r!r}\n{self.log_tail(10)}"
+        return r.json()
+
+    def create_remote(self, name: str, url: str, **extra) -> dict:
+        return self.create(name=name, type="remote", format="docker", url=url, **extra)
+
+    # --- registry helpers ------------------------------------------------------------------------
+    def prefix(self, repo: str | None = None) -> str:
+        """image reference prefix for the path method: 127.0.0.1:PORT/<repo>"""
+        return f"{self.host}/{repo}" if repo else self.host
+
+    def v2(self, repo: str | None, path: str) -> str:
+        """URL of a registry path through the path method: /v2/<repo>/<path>"""
+        return f"{self.url}/v2/{repo}/{path}" if repo else f"{self.url}/v2/{path}"
+
+
+DIGEST_NAME = re.compile(r"^(?:sha256[:_-])?([0-9a-f]{64})$")
+
+
+def blob_files(data_dir: Path):
+    """Files under a data dir named for a digest: "<64 hex>", "sha256:<hex>", "sha256-<hex>", "sha256_<hex>",
+    or ".../<64 hex>/data" (distribution style). Staged files (other names) are not blobs.
+    Yields (path, "sha256:<hex>")."""
+    for root, _dirs, files in os.walk(data_dir):
+        for name in files:
+            m = DIGEST_NAME.match(name)
+            if not m and name == "data":
+                m = DIGEST_NAME.match(os.path.basename(root))
+            if m:
+                yield Path(root) / name, "sha256:" + m.group(1)

@@ -1,0 +1,31 @@
+"""Concurrent cold pulls share one upstream fetch per blob."""
+from concurrent.futures import ThreadPoolExecutor
+
+from harness.clients import dir_image, skopeo_copy
+
+N = 10
+
+
+def test_concurrent_cold_pulls_fetch_each_blob_once(upstream, br, images, tmp_path):
+    big = images["big"]
+    br.create_remote("docker-remote", upstream.url)
+    m0 = upstream.mark()
+
+    def one(i):
+        dest = tmp_path / f"pull{i}"
+        p = skopeo_copy(big.ref(br.prefix("docker-remote")), dest, check=False, timeout=600)
+        if p.returncode != 0:
+            return f"pull {i} failed: {p.stderr.decode()[-800:]}"
+        got = dir_image(dest)
+        if got != (big.digest, big.blobs):
+            return f"pull {i}: got {got}"
+        return None
+
+    with ThreadPoolExecutor(N) as ex:
+        errors = [e for e in ex.map(one, range(N)) if e]
+    assert errors == [], "\n".join(errors)
+    st = upstream.stats(m0)
+    gets = st.blob_gets(status=None)
+    assert gets == {d: [s] for d, s in big.blobs.items()}, \
+        f"each blob should be fetched upstream exactly once (digest: sizes of each GET):\n{gets}\n{st.summary()}"
+    assert st.body_bytes("blob") == big.total_bytes

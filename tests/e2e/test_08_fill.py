@@ -1,0 +1,116 @@
+"""Cache fills are robust: a client going away does not abort a fill, a killed server leaves no partial blob
+behind, and bytes that do not match their digest are never stored or served as good."""
+import threading
+import time
+
+from harness.binaryrepo import blob_files
+from harness.clients import dir_image, skopeo_copy
+from harness.fakeregistry import FakeRegistry
+from harness.images import ACCEPT_HEADER
+from harness.util import request, sha256_file, stream_get, wait_until
+
+
+def check_store(data_dir):
+    """every blob file in the data dir hashes to its name; returns the digests stored"""
+    stored = set()
+    for path, digest in blob_files(data_dir):
+        got = sha256_file(path)
+        assert got == digest, f"{path} is named {digest} but hashes to {got}"
+        stored.add(digest)
+    return stored
+
+
+def test_client_disconnect_does_not_abort_fill(upstream, br, images):
+    big = images["big"]
+    layer, size = big.largest_layer()  # 100 MiB
+    br.create_remote("docker-remote", upstream.url)
+    url = br.v2("docker-remote", f"{big.repo}/blobs/{layer}")
+    m0 = upstream.mark()
+    got = stream_get(url, stop_after=256 * 1024)  # read 256 KiB of 100 MiB, then hang up
+    assert got.status == 200 and got.nbytes == 256 * 1024, got
+
+    # the upstream transfer runs to its end although nobody is listening any more
+    wait_until(lambda: upstream.stats(m0).blob_gets(status=None).get(layer), timeout=60,
+               what="the upstream GET of the blob to finish")
+    assert upstream.stats(m0).blob_gets(status=None) == {layer: [size]}, upstream.stats(m0).listing()
+    upstream.stop()
+
+    def served():
+        r = stream_get(url)
+        return r if r.status == 200 and r.complete else None
+    got = wait_until(served, timeout=20, interval=0.5, what="the blob to be served with the upstream stopped")
+    assert got.digest == layer and got.nbytes == size, got
+    assert layer in check_store(br.data_dir)
+
+
+def test_sigkill_mid_fill_leaves_no_partial_blob(make_binaryrepo, images, tmp_path):
+    big = images["big"]
+    layer, size = big.largest_layer()
+    fake = FakeRegistry()
+    fake.add_layout(big.layout, big.repo)
+    fake.pause[layer] = 30 << 20  # send 30 MiB of the 100 MiB layer, then stall
+    fake.start()
+    try:
+        br = make_binaryrepo(config={"upstream_down_seconds": 1})
+        br.create_remote("docker-remote", fake.url)
+        url = br.v2("docker-remote", f"{big.repo}/blobs/{layer}")
+        client = threading.Thread(target=stream_get, args=(url,), daemon=True)
+        client.start()
+        assert fake.paused.wait(30), "binaryrepo never fetched the blob"
+        time.sleep(1.0)  # let the 30 MiB reach binaryrepo's staging file
+        br.kill()
+        fake.stop()  # also releases the stalled transfer
+        client.join(30)
+        assert layer not in check_store(br.data_dir), "a partial blob was stored under its digest"
+
+        br.start()  # same data dir
+        assert layer not in check_store(br.data_dir)
+        # upstream still down: whatever binaryrepo answers, it is not a 100 MiB body that fails its digest
+        # upstream still down: the blob cannot be complete, so binaryrepo must not answer 200
+        got = stream_get(url)
+        assert got.status != 200, f"a blob that was never completely fetched is served: {got}"
+
+        fake.pause.clear()
+        fake.start()
+        time.sleep(1.5)  # past upstream_down_seconds
+        skopeo_copy(big.ref(br.prefix("docker-remote")), tmp_path / "after")
+        assert dir_image(tmp_path / "after") == (big.digest, big.blobs)
+        assert layer in check_store(br.data_dir)
+    finally:
+        fake.stop()
+
+
+def test_wrong_bytes_from_upstream_are_not_stored(make_binaryrepo, images):
+    small = images["small"]
+    layer, size = small.largest_layer()  # 2 MiB
+    fake = FakeRegistry()
+    fake.add_layout(small.layout, small.repo)
+    fake.corrupt.add(layer)
+    fake.corrupt.add(small.digest)  # the manifest, when asked by digest
+    fake.start()
+    try:
+        br = make_binaryrepo()
+        br.create_remote("docker-remote", fake.url)
+        url = br.v2("docker-remote", f"{small.repo}/blobs/{layer}")
+        for attempt in (1, 2):
+            got = stream_get(url)
+            assert not (got.status == 200 and got.complete), \
+                f"attempt {attempt}: a blob whose bytes fail the digest was delivered as a complete 200: {got}"
+            assert layer not in check_store(br.data_dir), f"attempt {attempt}: mismatching bytes were stored"
+            assert fake.count("GET", f"/blobs/{layer}") == attempt, \
+                f"attempt {attempt}: upstream GETs {fake.count('GET', f'/blobs/{layer}')} (a failure must not be cached)"
+
+        murl = br.v2("docker-remote", f"{small.repo}/manifests/{small.digest}")
+        r = request("GET", murl, headers={"Accept": ACCEPT_HEADER})
+        assert r.status != 200, f"a manifest whose bytes fail its digest was served: {r!r}"
+        assert r.status < 500 or "errors" in r.json(), r
+
+        # once the upstream behaves, the same blob and manifest come through (no poisoned cache entry)
+        fake.corrupt.clear()
+        got = stream_get(url)
+        assert got.status == 200 and got.complete and got.digest == layer, got
+        r = request("GET", murl, headers={"Accept": ACCEPT_HEADER})
+        assert r.status == 200 and r.body == small.manifest, r
+        assert layer in check_store(br.data_dir)
+    finally:
+        fake.stop()

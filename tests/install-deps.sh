@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what the end-to-end tests need, idempotently (only what is missing):
+#   - Debian packages for the test peers and clients: CNCF distribution (docker-registry), skopeo, podman,
+#     containerd + ctr, Docker Engine (docker.io), nginx, htpasswd (apache2-utils), busybox-static, openssl, curl
+#   - the Python venv .venv with tests/requirements.txt
+# Run as root (the tests start dockerd, containerd and nginx themselves; no daemon is enabled here).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+log() { echo "tests/install-deps.sh: $*" >&2; }
+missing() { local p; for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || echo "$p"; done; }
+APT=(apt-get -o DPkg::Lock::Timeout=900 -o Dir::Cache::archives=/var/cache/binaryrepo-apt)
+install() {  # own archive dir: Debian images' docker-clean hook can delete the shared one mid-install
+  mkdir -p /var/cache/binaryrepo-apt/partial
+  [ -n "${UPDATED:-}" ] || { "${APT[@]}" update -qq; UPDATED=1; }
+  DEBIAN_FRONTEND=noninteractive "${APT[@]}" install -y -qq "$@" >/dev/null
+}
+pkgs=$(missing docker-registry skopeo podman containerd nginx apache2-utils busybox-static openssl curl)
+python3 -c 'import ensurepip' 2>/dev/null || pkgs="$pkgs python3-venv"
+if [ -n "${pkgs// /}" ]; then log "apt-get install" $pkgs; install $pkgs; fi
+engine=$(missing docker.io)
+if [ -n "$engine" ]; then log "apt-get install --no-install-recommends docker.io"; install --no-install-recommends docker.io; fi
+[ -x .venv/bin/python ] || { log "python3 -m venv .venv"; python3 -m venv .venv; }
+.venv/bin/python -c 'import pytest, cryptography' 2>/dev/null || .venv/bin/pip install -q -r tests/requirements.txt
