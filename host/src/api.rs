@@ -121,11 +121,32 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
             put(app, &name, input).await
         }
         (Method::DELETE, ["repositories" | "repository", name]) => delete(app, name),
-        (_, ["health" | "plugins" | "repositories" | "repository"] | ["repositories" | "repository", _]) => {
+        (Method::POST, ["gc"]) => gc(app, req.uri().query()).await,
+        (Method::POST, ["repositories" | "repository", name, "gc"]) => {
+            if app.repos.get(name).is_none() {
+                return Err(ApiError::NotFound(format!("repository {name:?} not found")));
+            }
+            gc(app, req.uri().query()).await
+        }
+        (_, ["health" | "plugins" | "repositories" | "repository" | "gc"] | ["repositories" | "repository", _] | ["repositories" | "repository", _, "gc"]) => {
             Err(ApiError::MethodNotAllowed(format!("{} is not supported on {path}", req.method())))
         }
         _ => Err(ApiError::NotFound(format!("no API at {path}"))),
     }
+}
+
+/// Blobs are shared by content across repositories, so a collection always considers the
+/// whole store; the per-repository endpoint exists for the original API's shape.
+async fn gc(app: &Arc<App>, query: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let mut grace = app.config.gc_grace;
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if k == "grace_seconds" {
+            let secs: u64 = v.parse().map_err(|_| ApiError::BadRequest(format!("grace_seconds {v:?} is not a number")))?;
+            grace = std::time::Duration::from_secs(secs);
+        }
+    }
+    let report = crate::gc::collect(app, grace).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(ok(StatusCode::OK, serde_json::to_value(&report).unwrap_or_default()))
 }
 
 async fn create(app: &Arc<App>, input: RepositoryInput) -> Result<Response<Body>, ApiError> {
@@ -195,6 +216,7 @@ fn delete(app: &Arc<App>, name: &str) -> Result<Response<Body>, ApiError> {
         app.listeners.stop(port);
     }
     app.caps.scratch.forget_repository(name);
+    app.caps.uploads.forget_repository(name);
     if let Err(e) = app.caps.meta.delete_repository(name) {
         tracing::error!(repo = name, error = %e, "repository deleted but its metadata could not be removed");
     }

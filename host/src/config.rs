@@ -22,6 +22,8 @@ pub struct FileConfig {
     pub upstream_down_seconds: Option<u64>,
     pub plugin_memory_mib: Option<u64>,
     pub plugin_cpu_ms: Option<u64>,
+    pub upload_expiry_hours: Option<u64>,
+    pub gc_grace_seconds: Option<u64>,
     /// Seeds the data directory on first start; afterwards the API owns the repositories.
     pub repositories: Option<Vec<RepositoryInput>>,
 }
@@ -66,6 +68,11 @@ pub struct Config {
     pub plugin_dir: PathBuf,
     pub upstream: UpstreamConfig,
     pub plugins: PluginLimits,
+    /// Upload sessions untouched this long are removed.
+    pub upload_expiry: Duration,
+    /// Garbage collection keeps unreferenced blobs younger than this (a push in progress has
+    /// its layers stored before the manifest that references them).
+    pub gc_grace: Duration,
     pub seed_repositories: Vec<RepositoryInput>,
 }
 
@@ -93,6 +100,8 @@ impl Config {
                 memory_bytes: (file.plugin_memory_mib.unwrap_or(64) * 1024 * 1024) as usize,
                 cpu: Duration::from_millis(file.plugin_cpu_ms.unwrap_or(2000)),
             },
+            upload_expiry: Duration::from_secs(file.upload_expiry_hours.unwrap_or(24) * 3600),
+            gc_grace: Duration::from_secs(file.gc_grace_seconds.unwrap_or(3600)),
             seed_repositories: file.repositories.unwrap_or_else(default_repositories),
         }
     }

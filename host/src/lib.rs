@@ -4,6 +4,7 @@
 pub mod api;
 pub mod config;
 pub mod digest;
+pub mod gc;
 pub mod plugins;
 pub mod repos;
 pub mod server;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use config::Config;
 use plugins::{Capabilities, Plugins};
 use repos::Repos;
+use storage::uploads::Uploads;
 use storage::{BlobStore, Layout, MetaStore};
 use upstream::Upstream;
 use upstream::fill::Fills;
@@ -22,7 +24,7 @@ use upstream::fill::Fills;
 /// Everything a request may need, shared by all of them.
 pub struct App {
     pub config: Config,
-    pub repos: Repos,
+    pub repos: Arc<Repos>,
     pub plugins: Plugins,
     pub caps: Arc<Capabilities>,
     pub fills: Arc<Fills>,
@@ -59,8 +61,11 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
     let store = BlobStore::open(layout.clone())?;
     let meta = MetaStore::open(&layout.meta_db())?;
     let upstream = Arc::new(Upstream::new(config.upstream.clone())?);
-    let caps = Arc::new(Capabilities { store: store.clone(), meta, scratch: Default::default(), upstream: upstream.clone() });
+    let uploads = Uploads::open(layout.uploads(), store.clone()).map_err(|source| StartError::DataDir { path: layout.uploads(), source })?;
+    let repos = Arc::new(Repos::new(layout.repositories(), config.listen.port()));
+    let caps = Arc::new(Capabilities { store: store.clone(), meta, scratch: Default::default(), upstream: upstream.clone(), uploads, repos: repos.clone() });
     let plugins = Plugins::load(&config.plugin_dir, config.plugins.clone(), caps.clone()).await?;
+    // Which formats the plugins provide decides which seeded repositories are valid.
     let formats = plugins.formats();
     let seed = config
         .seed_repositories
@@ -68,7 +73,7 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
         .cloned()
         .map(|input| input.validate(None, &formats).map_err(|e| StartError::Seed(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
-    let repos = Repos::load_or_seed(layout.repositories(), seed, config.listen.port())?;
+    repos.load_or_seed(seed)?;
     let fills = Fills::new(store, upstream);
     Ok(Arc::new(App {
         config,

@@ -33,6 +33,36 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         plugin_dir: Option<PathBuf>,
     },
+    /// Remove blobs no repository needs any more (with the server stopped: the metadata
+    /// store allows one process; a running server collects with POST /api/gc).
+    Gc {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        plugin_dir: Option<PathBuf>,
+        /// Keep unreferenced blobs younger than this [default: gc_grace_seconds, 3600].
+        #[arg(long, value_name = "SECONDS")]
+        grace_seconds: Option<u64>,
+    },
+}
+
+fn load_config(config: Option<PathBuf>, overrides: Overrides) -> Result<Config, ExitCode> {
+    match config.as_deref().map(FileConfig::load).transpose() {
+        Ok(f) => Ok(Config::resolve(f.unwrap_or_default(), overrides)),
+        Err(e) => {
+            eprintln!("binaryrepo: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| {
+        eprintln!("binaryrepo: cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 fn main() -> ExitCode {
@@ -44,25 +74,46 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, listen, data_dir, plugin_dir } => {
-            let file = match config.as_deref().map(FileConfig::load).transpose() {
-                Ok(f) => f.unwrap_or_default(),
-                Err(e) => {
-                    eprintln!("binaryrepo: {e}");
-                    return ExitCode::from(2);
-                }
+            let config = match load_config(config, Overrides { listen, data_dir, plugin_dir }) {
+                Ok(c) => c,
+                Err(code) => return code,
             };
-            let config = Config::resolve(file, Overrides { listen, data_dir, plugin_dir });
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("binaryrepo: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             match runtime.block_on(binaryrepo::serve(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("binaryrepo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Gc { config, data_dir, plugin_dir, grace_seconds } => {
+            let mut config = match load_config(config, Overrides { listen: None, data_dir, plugin_dir }) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            if let Some(s) = grace_seconds {
+                config.gc_grace = std::time::Duration::from_secs(s);
+            }
+            let runtime = match runtime() {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            let grace = config.gc_grace;
+            let result = runtime.block_on(async move {
+                let app = binaryrepo::build(config).await.map_err(|e| e.to_string())?;
+                binaryrepo::gc::collect(&app, grace).await.map_err(|e| e.to_string())
+            });
+            match result {
+                Ok(report) => {
+                    println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("binaryrepo gc: {e}");
                     ExitCode::FAILURE
                 }
             }

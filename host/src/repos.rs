@@ -78,6 +78,8 @@ pub struct Repository {
     pub default: bool,
     #[serde(default)]
     pub members: Vec<RepoName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_local: Option<RepoName>,
     pub delete_enabled: bool,
 }
 
@@ -100,6 +102,8 @@ pub struct RepositoryView<'a> {
     pub default: bool,
     #[serde(skip_serializing_if = "<[RepoName]>::is_empty")]
     pub members: &'a [RepoName],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_local: Option<&'a RepoName>,
     pub delete_enabled: bool,
 }
 
@@ -117,6 +121,7 @@ impl Repository {
             port: self.port,
             default: self.default,
             members: &self.members,
+            default_local: self.default_local.as_ref(),
             delete_enabled: self.delete_enabled,
         }
     }
@@ -148,6 +153,7 @@ pub struct RepositoryInput {
     pub port: Option<u16>,
     pub default: Option<bool>,
     pub members: Option<Vec<String>>,
+    pub default_local: Option<String>,
     pub delete_enabled: Option<bool>,
 }
 
@@ -233,6 +239,18 @@ impl RepositoryInput {
         if repo_type != RepoType::Virtual && !members.is_empty() {
             return invalid("\"members\" only apply to virtual repositories");
         }
+        if repo_type == RepoType::Virtual && members.is_empty() {
+            return invalid("a virtual repository needs \"members\", the repositories it resolves through in order");
+        }
+        let default_local = self.default_local.map(RepoName::try_from).transpose()?;
+        if let Some(d) = &default_local {
+            if repo_type != RepoType::Virtual {
+                return invalid("\"default_local\" only applies to virtual repositories");
+            }
+            if !members.contains(d) {
+                return invalid(format!("default_local {d} is not one of the members"));
+            }
+        }
         Ok(Repository {
             name,
             repo_type,
@@ -245,6 +263,7 @@ impl RepositoryInput {
             port: self.port,
             default: self.default.unwrap_or(false),
             members,
+            default_local,
             delete_enabled: self.delete_enabled.unwrap_or(true),
         })
     }
@@ -258,8 +277,14 @@ pub struct Repos {
 }
 
 impl Repos {
+    /// Repositories persisted at `path`; nothing is read until `load_or_seed`.
+    pub fn new(path: PathBuf, reserved_port: u16) -> Repos {
+        Repos { path, inner: RwLock::new(BTreeMap::new()), reserved_port }
+    }
+
     /// Loads the definitions, or seeds them on first start.
-    pub fn load_or_seed(path: PathBuf, seed: Vec<Repository>, reserved_port: u16) -> Result<Repos, RepoError> {
+    pub fn load_or_seed(&self, seed: Vec<Repository>) -> Result<(), RepoError> {
+        let path = self.path.clone();
         let existing = match std::fs::read(&path) {
             Ok(bytes) => Some(
                 serde_json::from_slice::<Vec<Repository>>(&bytes)
@@ -269,18 +294,16 @@ impl Repos {
             Err(e) => return Err(RepoError::Load { path, message: e.to_string() }),
         };
         let seeded = existing.is_none();
-        let repos = Repos { path, inner: RwLock::new(BTreeMap::new()), reserved_port };
-        {
-            let mut map = repos.write();
-            for repo in existing.unwrap_or(seed) {
-                Self::check_against(&map, &repo, None, reserved_port)?;
-                map.insert(repo.name.clone(), Arc::new(repo));
-            }
-            if seeded {
-                repos.persist(&map)?;
-            }
+        let mut map = self.write();
+        map.clear();
+        for repo in existing.unwrap_or(seed) {
+            Self::check_against(&map, &repo, None, self.reserved_port)?;
+            map.insert(repo.name.clone(), Arc::new(repo));
         }
-        Ok(repos)
+        if seeded {
+            self.persist(&map)?;
+        }
+        Ok(())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<RepoName, Arc<Repository>>> {
@@ -352,6 +375,21 @@ impl Repos {
                     return Err(RepoError::Invalid(format!("member {m} is of format {}, not {}", r.format, repo.format)));
                 }
                 Some(_) => {}
+            }
+        }
+        if let Some(d) = &repo.default_local {
+            if map.get(d).is_some_and(|r| r.repo_type != RepoType::Local) {
+                return Err(RepoError::Invalid(format!("default_local {d} is not a local repository")));
+            }
+        }
+        // A repository that virtual repositories list keeps its type: a member must not
+        // become virtual, and a default_local must stay local.
+        if let Some(v) = others().find(|v| v.members.contains(&repo.name)) {
+            if repo.repo_type == RepoType::Virtual {
+                return Err(RepoError::Conflict(format!("{} is a member of virtual repository {}", repo.name, v.name)));
+            }
+            if v.default_local.as_ref() == Some(&repo.name) && repo.repo_type != RepoType::Local {
+                return Err(RepoError::Conflict(format!("{} is the default_local of {} and must stay local", repo.name, v.name)));
             }
         }
         Ok(())
@@ -464,7 +502,8 @@ mod tests {
     fn conflicts_and_persistence() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("repos.json");
-        let repos = Repos::load_or_seed(path.clone(), vec![], 8081).unwrap();
+        let repos = Repos::new(path.clone(), 8081);
+        repos.load_or_seed(vec![]).unwrap();
         let mk = |j: &str| input(j).validate(None, &formats()).unwrap();
         repos.create(mk(r#"{"name":"a","type":"local","format":"docker","port":9000,"default":true}"#)).unwrap();
         assert!(matches!(repos.create(mk(r#"{"name":"a","type":"local","format":"docker"}"#)), Err(RepoError::Conflict(_))));
@@ -472,7 +511,8 @@ mod tests {
         assert!(matches!(repos.create(mk(r#"{"name":"b","type":"local","format":"docker","default":true}"#)), Err(RepoError::Conflict(_))));
         assert!(matches!(repos.create(mk(r#"{"name":"b","type":"local","format":"docker","port":8081}"#)), Err(RepoError::Conflict(_))));
         assert_eq!(repos.list().len(), 1);
-        let again = Repos::load_or_seed(path, vec![], 8081).unwrap();
+        let again = Repos::new(path, 8081);
+        again.load_or_seed(vec![]).unwrap();
         assert_eq!(again.get("a").unwrap().port, Some(9000));
     }
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 use super::bindings::binaryrepo::plugin::{host, types};
 use super::caps;
 use super::state::CallState;
-use types::{BlobInfo, HostError, Level, UpstreamRequest, UpstreamResponse};
+use types::{BlobInfo, HostError, Level, Repository, UpstreamRequest, UpstreamResponse};
 
 impl types::Host for CallState {}
 
@@ -39,6 +39,30 @@ impl host::Host for CallState {
 
     async fn meta_list(&mut self, prefix: String) -> Result<Vec<String>, HostError> {
         timed!(self, caps::meta::list(&self.scope(), prefix).await)
+    }
+
+    async fn meta_get_in(&mut self, repository: String, key: String) -> Result<Option<Vec<u8>>, HostError> {
+        timed!(self, caps::meta::get_in(&self.scope(), repository, key).await)
+    }
+
+    async fn meta_list_in(&mut self, repository: String, prefix: String) -> Result<Vec<String>, HostError> {
+        timed!(self, caps::meta::list_in(&self.scope(), repository, prefix).await)
+    }
+
+    async fn repositories(&mut self) -> Vec<Repository> {
+        caps::repositories::list(&self.scope())
+    }
+
+    async fn upload_start(&mut self) -> Result<String, HostError> {
+        timed!(self, caps::uploads::start(&self.scope()).await)
+    }
+
+    async fn upload_size(&mut self, id: String) -> Result<Option<u64>, HostError> {
+        timed!(self, caps::uploads::size(&self.scope(), id).await)
+    }
+
+    async fn upload_cancel(&mut self, id: String) -> Result<(), HostError> {
+        timed!(self, caps::uploads::cancel(&self.scope(), id).await)
     }
 
     async fn scratch_get(&mut self, key: String) -> Option<Vec<u8>> {

@@ -16,13 +16,25 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder, UpdateDeadline};
 
 use crate::config::PluginLimits;
-use crate::repos::Repository;
+use crate::repos::{Repos, Repository};
+use crate::storage::uploads::Uploads;
 use crate::storage::{BlobStore, MetaStore};
 use crate::upstream::Upstream;
 use bindings::types;
 use bindings::{CONTRACT, Plugin, PluginPre};
 use caps::scratch::Scratch;
 use state::CallState;
+
+/// One export call in a fresh store: a slot from the pool, instantiate, call, drop.
+macro_rules! call {
+    ($self:ident, $plugin:ident, $repo:expr, |$f:ident, $store:ident| $call:expr) => {{
+        let _permit = $self.permits.acquire().await.map_err(|e| Self::failed($plugin, e))?;
+        let (mut store, instance) = $self.instantiate(&$plugin.pre, Some(&$plugin.meta.format), $repo).await.map_err(|e| Self::failed($plugin, format!("{e:#}")))?;
+        let $f = instance.binaryrepo_plugin_format();
+        let $store = &mut store;
+        $call.await.map_err(|e| Self::failed($plugin, format!("{e:#}")))
+    }};
+}
 
 /// Plugin instances alive at once; more requests wait for a slot.
 const MAX_INSTANCES: u32 = 256;
@@ -34,6 +46,27 @@ pub struct Capabilities {
     pub meta: MetaStore,
     pub scratch: Scratch,
     pub upstream: Arc<Upstream>,
+    pub uploads: Uploads,
+    pub repos: Arc<Repos>,
+}
+
+/// A repository as the contract describes it (never with credentials).
+pub fn wit_repository(r: &Repository) -> types::Repository {
+    use crate::repos::RepoType as R;
+    types::Repository {
+        name: r.name.to_string(),
+        repo_type: match r.repo_type {
+            R::Local => types::RepoType::Local,
+            R::Remote => types::RepoType::Remote,
+            R::Virtual => types::RepoType::Virtual,
+        },
+        remote_url: r.url.clone(),
+        has_credentials: r.credentials().is_some(),
+        tag_check_seconds: r.tag_check_seconds,
+        members: r.members.iter().map(|m| m.to_string()).collect(),
+        delete_enabled: r.delete_enabled,
+        default_local: r.default_local.as_ref().map(|d| d.to_string()),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +180,7 @@ impl Plugins {
         let component = Component::from_file(&self.engine, file).map_err(|e| load_err(format!("{e:#}")))?;
         let pre = linker.instantiate_pre(&component).map_err(|e| load_err(format!("{e:#}")))?;
         let pre = PluginPre::new(pre).map_err(|e| load_err(format!("does not implement binaryrepo:plugin@{CONTRACT}: {e:#}")))?;
-        let (mut store, instance) = self.instantiate(&pre, None).await.map_err(|e| load_err(e.to_string()))?;
+        let (mut store, instance) = self.instantiate(&pre, None, None).await.map_err(|e| load_err(e.to_string()))?;
         let info = instance.binaryrepo_plugin_format().call_info(&mut store).await.map_err(|e| load_err(format!("info(): {e:#}")))?;
         if !compatible(&info.contract) {
             return Err(load_err(format!("built for contract {} but this host implements {CONTRACT}", info.contract)));
@@ -163,9 +196,14 @@ impl Plugins {
         Ok(LoadedPlugin { meta: PluginMeta { format: info.format, contract: info.contract, roots: info.roots, file: file.into() }, pre })
     }
 
-    async fn instantiate(&self, pre: &PluginPre<CallState>, repo: Option<Arc<Repository>>) -> wasmtime::Result<(Store<CallState>, Plugin)> {
+    async fn instantiate(
+        &self,
+        pre: &PluginPre<CallState>,
+        format: Option<&str>,
+        repo: Option<Arc<Repository>>,
+    ) -> wasmtime::Result<(Store<CallState>, Plugin)> {
         let limits = StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).trap_on_grow_failure(true).build();
-        let mut store = Store::new(&self.engine, CallState::new(self.caps.clone(), repo, limits));
+        let mut store = Store::new(&self.engine, CallState::new(self.caps.clone(), format.map(str::to_owned), repo, limits));
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(1);
         let budget = self.limits.cpu;
@@ -211,9 +249,28 @@ impl Plugins {
     }
 
     pub async fn handle(&self, plugin: &LoadedPlugin, repo: Option<Arc<Repository>>, req: &types::Request) -> Result<types::Plan, PluginError> {
-        let _permit = self.permits.acquire().await.map_err(|e| Self::failed(plugin, e))?;
-        let (mut store, instance) = self.instantiate(&plugin.pre, repo).await.map_err(|e| Self::failed(plugin, format!("{e:#}")))?;
-        instance.binaryrepo_plugin_format().call_handle(&mut store, req).await.map_err(|e| Self::failed(plugin, format!("{e:#}")))
+        call!(self, plugin, repo, |f, store| f.call_handle(store, req))
+    }
+
+    pub async fn handle_body(
+        &self,
+        plugin: &LoadedPlugin,
+        repo: Option<Arc<Repository>>,
+        req: &types::Request,
+        body: &[u8],
+    ) -> Result<types::Plan, PluginError> {
+        call!(self, plugin, repo, |f, store| f.call_handle_body(store, req, body))
+    }
+
+    pub async fn upload_complete(
+        &self,
+        plugin: &LoadedPlugin,
+        repo: Option<Arc<Repository>>,
+        req: &types::Request,
+        id: &str,
+        outcome: &types::UploadOutcome,
+    ) -> Result<types::Response, PluginError> {
+        call!(self, plugin, repo, |f, store| f.call_upload_complete(store, req, id, outcome))
     }
 
     pub async fn render_failure(
@@ -223,13 +280,14 @@ impl Plugins {
         req: &types::Request,
         failure: &types::Failure,
     ) -> Result<types::Response, PluginError> {
-        let _permit = self.permits.acquire().await.map_err(|e| Self::failed(plugin, e))?;
-        let (mut store, instance) = self.instantiate(&plugin.pre, repo).await.map_err(|e| Self::failed(plugin, format!("{e:#}")))?;
-        instance
-            .binaryrepo_plugin_format()
-            .call_render_failure(&mut store, req, failure)
-            .await
-            .map_err(|e| Self::failed(plugin, format!("{e:#}")))
+        call!(self, plugin, repo, |f, store| f.call_render_failure(store, req, failure))
+    }
+
+    /// The digests `repo` still needs, for garbage collection.
+    pub async fn live_blobs(&self, plugin: &LoadedPlugin, repo: Arc<Repository>) -> Result<Vec<String>, PluginError> {
+        let wit = wit_repository(&repo);
+        let listed = call!(self, plugin, Some(repo), |f, store| f.call_live_blobs(store, &wit))?;
+        listed.map_err(|e| Self::failed(plugin, format!("live-blobs: {e:?}")))
     }
 }
 
@@ -237,9 +295,10 @@ impl Plugins {
 mod tests {
     #[test]
     fn contract_compatibility() {
-        assert!(super::compatible("0.1.0"));
-        assert!(super::compatible("0.1.7"));
-        assert!(!super::compatible("0.2.0"));
+        assert!(super::compatible("0.2.0"));
+        assert!(super::compatible("0.2.7"));
+        assert!(!super::compatible("0.1.0"));
+        assert!(!super::compatible("0.3.0"));
         assert!(!super::compatible("1.1.0"));
         assert!(!super::compatible("0.1"));
     }

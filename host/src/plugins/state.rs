@@ -13,6 +13,8 @@ use crate::repos::Repository;
 
 pub struct CallState {
     pub caps: Arc<Capabilities>,
+    /// The plugin's format: what a request with no repository may still see.
+    pub format: Option<String>,
     pub repo: Option<Arc<Repository>>,
     pub limits: StoreLimits,
     pub wasi: WasiCtx,
@@ -24,9 +26,10 @@ pub struct CallState {
 }
 
 impl CallState {
-    pub fn new(caps: Arc<Capabilities>, repo: Option<Arc<Repository>>, limits: StoreLimits) -> CallState {
+    pub fn new(caps: Arc<Capabilities>, format: Option<String>, repo: Option<Arc<Repository>>, limits: StoreLimits) -> CallState {
         CallState {
             caps,
+            format,
             repo,
             limits,
             // No preopens, no environment, no sockets: a plugin's only authority is the host API.
@@ -38,7 +41,7 @@ impl CallState {
     }
 
     pub fn scope(&self) -> super::caps::Scope {
-        super::caps::Scope { caps: self.caps.clone(), repo: self.repo.clone() }
+        super::caps::Scope { caps: self.caps.clone(), format: self.format.clone(), repo: self.repo.clone() }
     }
 
     pub fn guest_time(&self) -> Duration {

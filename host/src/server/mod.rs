@@ -20,8 +20,9 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::App;
-use crate::plugins::bindings::types::{self, RepoType};
-use crate::repos::Repository;
+use crate::plugins::bindings::types;
+use crate::plugins::{LoadedPlugin, wit_repository};
+use crate::repos::{RepoType, Repository};
 use body::Body;
 use resolve::ResolveError;
 use respond::{Exchange, json};
@@ -58,19 +59,75 @@ fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn wit_repository(r: &Repository) -> types::Repository {
-    types::Repository {
-        name: r.name.to_string(),
-        repo_type: match r.repo_type {
-            crate::repos::RepoType::Local => RepoType::Local,
-            crate::repos::RepoType::Remote => RepoType::Remote,
-            crate::repos::RepoType::Virtual => RepoType::Virtual,
-        },
-        remote_url: r.url.clone(),
-        has_credentials: r.credentials().is_some(),
-        tag_check_seconds: r.tag_check_seconds,
-        members: r.members.iter().map(|m| m.to_string()).collect(),
-        delete_enabled: r.delete_enabled,
+/// The request as plugins see it, for one (member) repository.
+fn wit_request(parts: &http::request::Parts, resolved: &resolve::Resolved, repo: Option<&Repository>) -> types::Request {
+    types::Request {
+        method: parts.method.as_str().to_owned(),
+        path: resolved.path.clone(),
+        query: parts.uri.query().map(str::to_owned),
+        headers: parts.headers.iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned()))).collect(),
+        base_url: resolved.base_url.clone(),
+        path_repo: resolved.path_repo.clone(),
+        repository: repo.map(wit_repository),
+        mount: resolved.mount,
+        now: now_unix(),
+    }
+}
+
+/// Asks `repo`'s plugin for a plan and carries it out.
+async fn run_plan(
+    app: &App,
+    plugin: &Arc<LoadedPlugin>,
+    repo: Option<Arc<Repository>>,
+    parts: &http::request::Parts,
+    resolved: &resolve::Resolved,
+    body: Option<Incoming>,
+) -> Response<Body> {
+    let request = wit_request(parts, resolved, repo.as_deref());
+    let plan = match app.plugins.handle(plugin, repo.clone(), &request).await {
+        Ok(plan) => plan,
+        Err(e) => return respond::plugin_fault(&plugin.meta.format, e),
+    };
+    let exchange = Exchange {
+        app,
+        plugin,
+        repo,
+        request: &request,
+        head: parts.method == http::Method::HEAD,
+        range: parts.headers.get(http::header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned),
+        content_length: parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()),
+    };
+    exchange.execute(plan, body).await
+}
+
+/// A virtual repository resolves reads through its members in order (the first answer that
+/// is not a 404 wins) and sends writes to its default local member. Generic: nothing here
+/// knows a format, only HTTP's "not found".
+async fn run_virtual(
+    app: &App,
+    virt: &Arc<Repository>,
+    parts: &http::request::Parts,
+    resolved: &resolve::Resolved,
+    body: Incoming,
+) -> Response<Body> {
+    let members = || virt.members.iter().filter_map(|m| app.repos.get(m.as_str()));
+    let read = parts.method == http::Method::GET || parts.method == http::Method::HEAD;
+    if !read {
+        let target = virt.default_local.as_ref().and_then(|d| app.repos.get(d.as_str())).unwrap_or_else(|| virt.clone());
+        return run_plan(app, &resolved.plugin, Some(target), parts, resolved, Some(body)).await;
+    }
+    let mut last = None;
+    for member in members() {
+        let Some(plugin) = app.plugins.get(&member.format) else { continue };
+        let resp = run_plan(app, &plugin, Some(member), parts, resolved, None).await;
+        if resp.status() != StatusCode::NOT_FOUND {
+            return resp;
+        }
+        last = Some(resp);
+    }
+    match last {
+        Some(resp) => resp,
+        None => run_plan(app, &resolved.plugin, Some(virt.clone()), parts, resolved, None).await,
     }
 }
 
@@ -89,31 +146,11 @@ async fn dispatch(app: &App, main_listener: bool, local_port: u16, req: Request<
     if let Some(repo) = &resolved.repo {
         tracing::Span::current().record("repo", repo.name.as_str());
     }
-    let headers: Vec<(String, String)> =
-        req.headers().iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned()))).collect();
-    let request = types::Request {
-        method: req.method().as_str().to_owned(),
-        path: resolved.path.clone(),
-        query: req.uri().query().map(str::to_owned),
-        headers,
-        base_url: resolved.base_url.clone(),
-        path_repo: resolved.path_repo.clone(),
-        repository: resolved.repo.as_deref().map(wit_repository),
-        now: now_unix(),
-    };
-    let plan = match app.plugins.handle(&resolved.plugin, resolved.repo.clone(), &request).await {
-        Ok(plan) => plan,
-        Err(e) => return respond::plugin_fault(&resolved.plugin.meta.format, e),
-    };
-    let exchange = Exchange {
-        app,
-        plugin: &resolved.plugin,
-        repo: resolved.repo.clone(),
-        request: &request,
-        head: req.method() == http::Method::HEAD,
-        range: req.headers().get(http::header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned),
-    };
-    exchange.execute(plan).await
+    let (parts, body) = req.into_parts();
+    match resolved.repo.clone() {
+        Some(repo) if repo.repo_type == RepoType::Virtual => run_virtual(app, &repo, &parts, &resolved, body).await,
+        repo => run_plan(app, &resolved.plugin, repo, &parts, &resolved, Some(body)).await,
+    }
 }
 
 async fn handle(app: Arc<App>, main_listener: bool, local_port: u16, req: Request<Incoming>) -> Response<Body> {
@@ -203,6 +240,7 @@ pub async fn run(app: Arc<App>) -> std::io::Result<()> {
         }
     }
     let main = tokio::spawn(accept_loop(app.clone(), listener, true));
+    tokio::spawn(sweep_uploads(app.clone()));
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = app.shutdown.send(true);
@@ -213,6 +251,21 @@ pub async fn run(app: Arc<App>) -> std::io::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
+}
+
+/// Removes upload sessions nobody touched for `upload_expiry`.
+async fn sweep_uploads(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tick.tick().await;
+        let caps = app.caps.clone();
+        let age = app.config.upload_expiry;
+        if let Ok(n) = tokio::task::spawn_blocking(move || caps.uploads.sweep(age)).await {
+            if n > 0 {
+                tracing::info!(removed = n, "abandoned upload sessions removed");
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -10,6 +10,7 @@ use http::HeaderMap;
 
 use crate::App;
 use crate::plugins::LoadedPlugin;
+use crate::plugins::bindings::types::Mount;
 use crate::repos::Repository;
 
 pub struct Resolved {
@@ -19,6 +20,7 @@ pub struct Resolved {
     pub path: String,
     pub base_url: String,
     pub path_repo: Option<String>,
+    pub mount: Mount,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,29 +64,30 @@ pub fn resolve(app: &App, main_listener: bool, local_port: u16, method_path: (&h
     let plugin_for = |repo: &Repository| {
         app.plugins.get(&repo.format).ok_or_else(|| ResolveError::NoPlugin { repo: repo.name.to_string(), format: repo.format.clone() })
     };
-    let whole = |repo: Arc<Repository>, path: &str, mount: &str| -> Result<Resolved, ResolveError> {
+    let whole = |repo: Arc<Repository>, path: &str, prefix: &str, mount: Mount| -> Result<Resolved, ResolveError> {
         Ok(Resolved {
             plugin: plugin_for(&repo)?,
             repo: Some(repo),
             path: if path.is_empty() { "/".into() } else { path.to_owned() },
-            base_url: base_url(headers, authority, mount),
+            base_url: base_url(headers, authority, prefix),
             path_repo: None,
+            mount,
         })
     };
 
     if !main_listener {
         if let Some(repo) = app.repos.by_port(local_port) {
-            return whole(repo, path, "");
+            return whole(repo, path, "", Mount::Port);
         }
     }
     let host = first_value(headers, "x-forwarded-host").or_else(|| headers.get(http::header::HOST).and_then(|v| v.to_str().ok())).or(authority);
     if let Some(repo) = host.and_then(|h| app.repos.by_hostname(&host_only(h))) {
-        return whole(repo, path, "");
+        return whole(repo, path, "", Mount::Host);
     }
     if let Some(rest) = path.strip_prefix("/repo/") {
         let (name, tail) = rest.split_once('/').map_or((rest, ""), |(n, t)| (n, t));
         let repo = app.repos.get(name).ok_or_else(|| ResolveError::UnknownRepository(name.to_owned()))?;
-        return whole(repo, &format!("/{tail}"), &format!("/repo/{name}"));
+        return whole(repo, &format!("/{tail}"), &format!("/repo/{name}"), Mount::Prefix);
     }
     let (plugin, root) = app.plugins.by_root(path).ok_or_else(|| ResolveError::NoRoute(path.to_owned()))?;
     if let Some(after) = path.strip_prefix(root.as_str()) {
@@ -96,12 +99,13 @@ pub fn resolve(app: &App, main_listener: bool, local_port: u16, method_path: (&h
                     base_url: base_url(headers, authority, ""),
                     path_repo: Some(repo.name.to_string()),
                     repo: Some(repo),
+                    mount: Mount::Path,
                 });
             }
         }
     }
     let repo = app.repos.default_repository().filter(|r| r.format == plugin.meta.format);
-    Ok(Resolved { plugin, repo, path: path.to_owned(), base_url: base_url(headers, authority, ""), path_repo: None })
+    Ok(Resolved { plugin, repo, path: path.to_owned(), base_url: base_url(headers, authority, ""), path_repo: None, mount: Mount::Root })
 }
 
 #[cfg(test)]

@@ -1,17 +1,22 @@
 //! Carries out a plugin's plan: a small response, a stored blob streamed from disk, or a blob
 //! fetched from upstream through the single-flight fill.
 
+use std::io::Write;
 use std::sync::Arc;
 
+use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
 
 use super::body::{self, Body};
 use crate::App;
 use crate::digest::Digest;
 use crate::plugins::LoadedPlugin;
-use crate::plugins::bindings::types::{self, Failure, FailureKind, Plan};
+use crate::plugins::bindings::types::{self, Failure, FailureKind, Plan, UploadDone, UploadOutcome};
 use crate::repos::Repository;
 use crate::storage::blobs::BlobError;
+use crate::storage::uploads::{UploadError, UploadId};
 use crate::upstream::fill::{FillError, Joined, Progress};
 use crate::upstream::{UpstreamError, parse_request};
 
@@ -23,7 +28,11 @@ pub struct Exchange<'a> {
     pub request: &'a types::Request,
     pub head: bool,
     pub range: Option<String>,
+    pub content_length: Option<u64>,
 }
+
+/// Request bodies are written to upload sessions in pieces of this size.
+const APPEND_CHUNK: usize = 1024 * 1024;
 
 /// The plugin broke the contract (bad header, bad digest in a plan): its fault, a 500 that
 /// says so.
@@ -77,11 +86,110 @@ fn parse_range(header: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
 }
 
 impl Exchange<'_> {
-    pub async fn execute(&self, plan: Plan) -> Response<Body> {
+    pub async fn execute(&self, plan: Plan, body: Option<Incoming>) -> Response<Body> {
         match plan {
             Plan::Respond(r) => self.respond(r),
             Plan::ServeBlob(s) => self.serve_blob(&s.digest, &s.headers).await,
             Plan::FetchBlob(f) => self.fetch_blob(f).await,
+            Plan::ReadBody(max) => self.read_body(max, body).await,
+            Plan::ReceiveUpload(u) => self.receive_upload(u, body).await,
+        }
+    }
+
+    async fn read_body(&self, max: u64, body: Option<Incoming>) -> Response<Body> {
+        let format = &self.plugin.meta.format;
+        let Some(body) = body else {
+            return plugin_fault(format, "read-body when the body was already read");
+        };
+        if self.content_length.is_some_and(|n| n > max) {
+            return self.failure(FailureKind::TooLarge, None, format!("request body over {max} bytes")).await;
+        }
+        let bytes = match Limited::new(body, max as usize).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return self.failure(FailureKind::TooLarge, None, format!("request body over {max} bytes")).await;
+            }
+            Err(e) => {
+                let msg = serde_json::json!({"error": {"code": "BAD_BODY", "message": format!("cannot read the request body: {e}")}});
+                return json(StatusCode::BAD_REQUEST, &msg);
+            }
+        };
+        let plan = match self.app.plugins.handle_body(self.plugin, self.repo.clone(), self.request, &bytes).await {
+            Ok(p) => p,
+            Err(e) => return plugin_fault(format, e),
+        };
+        if matches!(plan, Plan::ReadBody(_) | Plan::ReceiveUpload(_)) {
+            return plugin_fault(format, "handle-body asked for the body again");
+        }
+        Box::pin(self.execute(plan, None)).await
+    }
+
+    async fn receive_upload(&self, plan: types::ReceiveUpload, body: Option<Incoming>) -> Response<Body> {
+        let format = &self.plugin.meta.format;
+        let Some(repo) = self.repo.clone() else {
+            return plugin_fault(format, "receive-upload for a request with no repository");
+        };
+        let commit = match plan.commit.as_deref().map(str::parse::<Digest>).transpose() {
+            Ok(d) => d,
+            Err(e) => return plugin_fault(format, format!("receive-upload: {e}")),
+        };
+        let outcome = match UploadId::parse(&plan.id) {
+            None => UploadOutcome::UnknownSession,
+            Some(id) => self.append_and_commit(&repo, &id, plan.expect_offset, commit, body).await,
+        };
+        match self.app.plugins.upload_complete(self.plugin, Some(repo), self.request, &plan.id, &outcome).await {
+            Ok(r) => self.respond(r),
+            Err(e) => plugin_fault(format, e),
+        }
+    }
+
+    async fn append_and_commit(
+        &self,
+        repo: &Repository,
+        id: &UploadId,
+        expect_offset: Option<u64>,
+        commit: Option<Digest>,
+        body: Option<Incoming>,
+    ) -> UploadOutcome {
+        let caps = self.app.caps.clone();
+        let repo_name = repo.name.to_string();
+        let lock = caps.uploads.lock(&repo_name, id);
+        let _writer = lock.lock().await;
+        let opened = {
+            let (caps, repo_name, id) = (caps.clone(), repo_name.clone(), id.clone());
+            tokio::task::spawn_blocking(move || caps.uploads.open_append(&repo_name, &id, expect_offset)).await
+        };
+        let (file, start) = match opened {
+            Ok(Ok(f)) => f,
+            Ok(Err(UploadError::Unknown)) => return UploadOutcome::UnknownSession,
+            Ok(Err(UploadError::OffsetMismatch(size))) => return UploadOutcome::OffsetMismatch(size),
+            Ok(Err(e)) => return UploadOutcome::Internal(e.to_string()),
+            Err(e) => return UploadOutcome::Internal(e.to_string()),
+        };
+        let mut size = start;
+        if let Some(body) = body {
+            match append(file, body).await {
+                Ok(n) => size += n,
+                Err(AppendError::Body(e, n)) => {
+                    tracing::info!(error = %e, appended = n, "upload body ended early");
+                    return UploadOutcome::BodyError(e);
+                }
+                Err(AppendError::Io(e)) => return UploadOutcome::Internal(e),
+            }
+        }
+        let Some(digest) = commit else {
+            return UploadOutcome::Done(UploadDone { size, committed: None });
+        };
+        let committed = {
+            let (id, digest) = (id.clone(), digest.clone());
+            tokio::task::spawn_blocking(move || caps.uploads.commit(&repo_name, &id, &digest)).await
+        };
+        match committed {
+            Ok(Ok(size)) => UploadOutcome::Done(UploadDone { size, committed: Some(digest.to_string()) }),
+            Ok(Err(UploadError::DigestMismatch(actual))) => UploadOutcome::DigestMismatch(actual.to_string()),
+            Ok(Err(UploadError::Unknown)) => UploadOutcome::UnknownSession,
+            Ok(Err(e)) => UploadOutcome::Internal(e.to_string()),
+            Err(e) => UploadOutcome::Internal(e.to_string()),
         }
     }
 
@@ -199,6 +307,63 @@ impl Exchange<'_> {
         };
         self.failure(kind, status, e.to_string()).await
     }
+}
+
+enum AppendError {
+    /// The client's body failed (it went away): its fault; `usize` bytes were appended.
+    Body(String, u64),
+    Io(String),
+}
+
+/// Streams a request body onto the end of an upload session file, in large pieces so each
+/// blocking write is worth its thread hop.
+async fn append(file: std::fs::File, mut body: Incoming) -> Result<u64, AppendError> {
+    let mut file = Some(file);
+    let mut buf = BytesMut::with_capacity(APPEND_CHUNK);
+    let mut total = 0u64;
+    let flush = |file: &mut Option<std::fs::File>, data: Bytes| {
+        let f = file.take();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut f = f.ok_or_else(|| std::io::Error::other("upload file gone"))?;
+                f.write_all(&data)?;
+                Ok::<_, std::io::Error>(f)
+            })
+            .await
+            .map_err(|e| AppendError::Io(e.to_string()))?
+            .map_err(|e| AppendError::Io(e.to_string()))
+        }
+    };
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Err(e)) => {
+                if !buf.is_empty() {
+                    let data = buf.split().freeze();
+                    total += data.len() as u64;
+                    flush(&mut file, data).await?;
+                }
+                return Err(AppendError::Body(e.to_string(), total));
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                    if buf.len() >= APPEND_CHUNK {
+                        let data = buf.split().freeze();
+                        total += data.len() as u64;
+                        file = Some(flush(&mut file, data).await?);
+                    }
+                }
+            }
+        }
+    }
+    if !buf.is_empty() {
+        let data = buf.split().freeze();
+        total += data.len() as u64;
+        let f = flush(&mut file, data).await?;
+        drop(f);
+    }
+    Ok(total)
 }
 
 /// Waits for the upstream's answer; returns its Content-Length.

@@ -3,6 +3,7 @@
 //! ```text
 //! <data>/blobs/<algorithm>/<first two hex>/<hex>   verified content, named by its digest
 //! <data>/staging/<uuid>                             writes in progress; emptied at start
+//! <data>/uploads/<repo>/<id>                    upload sessions (removed after a day untouched)
 //! <data>/meta.redb                                  per-repository metadata (tag links, ...)
 //! <data>/repositories.json                          repository definitions
 //! ```
@@ -40,6 +41,10 @@ impl Layout {
 
     pub fn staged(&self) -> PathBuf {
         self.staging().join(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    pub fn uploads(&self) -> PathBuf {
+        self.root.join("uploads")
     }
 
     pub fn meta_db(&self) -> PathBuf {

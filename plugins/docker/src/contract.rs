@@ -1,4 +1,4 @@
-//! The shapes of the WIT contract (`binaryrepo:plugin@0.1.0`, interface `types`) as plain Rust.
+//! The shapes of the WIT contract (`binaryrepo:plugin@0.2.0`, interface `types`) as plain Rust.
 //!
 //! The format logic is written against these rather than the wit-bindgen types so that it
 //! builds and is tested natively; `guest` converts at the component boundary.
@@ -22,6 +22,17 @@ pub struct Repository {
     pub tag_check_seconds: u64,
     pub members: Vec<String>,
     pub delete_enabled: bool,
+    pub default_local: Option<String>,
+}
+
+/// How the request named its repository.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mount {
+    Port,
+    Host,
+    Prefix,
+    Path,
+    Root,
 }
 
 #[derive(Clone, Debug)]
@@ -33,6 +44,7 @@ pub struct Request {
     pub base_url: String,
     pub path_repo: Option<String>,
     pub repository: Option<Repository>,
+    pub mount: Mount,
     pub now: u64,
 }
 
@@ -77,10 +89,39 @@ pub struct FetchBlob {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceiveUpload {
+    pub id: String,
+    pub expect_offset: Option<u64>,
+    pub commit: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Plan {
     Respond(Response),
     ServeBlob(ServeBlob),
     FetchBlob(FetchBlob),
+    /// read the request body (at most this many bytes) and call `handle_body`
+    ReadBody(u64),
+    ReceiveUpload(ReceiveUpload),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadDone {
+    pub size: u64,
+    pub committed: Option<String>,
+}
+
+/// What became of a `ReceiveUpload` plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UploadOutcome {
+    Done(UploadDone),
+    /// the session held this many bytes, not `expect_offset`; nothing appended
+    OffsetMismatch(u64),
+    /// the content hashed to this digest instead; nothing stored, the session is gone
+    DigestMismatch(String),
+    UnknownSession,
+    BodyError(String),
+    Internal(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,6 +154,8 @@ pub enum FailureKind {
     UpstreamUnreachable,
     DigestMismatch,
     Internal,
+    /// a request body was larger than `ReadBody` allowed
+    TooLarge,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,6 +183,13 @@ pub trait Host {
     fn meta_list(&self, prefix: &str) -> Result<Vec<String>, HostError>;
     fn scratch_get(&self, key: &str) -> Option<Vec<u8>>;
     fn scratch_put(&self, key: &str, value: &[u8], ttl_seconds: u64);
+    /// read-only metadata of another repository of this format
+    fn meta_get_in(&self, repository: &str, key: &str) -> Result<Option<Vec<u8>>, HostError>;
+    fn meta_list_in(&self, repository: &str, prefix: &str) -> Result<Vec<String>, HostError>;
+    fn repositories(&self) -> Vec<Repository>;
+    fn upload_start(&self) -> Result<String, HostError>;
+    fn upload_size(&self, id: &str) -> Result<Option<u64>, HostError>;
+    fn upload_cancel(&self, id: &str) -> Result<(), HostError>;
     fn blob_stat(&self, digest: &str) -> Result<Option<BlobInfo>, HostError>;
     fn blob_read(&self, digest: &str) -> Result<Vec<u8>, HostError>;
     fn blob_write(&self, data: &[u8], expected: Option<&str>) -> Result<String, HostError>;

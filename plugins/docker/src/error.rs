@@ -10,6 +10,10 @@ pub const API_VERSION: &str = "registry/2.0";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorCode {
     BlobUnknown,
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    ManifestBlobUnknown,
+    SizeInvalid,
     ManifestUnknown,
     ManifestInvalid,
     NameInvalid,
@@ -30,6 +34,10 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BlobUnknown => "BLOB_UNKNOWN",
+            ErrorCode::BlobUploadInvalid => "BLOB_UPLOAD_INVALID",
+            ErrorCode::BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
+            ErrorCode::ManifestBlobUnknown => "MANIFEST_BLOB_UNKNOWN",
+            ErrorCode::SizeInvalid => "SIZE_INVALID",
             ErrorCode::ManifestUnknown => "MANIFEST_UNKNOWN",
             ErrorCode::ManifestInvalid => "MANIFEST_INVALID",
             ErrorCode::NameInvalid => "NAME_INVALID",
@@ -49,8 +57,14 @@ impl ErrorCode {
     /// The status the spec pairs with the code; `RegistryError::with_status` overrides it.
     pub fn status(self) -> u16 {
         match self {
-            ErrorCode::BlobUnknown | ErrorCode::ManifestUnknown | ErrorCode::NameUnknown => 404,
-            ErrorCode::ManifestInvalid
+            ErrorCode::BlobUnknown
+            | ErrorCode::BlobUploadUnknown
+            | ErrorCode::ManifestUnknown
+            | ErrorCode::NameUnknown => 404,
+            ErrorCode::BlobUploadInvalid
+            | ErrorCode::ManifestBlobUnknown
+            | ErrorCode::SizeInvalid
+            | ErrorCode::ManifestInvalid
             | ErrorCode::NameInvalid
             | ErrorCode::TagInvalid
             | ErrorCode::DigestInvalid
@@ -71,6 +85,8 @@ pub struct RegistryError {
     pub status: u16,
     pub message: String,
     pub detail: Option<Value>,
+    /// extra response headers (a 416's Range and Location)
+    pub headers: Headers,
 }
 
 impl RegistryError {
@@ -80,6 +96,7 @@ impl RegistryError {
             status: code.status(),
             message: message.into(),
             detail: None,
+            headers: Vec::new(),
         }
     }
 
@@ -90,6 +107,11 @@ impl RegistryError {
 
     pub fn with_detail(mut self, detail: Value) -> RegistryError {
         self.detail = Some(detail);
+        self
+    }
+
+    pub fn with_headers(mut self, headers: Headers) -> RegistryError {
+        self.headers = headers;
         self
     }
 
@@ -110,7 +132,8 @@ impl RegistryError {
     }
 
     pub fn to_response(&self) -> Response {
-        let headers: Headers = vec![("Content-Type".to_owned(), "application/json".to_owned())];
+        let mut headers: Headers = vec![("Content-Type".to_owned(), "application/json".to_owned())];
+        headers.extend(self.headers.iter().cloned());
         Response {
             status: self.status,
             headers,
@@ -199,6 +222,10 @@ mod tests {
     fn codes_carry_spec_statuses() {
         let cases = [
             (ErrorCode::BlobUnknown, 404),
+            (ErrorCode::BlobUploadInvalid, 400),
+            (ErrorCode::BlobUploadUnknown, 404),
+            (ErrorCode::ManifestBlobUnknown, 400),
+            (ErrorCode::SizeInvalid, 400),
             (ErrorCode::ManifestUnknown, 404),
             (ErrorCode::NameInvalid, 400),
             (ErrorCode::NameUnknown, 404),

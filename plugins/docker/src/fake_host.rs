@@ -1,9 +1,12 @@
 //! A host and an upstream registry in memory, for native tests of whole request flows.
 
 use crate::contract::*;
-use sha2::{Digest as _, Sha256};
+use sha2::{Digest as _, Sha256, Sha512};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
+
+/// The repository the fake host's own `meta-*` belong to.
+pub const OWN: &str = "docker-local";
 
 pub const UPSTREAM: &str = "http://up.example";
 pub const REALM: &str = "http://auth.example/token";
@@ -19,6 +22,21 @@ pub fn sha256(data: &[u8]) -> String {
     let h = Sha256::digest(data);
     let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
+}
+
+pub fn sha512(data: &[u8]) -> String {
+    let h = Sha512::digest(data);
+    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha512:{hex}")
+}
+
+/// `data` hashed with the algorithm `like` names.
+fn digest_like(like: &str, data: &[u8]) -> String {
+    if like.starts_with("sha512:") {
+        sha512(data)
+    } else {
+        sha256(data)
+    }
 }
 
 /// One upstream registry: manifests by digest, tags, blob sizes.
@@ -203,7 +221,15 @@ impl Registry {
 }
 
 pub struct FakeHost {
+    /// metadata of the request's repository (`OWN`)
     pub meta: RefCell<BTreeMap<String, Vec<u8>>>,
+    /// metadata of the other repositories, readable through `meta-*-in`
+    pub others: RefCell<BTreeMap<String, BTreeMap<String, Vec<u8>>>>,
+    /// what `repositories()` answers
+    pub repos: RefCell<Vec<Repository>>,
+    /// upload sessions of the request's repository
+    pub uploads: RefCell<BTreeMap<String, Vec<u8>>>,
+    pub upload_counter: Cell<u32>,
     pub scratch: RefCell<HashMap<String, (Vec<u8>, u64)>>,
     pub blobs: RefCell<HashMap<String, Vec<u8>>>,
     pub registry: RefCell<Registry>,
@@ -216,6 +242,10 @@ impl FakeHost {
     pub fn new(registry: Registry) -> FakeHost {
         FakeHost {
             meta: RefCell::default(),
+            others: RefCell::default(),
+            repos: RefCell::default(),
+            uploads: RefCell::default(),
+            upload_counter: Cell::new(0),
             scratch: RefCell::default(),
             blobs: RefCell::default(),
             registry: RefCell::new(registry),
@@ -232,6 +262,63 @@ impl FakeHost {
             .drain(..)
             .map(|r| format!("{} {}", r.method, r.url))
             .collect()
+    }
+
+    /// What the host does for a `receive-upload` plan with `body` as the request body.
+    pub fn receive(&self, plan: &ReceiveUpload, body: &[u8]) -> UploadOutcome {
+        let mut uploads = self.uploads.borrow_mut();
+        let Some(data) = uploads.get_mut(&plan.id) else {
+            return UploadOutcome::UnknownSession;
+        };
+        if let Some(offset) = plan.expect_offset
+            && offset != data.len() as u64
+        {
+            return UploadOutcome::OffsetMismatch(data.len() as u64);
+        }
+        data.extend_from_slice(body);
+        let size = data.len() as u64;
+        let Some(expected) = &plan.commit else {
+            return UploadOutcome::Done(UploadDone {
+                size,
+                committed: None,
+            });
+        };
+        let content = uploads.remove(&plan.id).unwrap_or_default();
+        let actual = digest_like(expected, &content);
+        if &actual != expected {
+            return UploadOutcome::DigestMismatch(actual);
+        }
+        self.blobs.borrow_mut().insert(actual.clone(), content);
+        UploadOutcome::Done(UploadDone {
+            size,
+            committed: Some(actual),
+        })
+    }
+
+    /// Another repository's metadata, for mounts and catalogs.
+    pub fn put_in(&self, repository: &str, key: &str, value: &[u8]) {
+        self.others
+            .borrow_mut()
+            .entry(repository.to_owned())
+            .or_default()
+            .insert(key.to_owned(), value.to_vec());
+    }
+
+    fn with_meta_of<T>(
+        &self,
+        repository: &str,
+        f: impl FnOnce(&BTreeMap<String, Vec<u8>>) -> T,
+    ) -> Result<T, HostError> {
+        if repository == OWN {
+            return Ok(f(&self.meta.borrow()));
+        }
+        match self.others.borrow().get(repository) {
+            Some(m) => Ok(f(m)),
+            None if self.repos.borrow().iter().any(|r| r.name == repository) => {
+                Ok(f(&BTreeMap::new()))
+            }
+            None => Err(HostError::NotAllowed(format!("no repository {repository}"))),
+        }
     }
 
     pub fn logged(&self, level: Level, needle: &str) -> bool {
@@ -276,6 +363,34 @@ impl Host for FakeHost {
             .borrow_mut()
             .insert(key.to_owned(), (value.to_vec(), ttl_seconds));
     }
+    fn meta_get_in(&self, repository: &str, key: &str) -> Result<Option<Vec<u8>>, HostError> {
+        self.with_meta_of(repository, |m| m.get(key).cloned())
+    }
+    fn meta_list_in(&self, repository: &str, prefix: &str) -> Result<Vec<String>, HostError> {
+        self.with_meta_of(repository, |m| {
+            m.keys()
+                .filter(|k| k.starts_with(prefix))
+                .cloned()
+                .collect()
+        })
+    }
+    fn repositories(&self) -> Vec<Repository> {
+        self.repos.borrow().clone()
+    }
+    fn upload_start(&self) -> Result<String, HostError> {
+        let n = self.upload_counter.get() + 1;
+        self.upload_counter.set(n);
+        let id = format!("{n:032x}");
+        self.uploads.borrow_mut().insert(id.clone(), Vec::new());
+        Ok(id)
+    }
+    fn upload_size(&self, id: &str) -> Result<Option<u64>, HostError> {
+        Ok(self.uploads.borrow().get(id).map(|d| d.len() as u64))
+    }
+    fn upload_cancel(&self, id: &str) -> Result<(), HostError> {
+        self.uploads.borrow_mut().remove(id);
+        Ok(())
+    }
     fn blob_stat(&self, digest: &str) -> Result<Option<BlobInfo>, HostError> {
         Ok(self.blobs.borrow().get(digest).map(|b| BlobInfo {
             size: b.len() as u64,
@@ -289,7 +404,7 @@ impl Host for FakeHost {
             .ok_or_else(|| HostError::Internal("no such blob".into()))
     }
     fn blob_write(&self, data: &[u8], expected: Option<&str>) -> Result<String, HostError> {
-        let actual = sha256(data);
+        let actual = expected.map_or_else(|| sha256(data), |e| digest_like(e, data));
         if let Some(e) = expected.filter(|e| *e != actual) {
             return Err(HostError::DigestMismatch(format!(
                 "expected {e}, got {actual}"

@@ -28,6 +28,28 @@ impl Guest for Component {
         plan_out(handler::handle(&WitHost, &request_in(request)))
     }
 
+    fn handle_body(request: wit::Request, body: Vec<u8>) -> wit::Plan {
+        plan_out(handler::handle_body(&WitHost, &request_in(request), &body))
+    }
+
+    fn upload_complete(
+        request: wit::Request,
+        id: String,
+        outcome: wit::UploadOutcome,
+    ) -> wit::Response {
+        response_out(handler::upload_complete(
+            &WitHost,
+            &request_in(request),
+            &id,
+            &outcome_in(outcome),
+        ))
+    }
+
+    fn live_blobs(repository: wit::Repository) -> Result<Vec<String>, wit::HostError> {
+        // An error makes the host collect nothing: an incomplete list would delete live blobs.
+        handler::live_blobs(&WitHost, &repository_in(repository)).map_err(host_error_out)
+    }
+
     fn render_failure(request: wit::Request, failure: wit::Failure) -> wit::Response {
         response_out(handler::render_failure(
             &request_in(request),
@@ -91,6 +113,33 @@ impl c::Host for WitHost {
         wit_host::blob_write(data, expected).map_err(host_error_in)
     }
 
+    fn meta_get_in(&self, repository: &str, key: &str) -> Result<Option<Vec<u8>>, c::HostError> {
+        wit_host::meta_get_in(repository, key).map_err(host_error_in)
+    }
+
+    fn meta_list_in(&self, repository: &str, prefix: &str) -> Result<Vec<String>, c::HostError> {
+        wit_host::meta_list_in(repository, prefix).map_err(host_error_in)
+    }
+
+    fn repositories(&self) -> Vec<c::Repository> {
+        wit_host::repositories()
+            .into_iter()
+            .map(repository_in)
+            .collect()
+    }
+
+    fn upload_start(&self) -> Result<String, c::HostError> {
+        wit_host::upload_start().map_err(host_error_in)
+    }
+
+    fn upload_size(&self, id: &str) -> Result<Option<u64>, c::HostError> {
+        wit_host::upload_size(id).map_err(host_error_in)
+    }
+
+    fn upload_cancel(&self, id: &str) -> Result<(), c::HostError> {
+        wit_host::upload_cancel(id).map_err(host_error_in)
+    }
+
     fn upstream(&self, request: &c::UpstreamRequest) -> Result<c::UpstreamResponse, c::HostError> {
         let request = upstream_request_out(request.clone());
         wit_host::upstream(&request)
@@ -100,6 +149,17 @@ impl c::Host for WitHost {
                 body: r.body,
             })
             .map_err(host_error_in)
+    }
+}
+
+fn host_error_out(e: c::HostError) -> wit::HostError {
+    match e {
+        c::HostError::NotAllowed(m) => wit::HostError::NotAllowed(m),
+        c::HostError::UpstreamUnreachable(m) => wit::HostError::UpstreamUnreachable(m),
+        c::HostError::TooLarge(n) => wit::HostError::TooLarge(n),
+        c::HostError::InvalidDigest(m) => wit::HostError::InvalidDigest(m),
+        c::HostError::DigestMismatch(m) => wit::HostError::DigestMismatch(m),
+        c::HostError::Internal(m) => wit::HostError::Internal(m),
     }
 }
 
@@ -114,6 +174,23 @@ fn host_error_in(e: wit::HostError) -> c::HostError {
     }
 }
 
+fn repository_in(repo: wit::Repository) -> c::Repository {
+    c::Repository {
+        name: repo.name,
+        repo_type: match repo.repo_type {
+            wit::RepoType::Local => c::RepoType::Local,
+            wit::RepoType::Remote => c::RepoType::Remote,
+            wit::RepoType::Virtual => c::RepoType::Virtual,
+        },
+        remote_url: repo.remote_url,
+        has_credentials: repo.has_credentials,
+        tag_check_seconds: repo.tag_check_seconds,
+        members: repo.members,
+        delete_enabled: repo.delete_enabled,
+        default_local: repo.default_local,
+    }
+}
+
 fn request_in(r: wit::Request) -> c::Request {
     c::Request {
         method: r.method,
@@ -122,20 +199,29 @@ fn request_in(r: wit::Request) -> c::Request {
         headers: r.headers,
         base_url: r.base_url,
         path_repo: r.path_repo,
-        repository: r.repository.map(|repo| c::Repository {
-            name: repo.name,
-            repo_type: match repo.repo_type {
-                wit::RepoType::Local => c::RepoType::Local,
-                wit::RepoType::Remote => c::RepoType::Remote,
-                wit::RepoType::Virtual => c::RepoType::Virtual,
-            },
-            remote_url: repo.remote_url,
-            has_credentials: repo.has_credentials,
-            tag_check_seconds: repo.tag_check_seconds,
-            members: repo.members,
-            delete_enabled: repo.delete_enabled,
-        }),
+        repository: r.repository.map(repository_in),
+        mount: match r.mount {
+            wit::Mount::Port => c::Mount::Port,
+            wit::Mount::Host => c::Mount::Host,
+            wit::Mount::Prefix => c::Mount::Prefix,
+            wit::Mount::Path => c::Mount::Path,
+            wit::Mount::Root => c::Mount::Root,
+        },
         now: r.now,
+    }
+}
+
+fn outcome_in(o: wit::UploadOutcome) -> c::UploadOutcome {
+    match o {
+        wit::UploadOutcome::Done(d) => c::UploadOutcome::Done(c::UploadDone {
+            size: d.size,
+            committed: d.committed,
+        }),
+        wit::UploadOutcome::OffsetMismatch(size) => c::UploadOutcome::OffsetMismatch(size),
+        wit::UploadOutcome::DigestMismatch(actual) => c::UploadOutcome::DigestMismatch(actual),
+        wit::UploadOutcome::UnknownSession => c::UploadOutcome::UnknownSession,
+        wit::UploadOutcome::BodyError(m) => c::UploadOutcome::BodyError(m),
+        wit::UploadOutcome::Internal(m) => c::UploadOutcome::Internal(m),
     }
 }
 
@@ -147,6 +233,7 @@ fn failure_in(f: wit::Failure) -> c::Failure {
             wit::FailureKind::UpstreamUnreachable => c::FailureKind::UpstreamUnreachable,
             wit::FailureKind::DigestMismatch => c::FailureKind::DigestMismatch,
             wit::FailureKind::Internal => c::FailureKind::Internal,
+            wit::FailureKind::TooLarge => c::FailureKind::TooLarge,
         },
         status: f.status,
         message: f.message,
@@ -181,6 +268,12 @@ fn plan_out(p: c::Plan) -> wit::Plan {
             digest: f.digest,
             request: upstream_request_out(f.request),
             headers: f.headers,
+        }),
+        c::Plan::ReadBody(max) => wit::Plan::ReadBody(max),
+        c::Plan::ReceiveUpload(u) => wit::Plan::ReceiveUpload(wit::ReceiveUpload {
+            id: u.id,
+            expect_offset: u.expect_offset,
+            commit: u.commit,
         }),
     }
 }

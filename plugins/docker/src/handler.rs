@@ -1,47 +1,85 @@
-//! The two entry points of the `format` interface, independent of the component glue.
+//! The entry points of the `format` interface, independent of the component glue.
 
+use crate::catalog;
 use crate::contract::{
-    Failure, FailureKind, Host, Level, Plan, RepoType, Repository, Request, Response, header,
+    Failure, FailureKind, Host, HostError, Level, Plan, RepoType, Repository, Request, Response,
+    UploadOutcome, header,
 };
 use crate::error::{API_VERSION, API_VERSION_HEADER, ErrorCode, RegistryError};
+use crate::gc;
 use crate::local;
+use crate::paging::Paging;
 use crate::plan;
+use crate::push;
 use crate::reference::{Digest, InvalidReference, Name, Reference};
+use crate::referrers;
 use crate::remote::Remote;
 use crate::route::Route;
-use crate::tags::Paging;
+use crate::upload::{self, Session};
 use serde_json::json;
 
 pub const FORMAT: &str = "docker";
-pub const CONTRACT: &str = "0.1.0";
+pub const CONTRACT: &str = "0.2.0";
 pub const ROOTS: &[&str] = &["/v2/"];
 
 pub fn handle(host: &impl Host, req: &Request) -> Plan {
-    let plan = dispatch(host, req).unwrap_or_else(|e| {
-        let level = if e.status >= 500 {
-            Level::Warn
-        } else {
-            Level::Debug
-        };
-        host.log(
-            level,
-            &format!(
-                "{} {}: {} {} {}",
-                req.method,
-                req.path,
-                e.status,
-                e.code.as_str(),
-                e.message
-            ),
-        );
-        Plan::Respond(e.to_response())
-    });
+    let plan = dispatch(host, req).unwrap_or_else(|e| Plan::Respond(error_response(host, req, &e)));
     finish(plan, &req.method)
+}
+
+/// After a `read-body` plan: the request again, with its body.
+pub fn handle_body(host: &impl Host, req: &Request, body: &[u8]) -> Plan {
+    let plan = dispatch_body(host, req, body)
+        .unwrap_or_else(|e| Plan::Respond(error_response(host, req, &e)));
+    finish(plan, &req.method)
+}
+
+/// After a `receive-upload` plan: the client's answer, given what the host did.
+pub fn upload_complete(
+    host: &impl Host,
+    req: &Request,
+    id: &str,
+    outcome: &UploadOutcome,
+) -> Response {
+    let response = Route::parse(&req.path)
+        .name()
+        .ok_or_else(|| RegistryError::new(ErrorCode::NameUnknown, "not an upload URL"))
+        .and_then(parse_name)
+        .and_then(|name| upload::complete(host, req, &name, id, outcome))
+        .unwrap_or_else(|e| error_response(host, req, &e));
+    finish_response(response, &req.method)
 }
 
 pub fn render_failure(req: &Request, failure: &Failure) -> Response {
     let error = failure_error(Route::parse(&req.path), failure);
     finish_response(error.to_response(), &req.method)
+}
+
+/// Garbage collection: the digests `repo` still needs (`gc`). An error means "do not collect".
+pub fn live_blobs(host: &impl Host, repo: &Repository) -> Result<Vec<String>, HostError> {
+    gc::live_blobs(host, repo)
+}
+
+/// The error as the client gets it, logged: server faults as warnings, client mistakes for
+/// debugging only.
+fn error_response(host: &impl Host, req: &Request, e: &RegistryError) -> Response {
+    let level = if e.status >= 500 {
+        Level::Warn
+    } else {
+        Level::Debug
+    };
+    host.log(
+        level,
+        &format!(
+            "{} {}: {} {} {}",
+            req.method,
+            req.path,
+            e.status,
+            e.code.as_str(),
+            e.message
+        ),
+    );
+    e.to_response()
 }
 
 fn failure_error(route: Route<'_>, failure: &Failure) -> RegistryError {
@@ -73,29 +111,63 @@ fn failure_error(route: Route<'_>, failure: &Failure) -> RegistryError {
         )
         .with_status(502),
         FailureKind::Internal => RegistryError::new(ErrorCode::Unknown, message),
+        FailureKind::TooLarge => match route {
+            Route::Manifest { .. } => push::too_large(),
+            _ => RegistryError::new(ErrorCode::SizeInvalid, message).with_status(413),
+        },
     }
+}
+
+fn is_read(method: &str) -> bool {
+    method == "GET" || method == "HEAD"
 }
 
 fn dispatch(host: &impl Host, req: &Request) -> Result<Plan, RegistryError> {
     let route = Route::parse(&req.path);
     let Some(repo) = &req.repository else {
-        if route == Route::Base && route.allows(&req.method) {
-            return Ok(plan::api_base());
-        }
-        return Err(RegistryError::new(
-            ErrorCode::NameUnknown,
-            "no repository for this request: name one in the path (/v2/<repository>/...) or configure a default repository",
-        ));
+        return match route {
+            Route::Base if route.allows(&req.method) => Ok(plan::api_base()),
+            Route::Catalog if route.allows(&req.method) => catalog::list(host, req),
+            _ => Err(RegistryError::new(
+                ErrorCode::NameUnknown,
+                "no repository for this request: name one in the path (/v2/<repository>/...) or configure a default repository",
+            )),
+        };
     };
     check_method(route, &req.method)?;
-    if route == Route::Base {
-        return Ok(plan::api_base());
+    match route {
+        Route::Base => return Ok(plan::api_base()),
+        Route::Catalog => return catalog::list(host, req),
+        _ => {}
     }
-    if repo.repo_type == RepoType::Virtual {
-        return Err(RegistryError::new(
-            ErrorCode::Unsupported,
-            "virtual repositories arrive in a later version",
-        ));
+    let read = is_read(&req.method);
+    match repo.repo_type {
+        // the host resolves virtual repositories through their members; one reaches us only
+        // when it has nothing to resolve to
+        RepoType::Virtual => {
+            let message = if read {
+                format!(
+                    "virtual repository {} has no member that can answer",
+                    repo.name
+                )
+            } else {
+                format!(
+                    "virtual repository {} has no default-local member to receive pushes and deletes",
+                    repo.name
+                )
+            };
+            return Err(RegistryError::new(ErrorCode::Unsupported, message));
+        }
+        RepoType::Remote if !read || matches!(route, Route::Upload { .. }) => {
+            return Err(RegistryError::new(
+                ErrorCode::Unsupported,
+                format!(
+                    "repository {} is remote: remote repositories are read-only caches",
+                    repo.name
+                ),
+            ));
+        }
+        _ => {}
     }
     let is_remote = repo.repo_type == RepoType::Remote;
     match route {
@@ -103,21 +175,36 @@ fn dispatch(host: &impl Host, req: &Request) -> Result<Plan, RegistryError> {
             let name = parse_name(name)?;
             let reference = parse_reference(reference)?;
             if is_remote {
-                remote(host, req, repo, &name)?.manifest(&reference)
-            } else {
-                local::manifest(host, &name, &reference)
+                return remote(host, req, repo, &name)?.manifest(&reference);
+            }
+            match req.method.as_str() {
+                "PUT" => Ok(push::begin()),
+                "DELETE" => local::delete_manifest(host, repo, &name, &reference),
+                _ => local::manifest(host, &name, &reference),
             }
         }
         Route::Blob { name, digest } => {
             let name = parse_name(name)?;
-            let digest = Digest::parse(digest).map_err(|_| {
-                RegistryError::new(ErrorCode::DigestInvalid, "invalid digest")
-                    .with_detail(json!({ "digest": digest }))
-            })?;
+            let digest = parse_digest(digest)?;
             if is_remote {
                 remote(host, req, repo, &name)?.blob(&digest)
+            } else if req.method == "DELETE" {
+                local::delete_blob(host, repo, &name, &digest)
             } else {
-                local::blob(host, &digest)
+                local::blob(host, &name, &digest)
+            }
+        }
+        Route::Upload { name, session } => {
+            let name = parse_name(name)?;
+            let Some(session) = session else {
+                return upload::start(host, req, repo, &name);
+            };
+            let session = Session::parse(session)?;
+            match req.method.as_str() {
+                "PATCH" => upload::patch(host, req, &name, &session),
+                "PUT" => upload::put(host, req, &name, &session),
+                "DELETE" => upload::cancel(host, &session),
+                _ => upload::status(host, req, &name, &session),
             }
         }
         Route::TagsList { name } => {
@@ -129,10 +216,40 @@ fn dispatch(host: &impl Host, req: &Request) -> Result<Plan, RegistryError> {
                 local::tag_list(host, req, &name, &paging)
             }
         }
-        // check_method refused these already
-        Route::Base | Route::Upload { .. } | Route::Catalog | Route::Unknown => Err(
-            RegistryError::new(ErrorCode::Unsupported, "unsupported operation"),
-        ),
+        Route::Referrers { name, digest } => {
+            let name = parse_name(name)?;
+            let digest = parse_digest(digest)?;
+            if is_remote {
+                remote(host, req, repo, &name)?.referrers(&digest)
+            } else {
+                referrers::local(host, req, &name, &digest)
+            }
+        }
+        // answered above, or refused by check_method
+        Route::Base | Route::Catalog | Route::Unknown => Err(RegistryError::new(
+            ErrorCode::Unsupported,
+            "unsupported operation",
+        )),
+    }
+}
+
+/// Only a manifest PUT to a local repository asks for its body.
+fn dispatch_body(host: &impl Host, req: &Request, body: &[u8]) -> Result<Plan, RegistryError> {
+    let route = Route::parse(&req.path);
+    let local = req
+        .repository
+        .as_ref()
+        .is_some_and(|r| r.repo_type == RepoType::Local);
+    match route {
+        Route::Manifest { name, reference } if req.method == "PUT" && local => {
+            let name = parse_name(name)?;
+            let reference = parse_reference(reference)?;
+            push::put(host, req, &name, &reference, body)
+        }
+        _ => Err(RegistryError::new(
+            ErrorCode::Unknown,
+            "the host handed over a request body that was not asked for",
+        )),
     }
 }
 
@@ -166,11 +283,6 @@ fn check_method(route: Route<'_>, method: &str) -> Result<(), RegistryError> {
         Route::Unknown => {
             RegistryError::new(ErrorCode::NameUnknown, "unknown registry API path").with_status(404)
         }
-        Route::Catalog => RegistryError::new(ErrorCode::Unsupported, "the catalog is not offered")
-            .with_status(404),
-        Route::Upload { .. } => {
-            RegistryError::new(ErrorCode::Unsupported, "push is not supported yet")
-        }
         _ => RegistryError::new(
             ErrorCode::Unsupported,
             format!("{method} is not supported here"),
@@ -183,6 +295,13 @@ fn parse_name(name: &str) -> Result<Name, RegistryError> {
     Name::parse(name).map_err(|_| {
         RegistryError::new(ErrorCode::NameInvalid, "invalid repository name")
             .with_detail(json!({ "name": name }))
+    })
+}
+
+fn parse_digest(digest: &str) -> Result<Digest, RegistryError> {
+    Digest::parse(digest).map_err(|_| {
+        RegistryError::new(ErrorCode::DigestInvalid, "invalid digest")
+            .with_detail(json!({ "digest": digest }))
     })
 }
 
@@ -210,6 +329,8 @@ fn finish(plan: Plan, method: &str) -> Plan {
             f.headers.push(version());
             Plan::FetchBlob(f)
         }
+        // the response comes from handle-body or upload-complete, which finish it there
+        p @ (Plan::ReadBody(_) | Plan::ReceiveUpload(_)) => p,
     }
 }
 

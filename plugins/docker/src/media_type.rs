@@ -23,7 +23,7 @@ pub fn manifest_accept() -> String {
 }
 
 /// Content types that say nothing about which manifest schema a body is.
-fn is_generic(content_type: &str) -> bool {
+pub fn is_generic(content_type: &str) -> bool {
     matches!(
         content_type,
         "" | "application/json" | "text/plain" | "application/octet-stream"

@@ -1,15 +1,36 @@
 //! The durable metadata this plugin keeps per repository, in one place:
 //!
-//! - `tag/<name>:<tag>` → `{"digest","media_type","checked"}`: what a tag pointed to and
-//!   when the upstream last confirmed it (unix seconds)
-//! - `manifest/<digest>` → `{"media_type"}`: the stored blob is a manifest of this type
+//! - `tag/<name>:<tag>` → `{"digest","media_type","checked"}`: what a tag points to and
+//!   (remote) when the upstream last confirmed it (unix seconds; local: when it was pushed)
+//! - `manifest/<digest>` → `{"media_type"}` (remote): the stored blob is a manifest of this type
+//! - `blob/<digest>/<name>` → `{}`: the blob belongs to image `<name>` (local: uploaded or
+//!   mounted there; remote: fetched through it). Digest first, so "is this blob linked
+//!   anywhere in the repository" (mount without `from`) is one prefix listing.
+//! - `image/<name>` → `{}` (local): the image exists (it has had a blob or a manifest); the
+//!   catalog and the tag list's NAME_UNKNOWN go by it. Never removed, like a directory in
+//!   distribution's storage.
+//! - `image-manifest/<name>@<digest>` → `ImageManifest` (local): the manifest was pushed to
+//!   the image, with what it references (for pushes of indexes and for garbage collection)
+//! - `referrer/<name>@<subject>/<digest>` → `Referrer` (local): the manifest `<digest>` of
+//!   image `<name>` names `<subject>`: the descriptor the referrers API lists
 //!
-//! For remote repositories `<name>` is the upstream name, so `redis` and `library/redis` on
-//! Docker Hub share one cache entry.
+//! Names contain no ':' or '@' and digests no '/', so every prefix above is exact. For remote
+//! repositories `<name>` is the upstream name, so `redis` and `library/redis` on Docker Hub
+//! share one cache entry.
 
 use crate::contract::{Host, HostError, Level};
 use crate::reference::{Digest, Name, Tag};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+const TAG: &str = "tag/";
+const MANIFEST: &str = "manifest/";
+const BLOB: &str = "blob/";
+const IMAGE: &str = "image/";
+const IMAGE_MANIFEST: &str = "image-manifest/";
+const REFERRER: &str = "referrer/";
+/// What a marker or link key holds: its presence is the information.
+const PRESENT: &[u8] = b"{}";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TagLink {
@@ -23,17 +44,69 @@ pub struct ManifestMeta {
     pub media_type: String,
 }
 
+/// A manifest pushed to an image of a local repository.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageManifest {
+    pub media_type: String,
+    pub size: u64,
+    /// config and layers (image manifests)
+    #[serde(default)]
+    pub blobs: Vec<String>,
+    /// child manifests (indexes)
+    #[serde(default)]
+    pub manifests: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+/// A referrer as the referrers API lists it: an OCI descriptor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Referrer {
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
 pub fn tag_key(name: &Name, tag: &Tag) -> String {
-    format!("tag/{name}:{tag}")
+    format!("{TAG}{name}:{tag}")
 }
 
 /// Prefix of every tag key of a repository; tags cannot contain ':', names cannot either.
 pub fn tag_prefix(name: &Name) -> String {
-    format!("tag/{name}:")
+    format!("{TAG}{name}:")
 }
 
 pub fn manifest_key(digest: &Digest) -> String {
-    format!("manifest/{digest}")
+    format!("{MANIFEST}{digest}")
+}
+
+pub fn blob_key(digest: &Digest, name: &Name) -> String {
+    format!("{BLOB}{digest}/{name}")
+}
+
+pub fn blob_prefix(digest: &Digest) -> String {
+    format!("{BLOB}{digest}/")
+}
+
+pub fn image_key(name: &Name) -> String {
+    format!("{IMAGE}{name}")
+}
+
+pub fn image_manifest_key(name: &Name, digest: &Digest) -> String {
+    format!("{IMAGE_MANIFEST}{name}@{digest}")
+}
+
+pub fn referrer_prefix(name: &Name, subject: &Digest) -> String {
+    format!("{REFERRER}{name}@{subject}/")
+}
+
+pub fn referrer_key(name: &Name, subject: &Digest, digest: &Digest) -> String {
+    format!("{}{digest}", referrer_prefix(name, subject))
 }
 
 /// A tag link, or None when absent. A value that no longer parses is treated as absent (and
@@ -58,6 +131,157 @@ pub fn put_manifest(host: &impl Host, digest: &Digest, media_type: &str) -> Resu
             media_type: media_type.to_owned(),
         },
     )
+}
+
+/// Link a blob to an image. Only written when absent: blob requests are frequent and a
+/// metadata write is not free.
+pub fn link_blob(host: &impl Host, name: &Name, digest: &Digest) -> Result<(), HostError> {
+    let key = blob_key(digest, name);
+    if host.meta_get(&key)?.is_none() {
+        host.meta_put(&key, PRESENT)?;
+    }
+    Ok(())
+}
+
+pub fn blob_linked(host: &impl Host, name: &Name, digest: &Digest) -> Result<bool, HostError> {
+    Ok(host.meta_get(&blob_key(digest, name))?.is_some())
+}
+
+/// Whether any image of the repository links the blob.
+pub fn blob_linked_anywhere(host: &impl Host, digest: &Digest) -> Result<bool, HostError> {
+    Ok(!host.meta_list(&blob_prefix(digest))?.is_empty())
+}
+
+/// Record that an image exists (local repositories).
+pub fn mark_image(host: &impl Host, name: &Name) -> Result<(), HostError> {
+    let key = image_key(name);
+    if host.meta_get(&key)?.is_none() {
+        host.meta_put(&key, PRESENT)?;
+    }
+    Ok(())
+}
+
+pub fn image_known(host: &impl Host, name: &Name) -> Result<bool, HostError> {
+    Ok(host.meta_get(&image_key(name))?.is_some())
+}
+
+pub fn get_image_manifest(
+    host: &impl Host,
+    name: &Name,
+    digest: &Digest,
+) -> Result<Option<ImageManifest>, HostError> {
+    get_json(host, &image_manifest_key(name, digest))
+}
+
+pub fn put_image_manifest(
+    host: &impl Host,
+    name: &Name,
+    digest: &Digest,
+    record: &ImageManifest,
+) -> Result<(), HostError> {
+    put_json(host, &image_manifest_key(name, digest), record)
+}
+
+pub fn put_referrer(
+    host: &impl Host,
+    name: &Name,
+    subject: &Digest,
+    referrer: &Referrer,
+) -> Result<(), HostError> {
+    let digest = Digest::parse(&referrer.digest)
+        .map_err(|_| HostError::InvalidDigest(referrer.digest.clone()))?;
+    put_json(host, &referrer_key(name, subject, &digest), referrer)
+}
+
+/// The referrers of `subject` in an image, in key (digest) order.
+pub fn list_referrers(
+    host: &impl Host,
+    name: &Name,
+    subject: &Digest,
+) -> Result<Vec<Referrer>, HostError> {
+    let mut out = Vec::new();
+    for key in host.meta_list(&referrer_prefix(name, subject))? {
+        if let Some(r) = get_json::<Referrer>(host, &key)? {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+/// Image names a repository's metadata knows: images with a marker or a tag (remote
+/// repositories have only tags), sorted. `list` is the repository's `meta-list`.
+pub fn image_names(
+    list: impl Fn(&str) -> Result<Vec<String>, HostError>,
+) -> Result<Vec<String>, HostError> {
+    let marked = list(IMAGE)?
+        .into_iter()
+        .filter_map(|k| k.strip_prefix(IMAGE).map(str::to_owned));
+    let tagged = list(TAG)?.into_iter().filter_map(|k| {
+        k.strip_prefix(TAG)
+            .and_then(|rest| rest.split_once(':'))
+            .map(|(name, _)| name.to_owned())
+    });
+    let mut names: Vec<String> = marked
+        .chain(tagged)
+        .filter(|n| Name::parse(n).is_ok())
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// Every `image-manifest` record: (image, digest, record). A record that no longer parses
+/// still names its digest, with an empty record.
+pub fn all_image_manifests(
+    host: &impl Host,
+) -> Result<Vec<(Name, Digest, Option<ImageManifest>)>, HostError> {
+    let mut out = Vec::new();
+    for key in host.meta_list(IMAGE_MANIFEST)? {
+        let Some((name, digest)) = key
+            .strip_prefix(IMAGE_MANIFEST)
+            .and_then(|rest| rest.split_once('@'))
+        else {
+            continue;
+        };
+        let (Ok(name), Ok(digest)) = (Name::parse(name), Digest::parse(digest)) else {
+            continue;
+        };
+        let record = get_json(host, &key)?;
+        out.push((name, digest, record));
+    }
+    Ok(out)
+}
+
+/// Every blob link: (digest, key).
+pub fn all_blob_links(host: &impl Host) -> Result<Vec<(Digest, String)>, HostError> {
+    Ok(host
+        .meta_list(BLOB)?
+        .into_iter()
+        .filter_map(|key| {
+            let digest = key.strip_prefix(BLOB)?.split_once('/')?.0;
+            Digest::parse(digest).ok().map(|d| (d, key.clone()))
+        })
+        .collect())
+}
+
+/// Digests with a `manifest/` record (remote: every manifest cached).
+pub fn all_manifest_records(host: &impl Host) -> Result<Vec<Digest>, HostError> {
+    Ok(host
+        .meta_list(MANIFEST)?
+        .into_iter()
+        .filter_map(|k| k.strip_prefix(MANIFEST).and_then(|d| Digest::parse(d).ok()))
+        .collect())
+}
+
+/// Every tag link of the repository: (key, link).
+pub fn all_tags(host: &impl Host) -> Result<Vec<(String, TagLink)>, HostError> {
+    let mut out = Vec::new();
+    for key in host.meta_list(TAG)? {
+        if let Some(link) = get_json(host, &key)? {
+            out.push((key, link));
+        }
+    }
+    Ok(out)
 }
 
 /// Tag names under a repository, in lexical order.
@@ -110,6 +334,53 @@ mod tests {
         assert_eq!(
             manifest_key(&d),
             format!("manifest/sha256:{}", "a".repeat(64))
+        );
+        assert_eq!(blob_key(&d, &n), format!("blob/{d}/library/redis"));
+        assert_eq!(image_key(&n), "image/library/redis");
+        assert_eq!(
+            image_manifest_key(&n, &d),
+            format!("image-manifest/library/redis@{d}")
+        );
+        assert_eq!(
+            referrer_key(&n, &d, &d),
+            format!("referrer/library/redis@{d}/{d}")
+        );
+    }
+
+    #[test]
+    fn image_names_from_markers_and_tags() {
+        let keys = [
+            "image/app",
+            "image/a/b",
+            "tag/library/redis:7",
+            "tag/app:1",
+            "tag/Bad:1",
+        ];
+        let list = |prefix: &str| -> Result<Vec<String>, HostError> {
+            Ok(keys
+                .iter()
+                .filter(|k| k.starts_with(prefix))
+                .map(|k| k.to_string())
+                .collect())
+        };
+        assert_eq!(
+            image_names(list).unwrap(),
+            vec!["a/b", "app", "library/redis"]
+        );
+    }
+
+    #[test]
+    fn referrer_json_shape() {
+        let r = Referrer {
+            media_type: "m".into(),
+            digest: "sha256:x".into(),
+            size: 3,
+            artifact_type: Some("t".into()),
+            annotations: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"mediaType":"m","digest":"sha256:x","size":3,"artifactType":"t"}"#
         );
     }
 

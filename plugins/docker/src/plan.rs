@@ -5,6 +5,9 @@ use crate::media_type;
 use crate::reference::Digest;
 
 pub const DIGEST_HEADER: &str = "Docker-Content-Digest";
+pub const UPLOAD_UUID_HEADER: &str = "Docker-Upload-UUID";
+pub const SUBJECT_HEADER: &str = "OCI-Subject";
+pub const FILTERS_APPLIED_HEADER: &str = "OCI-Filters-Applied";
 
 fn content_headers(content_type: &str, digest: &Digest) -> Headers {
     vec![
@@ -56,6 +59,25 @@ pub fn json(status: u16, body: Vec<u8>) -> Response {
         headers: vec![("Content-Type".to_owned(), "application/json".to_owned())],
         body,
     }
+}
+
+/// A response without a body: 201, 202 and 416 say `Content-Length: 0` as the spec shows them;
+/// 204 must not carry one (RFC 9110).
+pub fn empty(status: u16, mut headers: Headers) -> Response {
+    if status != 204 {
+        headers.push(("Content-Length".to_owned(), "0".to_owned()));
+    }
+    Response {
+        status,
+        headers,
+        body: Vec::new(),
+    }
+}
+
+/// `0-<last byte>` for an upload holding `size` bytes; `0-0` when empty, as distribution
+/// sends it (the spec's form has no way to say "nothing yet").
+pub fn upload_range(size: u64) -> String {
+    format!("0-{}", size.saturating_sub(1))
 }
 
 /// The answer to `/v2/`: "this is a v2 registry".

@@ -10,10 +10,12 @@ use crate::error::{self, ErrorCode, RegistryError};
 use crate::freshness::{self, HeadVerdict, TagDecision};
 use crate::media_type;
 use crate::meta::{self, TagLink};
-use crate::plan::{self, DIGEST_HEADER};
+use crate::paging::{self, Paging};
+use crate::plan::{self, DIGEST_HEADER, FILTERS_APPLIED_HEADER};
 use crate::reference::{Digest, Name, Reference, Tag};
+use crate::referrers;
 use crate::store;
-use crate::tags::{self, Paging, TagList};
+use crate::tags::{self, TagList};
 use crate::upstream::Upstream;
 use crate::url;
 
@@ -249,6 +251,8 @@ impl<'a, H: Host> Remote<'a, H> {
 
     pub fn blob(&self, digest: &Digest) -> Result<Plan, RegistryError> {
         if store::blob_present(self.host, digest)? {
+            // blobs cached before links existed get one the first time they are served
+            self.link_blob(digest);
             return Ok(plan::serve_blob(digest));
         }
         let url = self.up.url(&format!("blobs/{digest}"));
@@ -257,7 +261,55 @@ impl<'a, H: Host> Remote<'a, H> {
         }
         let (auth, with_credentials) = self.up.plan_auth()?;
         self.debug(format!("blob {}@{digest}: fetching upstream", self.name));
+        self.link_blob(digest);
         Ok(plan::fetch_blob(digest, url, auth, with_credentials))
+    }
+
+    /// The link is what keeps a cached blob from garbage collection (and what a mount from
+    /// this repository looks for). Linked before the fetch completes, since the host never
+    /// calls back after a fetch; a fetch that fails leaves a link to nothing, which is
+    /// harmless. A failed write costs a refetch after the next collection, not this answer.
+    fn link_blob(&self, digest: &Digest) {
+        if let Err(e) = meta::link_blob(self.host, self.up.name(), digest) {
+            self.host.log(
+                Level::Error,
+                &format!("could not link blob {}@{digest}: {e}", self.name),
+            );
+        }
+    }
+
+    /// `GET /v2/<name>/referrers/<digest>`, passed through to the upstream. An upstream
+    /// without the referrers API answers 404: to the client that is an empty list, which is
+    /// what the API says for a subject without referrers.
+    pub fn referrers(&self, subject: &Digest) -> Result<Plan, RegistryError> {
+        let filter = referrers::artifact_type_filter(self.req);
+        let params: Vec<(&str, &str)> = filter
+            .as_deref()
+            .map(|f| vec![("artifactType", f)])
+            .unwrap_or_default();
+        let url = url::with_query(&self.up.url(&format!("referrers/{subject}")), &params);
+        let accept = vec![("Accept".to_owned(), media_type::OCI_INDEX.to_owned())];
+        let resp = self.up.send("GET", &url, &accept)?;
+        match resp.status {
+            200..=299 => {
+                let mut headers =
+                    vec![("Content-Type".to_owned(), media_type::OCI_INDEX.to_owned())];
+                if let Some(applied) = header(&resp.headers, FILTERS_APPLIED_HEADER) {
+                    headers.push((FILTERS_APPLIED_HEADER.to_owned(), applied.to_owned()));
+                }
+                Ok(Plan::Respond(Response {
+                    status: 200,
+                    headers,
+                    body: resp.body,
+                }))
+            }
+            404 => Ok(Plan::Respond(referrers::index(&[], false))),
+            s => Err(error::from_upstream_status(
+                s,
+                &resp.body,
+                ErrorCode::NameUnknown,
+            )),
+        }
     }
 
     /// HEAD of a blob we do not hold: ask the upstream rather than fetch gigabytes to answer.
@@ -368,7 +420,7 @@ impl<'a, H: Host> Remote<'a, H> {
                         self.name, e.message
                     ),
                 );
-                let (page, next) = tags::paginate(&known, paging);
+                let (page, next) = paging::paginate(&known, paging);
                 Ok(Plan::Respond(tags::response(
                     self.req,
                     &client_name,

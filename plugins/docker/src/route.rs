@@ -16,9 +16,15 @@ pub enum Route<'a> {
         name: &'a str,
         digest: &'a str,
     },
-    /// `/v2/<name>/blobs/uploads/[<id>]`: push, not offered by this contract version
+    /// `/v2/<name>/blobs/uploads/` (start) or `/v2/<name>/blobs/uploads/<session>`
     Upload {
         name: &'a str,
+        session: Option<&'a str>,
+    },
+    /// `/v2/<name>/referrers/<digest>`
+    Referrers {
+        name: &'a str,
+        digest: &'a str,
     },
     /// `/v2/<name>/tags/list`
     TagsList {
@@ -45,7 +51,13 @@ impl<'a> Route<'a> {
         }
         // Upload URLs end with a slash (`.../blobs/uploads/`); everything else must not.
         if let Some(name) = rest.strip_suffix("/blobs/uploads/") {
-            return Route::Upload { name };
+            if name.is_empty() {
+                return Route::Unknown;
+            }
+            return Route::Upload {
+                name,
+                session: None,
+            };
         }
         // A name may itself contain "manifests" or "blobs" components, so the operation is
         // recognised from the end of the path.
@@ -61,24 +73,49 @@ impl<'a> Route<'a> {
         match (op, last) {
             ("manifests", reference) => Route::Manifest { name, reference },
             ("tags", "list") => Route::TagsList { name },
-            ("blobs", "uploads") => Route::Upload { name },
+            ("blobs", "uploads") => Route::Upload {
+                name,
+                session: None,
+            },
             ("blobs", digest) => Route::Blob { name, digest },
-            ("uploads", _) => match name.rsplit_once('/') {
-                Some((name, "blobs")) if !name.is_empty() => Route::Upload { name },
+            ("referrers", digest) => Route::Referrers { name, digest },
+            ("uploads", session) => match name.rsplit_once('/') {
+                Some((name, "blobs")) if !name.is_empty() => Route::Upload {
+                    name,
+                    session: Some(session),
+                },
                 _ => Route::Unknown,
             },
             _ => Route::Unknown,
         }
     }
 
-    /// Methods this contract version serves for the route; anything else is UNSUPPORTED.
+    /// Methods the route has in the API; anything else is UNSUPPORTED. Whether the
+    /// repository takes writes is decided later, by its type.
     pub fn allows(&self, method: &str) -> bool {
+        let read = method == "GET" || method == "HEAD";
         match self {
-            Route::Base | Route::Manifest { .. } | Route::Blob { .. } => {
-                method == "GET" || method == "HEAD"
-            }
-            Route::TagsList { .. } => method == "GET",
-            Route::Upload { .. } | Route::Catalog | Route::Unknown => false,
+            Route::Base => read,
+            Route::Manifest { .. } => read || method == "PUT" || method == "DELETE",
+            Route::Blob { .. } => read || method == "DELETE",
+            Route::Upload { session: None, .. } => method == "POST",
+            Route::Upload {
+                session: Some(_), ..
+            } => read || matches!(method, "PATCH" | "PUT" | "DELETE"),
+            Route::TagsList { .. } | Route::Referrers { .. } | Route::Catalog => method == "GET",
+            Route::Unknown => false,
+        }
+    }
+
+    /// The image name the route is about, when it has one.
+    pub fn name(&self) -> Option<&'a str> {
+        match *self {
+            Route::Manifest { name, .. }
+            | Route::Blob { name, .. }
+            | Route::Upload { name, .. }
+            | Route::Referrers { name, .. }
+            | Route::TagsList { name } => Some(name),
+            Route::Base | Route::Catalog | Route::Unknown => None,
         }
     }
 }
@@ -144,15 +181,36 @@ mod tests {
     fn uploads() {
         assert_eq!(
             Route::parse("/v2/x/blobs/uploads/"),
-            Route::Upload { name: "x" }
+            Route::Upload {
+                name: "x",
+                session: None
+            }
         );
         assert_eq!(
             Route::parse("/v2/x/y/blobs/uploads"),
-            Route::Upload { name: "x/y" }
+            Route::Upload {
+                name: "x/y",
+                session: None
+            }
         );
         assert_eq!(
             Route::parse("/v2/x/blobs/uploads/1234-5"),
-            Route::Upload { name: "x" }
+            Route::Upload {
+                name: "x",
+                session: Some("1234-5")
+            }
+        );
+        assert_eq!(Route::parse("/v2/blobs/uploads/"), Route::Unknown);
+    }
+
+    #[test]
+    fn referrers() {
+        assert_eq!(
+            Route::parse("/v2/a/b/referrers/sha256:x"),
+            Route::Referrers {
+                name: "a/b",
+                digest: "sha256:x"
+            }
         );
     }
 
@@ -183,21 +241,26 @@ mod tests {
             }
             .allows("GET")
         );
-        assert!(
-            !Route::Manifest {
-                name: "a",
-                reference: "b"
-            }
-            .allows("PUT")
-        );
-        assert!(
-            !Route::Manifest {
-                name: "a",
-                reference: "b"
-            }
-            .allows("DELETE")
-        );
+        let manifest = Route::Manifest {
+            name: "a",
+            reference: "b",
+        };
+        assert!(manifest.allows("PUT") && manifest.allows("DELETE"));
+        assert!(!manifest.allows("POST") && !manifest.allows("PATCH"));
         assert!(!Route::TagsList { name: "a" }.allows("HEAD"));
-        assert!(!Route::Upload { name: "a" }.allows("POST"));
+        let start = Route::Upload {
+            name: "a",
+            session: None,
+        };
+        assert!(start.allows("POST") && !start.allows("PUT"));
+        let session = Route::Upload {
+            name: "a",
+            session: Some("s"),
+        };
+        for m in ["GET", "PATCH", "PUT", "DELETE"] {
+            assert!(session.allows(m), "{m}");
+        }
+        assert!(!session.allows("POST"));
+        assert!(Route::Catalog.allows("GET") && !Route::Catalog.allows("DELETE"));
     }
 }

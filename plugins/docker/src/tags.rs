@@ -2,9 +2,8 @@
 //! page, addressed the way the client reached us.
 
 use crate::contract::{Request, Response};
-use crate::error::{ErrorCode, RegistryError};
+use crate::paging::{self, Paging};
 use crate::plan;
-use crate::url;
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize)]
@@ -12,62 +11,6 @@ pub struct TagList {
     pub name: String,
     #[serde(default)]
     pub tags: Option<Vec<String>>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Paging {
-    pub n: Option<usize>,
-    pub last: Option<String>,
-}
-
-impl Paging {
-    pub fn from_query(query: Option<&str>) -> Result<Paging, RegistryError> {
-        let n = match url::query_param(query, "n") {
-            None => None,
-            Some(s) if s.is_empty() => None,
-            Some(s) => Some(s.parse::<usize>().map_err(|_| {
-                RegistryError::new(
-                    ErrorCode::PaginationNumberInvalid,
-                    "n must be a non-negative integer",
-                )
-                .with_detail(serde_json::json!({ "n": s }))
-            })?),
-        };
-        let last = url::query_param(query, "last").filter(|s| !s.is_empty());
-        Ok(Paging { n, last })
-    }
-
-    pub fn params(&self) -> Vec<(&'static str, String)> {
-        let mut p = Vec::new();
-        if let Some(n) = self.n {
-            p.push(("n", n.to_string()));
-        }
-        if let Some(last) = &self.last {
-            p.push(("last", last.clone()));
-        }
-        p
-    }
-}
-
-/// One page of `all` (sorted): tags after `last`, at most `n`; and the paging of the next
-/// page when more remain.
-pub fn paginate(all: &[String], paging: &Paging) -> (Vec<String>, Option<Paging>) {
-    let after: Vec<String> = all
-        .iter()
-        .filter(|t| paging.last.as_ref().is_none_or(|l| t.as_str() > l.as_str()))
-        .cloned()
-        .collect();
-    match paging.n {
-        Some(n) if after.len() > n => {
-            let page: Vec<String> = after.into_iter().take(n).collect();
-            let next = (n > 0).then(|| Paging {
-                n: Some(n),
-                last: page.last().cloned(),
-            });
-            (page, next)
-        }
-        _ => (after, None),
-    }
 }
 
 /// The name the client used, which includes the repository segment of the path method.
@@ -80,13 +23,11 @@ pub fn client_name(req: &Request, name: &str) -> String {
 
 /// `<…/v2/<client name>/tags/list?n=…&last=…>; rel="next"`
 pub fn next_link(req: &Request, client_name: &str, next: &Paging) -> String {
-    let base = format!(
+    let endpoint = format!(
         "{}/v2/{client_name}/tags/list",
         req.base_url.trim_end_matches('/')
     );
-    let params = next.params();
-    let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    format!("<{}>; rel=\"next\"", url::with_query(&base, &params))
+    paging::next_link(&endpoint, next)
 }
 
 /// The paging of an upstream's `Link: <…?n=…&last=…>; rel="next"` header.
@@ -133,46 +74,9 @@ mod tests {
             base_url: "http://h:8081".into(),
             path_repo: path_repo.map(Into::into),
             repository: None,
+            mount: crate::contract::Mount::Port,
             now: 0,
         }
-    }
-
-    #[test]
-    fn paging_query() {
-        assert_eq!(Paging::from_query(None).unwrap(), Paging::default());
-        assert_eq!(
-            Paging::from_query(Some("n=2&last=b")).unwrap(),
-            Paging {
-                n: Some(2),
-                last: Some("b".into())
-            }
-        );
-        let e = Paging::from_query(Some("n=-1")).unwrap_err();
-        assert_eq!(
-            (e.code, e.status),
-            (ErrorCode::PaginationNumberInvalid, 400)
-        );
-    }
-
-    #[test]
-    fn pages() {
-        let all = tags(&["a", "b", "c", "d"]);
-        let p = |n, last: Option<&str>| Paging {
-            n,
-            last: last.map(Into::into),
-        };
-        assert_eq!(paginate(&all, &p(None, None)), (all.clone(), None));
-        assert_eq!(
-            paginate(&all, &p(Some(2), None)),
-            (tags(&["a", "b"]), Some(p(Some(2), Some("b"))))
-        );
-        assert_eq!(
-            paginate(&all, &p(Some(2), Some("b"))),
-            (tags(&["c", "d"]), None)
-        );
-        assert_eq!(paginate(&all, &p(None, Some("c"))), (tags(&["d"]), None));
-        assert_eq!(paginate(&all, &p(Some(0), None)), (vec![], None));
-        assert_eq!(paginate(&all, &p(Some(10), Some("z"))), (vec![], None));
     }
 
     #[test]

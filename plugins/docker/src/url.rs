@@ -1,5 +1,18 @@
-//! The little URL handling the plugin needs: query parameters in and out, and which host an
-//! upstream base URL names.
+//! The little URL handling the plugin needs: query parameters in and out, URLs handed to
+//! clients, and which host an upstream base URL names.
+
+use crate::contract::Request;
+
+/// A registry URL for the client, through the mount the request came in by:
+/// `{base-url}/v2/{path-repo/}{tail}`. The path method's repository segment goes back in,
+/// or the client would address another repository (or none) with it.
+pub fn client_url(req: &Request, tail: &str) -> String {
+    let base = req.base_url.trim_end_matches('/');
+    match req.path_repo.as_deref().filter(|r| !r.is_empty()) {
+        Some(repo) => format!("{base}/v2/{repo}/{tail}"),
+        None => format!("{base}/v2/{tail}"),
+    }
+}
 
 /// The decoded value of the first `key` parameter in a raw query string.
 pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
@@ -131,6 +144,31 @@ mod tests {
             "http://x/t?a=1&b=2"
         );
         assert_eq!(with_query("http://x/t", &[]), "http://x/t");
+    }
+
+    #[test]
+    fn client_urls() {
+        let mut req = Request {
+            method: "POST".into(),
+            path: "/v2/app/blobs/uploads/".into(),
+            query: None,
+            headers: vec![],
+            base_url: "https://proxy.example/repo/docker-local/".into(),
+            path_repo: None,
+            repository: None,
+            mount: crate::contract::Mount::Prefix,
+            now: 0,
+        };
+        assert_eq!(
+            client_url(&req, "app/blobs/uploads/1"),
+            "https://proxy.example/repo/docker-local/v2/app/blobs/uploads/1"
+        );
+        req.base_url = "http://h:8081".into();
+        req.path_repo = Some("docker-local".into());
+        assert_eq!(
+            client_url(&req, "app/blobs/uploads/1"),
+            "http://h:8081/v2/docker-local/app/blobs/uploads/1"
+        );
     }
 
     #[test]

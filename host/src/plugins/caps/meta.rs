@@ -59,3 +59,31 @@ pub async fn list(state: &Scope, prefix: String) -> Result<Vec<String>, HostErro
         .await
         .map_err(|e| HostError::Internal(e.to_string()))?
 }
+
+/// Another repository of the same format, read-only.
+fn sibling(state: &Scope, repository: &str) -> Result<String, HostError> {
+    let format = state.format()?;
+    match state.caps.repos.get(repository) {
+        Some(r) if r.format == format => Ok(r.name.to_string()),
+        Some(_) => Err(HostError::NotAllowed(format!("repository {repository} is of another format"))),
+        None => Err(HostError::NotAllowed(format!("no repository {repository}"))),
+    }
+}
+
+pub async fn get_in(state: &Scope, repository: String, key: String) -> Result<Option<Vec<u8>>, HostError> {
+    check_key(&key)?;
+    let repo = sibling(state, &repository)?;
+    let meta = state.caps.meta.clone();
+    tokio::task::spawn_blocking(move || meta.get(&repo, &key).map_err(err))
+        .await
+        .map_err(|e| HostError::Internal(e.to_string()))?
+}
+
+pub async fn list_in(state: &Scope, repository: String, prefix: String) -> Result<Vec<String>, HostError> {
+    check_key(&prefix)?;
+    let repo = sibling(state, &repository)?;
+    let meta = state.caps.meta.clone();
+    tokio::task::spawn_blocking(move || meta.list(&repo, &prefix).map_err(err))
+        .await
+        .map_err(|e| HostError::Internal(e.to_string()))?
+}

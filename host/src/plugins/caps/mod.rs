@@ -4,7 +4,9 @@
 pub mod blobs;
 pub mod log;
 pub mod meta;
+pub mod repositories;
 pub mod scratch;
+pub mod uploads;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -17,10 +19,20 @@ use crate::repos::Repository;
 #[derive(Clone)]
 pub struct Scope {
     pub caps: Arc<Capabilities>,
+    pub format: Option<String>,
     pub repo: Option<Arc<Repository>>,
 }
 
 impl Scope {
+    /// The format whose repositories this call may read.
+    pub fn format(&self) -> Result<String, HostError> {
+        self.repo
+            .as_ref()
+            .map(|r| r.format.clone())
+            .or_else(|| self.format.clone())
+            .ok_or_else(|| HostError::NotAllowed("no format in scope".into()))
+    }
+
     pub fn repo(&self) -> Result<Arc<Repository>, HostError> {
         self.repo.clone().ok_or_else(|| HostError::NotAllowed("this request names no repository".into()))
     }

@@ -1,0 +1,10 @@
+//! `repositories`: the repositories of the calling plugin's format (catalogs, mounts).
+
+use super::Scope;
+use crate::plugins::bindings::types::Repository;
+use crate::plugins::wit_repository;
+
+pub fn list(state: &Scope) -> Vec<Repository> {
+    let Ok(format) = state.format() else { return Vec::new() };
+    state.caps.repos.list().iter().filter(|r| r.format == format).map(|r| wit_repository(r)).collect()
+}

@@ -1,0 +1,158 @@
+//! `PUT /v2/<name>/manifests/<reference>` on a local repository: the body arrives through a
+//! `read-body` plan, is validated against what the image holds, stored byte for byte, and
+//! recorded (tag, image manifest, referrer).
+
+use crate::contract::{Host, HostError, Level, Plan, Request, header};
+use crate::error::{ErrorCode, RegistryError};
+use crate::manifest::{self, Descriptor, Manifest};
+use crate::meta::{self, ImageManifest, Referrer, TagLink};
+use crate::plan::{self, DIGEST_HEADER, SUBJECT_HEADER};
+use crate::reference::{Digest, Name, Reference};
+use crate::store;
+use crate::url;
+use serde_json::json;
+
+/// The plan for the request head: read the manifest (bounded), then `put`.
+pub fn begin() -> Plan {
+    Plan::ReadBody(manifest::MAX_SIZE)
+}
+
+pub fn put(
+    host: &impl Host,
+    req: &Request,
+    name: &Name,
+    reference: &Reference,
+    body: &[u8],
+) -> Result<Plan, RegistryError> {
+    // the host enforces the limit; this guards a host that did not
+    if body.len() as u64 > manifest::MAX_SIZE {
+        return Err(too_large());
+    }
+    let doc = manifest::parse(header(&req.headers, "content-type"), body)
+        .map_err(|e| RegistryError::new(ErrorCode::ManifestInvalid, e.0))?;
+    check_references(host, name, &doc)?;
+    let digest = store_bytes(host, reference, body)?;
+    record(host, req, name, reference, &digest, &doc, body.len() as u64)?;
+    host.log(
+        Level::Debug,
+        &format!(
+            "manifest {name}:{} pushed as {digest} ({})",
+            reference.as_str(),
+            doc.media_type
+        ),
+    );
+    let mut headers = vec![
+        (
+            "Location".to_owned(),
+            url::client_url(req, &format!("{name}/manifests/{digest}")),
+        ),
+        (DIGEST_HEADER.to_owned(), digest.to_string()),
+    ];
+    if let Some(subject) = &doc.subject {
+        headers.push((SUBJECT_HEADER.to_owned(), subject.digest.to_string()));
+    }
+    Ok(Plan::Respond(plan::empty(201, headers)))
+}
+
+pub fn too_large() -> RegistryError {
+    RegistryError::new(
+        ErrorCode::ManifestInvalid,
+        format!("the manifest exceeds {} bytes", manifest::MAX_SIZE),
+    )
+    .with_status(413)
+}
+
+/// Every blob must be in the image and stored; every child of an index must be a manifest of
+/// the image. The subject is deliberately not checked: referrers may arrive before it.
+fn check_references(host: &impl Host, name: &Name, doc: &Manifest) -> Result<(), RegistryError> {
+    let missing = |d: &Descriptor, what: &str| {
+        RegistryError::new(
+            ErrorCode::ManifestBlobUnknown,
+            format!("{what} {} is not in image {name}", d.digest),
+        )
+        .with_detail(json!({ "digest": d.digest.as_str() }))
+    };
+    for blob in doc.blobs() {
+        if !meta::blob_linked(host, name, &blob.digest)?
+            || !store::blob_present(host, &blob.digest)?
+        {
+            return Err(missing(blob, "blob"));
+        }
+    }
+    for child in &doc.manifests {
+        if meta::get_image_manifest(host, name, &child.digest)?.is_none()
+            || !store::blob_present(host, &child.digest)?
+        {
+            return Err(missing(child, "manifest"));
+        }
+    }
+    Ok(())
+}
+
+/// Store the bytes as sent; by digest, the host verifies they hash to it.
+fn store_bytes(
+    host: &impl Host,
+    reference: &Reference,
+    body: &[u8],
+) -> Result<Digest, RegistryError> {
+    let expected = match reference {
+        Reference::Digest(d) => Some(d.as_str()),
+        Reference::Tag(_) => None,
+    };
+    let written = host.blob_write(body, expected).map_err(|e| match e {
+        HostError::DigestMismatch(m) | HostError::InvalidDigest(m) => RegistryError::new(
+            ErrorCode::DigestInvalid,
+            "the manifest does not match the digest it was pushed by",
+        )
+        .with_detail(json!({ "digest": reference.as_str(), "reason": m })),
+        HostError::TooLarge(_) => too_large(),
+        other => RegistryError::from_host(&other),
+    })?;
+    Digest::parse(&written).map_err(|_| {
+        RegistryError::new(
+            ErrorCode::Unknown,
+            format!("the store returned a malformed digest {written:?}"),
+        )
+    })
+}
+
+/// The image manifest record before the tag, so that a tag never points to a manifest the
+/// image does not have.
+fn record(
+    host: &impl Host,
+    req: &Request,
+    name: &Name,
+    reference: &Reference,
+    digest: &Digest,
+    doc: &Manifest,
+    size: u64,
+) -> Result<(), RegistryError> {
+    meta::mark_image(host, name)?;
+    let entry = ImageManifest {
+        media_type: doc.media_type.clone(),
+        size,
+        blobs: doc.blobs().map(|d| d.digest.to_string()).collect(),
+        manifests: doc.manifests.iter().map(|d| d.digest.to_string()).collect(),
+        subject: doc.subject.as_ref().map(|s| s.digest.to_string()),
+    };
+    meta::put_image_manifest(host, name, digest, &entry)?;
+    if let Some(subject) = &doc.subject {
+        let referrer = Referrer {
+            media_type: doc.media_type.clone(),
+            digest: digest.to_string(),
+            size,
+            artifact_type: doc.referrer_artifact_type(),
+            annotations: doc.annotations.clone(),
+        };
+        meta::put_referrer(host, name, &subject.digest, &referrer)?;
+    }
+    if let Reference::Tag(tag) = reference {
+        let link = TagLink {
+            digest: digest.to_string(),
+            media_type: doc.media_type.clone(),
+            checked: req.now,
+        };
+        meta::put_tag(host, name, tag, &link)?;
+    }
+    Ok(())
+}
