@@ -4,8 +4,9 @@ SHELL := /bin/bash
 RELEASE := target/release
 PLUGIN_OUT := $(RELEASE)/plugins
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: all build host plugins run test test-unit test-e2e deps deps-test clean
+.PHONY: all build host plugins run test test-unit test-e2e deps deps-test clean bench
 
 all: build
 
@@ -37,6 +38,14 @@ test-unit:
 test-e2e:
 	BINARYREPO_BIN=$(CURDIR)/$(RELEASE)/binaryrepo BINARYREPO_PLUGINS=$(CURDIR)/$(PLUGIN_OUT) \
 		.venv/bin/python -m pytest tests/e2e -q $(PYTEST_ARGS)
+
+# Benchmarks against the peers (distribution, distribution proxy, nginx proxy_cache, Docker Engine), all on
+# 127.0.0.1; not part of the test suite. Writes tests/bench/results/latest.md.
+#   make bench BENCH_ARGS="--only warm,cold --runs 3"
+bench: deps-test build
+	tests/bench/install-deps.sh
+	BINARYREPO_BIN=$(CURDIR)/$(RELEASE)/binaryrepo BINARYREPO_PLUGINS=$(CURDIR)/$(PLUGIN_OUT) \
+		.venv/bin/python tests/bench/bench.py $(BENCH_ARGS)
 
 clean:
 	cargo clean

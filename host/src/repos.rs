@@ -296,9 +296,16 @@ impl Repos {
         let seeded = existing.is_none();
         let mut map = self.write();
         map.clear();
-        for repo in existing.unwrap_or(seed) {
-            Self::check_against(&map, &repo, None, self.reserved_port)?;
-            map.insert(repo.name.clone(), Arc::new(repo));
+        let all = existing.unwrap_or(seed);
+        for repo in &all {
+            if map.insert(repo.name.clone(), Arc::new(repo.clone())).is_some() {
+                return Err(RepoError::Load { path, message: format!("repository {} is defined twice", repo.name) });
+            }
+        }
+        // Against the whole set: a virtual repository may be listed before its members.
+        for repo in &all {
+            Self::check_against(&map, repo, Some(&repo.name), self.reserved_port)
+                .map_err(|e| RepoError::Load { path: path.clone(), message: e.to_string() })?;
         }
         if seeded {
             self.persist(&map)?;
@@ -511,8 +518,11 @@ mod tests {
         assert!(matches!(repos.create(mk(r#"{"name":"b","type":"local","format":"docker","default":true}"#)), Err(RepoError::Conflict(_))));
         assert!(matches!(repos.create(mk(r#"{"name":"b","type":"local","format":"docker","port":8081}"#)), Err(RepoError::Conflict(_))));
         assert_eq!(repos.list().len(), 1);
+        // A virtual repository whose name sorts before its member survives a restart.
+        repos.create(mk(r#"{"name":"0-all","type":"virtual","format":"docker","members":["a"],"default_local":"a"}"#)).unwrap();
         let again = Repos::new(path, 8081);
         again.load_or_seed(vec![]).unwrap();
         assert_eq!(again.get("a").unwrap().port, Some(9000));
+        assert_eq!(again.list().len(), 2);
     }
 }

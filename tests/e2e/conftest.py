@@ -16,6 +16,7 @@ from harness.accesslog import LINE
 from harness.binaryrepo import BinaryRepo, binary_path
 from harness.clients import Containerd, Dockerd, EgressTrap, Podman
 from harness.images import ensure_images
+from harness.oci import Oci
 from harness.registry import Registry
 from harness.tokenserver import TokenServer
 from harness.util import free_port, tail
@@ -102,6 +103,19 @@ def make_binaryrepo(request, tmp_path, binaryrepo_bin):
 @pytest.fixture
 def br(make_binaryrepo):
     return make_binaryrepo()
+
+
+@pytest.fixture
+def local_br(br):
+    """a binaryrepo with one local repository, docker-local (created through the API)"""
+    br.create_local("docker-local")
+    return br
+
+
+@pytest.fixture
+def oci(local_br):
+    """a plain-HTTP OCI client for docker-local through the path method (/v2/docker-local/<image>/...)"""
+    return Oci(local_br.url, "docker-local")
 
 
 @pytest.fixture

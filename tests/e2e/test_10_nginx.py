@@ -13,7 +13,7 @@ HOST = "docker-remote.example.com"
 @pytest.fixture
 def nginx(request, br, tmp_path):
     n = Nginx(tmp_path, br.port)
-    request.node.__dict__.setdefault("_e2e_logs", []).append(("nginx error log", n.errlog))
+    request.node.__dict__.setdefault("_e2e_logs", []).append(("nginx error log", n.errlog, False))
     yield n.start()
     n.stop()
 

@@ -56,22 +56,28 @@ pub fn file_range(file: Arc<File>, start: u64, len: u64) -> Body {
     StreamBody::new(s).boxed()
 }
 
-/// Streams a fill in progress as it grows. The last byte is held back until the fill is
-/// verified and committed; a failed fill ends the stream with an error, which aborts the
-/// response so the client never takes a partial or wrong blob for a whole one.
-pub fn follow(fill: Arc<Fill>) -> Body {
+/// Streams bytes `start..end` (`end` None: to the end) of a fill in progress as it grows. The
+/// blob's last byte is held back until the fill is verified; a failed fill ends the stream
+/// with an error, which aborts the response so the client never takes a partial or wrong blob
+/// for a whole one.
+pub fn follow(fill: Arc<Fill>, start: u64, end: Option<u64>) -> Body {
     struct St {
         fill: Arc<Fill>,
         rx: tokio::sync::watch::Receiver<crate::upstream::fill::Progress>,
         pos: u64,
+        stop: u64,
         done: bool,
     }
     let rx = fill.progress.clone();
-    let s = stream::unfold(St { fill, rx, pos: 0, done: false }, |mut st| async move {
+    let stop = end.unwrap_or(u64::MAX);
+    let s = stream::unfold(St { fill, rx, pos: start, stop, done: false }, |mut st| async move {
         if st.done {
             return None;
         }
         loop {
+            if st.pos >= st.stop {
+                return None;
+            }
             let step = {
                 let p = st.rx.borrow_and_update();
                 match &p.outcome {
@@ -80,13 +86,17 @@ pub fn follow(fill: Arc<Fill>) -> Body {
                     None => Ok((p.written.saturating_sub(1), false)),
                 }
             };
-            let (limit, finished) = match step {
+            let (available, verified) = match step {
                 Ok(s) => s,
                 Err(err) => {
                     st.done = true;
                     return Some((Err(err), st));
                 }
             };
+            if verified && st.pos >= available {
+                return None;
+            }
+            let limit = available.min(st.stop);
             if st.pos < limit {
                 match read_at(st.fill.reader.clone(), st.pos, CHUNK.min(limit - st.pos)).await {
                     Ok(b) if !b.is_empty() => {
@@ -102,9 +112,6 @@ pub fn follow(fill: Arc<Fill>) -> Body {
                         return Some((Err(e), st));
                     }
                 }
-            }
-            if finished {
-                return None;
             }
             if st.rx.changed().await.is_err() {
                 st.done = true;

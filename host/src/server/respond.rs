@@ -58,6 +58,15 @@ fn apply_headers(resp: &mut Response<Body>, headers: &[(String, String)]) -> Res
     Ok(())
 }
 
+fn range_not_satisfiable(len: u64) -> Response<Body> {
+    let mut resp = Response::new(body::empty());
+    *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+        resp.headers_mut().insert(http::header::CONTENT_RANGE, v);
+    }
+    resp
+}
+
 /// A single `bytes=` range against a blob of `len` bytes: Some(Ok((start, len))), Some(Err)
 /// when unsatisfiable, None to serve it whole (absent, malformed or multi-range).
 fn parse_range(header: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
@@ -234,14 +243,7 @@ impl Exchange<'_> {
         let (status, start, count) = match self.range.as_deref().and_then(|r| parse_range(r, len)) {
             None => (StatusCode::OK, 0, len),
             Some(Ok((start, count))) => (StatusCode::PARTIAL_CONTENT, start, count),
-            Some(Err(())) => {
-                let mut resp = Response::new(body::empty());
-                *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
-                    resp.headers_mut().insert(http::header::CONTENT_RANGE, v);
-                }
-                return resp;
-            }
+            Some(Err(())) => return range_not_satisfiable(len),
         };
         let body = if self.head { body::empty() } else { body::file_range(Arc::new(file), start, count) };
         let mut resp = Response::new(body);
@@ -283,12 +285,29 @@ impl Exchange<'_> {
             Ok(total) => total,
             Err(e) => return self.fill_failure(e).await,
         };
-        let mut resp = Response::new(if self.head { body::empty() } else { body::follow(fill) });
+        // A range of a blob still arriving is served from the growing staging file too.
+        let range = match (total, self.range.as_deref()) {
+            (Some(len), Some(r)) => parse_range(r, len),
+            _ => None,
+        };
+        let (status, start, count) = match (range, total) {
+            (Some(Ok((start, count))), _) => (StatusCode::PARTIAL_CONTENT, start, Some(count)),
+            (Some(Err(())), Some(len)) => return range_not_satisfiable(len),
+            (_, total) => (StatusCode::OK, 0, total),
+        };
+        let end = if status == StatusCode::PARTIAL_CONTENT { count.map(|c| start + c) } else { None };
+        let mut resp = Response::new(if self.head { body::empty() } else { body::follow(fill, start, end) });
+        *resp.status_mut() = status;
         if let Err(e) = apply_headers(&mut resp, &plan.headers) {
             return plugin_fault(format, e);
         }
-        if let Some(total) = total {
-            resp.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from(total));
+        if let Some(count) = count {
+            resp.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from(count));
+        }
+        if let (StatusCode::PARTIAL_CONTENT, Some(count), Some(len)) = (status, count, total) {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{}", start, start + count - 1, len)) {
+                resp.headers_mut().insert(http::header::CONTENT_RANGE, v);
+            }
         }
         resp
     }

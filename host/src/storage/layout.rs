@@ -3,7 +3,7 @@
 //! ```text
 //! <data>/blobs/<algorithm>/<first two hex>/<hex>   verified content, named by its digest
 //! <data>/staging/<uuid>                             writes in progress; emptied at start
-//! <data>/uploads/<repo>/<id>                    upload sessions (removed after a day untouched)
+//! <data>/uploads/<repo>/<id>                        upload sessions (removed after a day untouched)
 //! <data>/meta.redb                                  per-repository metadata (tag links, ...)
 //! <data>/repositories.json                          repository definitions
 //! ```

@@ -12,7 +12,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from .util import Fatal, Resp, free_port, proc_status, request, stop_process, tail, wait_until
+from .util import Fatal, Resp, free_port, proc_status, request, run, stop_process, tail, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -147,6 +147,60 @@ class BinaryRepo:
     def create_remote(self, name: str, url: str, **extra) -> dict:
         return self.create(name=name, type="remote", format="docker", url=url, **extra)
 
+    def create_local(self, name: str = "docker-local", **extra) -> dict:
+        return self.create(name=name, type="local", format="docker", **extra)
+
+    def create_virtual(self, name: str, members: list, **extra) -> dict:
+        return self.create(name=name, type="virtual", format="docker", members=members, **extra)
+
+    def gc(self, repo: str = "docker-local", grace_seconds: int | None = 0, timeout: float = 300) -> dict:
+        """POST /api/repositories/<repo>/gc[?grace_seconds=N] -> {"removed", "removed_bytes", "kept"}"""
+        q = "" if grace_seconds is None else f"?grace_seconds={grace_seconds}"
+        r = request("POST", f"{self.url}/api/repositories/{repo}/gc{q}", timeout=timeout)
+        assert r.status == 200, f"POST /api/repositories/{repo}/gc{q} -> {r!r}\n{self.log_tail(10)}"
+        return r.json()
+
+    def gc_offline(self, grace_seconds: int = 0, timeout: float = 300) -> subprocess.CompletedProcess:
+        """`binaryrepo gc --data-dir DIR --grace-seconds N` (the server must be stopped)"""
+        cmd = [str(binary_path()), "gc", "--data-dir", str(self.data_dir), "--grace-seconds", str(grace_seconds)]
+        if os.environ.get("BINARYREPO_PLUGIN_DIR") or os.environ.get("BINARYREPO_PLUGINS"):
+            cmd += ["--plugin-dir", str(plugin_dir())]  # otherwise: plugins/ next to the binary, its default
+        return run(cmd, timeout=timeout, env={"NO_COLOR": "1"})
+
+    # --- data dir and request log ----------------------------------------------------------------
+    def blob_path(self, digest: str) -> Path:
+        """<data_dir>/blobs/<algorithm>/<first two hex>/<hex>"""
+        alg, hexd = digest.split(":", 1)
+        return self.data_dir / "blobs" / alg / hexd[:2] / hexd
+
+    def uploads_dir(self, repo: str | None = None) -> Path:
+        d = self.data_dir / "uploads"
+        return d / repo if repo else d
+
+    def upload_files(self) -> list:
+        """every file under <data_dir>/uploads/ (open upload sessions)"""
+        d = self.uploads_dir()
+        return sorted(p for p in d.rglob("*") if p.is_file()) if d.exists() else []
+
+    def log_mark(self) -> int:
+        try:
+            return self.logfile.stat().st_size
+        except OSError:
+            return 0
+
+    def served(self, since: int = 0) -> list:
+        """the requests served since a log_mark(): [(method, path, status)], from the one info line per request
+        (`request{method=PUT path=/v2/... repo=...}: ... served status=201 ms=3`)"""
+        with open(self.logfile, "rb") as f:
+            f.seek(since)
+            text = f.read().decode("utf-8", "replace")
+        out = []
+        for line in text.splitlines():
+            m = SERVED.search(line)
+            if m:
+                out.append((m.group("method"), m.group("path"), int(m.group("status"))))
+        return out
+
     # --- registry helpers ------------------------------------------------------------------------
     def prefix(self, repo: str | None = None) -> str:
         """image reference prefix for the path method: 127.0.0.1:PORT/<repo>"""
@@ -156,6 +210,8 @@ class BinaryRepo:
         """URL of a registry path through the path method: /v2/<repo>/<path>"""
         return f"{self.url}/v2/{repo}/{path}" if repo else f"{self.url}/v2/{path}"
 
+
+SERVED = re.compile(r"method=(?P<method>[A-Z]+) path=(?P<path>\S+?)[ }].*?\bserved\b.*?status=(?P<status>\d{3})")
 
 DIGEST_NAME = re.compile(r"^(?:sha256[:_-])?([0-9a-f]{64})$")
 

@@ -165,7 +165,10 @@ def request(method: str, url: str, body=None, headers=None, timeout: float = 60,
             conn.putheader(k, v)
         if body is not None:
             conn.putheader("Content-Length", str(len(body)))
-        conn.endheaders(body)
+        try:
+            conn.endheaders(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered (e.g. 413) and closed before reading the whole body: read that answer
         r = conn.getresponse()
         data = r.read()
         return Resp(r.status, r.getheaders(), data)

@@ -1,5 +1,6 @@
 //! `blob-*`: the content-addressed store. Small documents only cross into the plugin.
 
+use super::blocking;
 use crate::digest::Digest;
 use crate::plugins::bindings::types::{BlobInfo, HostError};
 use super::Scope;
@@ -17,10 +18,6 @@ fn err(e: BlobError) -> HostError {
         BlobError::TooLarge { size, .. } => HostError::TooLarge(size),
         BlobError::Io { .. } => HostError::Internal(e.to_string()),
     }
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, HostError> + Send + 'static) -> Result<T, HostError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| HostError::Internal(e.to_string()))?
 }
 
 pub async fn stat(state: &Scope, digest: String) -> Result<Option<BlobInfo>, HostError> {

@@ -1,7 +1,7 @@
 //! `meta-*`: durable per-repository metadata.
 
 use crate::plugins::bindings::types::HostError;
-use super::Scope;
+use super::{Scope, blocking};
 use crate::storage::meta::MetaError;
 
 const MAX_KEY: usize = 1024;
@@ -25,9 +25,7 @@ pub async fn get(state: &Scope, key: String) -> Result<Option<Vec<u8>>, HostErro
     check_key(&key)?;
     let repo = state.repo()?;
     let meta = state.caps.meta.clone();
-    tokio::task::spawn_blocking(move || meta.get(repo.name.as_str(), &key).map_err(err))
-        .await
-        .map_err(|e| HostError::Internal(e.to_string()))?
+    blocking(move || meta.get(repo.name.as_str(), &key).map_err(err)).await
 }
 
 pub async fn put(state: &Scope, key: String, value: Vec<u8>) -> Result<(), HostError> {
@@ -37,27 +35,21 @@ pub async fn put(state: &Scope, key: String, value: Vec<u8>) -> Result<(), HostE
     }
     let repo = state.repo()?;
     let meta = state.caps.meta.clone();
-    tokio::task::spawn_blocking(move || meta.put(repo.name.as_str(), &key, &value).map_err(err))
-        .await
-        .map_err(|e| HostError::Internal(e.to_string()))?
+    blocking(move || meta.put(repo.name.as_str(), &key, &value).map_err(err)).await
 }
 
 pub async fn delete(state: &Scope, key: String) -> Result<(), HostError> {
     check_key(&key)?;
     let repo = state.repo()?;
     let meta = state.caps.meta.clone();
-    tokio::task::spawn_blocking(move || meta.delete(repo.name.as_str(), &key).map_err(err))
-        .await
-        .map_err(|e| HostError::Internal(e.to_string()))?
+    blocking(move || meta.delete(repo.name.as_str(), &key).map_err(err)).await
 }
 
 pub async fn list(state: &Scope, prefix: String) -> Result<Vec<String>, HostError> {
     check_key(&prefix)?;
     let repo = state.repo()?;
     let meta = state.caps.meta.clone();
-    tokio::task::spawn_blocking(move || meta.list(repo.name.as_str(), &prefix).map_err(err))
-        .await
-        .map_err(|e| HostError::Internal(e.to_string()))?
+    blocking(move || meta.list(repo.name.as_str(), &prefix).map_err(err)).await
 }
 
 /// Another repository of the same format, read-only.
@@ -74,16 +66,12 @@ pub async fn get_in(state: &Scope, repository: String, key: String) -> Result<Op
     check_key(&key)?;
     let repo = sibling(state, &repository)?;
     let meta = state.caps.meta.clone();
-    tokio::task::spawn_blocking(move || meta.get(&repo, &key).map_err(err))
-        .await
-        .map_err(|e| HostError::Internal(e.to_string()))?
+    blocking(move || meta.get(&repo, &key).map_err(err)).await
 }
 
 pub async fn list_in(state: &Scope, repository: String, prefix: String) -> Result<Vec<String>, HostError> {
     check_key(&prefix)?;
     let repo = sibling(state, &repository)?;
     let meta = state.caps.meta.clone();
-    tokio::task::spawn_blocking(move || meta.list(&repo, &prefix).map_err(err))
-        .await
-        .map_err(|e| HostError::Internal(e.to_string()))?
+    blocking(move || meta.list(&repo, &prefix).map_err(err)).await
 }

@@ -23,6 +23,11 @@ pub struct Scope {
     pub repo: Option<Arc<Repository>>,
 }
 
+/// Runs blocking storage work off the async threads; a panicked task is our fault.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, HostError> + Send + 'static) -> Result<T, HostError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| HostError::Internal(e.to_string()))?
+}
+
 impl Scope {
     /// The format whose repositories this call may read.
     pub fn format(&self) -> Result<String, HostError> {
