@@ -16,6 +16,7 @@ from harness.accesslog import LINE
 from harness.binaryrepo import BinaryRepo, binary_path
 from harness.clients import Containerd, Dockerd, EgressTrap, Podman
 from harness.images import ensure_images
+from harness.nginx import Nginx
 from harness.oci import Oci
 from harness.registry import Registry
 from harness.tokenserver import TokenServer
@@ -116,6 +117,15 @@ def local_br(br):
 def oci(local_br):
     """a plain-HTTP OCI client for docker-local through the path method (/v2/docker-local/<image>/...)"""
     return Oci(local_br.url, "docker-local")
+
+
+@pytest.fixture
+def nginx(request, br, tmp_path):
+    """nginx with examples/nginx/binaryrepo.conf in front of `br`."""
+    n = Nginx(tmp_path, br.port)
+    request.node.__dict__.setdefault("_e2e_logs", []).append(("nginx error log", n.errlog, False))
+    yield n.start()
+    n.stop()
 
 
 @pytest.fixture

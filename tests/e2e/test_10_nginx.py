@@ -1,21 +1,11 @@
 """The example nginx set-up (examples/nginx/binaryrepo.conf): a virtual host per repository that proxies to
 binaryrepo with the path prefix /repo/<name>/."""
-import pytest
 
 from harness.clients import dir_image, skopeo_copy
 from harness.images import ACCEPT_HEADER
-from harness.nginx import Nginx
 from harness.util import request, sha256_bytes, stream_get
 
 HOST = "docker-remote.example.com"
-
-
-@pytest.fixture
-def nginx(request, br, tmp_path):
-    n = Nginx(tmp_path, br.port)
-    request.node.__dict__.setdefault("_e2e_logs", []).append(("nginx error log", n.errlog, False))
-    yield n.start()
-    n.stop()
 
 
 def test_pull_through_nginx_virtual_host(upstream, br, nginx, images, tmp_path):

@@ -11,7 +11,6 @@ import pytest
 
 from harness.clients import dir_image, skopeo_copy, skopeo_raw
 from harness.images import ACCEPT_HEADER, skopeo
-from harness.nginx import Nginx
 from harness.oci import Oci
 from harness.util import request, run, sha256_bytes
 
@@ -154,14 +153,6 @@ def test_docker_push_and_cross_repository_mount(local_br, images, docker_clean, 
 # --- nginx: docker-local.example.com -> /repo/docker-local/ ---------------------------------------------
 
 HOST = "docker-local.example.com"
-
-
-@pytest.fixture
-def nginx(request, br, tmp_path):
-    n = Nginx(tmp_path, br.port)
-    request.node.__dict__.setdefault("_e2e_logs", []).append(("nginx error log", n.errlog, False))
-    yield n.start()
-    n.stop()
 
 
 def test_push_through_nginx_virtual_host(local_br, nginx, images, tmp_path):

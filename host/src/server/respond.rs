@@ -1,13 +1,13 @@
 //! Carries out a plugin's plan: a small response, a stored blob streamed from disk, or a blob
 //! fetched from upstream through the single-flight fill.
 
-use std::io::Write;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use tokio::io::AsyncWriteExt;
 
 use super::body::{self, Body};
 use crate::App;
@@ -56,6 +56,11 @@ fn apply_headers(resp: &mut Response<Body>, headers: &[(String, String)]) -> Res
         resp.headers_mut().append(name, value);
     }
     Ok(())
+}
+
+/// `Content-Range` for `count` bytes from `start` of a `len`-byte blob.
+fn content_range(start: u64, count: u64, len: u64) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("bytes {}-{}/{}", start, start + count - 1, len)).ok()
 }
 
 fn range_not_satisfiable(len: u64) -> Response<Body> {
@@ -255,7 +260,7 @@ impl Exchange<'_> {
         h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(count));
         h.insert(http::header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         if status == StatusCode::PARTIAL_CONTENT {
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{}", start, start + count - 1, len)) {
+            if let Some(v) = content_range(start, count, len) {
                 h.insert(http::header::CONTENT_RANGE, v);
             }
         }
@@ -305,7 +310,7 @@ impl Exchange<'_> {
             resp.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from(count));
         }
         if let (StatusCode::PARTIAL_CONTENT, Some(count), Some(len)) = (status, count, total) {
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{}", start, start + count - 1, len)) {
+            if let Some(v) = content_range(start, count, len) {
                 resp.headers_mut().insert(http::header::CONTENT_RANGE, v);
             }
         }
@@ -329,60 +334,43 @@ impl Exchange<'_> {
 }
 
 enum AppendError {
-    /// The client's body failed (it went away): its fault; `usize` bytes were appended.
+    /// The client's body failed (it went away): its fault; that many bytes were appended.
     Body(String, u64),
     Io(String),
 }
 
-/// Streams a request body onto the end of an upload session file, in large pieces so each
-/// blocking write is worth its thread hop.
+/// Streams a request body onto the end of an upload session file. Frames are gathered into
+/// large pieces so each blocking write (tokio's file does the thread hop) is worth it; what
+/// arrived before a body error is kept.
 async fn append(file: std::fs::File, mut body: Incoming) -> Result<u64, AppendError> {
-    let mut file = Some(file);
+    let io = |e: std::io::Error| AppendError::Io(e.to_string());
+    let mut file = tokio::fs::File::from_std(file);
     let mut buf = BytesMut::with_capacity(APPEND_CHUNK);
     let mut total = 0u64;
-    let flush = |file: &mut Option<std::fs::File>, data: Bytes| {
-        let f = file.take();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let mut f = f.ok_or_else(|| std::io::Error::other("upload file gone"))?;
-                f.write_all(&data)?;
-                Ok::<_, std::io::Error>(f)
-            })
-            .await
-            .map_err(|e| AppendError::Io(e.to_string()))?
-            .map_err(|e| AppendError::Io(e.to_string()))
-        }
-    };
-    loop {
+    let body_error = loop {
         match body.frame().await {
-            None => break,
-            Some(Err(e)) => {
-                if !buf.is_empty() {
-                    let data = buf.split().freeze();
-                    total += data.len() as u64;
-                    flush(&mut file, data).await?;
-                }
-                return Err(AppendError::Body(e.to_string(), total));
-            }
+            None => break None,
+            Some(Err(e)) => break Some(e.to_string()),
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     buf.extend_from_slice(&data);
-                    if buf.len() >= APPEND_CHUNK {
-                        let data = buf.split().freeze();
-                        total += data.len() as u64;
-                        file = Some(flush(&mut file, data).await?);
-                    }
                 }
             }
         }
+        if buf.len() >= APPEND_CHUNK {
+            file.write_all(&buf).await.map_err(io)?;
+            total += buf.len() as u64;
+            buf.clear();
+        }
+    };
+    file.write_all(&buf).await.map_err(io)?;
+    total += buf.len() as u64;
+    // The last write is only known to be done (or failed) after a flush.
+    file.flush().await.map_err(io)?;
+    match body_error {
+        Some(e) => Err(AppendError::Body(e, total)),
+        None => Ok(total),
     }
-    if !buf.is_empty() {
-        let data = buf.split().freeze();
-        total += data.len() as u64;
-        let f = flush(&mut file, data).await?;
-        drop(f);
-    }
-    Ok(total)
 }
 
 /// Waits for the upstream's answer; returns its Content-Length.
