@@ -1,6 +1,8 @@
-//! What the plugin layer costs per request: a fresh store from the pre-instantiated component,
-//! instantiation, and the `handle` call, for the cheapest request (`GET /v2/`) and for a manifest
-//! by tag served from the cache inside the tag window (meta read + blob stat).
+//! What the plugin layer costs per request, as the server runs it: an idle instance of the
+//! plugin taken from the warm pool (or a fresh one), the `handle` call, the instance handed back,
+//! for the cheapest request (`GET /v2/`) and for a manifest lookup by tag (a meta read).
+//! `*_fresh` runs the same with `plugin_instance_reuse = 1`: a fresh store and instance from the
+//! pre-instantiated component for every request.
 //!
 //! Needs the built plugins: `make build`, then `cargo bench -p binaryrepo --bench plugin_request`.
 
@@ -22,20 +24,29 @@ fn plugin_dir() -> std::path::PathBuf {
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let data = tempfile::tempdir().expect("tempdir");
-    let file: FileConfig = toml::from_str(
-        r#"repositories = [{ name = "docker-local", type = "local", format = "docker" }]"#,
-    )
-    .expect("config");
-    let config = Config::resolve(
-        file,
-        Overrides { listen: Some("127.0.0.1:0".parse().expect("addr")), data_dir: Some(data.path().into()), plugin_dir: Some(plugin_dir()) },
-    );
-    let app = rt.block_on(binaryrepo::build(config)).expect("build the app (run `make build` first)");
+    let app_with = |reuse: u32, dir: &str| {
+        let file: FileConfig = toml::from_str(&format!(
+            r#"plugin_instance_reuse = {reuse}
+            repositories = [{{ name = "docker-local", type = "local", format = "docker" }}]"#
+        ))
+        .expect("config");
+        let config = Config::resolve(
+            file,
+            Overrides {
+                listen: Some("127.0.0.1:0".parse().expect("addr")),
+                data_dir: Some(data.path().join(dir)),
+                plugin_dir: Some(plugin_dir()),
+            },
+        );
+        rt.block_on(binaryrepo::build(config)).expect("build the app (run `make build` first)")
+    };
+    let app = app_with(128, "reuse");
+    let fresh = app_with(1, "fresh");
     let plugin = app.plugins.get("docker").expect("docker plugin");
     let repo = app.repos.get("docker-local").expect("repo");
+    let fresh_plugin = fresh.plugins.get("docker").expect("docker plugin");
+    let fresh_repo = fresh.repos.get("docker-local").expect("repo");
 
-    // A cached manifest under a tag, as a warm pull by tag finds it.
-    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
     let request = |path: &str| Request {
         method: "GET".into(),
         path: path.into(),
@@ -47,7 +58,6 @@ fn bench(c: &mut Criterion) {
         mount: Mount::Path,
         now: 1_700_000_000,
     };
-    let _ = manifest;
 
     let mut group = c.benchmark_group("plugin_request");
     group.measurement_time(Duration::from_secs(5));
@@ -59,8 +69,17 @@ fn bench(c: &mut Criterion) {
     group.bench_function("manifest_by_tag_lookup", |b| {
         b.to_async(&rt).iter(|| async { app.plugins.handle(&plugin, Some(repo.clone()), &missing).await.expect("handle") })
     });
+    group.bench_function("api_root_fresh", |b| {
+        b.to_async(&rt)
+            .iter(|| async { fresh.plugins.handle(&fresh_plugin, Some(fresh_repo.clone()), &base).await.expect("handle") })
+    });
+    group.bench_function("manifest_by_tag_lookup_fresh", |b| {
+        b.to_async(&rt)
+            .iter(|| async { fresh.plugins.handle(&fresh_plugin, Some(fresh_repo.clone()), &missing).await.expect("handle") })
+    });
     group.finish();
     drop(Arc::clone(&app));
+    drop(Arc::clone(&fresh));
 }
 
 criterion_group!(benches, bench);

@@ -22,6 +22,7 @@ pub struct FileConfig {
     pub upstream_down_seconds: Option<u64>,
     pub plugin_memory_mib: Option<u64>,
     pub plugin_cpu_ms: Option<u64>,
+    pub plugin_instance_reuse: Option<u32>,
     pub upload_expiry_hours: Option<u64>,
     pub gc_grace_seconds: Option<u64>,
     /// Seeds the data directory on first start; afterwards the API owns the repositories.
@@ -59,6 +60,9 @@ pub struct PluginLimits {
     pub memory_bytes: usize,
     /// Guest CPU time per request; time spent in host calls (upstream I/O) is not counted.
     pub cpu: Duration,
+    /// Requests one plugin instance may serve (for the same repository) before it is dropped;
+    /// 1 = a fresh instance for every request.
+    pub instance_reuse: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +103,7 @@ impl Config {
             plugins: PluginLimits {
                 memory_bytes: (file.plugin_memory_mib.unwrap_or(64) * 1024 * 1024) as usize,
                 cpu: Duration::from_millis(file.plugin_cpu_ms.unwrap_or(2000)),
+                instance_reuse: file.plugin_instance_reuse.unwrap_or(128).max(1),
             },
             upload_expiry: Duration::from_secs(file.upload_expiry_hours.unwrap_or(24) * 3600),
             gc_grace: Duration::from_secs(file.gc_grace_seconds.unwrap_or(3600)),

@@ -59,6 +59,9 @@ pub async fn collect(app: &App, grace: Duration) -> Result<GcReport, GcError> {
     }
     let root = app.caps.store.layout().blobs();
     let report = tokio::task::spawn_blocking(move || sweep(&root, &live, grace)).await.map_err(std::io::Error::other)??;
+    if report.removed > 0 {
+        app.caps.store.forget_cached();
+    }
     tracing::info!(removed = report.removed, bytes = report.removed_bytes, kept = report.kept, "garbage collected");
     Ok(report)
 }

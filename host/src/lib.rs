@@ -64,7 +64,8 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
     let uploads = Uploads::open(layout.uploads(), store.clone()).map_err(|source| StartError::DataDir { path: layout.uploads(), source })?;
     let repos = Arc::new(Repos::new(layout.repositories(), config.listen.port()));
     let caps = Arc::new(Capabilities { store: store.clone(), meta, scratch: Default::default(), upstream: upstream.clone(), uploads, repos: repos.clone() });
-    let plugins = Plugins::load(&config.plugin_dir, config.plugins.clone(), caps.clone()).await?;
+    let plugins = Plugins::load(&config.plugin_dir, Some(&layout.compiled_plugins()), config.plugins.clone(), caps.clone()).await?;
+    release_freed_memory();
     // Which formats the plugins provide decides which seeded repositories are valid.
     let formats = plugins.formats();
     let seed = config
@@ -91,4 +92,14 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let addr = config.listen;
     let app = build(config).await?;
     server::run(app).await.map_err(|source| StartError::Listen { addr, source })
+}
+
+/// Hands heap memory freed after start-up (the compiler's, when a plugin was compiled rather
+/// than mapped from the cache) back to the OS; glibc would otherwise keep it in its arenas.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's own arenas to the OS.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

@@ -4,7 +4,10 @@ manifests (by tag and digest, missing blobs, invalid ones, artifacts), tags and 
 referrers, deletes, and the error shapes. docker-local is reached through the path method:
 /v2/docker-local/<image>/..."""
 import json
+import re
+import socket
 import threading
+import time
 import urllib.parse
 
 import pytest
@@ -310,6 +313,35 @@ def test_manifest_by_tag_and_by_digest(oci):
     # re-pushing the same tag with the same bytes is idempotent
     r = oci.put_manifest("e2e/basic", "v1", img.manifest, OCI_MANIFEST)
     assert r.status == 201 and r.header("Docker-Content-Digest") == img.digest, r
+
+
+def test_push_by_digest_with_tag_parameters(oci):
+    """`PUT manifests/<digest>?tag=a&tag=b` (spec 1.1+): the tags are created and named back in OCI-Tag; a sha512
+    digest reference stores the manifest under sha512."""
+    img = build_image("tag-params")
+    for dg, b in img.blobs.items():
+        oci.push_blob("e2e/tagparam", b, dg)
+    url = oci.url("e2e/tagparam", f"manifests/{img.digest}") + "?tag=a&tag=b"
+    r = oci.req("PUT", url, body=img.manifest, headers={"Content-Type": OCI_MANIFEST})
+    assert r.status == 201 and r.header("Docker-Content-Digest") == img.digest, r
+    assert sorted(v for k, v in r.headers if k.lower() == "oci-tag") == ["a", "b"], r.headers
+    for tag in ("a", "b"):
+        got = oci.get_manifest("e2e/tagparam", tag)
+        assert got.status == 200 and got.body == img.manifest, f"GET manifests/{tag}: {got!r}"
+    d512 = sha512(img.manifest)
+    r = oci.req("PUT", oci.url("e2e/tagparam", f"manifests/{d512}") + "?tag=c512", body=img.manifest,
+                headers={"Content-Type": OCI_MANIFEST})
+    assert r.status == 201 and r.header("Docker-Content-Digest") == d512, r.headers
+    got = oci.get_manifest("e2e/tagparam", "c512")
+    assert got.status == 200 and got.header("Docker-Content-Digest") == d512 and got.body == img.manifest, got.headers
+    assert oci.tags("e2e/tagparam").json()["tags"] == ["a", "b", "c512"]
+    # a bad tag parameter is refused and nothing is tagged
+    r = oci.req("PUT", oci.url("e2e/tagparam", f"manifests/{img.digest}") + "?tag=-bad", body=img.manifest,
+                headers={"Content-Type": OCI_MANIFEST})
+    expect_error(r, 400, "TAG_INVALID", "PUT ?tag=-bad")
+    # a read of a reference that is neither a tag nor a digest names nothing stored: 404
+    expect_error(oci.get_manifest("e2e/tagparam", ".INVALID_MANIFEST_NAME"), 404, "MANIFEST_UNKNOWN", "GET bad ref")
+    assert oci.get_manifest("e2e/tagparam", ".INVALID_MANIFEST_NAME", method="HEAD").status == 404
 
 
 def test_content_type_is_the_pushed_media_type(oci):
@@ -651,6 +683,55 @@ def test_client_mistakes_get_4xx_with_oci_errors(oci):
     assert oci.get_manifest("e2e/err", "1").body == img.manifest
     data = b"still works"
     assert put_blob_at(oci, loc, data, sha256(data)).status == 201
+
+
+def _exchange(sock, head: bytes, body: bytes) -> tuple[bytes, bytes]:
+    """sends the head, then the body a moment later (as a client streaming a chunk does), and reads one response"""
+    sock.sendall(head)
+    time.sleep(0.05)
+    if body:
+        sock.sendall(body)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before a response; got {data!r}"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+    n = int(m.group(1)) if m else 0
+    while len(rest) < n:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed inside a response body"
+        rest += chunk
+    return head, rest
+
+
+def test_early_errors_keep_the_connection_usable(local_br, oci):
+    """An error given before the request body is read (out-of-order chunk, unknown session, malformed digest)
+    still leaves the keep-alive connection usable: the server reads the small body it refused, as distribution
+    does, so the client's next request on that connection gets an answer."""
+    loc = urllib.parse.urlsplit(oci.upload_url("e2e/early"))
+    session = loc.path + (f"?{loc.query}" if loc.query else "")
+    path = f"/v2/{LOCAL}/e2e/early"
+    body = b"B" * 20
+    cases = [
+        ("out-of-order PATCH", "PATCH", session, {"Content-Range": "22-41"}, 416),
+        ("PATCH to an unknown session", "PATCH", f"{path}/blobs/uploads/{'0' * 32}", {}, 404),
+        ("PUT with a malformed digest", "PUT", f"{path}/blobs/uploads/{'0' * 32}?digest=sha256:xyz", {}, {400, 404}),
+        ("PUT manifest to a bad reference", "PUT", f"{path}/manifests/sha256:xyz", {"Content-Type": OCI_MANIFEST}, 400),
+    ]
+    u = urllib.parse.urlsplit(local_br.url)
+    for what, method, target, headers, status in cases:
+        with socket.create_connection((u.hostname, u.port), timeout=10) as sock:
+            extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            head = (f"{method} {target} HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Type: application/octet-stream\r\n"
+                    f"{extra}Content-Length: {len(body)}\r\n\r\n").encode()
+            got, _ = _exchange(sock, head, body)
+            code = int(got.split(b" ", 2)[1])
+            assert code in (status if isinstance(status, set) else {status}), f"{what}: {got!r}"
+            assert not re.search(rb"(?i)\r\nconnection:\s*close", got), f"{what}: closes the connection: {got!r}"
+            after, _ = _exchange(sock, f"GET /v2/ HTTP/1.1\r\nHost: {u.netloc}\r\n\r\n".encode(), b"")
+            assert after.startswith(b"HTTP/1.1 200"), f"{what}: the next request on the connection got {after!r}"
 
 
 def test_push_to_a_remote_repository_is_unsupported(local_br, upstream):

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::StoreLimits;
+use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -16,7 +16,7 @@ pub struct CallState {
     /// The plugin's format: what a request with no repository may still see.
     pub format: Option<String>,
     pub repo: Option<Arc<Repository>>,
-    pub limits: StoreLimits,
+    pub limits: MemoryLimit,
     pub wasi: WasiCtx,
     pub table: ResourceTable,
     started: Instant,
@@ -26,18 +26,26 @@ pub struct CallState {
 }
 
 impl CallState {
-    pub fn new(caps: Arc<Capabilities>, format: Option<String>, repo: Option<Arc<Repository>>, limits: StoreLimits) -> CallState {
+    pub fn new(caps: Arc<Capabilities>, format: Option<String>, repo: Option<Arc<Repository>>, memory_bytes: usize) -> CallState {
         CallState {
             caps,
             format,
             repo,
-            limits,
+            limits: MemoryLimit { max: memory_bytes, grown_to: 0 },
             // No preopens, no environment, no sockets: a plugin's only authority is the host API.
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
             started: Instant::now(),
             host_time: Duration::ZERO,
         }
+    }
+
+    /// Starts the accounting of one more call in this store (a reused instance serves the next
+    /// request of the same repository).
+    pub fn begin(&mut self, repo: Option<Arc<Repository>>) {
+        self.repo = repo;
+        self.started = Instant::now();
+        self.host_time = Duration::ZERO;
     }
 
     pub fn scope(&self) -> super::caps::Scope {
@@ -50,6 +58,29 @@ impl CallState {
 
     pub fn add_host_time(&mut self, d: Duration) {
         self.host_time += d;
+    }
+}
+
+/// The per-store memory limit, remembering how far the guest grew so a store that grew large
+/// is not kept for reuse.
+pub struct MemoryLimit {
+    max: usize,
+    pub grown_to: usize,
+}
+
+impl ResourceLimiter for MemoryLimit {
+    fn memory_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max || maximum.is_some_and(|m| desired > m) {
+            // A trap, not a failed memory.grow: the guest's allocator would abort anyway, and a
+            // trap says plainly that the plugin hit its memory limit.
+            wasmtime::bail!("plugin memory limit: growing to {desired} bytes exceeds {} bytes", self.max);
+        }
+        self.grown_to = self.grown_to.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(maximum.is_none_or(|m| desired <= m))
     }
 }
 

@@ -6,7 +6,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::stream;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
@@ -26,12 +26,18 @@ pub fn empty() -> Body {
     full(Bytes::new())
 }
 
-async fn read_at(file: Arc<File>, pos: u64, want: u64) -> io::Result<Bytes> {
+/// Reads one chunk into `buf` and splits it off. Once hyper has written and dropped the previous
+/// chunk, `reserve` takes its memory back, so a stream cycles through one or two resident buffers
+/// instead of mapping, faulting in and unmapping a fresh 512 KiB for every chunk.
+async fn read_at(file: Arc<File>, pos: u64, want: u64, mut buf: BytesMut) -> io::Result<(Bytes, BytesMut)> {
     tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; want as usize];
-        let n = file.read_at(&mut buf, pos)?;
+        let want = want as usize;
+        buf.clear();
+        buf.reserve(want);
+        buf.resize(want, 0);
+        let n = file.read_at(&mut buf[..want], pos)?;
         buf.truncate(n);
-        Ok(Bytes::from(buf))
+        Ok((buf.split().freeze(), buf))
     })
     .await
     .map_err(io::Error::other)?
@@ -40,17 +46,17 @@ async fn read_at(file: Arc<File>, pos: u64, want: u64) -> io::Result<Bytes> {
 /// `len` bytes of a stored blob from `start`.
 pub fn file_range(file: Arc<File>, start: u64, len: u64) -> Body {
     let end = start + len;
-    let s = stream::unfold((file, start), move |(file, pos)| async move {
+    let s = stream::unfold((file, start, BytesMut::new()), move |(file, pos, buf)| async move {
         if pos >= end {
             return None;
         }
-        match read_at(file.clone(), pos, CHUNK.min(end - pos)).await {
-            Ok(b) if !b.is_empty() => {
+        match read_at(file.clone(), pos, CHUNK.min(end - pos), buf).await {
+            Ok((b, buf)) if !b.is_empty() => {
                 let next = pos + b.len() as u64;
-                Some((Ok(Frame::data(b)), (file, next)))
+                Some((Ok(Frame::data(b)), (file, next, buf)))
             }
-            Ok(_) => Some((Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob shorter than its size")), (file, end))),
-            Err(e) => Some((Err(e), (file, end))),
+            Ok((_, buf)) => Some((Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob shorter than its size")), (file, end, buf))),
+            Err(e) => Some((Err(e), (file, end, BytesMut::new()))),
         }
     });
     StreamBody::new(s).boxed()
@@ -67,10 +73,11 @@ pub fn follow(fill: Arc<Fill>, start: u64, end: Option<u64>) -> Body {
         pos: u64,
         stop: u64,
         done: bool,
+        buf: BytesMut,
     }
     let rx = fill.progress.clone();
     let stop = end.unwrap_or(u64::MAX);
-    let s = stream::unfold(St { fill, rx, pos: start, stop, done: false }, |mut st| async move {
+    let s = stream::unfold(St { fill, rx, pos: start, stop, done: false, buf: BytesMut::new() }, |mut st| async move {
         if st.done {
             return None;
         }
@@ -98,8 +105,10 @@ pub fn follow(fill: Arc<Fill>, start: u64, end: Option<u64>) -> Body {
             }
             let limit = available.min(st.stop);
             if st.pos < limit {
-                match read_at(st.fill.reader.clone(), st.pos, CHUNK.min(limit - st.pos)).await {
-                    Ok(b) if !b.is_empty() => {
+                let buf = std::mem::take(&mut st.buf);
+                match read_at(st.fill.reader.clone(), st.pos, CHUNK.min(limit - st.pos), buf).await {
+                    Ok((b, buf)) if !b.is_empty() => {
+                        st.buf = buf;
                         st.pos += b.len() as u64;
                         return Some((Ok(Frame::data(b)), st));
                     }

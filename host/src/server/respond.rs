@@ -15,7 +15,7 @@ use crate::digest::Digest;
 use crate::plugins::LoadedPlugin;
 use crate::plugins::bindings::types::{self, Failure, FailureKind, Plan, UploadDone, UploadOutcome};
 use crate::repos::Repository;
-use crate::storage::blobs::BlobError;
+use crate::storage::blobs::{BlobError, Opened};
 use crate::storage::uploads::{UploadError, UploadId};
 use crate::upstream::fill::{FillError, Joined, Progress};
 use crate::upstream::{UpstreamError, parse_request};
@@ -36,6 +36,28 @@ const APPEND_CHUNK: usize = 1024 * 1024;
 
 /// The plugin broke the contract (bad header, bad digest in a plan): its fault, a 500 that
 /// says so.
+/// A small body left unread is read (and dropped) at most this large...
+const DISCARD_MAX: u64 = 1 << 20;
+/// ...within this long.
+const DISCARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The answer to a request whose body was not read (an early error, a GET with a body): a
+/// small body is read and dropped so the client can send its next request on the same
+/// connection, as it expects; anything else closes the connection, saying so.
+async fn discard_unread(body: Incoming, content_length: Option<u64>, mut resp: Response<Body>) -> Response<Body> {
+    if hyper::body::Body::is_end_stream(&body) {
+        return resp;
+    }
+    if content_length.is_some_and(|n| n <= DISCARD_MAX) {
+        let read = tokio::time::timeout(DISCARD_TIMEOUT, Limited::new(body, DISCARD_MAX as usize).collect()).await;
+        if matches!(read, Ok(Ok(_))) {
+            return resp;
+        }
+    }
+    resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 pub fn plugin_fault(format: &str, message: impl std::fmt::Display) -> Response<Body> {
     tracing::error!(plugin = format, "{message}");
     let body = serde_json::json!({"error": {"code": "PLUGIN_FAILED", "message": format!("the {format} plugin failed: {message}")}});
@@ -101,12 +123,16 @@ fn parse_range(header: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
 
 impl Exchange<'_> {
     pub async fn execute(&self, plan: Plan, body: Option<Incoming>) -> Response<Body> {
-        match plan {
+        let resp = match plan {
+            Plan::ReadBody(max) => return self.read_body(max, body).await,
+            Plan::ReceiveUpload(u) => return self.receive_upload(u, body).await,
             Plan::Respond(r) => self.respond(r),
             Plan::ServeBlob(s) => self.serve_blob(&s.digest, &s.headers).await,
             Plan::FetchBlob(f) => self.fetch_blob(f).await,
-            Plan::ReadBody(max) => self.read_body(max, body).await,
-            Plan::ReceiveUpload(u) => self.receive_upload(u, body).await,
+        };
+        match body {
+            Some(body) => discard_unread(body, self.content_length, resp).await,
+            None => resp,
         }
     }
 
@@ -116,7 +142,8 @@ impl Exchange<'_> {
             return plugin_fault(format, "read-body when the body was already read");
         };
         if self.content_length.is_some_and(|n| n > max) {
-            return self.failure(FailureKind::TooLarge, None, format!("request body over {max} bytes")).await;
+            let resp = self.failure(FailureKind::TooLarge, None, format!("request body over {max} bytes")).await;
+            return discard_unread(body, self.content_length, resp).await;
         }
         let bytes = match Limited::new(body, max as usize).collect().await {
             Ok(c) => c.to_bytes(),
@@ -147,13 +174,19 @@ impl Exchange<'_> {
             Ok(d) => d,
             Err(e) => return plugin_fault(format, format!("receive-upload: {e}")),
         };
+        let mut body = body;
         let outcome = match UploadId::parse(&plan.id) {
             None => UploadOutcome::UnknownSession,
-            Some(id) => self.append_and_commit(&repo, &id, plan.expect_offset, commit, body).await,
+            Some(id) => self.append_and_commit(&repo, &id, plan.expect_offset, commit, &mut body).await,
         };
-        match self.app.plugins.upload_complete(self.plugin, Some(repo), self.request, &plan.id, &outcome).await {
+        let resp = match self.app.plugins.upload_complete(self.plugin, Some(repo), self.request, &plan.id, &outcome).await {
             Ok(r) => self.respond(r),
             Err(e) => plugin_fault(format, e),
+        };
+        // An unknown session or an out-of-order chunk is refused before its body is read.
+        match body {
+            Some(body) => discard_unread(body, self.content_length, resp).await,
+            None => resp,
         }
     }
 
@@ -163,7 +196,7 @@ impl Exchange<'_> {
         id: &UploadId,
         expect_offset: Option<u64>,
         commit: Option<Digest>,
-        body: Option<Incoming>,
+        body: &mut Option<Incoming>,
     ) -> UploadOutcome {
         let caps = self.app.caps.clone();
         let repo_name = repo.name.to_string();
@@ -181,7 +214,7 @@ impl Exchange<'_> {
             Err(e) => return UploadOutcome::Internal(e.to_string()),
         };
         let mut size = start;
-        if let Some(body) = body {
+        if let Some(body) = body.take() {
             match append(file, body).await {
                 Ok(n) => size += n,
                 Err(AppendError::Body(e, n)) => {
@@ -234,23 +267,36 @@ impl Exchange<'_> {
             Err(e) => return plugin_fault(&self.plugin.meta.format, format!("serve-blob: {e}")),
         };
         let store = self.app.caps.store.clone();
-        let opened = tokio::task::spawn_blocking({
-            let digest = digest.clone();
-            move || store.open_blob(&digest)
-        })
-        .await;
-        let (file, len) = match opened {
-            Ok(Ok(f)) => f,
+        let opened = match store.cached(&digest) {
+            Some(bytes) => Ok(Ok(Opened::Small(bytes))),
+            None => {
+                tokio::task::spawn_blocking({
+                    let digest = digest.clone();
+                    move || store.open_for_serving(&digest)
+                })
+                .await
+            }
+        };
+        let opened = match opened {
+            Ok(Ok(o)) => o,
             Ok(Err(BlobError::Unknown(d))) => return self.failure(FailureKind::BlobUnknown, None, format!("blob {d} is not stored")).await,
             Ok(Err(e)) => return self.failure(FailureKind::Internal, None, e.to_string()).await,
             Err(e) => return self.failure(FailureKind::Internal, None, e.to_string()).await,
+        };
+        let len = match &opened {
+            Opened::Small(b) => b.len() as u64,
+            Opened::File(_, len) => *len,
         };
         let (status, start, count) = match self.range.as_deref().and_then(|r| parse_range(r, len)) {
             None => (StatusCode::OK, 0, len),
             Some(Ok((start, count))) => (StatusCode::PARTIAL_CONTENT, start, count),
             Some(Err(())) => return range_not_satisfiable(len),
         };
-        let body = if self.head { body::empty() } else { body::file_range(Arc::new(file), start, count) };
+        let body = match opened {
+            _ if self.head => body::empty(),
+            Opened::Small(b) => body::full(b.slice(start as usize..(start + count) as usize)),
+            Opened::File(file, _) => body::file_range(Arc::new(file), start, count),
+        };
         let mut resp = Response::new(body);
         *resp.status_mut() = status;
         if let Err(e) = apply_headers(&mut resp, headers) {

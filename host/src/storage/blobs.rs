@@ -6,9 +6,13 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
 
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::storage::Layout;
+use crate::storage::small_cache::{self, SmallCache};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -26,9 +30,16 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BlobError + '_ {
     move |source| BlobError::Io { path: path.to_owned(), source }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BlobStore {
     layout: Layout,
+    small: Arc<SmallCache>,
+}
+
+/// A stored blob opened for serving: small ones whole from memory, others as a file.
+pub enum Opened {
+    Small(Bytes),
+    File(File, u64),
 }
 
 impl BlobStore {
@@ -42,7 +53,7 @@ impl BlobStore {
         for dir in [layout.blobs(), staging] {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
-        Ok(BlobStore { layout })
+        Ok(BlobStore { layout, small: Arc::new(SmallCache::new()) })
     }
 
     pub fn layout(&self) -> &Layout {
@@ -53,8 +64,17 @@ impl BlobStore {
         self.layout.blob(digest)
     }
 
+    /// A small blob from memory, when it is there: no disk access, so callers on async threads
+    /// try this before going to the blocking pool.
+    pub fn cached(&self, digest: &Digest) -> Option<Bytes> {
+        self.small.get(digest)
+    }
+
     /// Size of a stored blob, or None.
     pub fn stat(&self, digest: &Digest) -> Result<Option<u64>, BlobError> {
+        if let Some(b) = self.small.get(digest) {
+            return Ok(Some(b.len() as u64));
+        }
         let path = self.path(digest);
         match fs::metadata(&path) {
             Ok(m) => Ok(Some(m.len())),
@@ -75,15 +95,49 @@ impl BlobStore {
         }
     }
 
+    /// Opens a blob to serve it; a small one is read whole (and kept in memory).
+    pub fn open_for_serving(&self, digest: &Digest) -> Result<Opened, BlobError> {
+        if let Some(b) = self.small.get(digest) {
+            return Ok(Opened::Small(b));
+        }
+        let seen = self.small.generation();
+        let (file, len) = self.open_blob(digest)?;
+        if len > small_cache::ENTRY_MAX {
+            return Ok(Opened::File(file, len));
+        }
+        let bytes = self.read_whole(digest, file, len)?;
+        self.small.insert_if_unchanged(digest, &bytes, seen);
+        Ok(Opened::Small(bytes))
+    }
+
     /// Reads a small blob whole (manifests), refusing anything over `limit`.
     pub fn read_small(&self, digest: &Digest, limit: u64) -> Result<Vec<u8>, BlobError> {
+        if let Some(b) = self.small.get(digest) {
+            return match b.len() as u64 {
+                size if size > limit => Err(BlobError::TooLarge { size, limit }),
+                _ => Ok(b.to_vec()),
+            };
+        }
+        let seen = self.small.generation();
         let (file, len) = self.open_blob(digest)?;
         if len > limit {
             return Err(BlobError::TooLarge { size: len, limit });
         }
+        let bytes = self.read_whole(digest, file, len)?;
+        self.small.insert_if_unchanged(digest, &bytes, seen);
+        Ok(bytes.to_vec())
+    }
+
+    fn read_whole(&self, digest: &Digest, file: File, len: u64) -> Result<Bytes, BlobError> {
         let mut buf = Vec::with_capacity(len as usize);
-        io::Read::read_to_end(&mut io::Read::take(file, limit + 1), &mut buf).map_err(io_err(&self.path(digest)))?;
-        Ok(buf)
+        // Never more than the size seen at open, even if the file were replaced meanwhile.
+        io::Read::read_to_end(&mut io::Read::take(file, len), &mut buf).map_err(io_err(&self.path(digest)))?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// Call after blob files were removed behind the store's back (garbage collection).
+    pub fn forget_cached(&self) {
+        self.small.clear();
     }
 
     /// Stores a small document, verified against `expected` when given.
@@ -116,7 +170,9 @@ impl BlobStore {
 
     pub fn remove(&self, digest: &Digest) -> Result<bool, BlobError> {
         let path = self.path(digest);
-        match fs::remove_file(&path) {
+        let removed = fs::remove_file(&path);
+        self.small.removed(digest);
+        match removed {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(BlobError::Io { path, source: e }),

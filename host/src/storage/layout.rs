@@ -6,6 +6,7 @@
 //! <data>/uploads/<repo>/<id>                        upload sessions (removed after a day untouched)
 //! <data>/meta.redb                                  per-repository metadata (tag links, ...)
 //! <data>/repositories.json                          repository definitions
+//! <data>/cache/plugins/<stem>-<key>.cwasm           compiled plugins (rebuilt when missing)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -53,5 +54,9 @@ impl Layout {
 
     pub fn repositories(&self) -> PathBuf {
         self.root.join("repositories.json")
+    }
+
+    pub fn compiled_plugins(&self) -> PathBuf {
+        self.root.join("cache").join("plugins")
     }
 }

@@ -4,6 +4,7 @@
 pub mod blobs;
 pub mod layout;
 pub mod meta;
+pub mod small_cache;
 pub mod uploads;
 
 pub use blobs::{BlobStore, StagedBlob};

@@ -101,7 +101,8 @@ fn bad_input_gets_spec_errors() {
     let (h, _) = setup(UpstreamAuth::Open);
     let cases = [
         ("GET", "/v2/Redis/manifests/7", 400, "NAME_INVALID"),
-        ("GET", "/v2/redis/manifests/-7", 400, "TAG_INVALID"),
+        // neither a tag nor a digest: names no manifest, asked of no upstream
+        ("GET", "/v2/redis/manifests/-7", 404, "MANIFEST_UNKNOWN"),
         (
             "GET",
             "/v2/redis/manifests/sha256:abc",
@@ -129,6 +130,11 @@ fn bad_input_gets_spec_errors() {
             "{method} {path}"
         );
     }
+    let r = respond(handle(
+        &h,
+        &req("HEAD", "/v2/redis/manifests/.INVALID", remote(), 0),
+    ));
+    assert_eq!((r.status, r.body.len()), (404, 0));
     let mut q = req("GET", "/v2/redis/tags/list", remote(), 0);
     q.query = Some("n=abc".into());
     let r = respond(handle(&h, &q));

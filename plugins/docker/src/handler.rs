@@ -173,12 +173,16 @@ fn dispatch(host: &impl Host, req: &Request) -> Result<Plan, RegistryError> {
     match route {
         Route::Manifest { name, reference } => {
             let name = parse_name(name)?;
-            let reference = parse_reference(reference)?;
+            let reference = if read {
+                parse_read_reference(&name, reference)?
+            } else {
+                parse_reference(reference)?
+            };
             if is_remote {
                 return remote(host, req, repo, &name)?.manifest(&reference);
             }
             match req.method.as_str() {
-                "PUT" => Ok(push::begin()),
+                "PUT" => push::begin(req, &reference),
                 "DELETE" => local::delete_manifest(host, repo, &name, &reference),
                 _ => local::manifest(host, &name, &reference),
             }
@@ -299,10 +303,12 @@ fn parse_name(name: &str) -> Result<Name, RegistryError> {
 }
 
 fn parse_digest(digest: &str) -> Result<Digest, RegistryError> {
-    Digest::parse(digest).map_err(|_| {
-        RegistryError::new(ErrorCode::DigestInvalid, "invalid digest")
-            .with_detail(json!({ "digest": digest }))
-    })
+    Digest::parse(digest).map_err(|_| invalid_digest(digest))
+}
+
+fn invalid_digest(digest: &str) -> RegistryError {
+    RegistryError::new(ErrorCode::DigestInvalid, "invalid digest")
+        .with_detail(json!({ "digest": digest }))
 }
 
 fn parse_reference(reference: &str) -> Result<Reference, RegistryError> {
@@ -311,8 +317,18 @@ fn parse_reference(reference: &str) -> Result<Reference, RegistryError> {
             RegistryError::new(ErrorCode::TagInvalid, "manifest tag did not match URI")
                 .with_detail(json!({ "tag": reference }))
         }
-        InvalidReference::Digest => RegistryError::new(ErrorCode::DigestInvalid, "invalid digest")
-            .with_detail(json!({ "digest": reference })),
+        InvalidReference::Digest => invalid_digest(reference),
+    })
+}
+
+/// A manifest reference to read: one that is neither a tag nor a digest names no manifest
+/// (the spec allows no other format), so it is MANIFEST_UNKNOWN like any tag never pushed.
+/// A malformed digest stays DIGEST_INVALID: the client meant a digest and got it wrong.
+fn parse_read_reference(name: &Name, reference: &str) -> Result<Reference, RegistryError> {
+    Reference::parse(reference).map_err(|e| match e {
+        InvalidReference::Tag => RegistryError::new(ErrorCode::ManifestUnknown, "manifest unknown")
+            .with_detail(json!({ "name": name.as_str(), "reference": reference })),
+        InvalidReference::Digest => invalid_digest(reference),
     })
 }
 

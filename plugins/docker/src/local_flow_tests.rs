@@ -5,6 +5,7 @@
 use crate::contract::*;
 use crate::fake_host::{FakeHost, OWN, Registry, UPSTREAM, UpstreamAuth, sha256, sha512};
 use crate::handler::{handle, handle_body, live_blobs, render_failure, upload_complete};
+use crate::push;
 use serde_json::{Value, json};
 
 const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -674,6 +675,186 @@ fn bad_manifests_and_references_are_client_errors() {
     let req = c.request("PUT", "/v2/app/blobs/uploads/abc", &[]);
     let r = render_failure(&req, &failure(FailureKind::TooLarge));
     assert_eq!(status_code(&r), (413, "SIZE_INVALID".into()));
+}
+
+#[test]
+fn reads_of_a_reference_that_is_neither_tag_nor_digest_are_manifest_unknown() {
+    let h = host();
+    let c = client(&h);
+    push_image(&c, "app", "v1", b"layer");
+    let too_long = "a".repeat(129);
+    for reference in [".INVALID_MANIFEST_NAME", "-bad", too_long.as_str()] {
+        let path = format!("/v2/app/manifests/{reference}");
+        let r = c.get(&path);
+        assert_eq!(
+            status_code(&r),
+            (404, "MANIFEST_UNKNOWN".into()),
+            "{reference}"
+        );
+        let r = c.send("HEAD", &path, &[], &[]);
+        assert_eq!((r.status, r.body.len()), (404, 0), "{reference}");
+    }
+    // a malformed digest is still the client's mistake
+    let r = c.get("/v2/app/manifests/sha256:totallywrong");
+    assert_eq!(status_code(&r), (400, "DIGEST_INVALID".into()));
+    // writes still say what is wrong with the tag (PUT: bad_manifests_and_references_...)
+    let r = c.send(
+        "DELETE",
+        "/v2/app/manifests/.INVALID_MANIFEST_NAME",
+        &[],
+        &[],
+    );
+    assert_eq!(status_code(&r), (400, "TAG_INVALID".into()));
+}
+
+fn oci_tags(r: &Response) -> Vec<String> {
+    header_values(&r.headers, "oci-tag")
+        .map(str::to_owned)
+        .collect()
+}
+
+fn tags_of(c: &Client<'_>, name: &str) -> Value {
+    json_body(&c.get(&format!("/v2/{name}/tags/list")))["tags"].clone()
+}
+
+#[test]
+fn push_by_digest_creates_the_tags_of_its_tag_parameters() {
+    let h = host();
+    let c = client(&h);
+    let config = c.push_blob("app", b"{}");
+    let m = image_manifest((&config, 2), &[], json!({}));
+    let d = sha256(m.as_bytes());
+    let r = c.send(
+        "PUT",
+        &format!("/v2/app/manifests/{d}?tag=1.2.3&tag=latest&tag=1.2.3"),
+        &[("Content-Type", OCI)],
+        m.as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        oci_tags(&r),
+        vec!["1.2.3", "latest"],
+        "one header per tag, no repeats"
+    );
+    assert_eq!(h_(&r, "docker-content-digest"), Some(d.clone()));
+    assert_eq!(tags_of(&c, "app"), json!(["1.2.3", "latest"]));
+    for tag in ["1.2.3", "latest"] {
+        let r = c.get(&format!("/v2/app/manifests/{tag}"));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, m.as_bytes());
+        assert_eq!(h_(&r, "docker-content-digest"), Some(d.clone()));
+    }
+    // without tag parameters: no tag and no OCI-Tag, as before
+    let m2 = image_manifest((&config, 2), &[], json!({"annotations": {"k": "v"}}));
+    let r = c.put_manifest("app", &sha256(m2.as_bytes()), OCI, &m2);
+    assert_eq!((r.status, oci_tags(&r).len()), (201, 0));
+    assert_eq!(tags_of(&c, "app"), json!(["1.2.3", "latest"]));
+}
+
+#[test]
+fn tag_parameters_are_checked_before_the_body_is_read() {
+    let h = host();
+    let c = client(&h);
+    let config = c.push_blob("app", b"{}");
+    let m = image_manifest((&config, 2), &[], json!({}));
+    let d = sha256(m.as_bytes());
+    let many: Vec<String> = (0..=push::MAX_TAG_PARAMS)
+        .map(|i| format!("tag=t{i}"))
+        .collect();
+    let cases = [
+        ("tag=ok&tag=-bad".to_owned(), 400),
+        ("tag=ok&tag=".to_owned(), 400),
+        (format!("tag={}", "a".repeat(129)), 400),
+        (many.join("&"), 414),
+    ];
+    for (query, status) in cases {
+        let req = c.request(
+            "PUT",
+            &format!("/v2/app/manifests/{d}?{query}"),
+            &[("Content-Type", OCI)],
+        );
+        let Plan::Respond(r) = handle(&h, &req) else {
+            panic!("{query}: the body was asked for");
+        };
+        assert_eq!(status_code(&r), (status, "TAG_INVALID".into()), "{query}");
+    }
+    assert!(!h.blobs.borrow().contains_key(&d), "nothing stored");
+    assert!(h.meta.borrow().keys().all(|k| !k.starts_with("tag/")));
+    // exactly the limit is fine
+    let most: Vec<String> = (0..push::MAX_TAG_PARAMS)
+        .map(|i| format!("tag=t{i}"))
+        .collect();
+    let r = c.send(
+        "PUT",
+        &format!("/v2/app/manifests/{d}?{}", most.join("&")),
+        &[("Content-Type", OCI)],
+        m.as_bytes(),
+    );
+    assert_eq!((r.status, oci_tags(&r).len()), (201, push::MAX_TAG_PARAMS));
+}
+
+#[test]
+fn tag_parameters_of_a_push_by_tag_are_ignored() {
+    let h = host();
+    let c = client(&h);
+    let config = c.push_blob("app", b"{}");
+    let m = image_manifest((&config, 2), &[], json!({}));
+    let r = c.send(
+        "PUT",
+        "/v2/app/manifests/v1?tag=other&tag=-bad",
+        &[("Content-Type", OCI)],
+        m.as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        oci_tags(&r).is_empty(),
+        "the client learns they were not applied"
+    );
+    assert_eq!(tags_of(&c, "app"), json!(["v1"]));
+}
+
+/// A manifest named by sha512 gets its tags through tag parameters (a push by tag has no
+/// digest to go by, so the bytes are named with sha256); everything then answers in sha512.
+#[test]
+fn sha512_manifest_tagged_through_tag_parameters() {
+    let h = host();
+    let c = client(&h);
+    let config_bytes = b"{\"architecture\":\"arm64\"}";
+    let config = sha512(config_bytes);
+    let r = c.send(
+        "POST",
+        &format!("/v2/app/blobs/uploads/?digest={config}"),
+        &[],
+        config_bytes,
+    );
+    assert_eq!(r.status, 201);
+    let m = image_manifest((&config, config_bytes.len()), &[], json!({}));
+    let d = sha512(m.as_bytes());
+    let r = c.send(
+        "PUT",
+        &format!("/v2/app/manifests/{d}?tag=tag-param-sha512&tag=tag-param-sha512-0"),
+        &[("Content-Type", OCI)],
+        m.as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(oci_tags(&r), vec!["tag-param-sha512", "tag-param-sha512-0"]);
+    assert_eq!(h_(&r, "docker-content-digest"), Some(d.clone()));
+    assert_eq!(
+        h_(&r, "location"),
+        Some(format!("{BASE}/v2/app/manifests/{d}"))
+    );
+    for reference in ["tag-param-sha512", "tag-param-sha512-0", d.as_str()] {
+        let r = c.send("HEAD", &format!("/v2/app/manifests/{reference}"), &[], &[]);
+        assert_eq!(r.status, 200, "{reference}");
+        assert_eq!(
+            h_(&r, "docker-content-digest"),
+            Some(d.clone()),
+            "{reference}"
+        );
+    }
+    // the same bytes pushed by tag are named with sha256: the spec gives no other way
+    let r = c.put_manifest("app", "by-tag", OCI, &m);
+    assert_eq!(h_(&r, "docker-content-digest"), Some(sha256(m.as_bytes())));
 }
 
 #[test]

@@ -1,20 +1,62 @@
 //! `PUT /v2/<name>/manifests/<reference>` on a local repository: the body arrives through a
 //! `read-body` plan, is validated against what the image holds, stored byte for byte, and
-//! recorded (tag, image manifest, referrer).
+//! recorded (tags, image manifest, referrer).
+//!
+//! A push by digest may name tags to create as well (`?tag=a&tag=b`, answered with one
+//! `OCI-Tag` header per tag). That is also the only way to tag a manifest whose digest is not
+//! sha256: a push by tag carries no digest, so the registry names the bytes with sha256.
 
 use crate::contract::{Host, HostError, Level, Plan, Request, header};
 use crate::error::{ErrorCode, RegistryError};
 use crate::manifest::{self, Descriptor, Manifest};
 use crate::meta::{self, ImageManifest, Referrer, TagLink};
 use crate::plan::{self, DIGEST_HEADER, SUBJECT_HEADER};
-use crate::reference::{Digest, Name, Reference};
+use crate::reference::{Digest, Name, Reference, Tag};
 use crate::store;
 use crate::url;
 use serde_json::json;
 
-/// The plan for the request head: read the manifest (bounded), then `put`.
-pub fn begin() -> Plan {
-    Plan::ReadBody(manifest::MAX_SIZE)
+/// The response header that confirms each tag a push by digest created.
+pub const TAG_HEADER: &str = "OCI-Tag";
+
+/// The most `tag` parameters one push may carry: each is a metadata write. The spec asks
+/// registries to take at least 10 and lets them answer 414 beyond their limit.
+pub const MAX_TAG_PARAMS: usize = 100;
+
+/// The plan for the request head: read the manifest (bounded), then `put`. Bad tag
+/// parameters are refused first, so the client does not send a body for nothing.
+pub fn begin(req: &Request, reference: &Reference) -> Result<Plan, RegistryError> {
+    tag_params(req, reference)?;
+    Ok(Plan::ReadBody(manifest::MAX_SIZE))
+}
+
+/// The tags a push by digest creates besides storing the manifest, in request order without
+/// repeats; any invalid one refuses the push. The spec defines them for pushes by digest
+/// only, so a push by tag ignores them (and answers without `OCI-Tag`, which tells the client).
+fn tag_params(req: &Request, reference: &Reference) -> Result<Vec<Tag>, RegistryError> {
+    if let Reference::Tag(_) = reference {
+        return Ok(Vec::new());
+    }
+    let raw: Vec<String> = url::query_values(req.query.as_deref(), "tag").collect();
+    if raw.len() > MAX_TAG_PARAMS {
+        return Err(RegistryError::new(
+            ErrorCode::TagInvalid,
+            format!("at most {MAX_TAG_PARAMS} tag parameters per push"),
+        )
+        .with_status(414)
+        .with_detail(json!({ "tags": raw.len() })));
+    }
+    let mut tags: Vec<Tag> = Vec::with_capacity(raw.len());
+    for value in raw {
+        let tag = Tag::parse(&value).map_err(|_| {
+            RegistryError::new(ErrorCode::TagInvalid, "invalid tag parameter")
+                .with_detail(json!({ "tag": value }))
+        })?;
+        if !tags.contains(&tag) {
+            tags.push(tag);
+        }
+    }
+    Ok(tags)
 }
 
 pub fn put(
@@ -28,11 +70,16 @@ pub fn put(
     if body.len() as u64 > manifest::MAX_SIZE {
         return Err(too_large());
     }
+    let params = tag_params(req, reference)?;
     let doc = manifest::parse(header(&req.headers, "content-type"), body)
         .map_err(|e| RegistryError::new(ErrorCode::ManifestInvalid, e.0))?;
     check_references(host, name, &doc)?;
     let digest = store_bytes(host, reference, body)?;
-    record(host, req, name, reference, &digest, &doc, body.len() as u64)?;
+    let tags = match reference {
+        Reference::Tag(tag) => vec![tag.clone()],
+        Reference::Digest(_) => params,
+    };
+    record(host, req, name, &digest, &doc, body.len() as u64, &tags)?;
     host.log(
         Level::Debug,
         &format!(
@@ -50,6 +97,13 @@ pub fn put(
     ];
     if let Some(subject) = &doc.subject {
         headers.push((SUBJECT_HEADER.to_owned(), subject.digest.to_string()));
+    }
+    // only a push by digest confirms its tags: a push by tag names its one tag in the URL
+    if let Reference::Digest(_) = reference {
+        headers.extend(
+            tags.iter()
+                .map(|t| (TAG_HEADER.to_owned(), t.as_str().to_owned())),
+        );
     }
     Ok(Plan::Respond(plan::empty(201, headers)))
 }
@@ -116,16 +170,16 @@ fn store_bytes(
     })
 }
 
-/// The image manifest record before the tag, so that a tag never points to a manifest the
+/// The image manifest record before the tags, so that a tag never points to a manifest the
 /// image does not have.
 fn record(
     host: &impl Host,
     req: &Request,
     name: &Name,
-    reference: &Reference,
     digest: &Digest,
     doc: &Manifest,
     size: u64,
+    tags: &[Tag],
 ) -> Result<(), RegistryError> {
     meta::mark_image(host, name)?;
     let entry = ImageManifest {
@@ -146,12 +200,12 @@ fn record(
         };
         meta::put_referrer(host, name, &subject.digest, &referrer)?;
     }
-    if let Reference::Tag(tag) = reference {
-        let link = TagLink {
-            digest: digest.to_string(),
-            media_type: doc.media_type.clone(),
-            checked: req.now,
-        };
+    let link = TagLink {
+        digest: digest.to_string(),
+        media_type: doc.media_type.clone(),
+        checked: req.now,
+    };
+    for tag in tags {
         meta::put_tag(host, name, tag, &link)?;
     }
     Ok(())

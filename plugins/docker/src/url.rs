@@ -16,13 +16,18 @@ pub fn client_url(req: &Request, tail: &str) -> String {
 
 /// The decoded value of the first `key` parameter in a raw query string.
 pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
-    query?
-        .split('&')
-        .filter_map(|pair| {
+    query_values(query, key).next()
+}
+
+/// The decoded values of every `key` parameter, in order (`?tag=a&tag=b`).
+pub fn query_values<'a>(query: Option<&'a str>, key: &'a str) -> impl Iterator<Item = String> + 'a {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(move |pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             (decode(k) == key).then(|| decode(v))
         })
-        .next()
 }
 
 /// Percent-decoding with '+' as space (form encoding, which is what clients send).
@@ -116,6 +121,15 @@ mod tests {
         assert_eq!(query_param(q, "y"), None);
         assert_eq!(query_param(None, "n"), None);
         assert_eq!(query_param(Some("n=1&n=2"), "n").as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn repeated_query_params() {
+        let q = Some("tag=a&n=1&tag=b%2Ec&tag=");
+        let tags: Vec<String> = query_values(q, "tag").collect();
+        assert_eq!(tags, vec!["a", "b.c", ""]);
+        assert_eq!(query_values(Some("n=1"), "tag").count(), 0);
+        assert_eq!(query_values(None, "tag").count(), 0);
     }
 
     #[test]

@@ -22,12 +22,18 @@ fn err(e: BlobError) -> HostError {
 
 pub async fn stat(state: &Scope, digest: String) -> Result<Option<BlobInfo>, HostError> {
     let digest = parse(&digest)?;
+    if let Some(b) = state.caps.store.cached(&digest) {
+        return Ok(Some(BlobInfo { size: b.len() as u64 }));
+    }
     let store = state.caps.store.clone();
     blocking(move || Ok(store.stat(&digest).map_err(err)?.map(|size| BlobInfo { size }))).await
 }
 
 pub async fn read(state: &Scope, digest: String) -> Result<Vec<u8>, HostError> {
     let digest = parse(&digest)?;
+    if let Some(b) = state.caps.store.cached(&digest).filter(|b| b.len() as u64 <= SMALL_LIMIT) {
+        return Ok(b.to_vec());
+    }
     let store = state.caps.store.clone();
     blocking(move || store.read_small(&digest, SMALL_LIMIT).map_err(err)).await
 }
