@@ -208,7 +208,7 @@ impl Plugins {
         .map_err(|e| load_err(format!("{e:#}")))?;
         let pre = linker.instantiate_pre(&component).map_err(|e| load_err(format!("{e:#}")))?;
         let pre = PluginPre::new(pre).map_err(|e| load_err(format!("does not implement binaryrepo:plugin@{CONTRACT}: {e:#}")))?;
-        let (mut store, instance) = self.instantiate(&pre, None, None).await.map_err(|e| load_err(e.to_string()))?;
+        let (mut store, instance) = self.instantiate(&pre, None).await.map_err(|e| load_err(e.to_string()))?;
         let info = instance.binaryrepo_plugin_format().call_info(&mut store).await.map_err(|e| load_err(format!("info(): {e:#}")))?;
         if !compatible(&info.contract) {
             return Err(load_err(format!("built for contract {} but this host implements {CONTRACT}", info.contract)));
@@ -224,13 +224,9 @@ impl Plugins {
         Ok(LoadedPlugin { meta: PluginMeta { format: info.format, contract: info.contract, roots: info.roots, file: file.into() }, pre })
     }
 
-    async fn instantiate(
-        &self,
-        pre: &PluginPre<CallState>,
-        format: Option<&str>,
-        repo: Option<Arc<Repository>>,
-    ) -> wasmtime::Result<(Store<CallState>, Plugin)> {
-        let mut store = Store::new(&self.engine, CallState::new(self.caps.clone(), format.map(str::to_owned), repo, self.limits.memory_bytes));
+    /// A fresh store and instance; the repository is set per call (`CallState::begin`).
+    async fn instantiate(&self, pre: &PluginPre<CallState>, format: Option<&str>) -> wasmtime::Result<(Store<CallState>, Plugin)> {
+        let mut store = Store::new(&self.engine, CallState::new(self.caps.clone(), format.map(str::to_owned), self.limits.memory_bytes));
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(1);
         let budget = self.limits.cpu;
@@ -247,18 +243,13 @@ impl Plugins {
         let mut warm = match self.warm.take(&plugin.meta.format, name) {
             Some(w) => w,
             None => {
-                let (store, instance) = self.instantiate(&plugin.pre, Some(&plugin.meta.format), repo.clone()).await?;
+                let (store, instance) = self.instantiate(&plugin.pre, Some(&plugin.meta.format)).await?;
                 Warm::new(store, instance, &plugin.meta.format, name)
             }
         };
         warm.store.data_mut().begin(repo);
         warm.store.set_epoch_deadline(1);
         Ok(warm)
-    }
-
-    /// Idle plugin instances kept for reuse.
-    pub fn idle_instances(&self) -> usize {
-        self.warm.idle()
     }
 
     pub fn formats(&self) -> Vec<String> {

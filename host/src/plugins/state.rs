@@ -26,11 +26,11 @@ pub struct CallState {
 }
 
 impl CallState {
-    pub fn new(caps: Arc<Capabilities>, format: Option<String>, repo: Option<Arc<Repository>>, memory_bytes: usize) -> CallState {
+    pub fn new(caps: Arc<Capabilities>, format: Option<String>, memory_bytes: usize) -> CallState {
         CallState {
             caps,
             format,
-            repo,
+            repo: None,
             limits: MemoryLimit { max: memory_bytes, grown_to: 0 },
             // No preopens, no environment, no sockets: a plugin's only authority is the host API.
             wasi: WasiCtx::builder().build(),

@@ -67,8 +67,4 @@ impl WarmPool {
         // Dropped outside the lock: dropping a store resets its memory slot, which takes a while.
         drop(evicted);
     }
-
-    pub fn idle(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
 }
