@@ -3,10 +3,12 @@
 SHELL := /bin/bash
 RELEASE := target/release
 PLUGIN_OUT := $(RELEASE)/plugins
+# test-only plugins (plugins/testdata/: misbehaving on purpose), never in PLUGIN_OUT
+TEST_PLUGIN_OUT := $(RELEASE)/test-plugins
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: all build host plugins run test test-unit test-e2e deps deps-test clean bench
+.PHONY: all build host plugins test-plugins run test test-unit test-e2e deps deps-test clean bench
 
 all: build
 
@@ -17,6 +19,9 @@ host:
 
 plugins:
 	plugins/build.sh build $(PLUGIN_OUT)
+
+test-plugins:
+	plugins/build.sh build-test $(TEST_PLUGIN_OUT)
 
 deps:
 	plugins/build.sh install
@@ -35,8 +40,9 @@ test-unit:
 	cargo test --release -p binaryrepo
 	plugins/build.sh test
 
-test-e2e:
+test-e2e: test-plugins
 	BINARYREPO_BIN=$(CURDIR)/$(RELEASE)/binaryrepo BINARYREPO_PLUGINS=$(CURDIR)/$(PLUGIN_OUT) \
+		BINARYREPO_TEST_PLUGINS=$(CURDIR)/$(TEST_PLUGIN_OUT) \
 		.venv/bin/python -m pytest tests/e2e -q $(PYTEST_ARGS)
 
 # Benchmarks against the peers (distribution, distribution proxy, nginx proxy_cache, Docker Engine), all on
@@ -49,4 +55,4 @@ bench: deps-test build
 
 clean:
 	cargo clean
-	rm -rf plugins/*/target
+	rm -rf plugins/*/target plugins/testdata/*/target

@@ -7,6 +7,9 @@
 #
 #   plugins/build.sh install      set up the toolchain only
 #   plugins/build.sh build OUTDIR build every plugin, copy the .wasm files to OUTDIR
+#   plugins/build.sh build-test OUTDIR
+#                                 build the test-only plugins under testdata/ (misbehaving on
+#                                 purpose, for the end-to-end tests); never part of `build`
 #   plugins/build.sh test         native unit tests of every plugin
 set -euo pipefail
 caller=$PWD
@@ -50,17 +53,26 @@ guest_cargo() { # cargo for the guest, on whichever route is set up
       /usr/bin/cargo "$1" --target "$TARGET" -Zbuild-std=std,panic_abort "${@:2}"
   fi
 }
-crates() { for d in */; do [ -f "$d/Cargo.toml" ] && grep -q '^crate-type = \["cdylib"\]' "$d/Cargo.toml" && echo "${d%/}"; done; }
+# plugin crates directly under $1 (default: here); testdata/ holds no Cargo.toml itself, so the
+# test-only plugins in it are never found by `build` and never shipped
+crates() { for d in ${1:+$1/}*/; do [ -f "$d/Cargo.toml" ] && grep -q '^crate-type = \["cdylib"\]' "$d/Cargo.toml" && echo "${d%/}"; done; }
+build_into() { # OUTDIR CRATE...
+  local out=$1 c w; shift
+  for c in "$@"; do
+    (cd "$c" && guest_cargo build --release --quiet)
+    for w in "$c"/target/$TARGET/release/*.wasm; do cp -f "$w" "$out/"; log "built $out/$(basename "$w") ($(stat -c %s "$w") bytes)"; done
+  done
+}
 
 case "${1:-}" in
   install) install ;;
   build)
     out=$(cd "$caller" && realpath -m "${2:?usage: build OUTDIR}"); install; mkdir -p "$out"
-    for c in $(crates); do
-      (cd "$c" && guest_cargo build --release --quiet)
-      for w in "$c"/target/$TARGET/release/*.wasm; do cp -f "$w" "$out/"; log "built $out/$(basename "$w") ($(stat -c %s "$w") bytes)"; done
-    done ;;
+    build_into "$out" $(crates) ;;
+  build-test)
+    out=$(cd "$caller" && realpath -m "${2:?usage: build-test OUTDIR}"); install; mkdir -p "$out"
+    build_into "$out" $(crates testdata) ;;
   test)
     for c in $(crates); do (cd "$c" && cargo test --quiet); done ;;
-  *) echo "usage: $0 install | build OUTDIR | test" >&2; exit 2 ;;
+  *) echo "usage: $0 install | build OUTDIR | build-test OUTDIR | test" >&2; exit 2 ;;
 esac

@@ -20,6 +20,7 @@ pub struct FileConfig {
     pub upstream_connect_timeout_ms: Option<u64>,
     pub upstream_idle_timeout_seconds: Option<u64>,
     pub upstream_down_seconds: Option<u64>,
+    pub upstream_hold_last_byte: Option<bool>,
     pub plugin_memory_mib: Option<u64>,
     pub plugin_cpu_ms: Option<u64>,
     pub plugin_instance_reuse: Option<u32>,
@@ -53,6 +54,10 @@ pub struct UpstreamConfig {
     /// After a connection failure an upstream is not tried again for this long, so cached
     /// content is served at once while it is down.
     pub down_for: Duration,
+    /// A cold blob's last byte waits until its digest is verified. Off by default: clients
+    /// check digests themselves and nothing unverified is stored, while holding makes every
+    /// cold GET at least as slow as SHA-256 over the blob.
+    pub hold_last_byte: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +104,7 @@ impl Config {
                 connect_timeout: Duration::from_millis(file.upstream_connect_timeout_ms.unwrap_or(3000)),
                 idle_timeout: Duration::from_secs(file.upstream_idle_timeout_seconds.unwrap_or(120)),
                 down_for: Duration::from_secs(file.upstream_down_seconds.unwrap_or(30)),
+                hold_last_byte: file.upstream_hold_last_byte.unwrap_or(false),
             },
             plugins: PluginLimits {
                 memory_bytes: (file.plugin_memory_mib.unwrap_or(64) * 1024 * 1024) as usize,

@@ -5,6 +5,7 @@ pub mod api;
 pub mod config;
 pub mod digest;
 pub mod gc;
+pub mod logging;
 pub mod plugins;
 pub mod repos;
 pub mod server;

@@ -66,18 +66,21 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 }
 
 fn main() -> ExitCode {
-    // Lines are written by a background thread that drains everything queued into one buffer
-    // and flushes when the queue is empty: one write per burst instead of one per request (the
-    // per-request write cost ~25% of manifest requests/s). Not lossy: when the queue is full,
-    // logging waits rather than dropping lines. The guard flushes what is queued at exit.
-    let (writer, _flush_at_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("log-writer")
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    // Lines (tracing's and the access log's) go to stderr in batches written by a background
+    // thread: see `logging`. The guard writes what is still batched at exit.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (sink, _flush_at_exit) = match binaryrepo::logging::Sink::start(std::io::stderr(), ansi) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("binaryrepo: cannot start the log writer: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    sink.install_for_access();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(sink)
+        .with_ansi(ansi)
         .init();
     let cli = Cli::parse();
     match cli.command {

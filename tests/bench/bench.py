@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import statistics
@@ -311,8 +312,9 @@ class Bench:
         row.raw["sha256_seconds"] = hash_s
         self.notes.append(f"2: SHA-256 of the 500 MiB blob takes {hash_s * 1000:,.0f} ms on one core of this machine "
                           f"(OpenSSL via hashlib, file in page cache; CPU {'has' if has_sha_ni() else 'lacks'} the "
-                          "SHA extensions): binaryrepo holds back a cold blob's last byte until its digest is "
-                          "verified, so its cold GET cannot be faster than that.")
+                          "SHA extensions). binaryrepo streams a cold blob as it arrives and verifies it behind "
+                          "the client at a lower CPU priority before storing it; with `upstream_hold_last_byte = "
+                          "true` the last byte waits for the digest, and a cold GET cannot be faster than that.")
         per = ", ".join(f"{p} {statistics.fmean(upbytes[p]) / size:.2f}×" for p in ("binaryrepo", "proxy", "nginx"))
         self.notes.append(f"2: upstream bytes per cold GET of the 500 MiB blob (multiple of its size): {per} "
                           "(the proxy's background fill is waited for before the next run).")
@@ -326,6 +328,7 @@ class Bench:
         multiples = {p: [] for p in names}
         totals = {p: [] for p in names}
         failures = {p: 0 for p in names}
+        client_cpu = {p: [] for p in names}  # CPU seconds of the skopeo processes (user + sys)
         pulldir = self.work / "pulls"
         for r in range(self.args.concurrent_runs):
             for p in rotate(names, r):
@@ -343,10 +346,13 @@ class Bench:
                                         capture_output=True, text=True, timeout=1800)
                     return pr.returncode, time.monotonic() - t, pr.stderr[-500:]
 
+                ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 t0 = time.monotonic()
                 with ThreadPoolExecutor(n) as ex:
                     outs = list(ex.map(one, range(n)))
                 wall = time.monotonic() - t0
+                ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                client_cpu[p].append((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime))
                 bad = [(i, o) for i, o in enumerate(outs) if o[0] != 0 or not self._pull_complete(pulldir / str(i))]
                 failures[p] += len(bad)
                 for i, o in bad[:3]:
@@ -384,6 +390,14 @@ class Bench:
                                                                          for t in totals["binaryrepo"]))
         wall_row.raw = {**wall_row.raw, **{p: walls[p].values for p in names}, "failures": failures}
         bytes_row.raw = {"multiples": multiples, "bytes": totals, "image_blob_bytes": self.image.total_bytes}
+        wall_row.raw["client_cpu_seconds"] = client_cpu
+        cores = os.cpu_count() or 1
+        floor = statistics.fmean(v for vs in client_cpu.values() for v in vs) / cores
+        self.notes.append(
+            f"3: the {n} skopeo clients themselves used {statistics.fmean(client_cpu['nginx']):.1f} s of CPU (user + sys) "
+            f"per round against nginx, {statistics.fmean(client_cpu['binaryrepo']):.1f} s against binaryrepo: on "
+            f"{cores} cores no server can finish the round in less than ≈{floor:.1f} s "
+            f"({floor / walls['nginx'].mean:.2f}× nginx's wall time), whatever it does.")
         if wall_row.raw.get("binaryrepo_vmhwm_kib"):
             self.notes.append(f"3: binaryrepo peak RSS (VmHWM) during the {n} concurrent cold pulls: "
                               f"{max(wall_row.raw['binaryrepo_vmhwm_kib']) / 1024:.1f} MiB.")
@@ -769,7 +783,7 @@ def main():
     ap.add_argument("--only", default=",".join(WORKLOADS),
                     help=f"comma-separated workloads (default all): {','.join(WORKLOADS)}")
     ap.add_argument("--runs", type=int, default=5, help="timed runs per peer for warm and cold GETs (default 5)")
-    ap.add_argument("--docker-runs", type=int, default=None, help="timed docker pulls per peer (default 3, or --runs if smaller)")
+    ap.add_argument("--docker-runs", type=int, default=None, help="timed docker pulls per peer (default 5, or --runs if smaller)")
     ap.add_argument("--concurrent-runs", type=int, default=2, help="rounds of concurrent pulls per peer (default 2)")
     ap.add_argument("--clients", type=int, default=10, help="concurrent clients for workloads 3 and 5 (default 10)")
     ap.add_argument("--wrk-seconds", type=int, default=5, help="wrk duration per target (default 5)")
@@ -786,7 +800,7 @@ def main():
     if unknown:
         ap.error(f"unknown workload(s) {unknown}; choose from {WORKLOADS}")
     if args.docker_runs is None:
-        args.docker_runs = min(3, args.runs)
+        args.docker_runs = min(5, args.runs)
     if args.runs < 1 or args.docker_runs < 1 or args.concurrent_runs < 1:
         ap.error("runs must be >= 1")
     for tool in ("curl", "docker-registry", "nginx", "skopeo", "wrk"):

@@ -1,7 +1,9 @@
 """Cache fills are robust: a client going away does not abort a fill, a killed server leaves no partial blob
-behind, and bytes that do not match their digest are never stored or served as good."""
+behind, and bytes that do not match their digest are never stored, nor (with upstream_hold_last_byte) completed."""
 import threading
 import time
+
+import pytest
 
 from harness.binaryrepo import blob_files
 from harness.clients import dir_image, skopeo_copy
@@ -80,7 +82,11 @@ def test_sigkill_mid_fill_leaves_no_partial_blob(make_binaryrepo, images, tmp_pa
         fake.stop()
 
 
-def test_wrong_bytes_from_upstream_are_not_stored(make_binaryrepo, images):
+@pytest.mark.parametrize("hold", [False, True], ids=["streamed", "held"])
+def test_wrong_bytes_from_upstream_are_not_stored(make_binaryrepo, images, hold):
+    """Streamed (the default): the client may get every byte, but they do not hash to the digest it
+    asked for, so it refuses them, as from nginx; held: the last byte waits for verification, so a
+    wrong blob is never completed. Either way nothing wrong is stored and the next GET refetches."""
     small = images["small"]
     layer, size = small.largest_layer()  # 2 MiB
     fake = FakeRegistry()
@@ -89,13 +95,16 @@ def test_wrong_bytes_from_upstream_are_not_stored(make_binaryrepo, images):
     fake.corrupt.add(small.digest)  # the manifest, when asked by digest
     fake.start()
     try:
-        br = make_binaryrepo()
+        br = make_binaryrepo(config={"upstream_hold_last_byte": hold})
         br.create_remote("docker-remote", fake.url)
         url = br.v2("docker-remote", f"{small.repo}/blobs/{layer}")
         for attempt in (1, 2):
             got = stream_get(url)
-            assert not (got.status == 200 and got.complete), \
-                f"attempt {attempt}: a blob whose bytes fail the digest was delivered as a complete 200: {got}"
+            if hold:
+                assert not (got.status == 200 and got.complete), \
+                    f"attempt {attempt}: a blob whose bytes fail the digest was delivered as a complete 200: {got}"
+            else:
+                assert got.digest != layer, f"attempt {attempt}: the corrupted bytes hash to the digest? {got}"
             assert layer not in check_store(br.data_dir), f"attempt {attempt}: mismatching bytes were stored"
             assert fake.count("GET", f"/blobs/{layer}") == attempt, \
                 f"attempt {attempt}: upstream GETs {fake.count('GET', f'/blobs/{layer}')} (a failure must not be cached)"

@@ -33,10 +33,10 @@ use warm::{Warm, WarmPool};
 macro_rules! call {
     ($self:ident, $plugin:ident, $repo:expr, |$f:ident, $store:ident| $call:expr) => {{
         let _permit = $self.permits.acquire().await.map_err(|e| Self::failed($plugin, e))?;
-        let mut warm = $self.checkout($plugin, $repo).await.map_err(|e| Self::failed($plugin, format!("{e:#}")))?;
+        let mut warm = $self.checkout($plugin, $repo).await.map_err(|e| Self::trapped($plugin, e))?;
         let $f = warm.instance.binaryrepo_plugin_format();
         let $store = &mut warm.store;
-        let result = $call.await.map_err(|e| Self::failed($plugin, format!("{e:#}")));
+        let result = $call.await.map_err(|e| Self::trapped($plugin, e));
         if result.is_ok() {
             $self.warm.give_back(warm);
         }
@@ -46,7 +46,9 @@ macro_rules! call {
 
 /// Plugin instances alive at once; more requests wait for a slot.
 const MAX_INSTANCES: u32 = 256;
-const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// A plugin call that runs past a tick gives its worker thread back (and is checked against its
+/// CPU budget): a looping plugin delays the requests queued behind it by at most this much.
+const EPOCH_TICK: Duration = Duration::from_millis(2);
 /// Bytes of a freed memory, table or stack slot kept resident and reset in place.
 const KEEP_RESIDENT: usize = 1 << 20;
 
@@ -94,6 +96,16 @@ pub enum PluginError {
     Failed { format: String, message: String },
     #[error("wasm engine: {0}")]
     Engine(String),
+}
+
+impl PluginError {
+    /// What went wrong, without naming the plugin (for callers that name it themselves).
+    pub fn cause(&self) -> String {
+        match self {
+            PluginError::Failed { message, .. } => message.clone(),
+            other => other.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -284,6 +296,13 @@ impl Plugins {
 
     fn failed(plugin: &LoadedPlugin, e: impl std::fmt::Display) -> PluginError {
         PluginError::Failed { format: plugin.meta.format.clone(), message: e.to_string() }
+    }
+
+    /// A trap, deadline or memory limit: the wasm backtrace goes to the log, the cause (e.g.
+    /// "wasm trap: interrupt") to the client.
+    fn trapped(plugin: &LoadedPlugin, e: wasmtime::Error) -> PluginError {
+        tracing::warn!(plugin = %plugin.meta.format, "plugin call failed: {e:?}");
+        Self::failed(plugin, e.root_cause())
     }
 
     pub async fn handle(&self, plugin: &LoadedPlugin, repo: Option<Arc<Repository>>, req: &types::Request) -> Result<types::Plan, PluginError> {

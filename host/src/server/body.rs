@@ -62,10 +62,10 @@ pub fn file_range(file: Arc<File>, start: u64, len: u64) -> Body {
     StreamBody::new(s).boxed()
 }
 
-/// Streams bytes `start..end` (`end` None: to the end) of a fill in progress as it grows. The
-/// blob's last byte is held back until the fill is verified; a failed fill ends the stream
-/// with an error, which aborts the response so the client never takes a partial or wrong blob
-/// for a whole one.
+/// Streams bytes `start..end` (`end` None: to the end) of a fill in progress as it grows. Where
+/// the fill holds the last byte back until the blob is verified, so does this stream. A fill that
+/// fails ends the stream with an error, which aborts the response, so a client never takes a
+/// partial blob, or a wrong one found out before its end, for a whole one.
 pub fn follow(fill: Arc<Fill>, start: u64, end: Option<u64>) -> Body {
     struct St {
         fill: Arc<Fill>,
@@ -85,22 +85,15 @@ pub fn follow(fill: Arc<Fill>, start: u64, end: Option<u64>) -> Body {
             if st.pos >= st.stop {
                 return None;
             }
-            let step = {
-                let p = st.rx.borrow_and_update();
-                match &p.outcome {
-                    Some(Ok(size)) => Ok((*size, true)),
-                    Some(Err(e)) => Err(io::Error::other(format!("cache fill failed: {e}"))),
-                    None => Ok((p.written.saturating_sub(1), false)),
-                }
-            };
-            let (available, verified) = match step {
+            let step = st.rx.borrow_and_update().readable(st.fill.hold_last_byte);
+            let (available, at_end) = match step {
                 Ok(s) => s,
-                Err(err) => {
+                Err(e) => {
                     st.done = true;
-                    return Some((Err(err), st));
+                    return Some((Err(io::Error::other(format!("cache fill failed: {e}"))), st));
                 }
             };
-            if verified && st.pos >= available {
+            if at_end && st.pos >= available {
                 return None;
             }
             let limit = available.min(st.stop);

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::App;
+use crate::logging;
 use crate::plugins::bindings::types;
 use crate::plugins::{LoadedPlugin, wit_repository};
 use crate::repos::{RepoType, Repository};
@@ -86,7 +87,7 @@ async fn run_plan(
     let request = wit_request(parts, resolved, repo.as_deref());
     let plan = match app.plugins.handle(plugin, repo.clone(), &request).await {
         Ok(plan) => plan,
-        Err(e) => return respond::plugin_fault(&plugin.meta.format, e),
+        Err(e) => return respond::plugin_fault(&plugin.meta.format, e.cause()),
     };
     let exchange = Exchange {
         app,
@@ -131,8 +132,8 @@ async fn run_virtual(
     }
 }
 
-async fn dispatch(app: &App, main_listener: bool, local_port: u16, req: Request<Incoming>) -> Response<Body> {
-    let resolved = match resolve::resolve(app, main_listener, local_port, (req.uri(), req.headers())) {
+async fn dispatch(app: &App, resolved: Result<resolve::Resolved, ResolveError>, req: Request<Incoming>) -> Response<Body> {
+    let resolved = match resolved {
         Ok(r) => r,
         Err(e) => {
             let (status, code) = match &e {
@@ -143,9 +144,6 @@ async fn dispatch(app: &App, main_listener: bool, local_port: u16, req: Request<
             return json(status, &serde_json::json!({"error": {"code": code, "message": e.to_string()}}));
         }
     };
-    if let Some(repo) = &resolved.repo {
-        tracing::Span::current().record("repo", repo.name.as_str());
-    }
     let (parts, body) = req.into_parts();
     match resolved.repo.clone() {
         Some(repo) if repo.repo_type == RepoType::Virtual => run_virtual(app, &repo, &parts, &resolved, body).await,
@@ -155,19 +153,42 @@ async fn dispatch(app: &App, main_listener: bool, local_port: u16, req: Request<
 
 async fn handle(app: Arc<App>, main_listener: bool, local_port: u16, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
-    let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), repo = tracing::field::Empty);
-    async move {
-        let path = req.uri().path();
-        let resp = if main_listener && (path == "/api" || path.starts_with("/api/")) {
-            crate::api::handle(&app, req).await
-        } else {
-            dispatch(&app, main_listener, local_port, req).await
+    // Kept for the access line: the request itself is consumed below.
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let path = uri.path();
+    let api = main_listener && (path == "/api" || path.starts_with("/api/"));
+    // Resolved before the span exists, so that the span is made with its repository: recording a
+    // field afterwards costs the log formatter a second pass.
+    let resolved = (!api).then(|| resolve::resolve(&app, main_listener, local_port, (req.uri(), req.headers())));
+    let repo = resolved.as_ref().and_then(|r| r.as_ref().ok()).and_then(|r| r.repo.clone());
+    let repo_name = repo.as_ref().map(|r| r.name.as_str());
+    let span = tracing::info_span!("request", method = %method, path = %path, repo = repo_name);
+    async {
+        let resp = match resolved {
+            None => crate::api::handle(&app, req).await,
+            Some(resolved) => dispatch(&app, resolved, req).await,
         };
-        tracing::info!(status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "served");
+        logging::access(&logging::Access {
+            method: method.as_str(),
+            path,
+            repo: repo_name,
+            status: resp.status().as_u16(),
+            bytes: body_length(&resp),
+            elapsed: started.elapsed(),
+        });
         resp
     }
     .instrument(span)
     .await
+}
+
+/// The body's length as the client will get it: exact for small bodies, Content-Length for
+/// streamed blobs, None when neither says.
+fn body_length(resp: &Response<Body>) -> Option<u64> {
+    hyper::body::Body::size_hint(resp.body()).exact().or_else(|| {
+        resp.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+    })
 }
 
 fn connection_builder() -> auto::Builder<TokioExecutor> {

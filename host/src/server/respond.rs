@@ -157,7 +157,7 @@ impl Exchange<'_> {
         };
         let plan = match self.app.plugins.handle_body(self.plugin, self.repo.clone(), self.request, &bytes).await {
             Ok(p) => p,
-            Err(e) => return plugin_fault(format, e),
+            Err(e) => return plugin_fault(format, e.cause()),
         };
         if matches!(plan, Plan::ReadBody(_) | Plan::ReceiveUpload(_)) {
             return plugin_fault(format, "handle-body asked for the body again");
@@ -181,7 +181,7 @@ impl Exchange<'_> {
         };
         let resp = match self.app.plugins.upload_complete(self.plugin, Some(repo), self.request, &plan.id, &outcome).await {
             Ok(r) => self.respond(r),
-            Err(e) => plugin_fault(format, e),
+            Err(e) => plugin_fault(format, e.cause()),
         };
         // An unknown session or an out-of-order chunk is refused before its body is read.
         match body {
@@ -241,8 +241,11 @@ impl Exchange<'_> {
     }
 
     fn respond(&self, r: types::Response) -> Response<Body> {
-        let Ok(status) = StatusCode::from_u16(r.status) else {
-            return plugin_fault(&self.plugin.meta.format, format!("status {} is not HTTP", r.status));
+        // A final answer: 1xx would leave the client waiting or be replaced by hyper, and
+        // `StatusCode` takes anything up to 999.
+        let status = match StatusCode::from_u16(r.status) {
+            Ok(s) if (200..=599).contains(&r.status) => s,
+            _ => return plugin_fault(&self.plugin.meta.format, format!("status {} is not a final HTTP status", r.status)),
         };
         // HEAD answers keep the plugin's Content-Length (it describes the GET) but no body.
         let mut resp = Response::new(if self.head { body::empty() } else { body::full(r.body) });
@@ -257,7 +260,7 @@ impl Exchange<'_> {
         let failure = Failure { kind, status, message };
         match self.app.plugins.render_failure(self.plugin, self.repo.clone(), self.request, &failure).await {
             Ok(r) => self.respond(r),
-            Err(e) => plugin_fault(&self.plugin.meta.format, e),
+            Err(e) => plugin_fault(&self.plugin.meta.format, e.cause()),
         }
     }
 

@@ -1,9 +1,16 @@
 //! Durable per-repository metadata: small values under string keys, scoped by repository name.
 //! Plugins own the keys (tag links, media types); the host only scopes and stores them.
+//!
+//! Reads are answered from memory when they can: a warm manifest GET by tag reads its tag link
+//! on every request, and a redb read transaction costs more than the rest of the look-up. This
+//! process is the store's only user (redb locks the file), so every write passes here and drops
+//! what it changed from the cache.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use quick_cache::Weighter;
+use quick_cache::sync::Cache;
 use redb::{Database, TableDefinition};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -23,9 +30,61 @@ fn db_err<E: Into<redb::Error>>(e: E) -> MetaError {
     MetaError::Store(e.into())
 }
 
+/// Values up to this size are cached (tag links and media types are ~200 bytes).
+const CACHE_ENTRY_MAX: usize = 16 * 1024;
+/// Bytes cached in all.
+const CACHE_TOTAL: u64 = 4 << 20;
+
+#[derive(Clone)]
+struct ByLength;
+
+impl Weighter<String, Option<Vec<u8>>> for ByLength {
+    fn weight(&self, key: &String, value: &Option<Vec<u8>>) -> u64 {
+        (key.len() + value.as_ref().map_or(0, Vec::len) + 64) as u64
+    }
+}
+
+/// Recently read values, absent ones included (blob links are looked up before they are written).
+struct ReadCache {
+    values: Cache<String, Option<Vec<u8>>, ByLength>,
+    /// Counts writes. A reader caches what it read only if no write ran since it started reading,
+    /// checked under this lock, which writers hold while they drop their key: so a value read
+    /// before a write committed is either never cached or dropped by that write.
+    writes: Mutex<u64>,
+}
+
+impl ReadCache {
+    fn writes(&self) -> u64 {
+        *self.writes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn insert_if_unchanged(&self, key: String, value: &Option<Vec<u8>>, seen: u64) {
+        if value.as_ref().is_some_and(|v| v.len() > CACHE_ENTRY_MAX) {
+            return;
+        }
+        let writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        if *writes == seen {
+            self.values.insert(key, value.clone());
+        }
+    }
+
+    /// Call after a write to `key` committed (None: after removing many keys).
+    fn written(&self, key: Option<&str>) {
+        let mut writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        *writes += 1;
+        match key {
+            Some(k) => {
+                self.values.remove(k);
+            }
+            None => self.values.clear(),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct MetaStore {
     db: Arc<Database>,
+    cache: Arc<ReadCache>,
 }
 
 impl MetaStore {
@@ -34,7 +93,8 @@ impl MetaStore {
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(META).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
-        Ok(MetaStore { db: Arc::new(db) })
+        let values = Cache::with_weighter((CACHE_TOTAL / 512) as usize, CACHE_TOTAL, ByLength);
+        Ok(MetaStore { db: Arc::new(db), cache: Arc::new(ReadCache { values, writes: Mutex::new(0) }) })
     }
 
     fn key(repo: &str, key: &str) -> Result<String, MetaError> {
@@ -46,9 +106,15 @@ impl MetaStore {
 
     pub fn get(&self, repo: &str, key: &str) -> Result<Option<Vec<u8>>, MetaError> {
         let k = Self::key(repo, key)?;
+        if let Some(v) = self.cache.values.get(k.as_str()) {
+            return Ok(v);
+        }
+        let seen = self.cache.writes();
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(META).map_err(db_err)?;
-        Ok(table.get(k.as_str()).map_err(db_err)?.map(|v| v.value().to_vec()))
+        let value = table.get(k.as_str()).map_err(db_err)?.map(|v| v.value().to_vec());
+        self.cache.insert_if_unchanged(k, &value, seen);
+        Ok(value)
     }
 
     pub fn put(&self, repo: &str, key: &str, value: &[u8]) -> Result<(), MetaError> {
@@ -58,7 +124,10 @@ impl MetaStore {
             let mut table = txn.open_table(META).map_err(db_err)?;
             table.insert(k.as_str(), value).map_err(db_err)?;
         }
-        txn.commit().map_err(db_err)
+        let committed = txn.commit().map_err(db_err);
+        // Dropped even after a failed commit: whether it landed is not known.
+        self.cache.written(Some(&k));
+        committed
     }
 
     pub fn delete(&self, repo: &str, key: &str) -> Result<(), MetaError> {
@@ -68,7 +137,9 @@ impl MetaStore {
             let mut table = txn.open_table(META).map_err(db_err)?;
             table.remove(k.as_str()).map_err(db_err)?;
         }
-        txn.commit().map_err(db_err)
+        let committed = txn.commit().map_err(db_err);
+        self.cache.written(Some(&k));
+        committed
     }
 
     /// The repository's keys starting with `prefix`, in lexical order.
@@ -100,7 +171,9 @@ impl MetaStore {
                 table.remove(k.as_str()).map_err(db_err)?;
             }
         }
-        txn.commit().map_err(db_err)
+        let committed = txn.commit().map_err(db_err);
+        self.cache.written(None);
+        committed
     }
 }
 
@@ -124,5 +197,22 @@ mod tests {
         assert!(m.list("a", "").unwrap().is_empty());
         assert_eq!(m.list("ab", "").unwrap().len(), 1);
         assert!(m.put("a", "bad\0key", b"").is_err());
+    }
+
+    #[test]
+    fn cached_reads_follow_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = MetaStore::open(&dir.path().join("m.redb")).unwrap();
+        assert_eq!(m.get("a", "tag/x:1").unwrap(), None);
+        m.put("a", "tag/x:1", b"one").unwrap();
+        assert_eq!(m.get("a", "tag/x:1").unwrap().as_deref(), Some(&b"one"[..]));
+        m.put("a", "tag/x:1", b"two").unwrap();
+        assert_eq!(m.get("a", "tag/x:1").unwrap().as_deref(), Some(&b"two"[..]));
+        m.delete("a", "tag/x:1").unwrap();
+        assert_eq!(m.get("a", "tag/x:1").unwrap(), None);
+        m.put("a", "tag/x:2", b"three").unwrap();
+        assert!(m.get("a", "tag/x:2").unwrap().is_some());
+        m.delete_repository("a").unwrap();
+        assert_eq!(m.get("a", "tag/x:2").unwrap(), None);
     }
 }

@@ -4,9 +4,17 @@
 //!
 //! The fill runs in its own task: a client that disconnects does not abort it. The content is
 //! hashed by a second thread reading behind the writer (hashing is slower than the network
-//! here, so it must not sit in the write path), verified, and only then committed by rename.
-//! Clients are held back from the last byte until the digest is verified, so a fill that fails
-//! or does not match is never completed to anyone and leaves nothing behind.
+//! here, so it must not sit in the write path), verified, and only then committed by rename: a
+//! fill that fails or does not match leaves nothing behind.
+//!
+//! What clients get before verification is a policy (`upstream_hold_last_byte`):
+//! - streamed (the default): clients get every byte as it is written, as from nginx or the
+//!   distribution proxy. Every OCI client checks a blob's digest itself, so a wrong blob is
+//!   refused by the client and never stored here; a mismatch found while a client is still
+//!   reading aborts its response. The hasher runs at a lower CPU priority so that, where
+//!   SHA-256 is slower than the network, it catches up after the transfer instead of slowing it.
+//! - held: the last byte waits for the digest, so a wrong blob is never completed to anyone;
+//!   a cold GET then takes at least as long as hashing the blob.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -51,6 +59,9 @@ pub struct Progress {
     pub total: Option<u64>,
     /// Bytes in the staging file that readers may read.
     pub written: u64,
+    /// Every byte the upstream sent is in the staging file (`written` is final), though not
+    /// yet verified.
+    pub received: bool,
     /// Set once: the verified, committed size, or why the fill failed.
     pub outcome: Option<Result<u64, FillError>>,
 }
@@ -61,6 +72,21 @@ pub struct Fill {
     pub digest: Digest,
     pub reader: Arc<File>,
     pub progress: watch::Receiver<Progress>,
+    /// Readers wait for verification before the last byte (`upstream_hold_last_byte`).
+    pub hold_last_byte: bool,
+}
+
+impl Progress {
+    /// How far a reader may read now, and whether that is the end of the blob.
+    pub fn readable(&self, hold_last_byte: bool) -> Result<(u64, bool), FillError> {
+        match &self.outcome {
+            Some(Ok(size)) => Ok((*size, true)),
+            Some(Err(e)) => Err(e.clone()),
+            None if hold_last_byte => Ok((self.written.saturating_sub(1), false)),
+            // A short body is not the end: the fill is about to fail on its length.
+            None => Ok((self.written, self.received && self.total.is_none_or(|t| t == self.written))),
+        }
+    }
 }
 
 pub enum Joined {
@@ -99,7 +125,8 @@ impl Fills {
         let writer = File::create(&path).map_err(|e| FillError::Storage(format!("{}: {e}", path.display())))?;
         let reader = File::open(&path).map_err(|e| FillError::Storage(format!("{}: {e}", path.display())))?;
         let (tx, rx) = watch::channel(Progress::default());
-        let fill = Arc::new(Fill { digest: digest.clone(), reader: Arc::new(reader), progress: rx });
+        let hold_last_byte = self.upstream.config().hold_last_byte;
+        let fill = Arc::new(Fill { digest: digest.clone(), reader: Arc::new(reader), progress: rx, hold_last_byte });
         inflight.insert(digest.clone(), fill.clone());
         drop(inflight);
 
@@ -171,12 +198,19 @@ impl Fills {
             let tx = tx.clone();
             move || write_loop(writer, chunks_rx, &shared, &tx)
         });
-        let hash_task = tokio::task::spawn_blocking({
+        let hash_task = {
             let shared = shared.clone();
             let reader = File::open(&path).map_err(|e| FillError::Storage(e.to_string()))?;
-            let algorithm = digest.algorithm();
-            move || hash_loop(reader, Hasher::new(algorithm), &shared)
-        });
+            let hasher = Hasher::new(digest.algorithm());
+            // Streamed fills verify behind the clients, so the hasher yields the CPU to them.
+            let background = !self.upstream.config().hold_last_byte;
+            spawn_thread("fill-hash", move || {
+                if background {
+                    lower_thread_priority();
+                }
+                hash_loop(reader, hasher, &shared)
+            })?
+        };
 
         let idle = self.upstream.config().idle_timeout;
         let received: Result<(), FillError> = async {
@@ -199,7 +233,7 @@ impl Fills {
             shared.fail();
         }
         let written = write_task.await.map_err(|e| FillError::Storage(e.to_string()))?;
-        let hashed = hash_task.await.map_err(|e| FillError::Storage(e.to_string()))?;
+        let hashed = hash_task.await.map_err(|_| FillError::Storage("hashing thread died".into()))?;
         received?;
         let written = written?;
         if let Some(announced) = total.filter(|t| *t != written) {
@@ -266,12 +300,38 @@ fn write_loop(mut file: File, mut chunks: mpsc::Receiver<Bytes>, shared: &Shared
     })();
     match &result {
         Ok(_) => {
-            tx.send_modify(|p| p.written = written);
+            tx.send_modify(|p| {
+                p.written = written;
+                p.received = true;
+            });
             shared.update(|s| s.done = true);
         }
         Err(_) => shared.fail(),
     }
     result
+}
+
+/// Runs `f` on a thread of its own (not tokio's blocking pool, whose threads are shared and must
+/// keep their priority) and hands back its result.
+fn spawn_thread<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<tokio::sync::oneshot::Receiver<T>, FillError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| FillError::Storage(format!("cannot start a thread: {e}")))?;
+    Ok(rx)
+}
+
+/// Nice 10 for the calling thread (on Linux the nice value is per thread): it still gets a
+/// share of a busy CPU, so verification is late, never starved.
+fn lower_thread_priority() {
+    // SAFETY: plain syscalls on the calling thread's own id; no memory is passed.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the hashing thread's priority");
+    }
 }
 
 fn hash_loop(reader: File, mut hasher: Hasher, shared: &Shared) -> Option<Digest> {

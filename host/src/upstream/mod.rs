@@ -228,6 +228,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
             down_for: Duration::from_secs(1),
+            hold_last_byte: false,
         })
         .unwrap();
         let r = repo("http://127.0.0.1:5000");
