@@ -4,6 +4,7 @@
 pub mod bindings;
 pub mod caps;
 mod compiled;
+mod epoch;
 mod host_api;
 pub mod state;
 mod warm;
@@ -11,7 +12,6 @@ mod warm;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -26,6 +26,7 @@ use bindings::types;
 use bindings::{CONTRACT, Plugin, PluginPre};
 use caps::scratch::Scratch;
 use state::CallState;
+use epoch::Ticker;
 use warm::{Warm, WarmPool};
 
 /// One export call: an idle instance of this plugin for this repository or a fresh one, the
@@ -33,6 +34,7 @@ use warm::{Warm, WarmPool};
 macro_rules! call {
     ($self:ident, $plugin:ident, $repo:expr, |$f:ident, $store:ident| $call:expr) => {{
         let _permit = $self.permits.acquire().await.map_err(|e| Self::failed($plugin, e))?;
+        let _running = $self.ticker.running();
         let mut warm = $self.checkout($plugin, $repo).await.map_err(|e| Self::trapped($plugin, e))?;
         let $f = warm.instance.binaryrepo_plugin_format();
         let $store = &mut warm.store;
@@ -46,9 +48,6 @@ macro_rules! call {
 
 /// Plugin instances alive at once; more requests wait for a slot.
 const MAX_INSTANCES: u32 = 256;
-/// A plugin call that runs past a tick gives its worker thread back (and is checked against its
-/// CPU budget): a looping plugin delays the requests queued behind it by at most this much.
-const EPOCH_TICK: Duration = Duration::from_millis(2);
 /// Bytes of a freed memory, table or stack slot kept resident and reset in place.
 const KEEP_RESIDENT: usize = 1 << 20;
 
@@ -127,6 +126,7 @@ pub struct Plugins {
     limits: PluginLimits,
     caps: Arc<Capabilities>,
     permits: Semaphore,
+    ticker: Arc<Ticker>,
     warm: WarmPool,
 }
 
@@ -172,23 +172,14 @@ impl Plugins {
     /// Loads every `.wasm` in `dir`; `cache` keeps their compiled code between starts.
     pub async fn load(dir: &Path, cache: Option<&Path>, limits: PluginLimits, caps: Arc<Capabilities>) -> Result<Plugins, PluginError> {
         let engine = engine(&limits)?;
-        {
-            let engine = engine.clone();
-            std::thread::Builder::new()
-                .name("wasm-epoch".into())
-                .spawn(move || loop {
-                    std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
-                })
-                .map_err(|e| PluginError::Engine(e.to_string()))?;
-        }
+        let ticker = Ticker::start(engine.clone()).map_err(|e| PluginError::Engine(e.to_string()))?;
         let mut linker: Linker<CallState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| PluginError::Engine(e.to_string()))?;
         Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| PluginError::Engine(e.to_string()))?;
 
         let warm = WarmPool::new(limits.instance_reuse);
         let mut plugins =
-            Plugins { engine, by_format: HashMap::new(), limits, caps, permits: Semaphore::new(MAX_INSTANCES as usize), warm };
+            Plugins { engine, by_format: HashMap::new(), limits, caps, permits: Semaphore::new(MAX_INSTANCES as usize), warm, ticker };
         let entries = std::fs::read_dir(dir).map_err(|source| PluginError::Dir { path: dir.into(), source })?;
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -220,6 +211,7 @@ impl Plugins {
         .map_err(|e| load_err(format!("{e:#}")))?;
         let pre = linker.instantiate_pre(&component).map_err(|e| load_err(format!("{e:#}")))?;
         let pre = PluginPre::new(pre).map_err(|e| load_err(format!("does not implement binaryrepo:plugin@{CONTRACT}: {e:#}")))?;
+        let _running = self.ticker.running();
         let (mut store, instance) = self.instantiate(&pre, None).await.map_err(|e| load_err(e.to_string()))?;
         let info = instance.binaryrepo_plugin_format().call_info(&mut store).await.map_err(|e| load_err(format!("info(): {e:#}")))?;
         if !compatible(&info.contract) {

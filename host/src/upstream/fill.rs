@@ -356,3 +356,32 @@ fn hash_loop(reader: File, mut hasher: Hasher, shared: &Shared) -> Option<Digest
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{FillError, Progress};
+
+    fn progress(written: u64, total: Option<u64>, received: bool) -> Progress {
+        Progress { started: true, total, written, received, outcome: None }
+    }
+
+    #[test]
+    fn streamed_readers_get_every_written_byte_and_end_only_at_the_full_length() {
+        assert_eq!(progress(10, Some(100), false).readable(false).unwrap(), (10, false));
+        assert_eq!(progress(100, Some(100), true).readable(false).unwrap(), (100, true));
+        // short: not an end (the fill fails on its length next), so the response is not completed
+        assert_eq!(progress(90, Some(100), true).readable(false).unwrap(), (90, false));
+        // no Content-Length upstream: the end is when every byte is in
+        assert_eq!(progress(90, None, true).readable(false).unwrap(), (90, true));
+    }
+
+    #[test]
+    fn held_readers_wait_for_the_outcome_before_the_last_byte() {
+        assert_eq!(progress(100, Some(100), true).readable(true).unwrap(), (99, false));
+        let mut p = progress(100, Some(100), true);
+        p.outcome = Some(Ok(100));
+        assert_eq!(p.readable(true).unwrap(), (100, true));
+        p.outcome = Some(Err(FillError::DigestMismatch { expected: "a".into(), actual: "b".into() }));
+        assert!(p.readable(true).is_err() && p.readable(false).is_err());
+    }
+}
