@@ -21,8 +21,8 @@ macro_rules! timed {
 
 impl host::Host for CallState {
     async fn log(&mut self, level: Level, message: String) {
-        let format = self.repo.as_ref().map_or("-", |r| r.format.as_str()).to_owned();
-        caps::log::log(&format, level, &message);
+        let format = self.repo.as_ref().map_or("-", |r| r.format.as_str());
+        caps::log::log(format, level, &message);
     }
 
     async fn meta_get(&mut self, key: String) -> Result<Option<Vec<u8>>, HostError> {

@@ -235,7 +235,17 @@ impl Plugins {
         store.set_epoch_deadline(1);
         let budget = self.limits.cpu;
         store.epoch_deadline_callback(move |ctx| {
-            if ctx.data().guest_time() > budget { Ok(UpdateDeadline::Interrupt) } else { Ok(UpdateDeadline::Yield(1)) }
+            let spent = ctx.data().guest_time();
+            Ok(if spent > budget {
+                UpdateDeadline::Interrupt
+            } else if spent > epoch::LONG_CALL {
+                // A call this long is abnormal (a request takes microseconds): it runs on, but
+                // pauses between ticks, so a few looping plugins cannot fill every worker thread
+                // and stall the requests queued behind them until their budget runs out.
+                UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(epoch::LONG_CALL_PAUSE)))
+            } else {
+                UpdateDeadline::Yield(1)
+            })
         });
         let instance = pre.instantiate_async(&mut store).await?;
         Ok((store, instance))
