@@ -18,7 +18,7 @@ pub const LONG_CALL_PAUSE: Duration = Duration::from_millis(8);
 
 pub struct Ticker {
     /// Guest calls (and instantiations) under way.
-    running: AtomicUsize,
+    running: Arc<AtomicUsize>,
     thread: Thread,
 }
 
@@ -32,12 +32,12 @@ impl Drop for Running<'_> {
 }
 
 impl Ticker {
-    pub fn start(engine: Engine) -> std::io::Result<Arc<Ticker>> {
-        let (tx, rx) = std::sync::mpsc::channel::<Arc<Ticker>>();
-        let handle = std::thread::Builder::new().name("wasm-epoch".into()).spawn(move || {
-            let Ok(ticker) = rx.recv() else { return };
-            loop {
-                if ticker.running.load(Ordering::Acquire) == 0 {
+    pub fn start(engine: Engine) -> std::io::Result<Ticker> {
+        let running = Arc::new(AtomicUsize::new(0));
+        let handle = std::thread::Builder::new().name("wasm-epoch".into()).spawn({
+            let running = running.clone();
+            move || loop {
+                if running.load(Ordering::Acquire) == 0 {
                     // An `unpark` that came before this `park` makes it return at once, so a
                     // call that starts between the check and here is not missed.
                     std::thread::park();
@@ -47,9 +47,7 @@ impl Ticker {
                 engine.increment_epoch();
             }
         })?;
-        let ticker = Arc::new(Ticker { running: AtomicUsize::new(0), thread: handle.thread().clone() });
-        let _ = tx.send(ticker.clone());
-        Ok(ticker)
+        Ok(Ticker { running, thread: handle.thread().clone() })
     }
 
     /// Marks guest code as running until the guard drops (also on cancellation).

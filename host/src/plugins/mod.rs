@@ -126,7 +126,7 @@ pub struct Plugins {
     limits: PluginLimits,
     caps: Arc<Capabilities>,
     permits: Semaphore,
-    ticker: Arc<Ticker>,
+    ticker: Ticker,
     warm: WarmPool,
 }
 
