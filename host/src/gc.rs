@@ -47,7 +47,10 @@ pub async fn collect(app: &App, grace: Duration) -> Result<GcReport, GcError> {
             .plugins
             .live_blobs(&plugin, repo.clone())
             .await
-            .map_err(|e| GcError::Plugin { repo: repo.name.to_string(), message: e.to_string() })?;
+            .map_err(|e| {
+                tracing::error!(repo = %repo.name, "live-blobs failed: {}", e.detail());
+                GcError::Plugin { repo: repo.name.to_string(), message: e.to_string() }
+            })?;
         for d in digests {
             match d.parse::<Digest>() {
                 Ok(d) => {

@@ -27,7 +27,7 @@ def test_client_disconnect_does_not_abort_fill(upstream, br, images):
     layer, size = big.largest_layer()  # 100 MiB
     br.create_remote("docker-remote", upstream.url)
     url = br.v2("docker-remote", f"{big.repo}/blobs/{layer}")
-    m0 = upstream.mark()
+    m0, log0 = upstream.mark(), br.log_mark()
     got = stream_get(url, stop_after=256 * 1024)  # read 256 KiB of 100 MiB, then hang up
     assert got.status == 200 and got.nbytes == 256 * 1024, got
 
@@ -42,6 +42,8 @@ def test_client_disconnect_does_not_abort_fill(upstream, br, images):
         return r if r.status == 200 and r.complete else None
     got = wait_until(served, timeout=20, interval=0.5, what="the blob to be served with the upstream stopped")
     assert got.digest == layer and got.nbytes == size, got
+    # streamed: the client may have its bytes before the fill has verified and committed them
+    assert br.wait_fill(layer, since=log0) == "committed"
     assert layer in check_store(br.data_dir)
 
 
@@ -75,8 +77,10 @@ def test_sigkill_mid_fill_leaves_no_partial_blob(make_binaryrepo, images, tmp_pa
         fake.pause.clear()
         fake.start()
         time.sleep(1.5)  # past upstream_down_seconds
+        log0 = br.log_mark()
         skopeo_copy(big.ref(br.prefix("docker-remote")), tmp_path / "after")
         assert dir_image(tmp_path / "after") == (big.digest, big.blobs)
+        assert br.wait_fill(layer, since=log0) == "committed"
         assert layer in check_store(br.data_dir)
     finally:
         fake.stop()
@@ -99,7 +103,10 @@ def test_wrong_bytes_from_upstream_are_not_stored(make_binaryrepo, images, hold)
         br.create_remote("docker-remote", fake.url)
         url = br.v2("docker-remote", f"{small.repo}/blobs/{layer}")
         for attempt in (1, 2):
+            log0 = br.log_mark()
             got = stream_get(url)
+            # streamed: the body may be complete before the fill has found the mismatch
+            assert br.wait_fill(layer, since=log0) == "failed"
             if hold:
                 assert not (got.status == 200 and got.complete), \
                     f"attempt {attempt}: a blob whose bytes fail the digest was delivered as a complete 200: {got}"
@@ -116,10 +123,12 @@ def test_wrong_bytes_from_upstream_are_not_stored(make_binaryrepo, images, hold)
 
         # once the upstream behaves, the same blob and manifest come through (no poisoned cache entry)
         fake.corrupt.clear()
+        log0 = br.log_mark()
         got = stream_get(url)
         assert got.status == 200 and got.complete and got.digest == layer, got
         r = request("GET", murl, headers={"Accept": ACCEPT_HEADER})
         assert r.status == 200 and r.body == small.manifest, r
+        assert br.wait_fill(layer, since=log0) == "committed"
         assert layer in check_store(br.data_dir)
     finally:
         fake.stop()

@@ -91,8 +91,9 @@ pub enum PluginError {
     #[error("no plugins in {0}: build them with `make` (or pass --plugin-dir)")]
     None(PathBuf),
     /// The plugin trapped, ran out of time or memory: the plugin's fault, this request only.
+    /// `detail` (the wasm backtrace, for the log) is not part of the message clients get.
     #[error("plugin {format} failed: {message}")]
-    Failed { format: String, message: String },
+    Failed { format: String, message: String, detail: Option<String> },
     #[error("wasm engine: {0}")]
     Engine(String),
 }
@@ -103,6 +104,14 @@ impl PluginError {
         match self {
             PluginError::Failed { message, .. } => message.clone(),
             other => other.to_string(),
+        }
+    }
+
+    /// What the log gets: the cause with the wasm backtrace where there is one.
+    pub fn detail(&self) -> String {
+        match self {
+            PluginError::Failed { detail: Some(d), .. } => d.clone(),
+            other => other.cause(),
         }
     }
 }
@@ -297,14 +306,13 @@ impl Plugins {
     }
 
     fn failed(plugin: &LoadedPlugin, e: impl std::fmt::Display) -> PluginError {
-        PluginError::Failed { format: plugin.meta.format.clone(), message: e.to_string() }
+        PluginError::Failed { format: plugin.meta.format.clone(), message: e.to_string(), detail: None }
     }
 
-    /// A trap, deadline or memory limit: the wasm backtrace goes to the log, the cause (e.g.
-    /// "wasm trap: interrupt") to the client.
+    /// A trap, deadline or memory limit: the cause (e.g. "wasm trap: interrupt") is for the
+    /// client, the wasm backtrace for the log line the responder writes.
     fn trapped(plugin: &LoadedPlugin, e: wasmtime::Error) -> PluginError {
-        tracing::warn!(plugin = %plugin.meta.format, "plugin call failed: {e:?}");
-        Self::failed(plugin, e.root_cause())
+        PluginError::Failed { format: plugin.meta.format.clone(), message: e.root_cause().to_string(), detail: Some(format!("{e:?}")) }
     }
 
     pub async fn handle(&self, plugin: &LoadedPlugin, repo: Option<Arc<Repository>>, req: &types::Request) -> Result<types::Plan, PluginError> {

@@ -62,7 +62,8 @@ pub fn file_range(file: Arc<File>, start: u64, len: u64) -> Body {
     StreamBody::new(s).boxed()
 }
 
-/// Streams bytes `start..end` (`end` None: to the end) of a fill in progress as it grows. Where
+/// Streams bytes `start..end` (`end` None: to the end) of a fill in progress as it grows, from
+/// the fill's recent chunks while it keeps up, else from the staging file. Where
 /// the fill holds the last byte back until the blob is verified, so does this stream. A fill that
 /// fails ends the stream with an error, which aborts the response, so a client never takes a
 /// partial blob, or a wrong one found out before its end, for a whole one.
@@ -97,6 +98,10 @@ pub fn follow(fill: Arc<Fill>, start: u64, end: Option<u64>) -> Body {
                 return None;
             }
             let limit = available.min(st.stop);
+            if let Some(kept) = st.fill.recent.get(st.pos, limit) {
+                st.pos += kept.len() as u64;
+                return Some((Ok(Frame::data(kept)), st));
+            }
             if st.pos < limit {
                 let buf = std::mem::take(&mut st.buf);
                 match read_at(st.fill.reader.clone(), st.pos, CHUNK.min(limit - st.pos), buf).await {

@@ -87,7 +87,7 @@ async fn run_plan(
     let request = wit_request(parts, resolved, repo.as_deref());
     let plan = match app.plugins.handle(plugin, repo.clone(), &request).await {
         Ok(plan) => plan,
-        Err(e) => return respond::plugin_fault(&plugin.meta.format, e.cause()),
+        Err(e) => return respond::plugin_failed(&plugin.meta.format, &e),
     };
     let exchange = Exchange {
         app,

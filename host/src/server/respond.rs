@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use super::body::{self, Body};
 use crate::App;
 use crate::digest::Digest;
-use crate::plugins::LoadedPlugin;
+use crate::plugins::{LoadedPlugin, PluginError};
 use crate::plugins::bindings::types::{self, Failure, FailureKind, Plan, UploadDone, UploadOutcome};
 use crate::repos::Repository;
 use crate::storage::blobs::{BlobError, Opened};
@@ -60,6 +60,16 @@ async fn discard_unread(body: Incoming, content_length: Option<u64>, mut resp: R
 
 pub fn plugin_fault(format: &str, message: impl std::fmt::Display) -> Response<Body> {
     tracing::error!(plugin = format, "{message}");
+    fault_response(format, message)
+}
+
+/// A plugin call that failed: one log line with the backtrace, the cause to the client.
+pub fn plugin_failed(format: &str, e: &PluginError) -> Response<Body> {
+    tracing::error!(plugin = format, "plugin call failed: {}", e.detail());
+    fault_response(format, e.cause())
+}
+
+fn fault_response(format: &str, message: impl std::fmt::Display) -> Response<Body> {
     let body = serde_json::json!({"error": {"code": "PLUGIN_FAILED", "message": format!("the {format} plugin failed: {message}")}});
     json(StatusCode::INTERNAL_SERVER_ERROR, &body)
 }
@@ -157,7 +167,7 @@ impl Exchange<'_> {
         };
         let plan = match self.app.plugins.handle_body(self.plugin, self.repo.clone(), self.request, &bytes).await {
             Ok(p) => p,
-            Err(e) => return plugin_fault(format, e.cause()),
+            Err(e) => return plugin_failed(format, &e),
         };
         if matches!(plan, Plan::ReadBody(_) | Plan::ReceiveUpload(_)) {
             return plugin_fault(format, "handle-body asked for the body again");
@@ -181,7 +191,7 @@ impl Exchange<'_> {
         };
         let resp = match self.app.plugins.upload_complete(self.plugin, Some(repo), self.request, &plan.id, &outcome).await {
             Ok(r) => self.respond(r),
-            Err(e) => plugin_fault(format, e.cause()),
+            Err(e) => plugin_failed(format, &e),
         };
         // An unknown session or an out-of-order chunk is refused before its body is read.
         match body {
@@ -260,7 +270,7 @@ impl Exchange<'_> {
         let failure = Failure { kind, status, message };
         match self.app.plugins.render_failure(self.plugin, self.repo.clone(), self.request, &failure).await {
             Ok(r) => self.respond(r),
-            Err(e) => plugin_fault(&self.plugin.meta.format, e.cause()),
+            Err(e) => plugin_failed(&self.plugin.meta.format, &e),
         }
     }
 

@@ -7,6 +7,11 @@
 //! here, so it must not sit in the write path), verified, and only then committed by rename: a
 //! fill that fails or does not match leaves nothing behind.
 //!
+//! The last few MiB written are also kept in memory (`Recent`): readers that keep up with the
+//! upstream, which is every client of a cold pull, take their bytes from there without reading
+//! the staging file back (a copy, a zeroed buffer and a blocking-pool hop per chunk); a reader
+//! that falls behind reads the file. Memory stays bounded however large the blob.
+//!
 //! What clients get before verification is a policy (`upstream_hold_last_byte`):
 //! - streamed (the default): clients get every byte as it is written, as from nginx or the
 //!   distribution proxy. Every OCI client checks a blob's digest itself, so a wrong blob is
@@ -16,7 +21,7 @@
 //! - held: the last byte waits for the digest, so a wrong blob is never completed to anyone;
 //!   a cold GET then takes at least as long as hashing the blob.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -34,6 +39,8 @@ use crate::storage::BlobStore;
 /// Progress is published to readers at least this often (bytes), and at the end.
 const PUBLISH_EVERY: u64 = 256 * 1024;
 const HASH_CHUNK: usize = 1024 * 1024;
+/// How much of what was last written stays in memory for readers that keep up.
+const RECENT_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FillError {
@@ -71,6 +78,8 @@ pub struct Progress {
 pub struct Fill {
     pub digest: Digest,
     pub reader: Arc<File>,
+    /// The bytes last written, for readers that keep up.
+    pub recent: Arc<Recent>,
     pub progress: watch::Receiver<Progress>,
     /// Readers wait for verification before the last byte (`upstream_hold_last_byte`).
     pub hold_last_byte: bool,
@@ -86,6 +95,46 @@ impl Progress {
             // A short body is not the end: the fill is about to fail on its length.
             None => Ok((self.written, self.received && self.total.is_none_or(|t| t == self.written))),
         }
+    }
+}
+
+/// The most recently written chunks of a fill, in order and contiguous. Chunks are the upstream
+/// body's own buffers (reference-counted), so keeping and handing them out copies nothing.
+#[derive(Default)]
+pub struct Recent {
+    inner: Mutex<RecentChunks>,
+}
+
+#[derive(Default)]
+struct RecentChunks {
+    /// (offset in the blob, bytes)
+    chunks: VecDeque<(u64, Bytes)>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn push(&self, offset: u64, chunk: Bytes) {
+        let mut r = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        r.bytes += chunk.len();
+        r.chunks.push_back((offset, chunk));
+        while r.bytes > RECENT_BYTES && r.chunks.len() > 1 {
+            if let Some((_, old)) = r.chunks.pop_front() {
+                r.bytes -= old.len();
+            }
+        }
+    }
+
+    /// Bytes from `pos` up to `limit` (exclusive) out of one kept chunk, if `pos` is still kept.
+    pub fn get(&self, pos: u64, limit: u64) -> Option<Bytes> {
+        let r = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let i = r.chunks.partition_point(|(off, b)| off + b.len() as u64 <= pos);
+        let (off, chunk) = r.chunks.get(i)?;
+        if *off > pos || pos >= limit {
+            return None;
+        }
+        let from = (pos - off) as usize;
+        let to = ((limit - off) as usize).min(chunk.len());
+        Some(chunk.slice(from..to))
     }
 }
 
@@ -126,7 +175,8 @@ impl Fills {
         let reader = File::open(&path).map_err(|e| FillError::Storage(format!("{}: {e}", path.display())))?;
         let (tx, rx) = watch::channel(Progress::default());
         let hold_last_byte = self.upstream.config().hold_last_byte;
-        let fill = Arc::new(Fill { digest: digest.clone(), reader: Arc::new(reader), progress: rx, hold_last_byte });
+        let recent = Arc::new(Recent::default());
+        let fill = Arc::new(Fill { digest: digest.clone(), reader: Arc::new(reader), recent: recent.clone(), progress: rx, hold_last_byte });
         inflight.insert(digest.clone(), fill.clone());
         drop(inflight);
 
@@ -136,7 +186,7 @@ impl Fills {
             async move {
                 let started = std::time::Instant::now();
                 let tx = Arc::new(tx);
-                let outcome = fills.run(&repo, &digest, &request, writer, path.clone(), tx.clone()).await;
+                let outcome = fills.run(&repo, &digest, &request, writer, path.clone(), recent, tx.clone()).await;
                 // Verified bytes may be completed to clients now; the durable commit (fsync and
                 // rename) follows, and the fill leaves the map only after it, so a newcomer
                 // either joins this fill or finds the blob stored.
@@ -179,6 +229,7 @@ impl Fills {
         request: &UpstreamRequest,
         writer: File,
         path: PathBuf,
+        recent: Arc<Recent>,
         tx: Arc<watch::Sender<Progress>>,
     ) -> Result<u64, FillError> {
         let mut resp = self.upstream.send(repo, request).await?;
@@ -196,7 +247,8 @@ impl Fills {
         let write_task = tokio::task::spawn_blocking({
             let shared = shared.clone();
             let tx = tx.clone();
-            move || write_loop(writer, chunks_rx, &shared, &tx)
+            let recent = recent.clone();
+            move || write_loop(writer, chunks_rx, &shared, &recent, &tx)
         });
         let hash_task = {
             let shared = shared.clone();
@@ -208,7 +260,7 @@ impl Fills {
                 if background {
                     lower_thread_priority();
                 }
-                hash_loop(reader, hasher, &shared)
+                hash_loop(reader, hasher, &shared, &recent)
             })?
         };
 
@@ -282,13 +334,23 @@ impl Shared {
     }
 }
 
-fn write_loop(mut file: File, mut chunks: mpsc::Receiver<Bytes>, shared: &Shared, tx: &watch::Sender<Progress>) -> Result<u64, FillError> {
+fn write_loop(
+    mut file: File,
+    mut chunks: mpsc::Receiver<Bytes>,
+    shared: &Shared,
+    recent: &Recent,
+    tx: &watch::Sender<Progress>,
+) -> Result<u64, FillError> {
     let mut written = 0u64;
     let mut published = 0u64;
+    let mut count = 0u64;
     let result = (|| {
         while let Some(chunk) = chunks.blocking_recv() {
+            count += 1;
             file.write_all(&chunk).map_err(|e| FillError::Storage(e.to_string()))?;
-            written += chunk.len() as u64;
+            let len = chunk.len() as u64;
+            recent.push(written, chunk);
+            written += len;
             shared.update(|s| s.written = written);
             if written - published >= PUBLISH_EVERY {
                 published = written;
@@ -300,6 +362,7 @@ fn write_loop(mut file: File, mut chunks: mpsc::Receiver<Bytes>, shared: &Shared
     })();
     match &result {
         Ok(_) => {
+            tracing::debug!(bytes = written, chunks = count, "staged");
             tx.send_modify(|p| {
                 p.written = written;
                 p.received = true;
@@ -334,7 +397,7 @@ fn lower_thread_priority() {
     }
 }
 
-fn hash_loop(reader: File, mut hasher: Hasher, shared: &Shared) -> Option<Digest> {
+fn hash_loop(reader: File, mut hasher: Hasher, shared: &Shared, recent: &Recent) -> Option<Digest> {
     let mut buf = vec![0u8; HASH_CHUNK];
     let mut pos = 0u64;
     loop {
@@ -343,6 +406,12 @@ fn hash_loop(reader: File, mut hasher: Hasher, shared: &Shared) -> Option<Digest
             return None;
         }
         while pos < state.written {
+            // A hasher that keeps up (held fills hash at full priority) reads no file.
+            if let Some(kept) = recent.get(pos, state.written) {
+                hasher.update(&kept);
+                pos += kept.len() as u64;
+                continue;
+            }
             let want = ((state.written - pos) as usize).min(buf.len());
             let n = reader.read_at(&mut buf[..want], pos).ok()?;
             if n == 0 {
@@ -359,7 +428,28 @@ fn hash_loop(reader: File, mut hasher: Hasher, shared: &Shared) -> Option<Digest
 
 #[cfg(test)]
 mod tests {
-    use super::{FillError, Progress};
+    use bytes::Bytes;
+
+    use super::{FillError, Progress, RECENT_BYTES, Recent};
+
+    #[test]
+    fn recent_hands_out_kept_bytes_without_crossing_a_limit_and_forgets_the_oldest() {
+        let recent = Recent::default();
+        let chunk = RECENT_BYTES / 4;
+        for i in 0..6u8 {
+            recent.push((i as usize * chunk) as u64, Bytes::from(vec![i; chunk]));
+        }
+        let at = |pos: usize, limit: usize| recent.get(pos as u64, limit as u64);
+        // the first two chunks were dropped to stay within RECENT_BYTES
+        assert!(at(0, chunk).is_none() && at(2 * chunk - 1, 6 * chunk).is_none());
+        let b = at(2 * chunk + 10, 6 * chunk).unwrap();
+        assert_eq!((b.len(), b[0]), (chunk - 10, 2));
+        // one chunk at most, cut at the limit
+        assert_eq!(at(3 * chunk, 3 * chunk + 5).unwrap().len(), 5);
+        assert_eq!(at(5 * chunk + 1, 9 * chunk).unwrap().len(), chunk - 1);
+        assert!(at(6 * chunk, 9 * chunk).is_none());
+        assert!(at(4 * chunk, 4 * chunk).is_none());
+    }
 
     fn progress(written: u64, total: Option<u64>, received: bool) -> Progress {
         Progress { started: true, total, written, received, outcome: None }

@@ -201,6 +201,21 @@ class BinaryRepo:
                 out.append((m.group("method"), m.group("path"), int(m.group("status"))))
         return out
 
+    def fills_ended(self, since: int = 0) -> list:
+        """the cache fills that ended since a log_mark(): [(digest, "committed" | "failed")]. A streamed fill
+        completes its clients before it is verified, so a client's complete body does not mean the fill ended."""
+        with open(self.logfile, "rb") as f:
+            f.seek(since)
+            text = f.read().decode("utf-8", "replace")
+        return [(m.group("digest"), m.group("outcome")) for m in FILL_ENDED.finditer(text)]
+
+    def wait_fill(self, digest: str, since: int = 0, timeout: float = 60) -> str:
+        """waits for the fill of `digest` begun after `since` to end; returns "committed" or "failed"."""
+        from .util import wait_until
+        def ended():
+            return next((o for d, o in self.fills_ended(since) if d == digest), None)
+        return wait_until(ended, timeout=timeout, interval=0.05, what=f"the fill of {digest} to end")
+
     # --- registry helpers ------------------------------------------------------------------------
     def prefix(self, repo: str | None = None) -> str:
         """image reference prefix for the path method: 127.0.0.1:PORT/<repo>"""
@@ -212,6 +227,8 @@ class BinaryRepo:
 
 
 SERVED = re.compile(r"method=(?P<method>[A-Z]+) path=(?P<path>\S+?)[ }].*?\bserved\b.*?status=(?P<status>\d{3})")
+
+FILL_ENDED = re.compile(r"fill\{digest=(?P<digest>\S+?) .*?\bfill (?P<outcome>committed|failed)")
 
 DIGEST_NAME = re.compile(r"^(?:sha256[:_-])?([0-9a-f]{64})$")
 
