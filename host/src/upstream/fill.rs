@@ -3,9 +3,9 @@
 //! from that file as it grows, so they get the bytes as they arrive, not after the download.
 //!
 //! The fill runs in its own task: a client that disconnects does not abort it. The content is
-//! hashed by a second thread reading behind the writer (hashing is slower than the network
-//! here, so it must not sit in the write path), verified, and only then committed by rename: a
-//! fill that fails or does not match leaves nothing behind.
+//! hashed by a second thread (hashing is slower than the network here, so it must not sit in
+//! the write path), verified, and only then committed by rename: a fill that fails or does not
+//! match leaves nothing behind.
 //!
 //! The last few MiB written are also kept in memory (`Recent`): readers that keep up with the
 //! upstream, which is every client of a cold pull, take their bytes from there without reading
@@ -16,10 +16,12 @@
 //! - streamed (the default): clients get every byte as it is written, as from nginx or the
 //!   distribution proxy. Every OCI client checks a blob's digest itself, so a wrong blob is
 //!   refused by the client and never stored here; a mismatch found while a client is still
-//!   reading aborts its response. The hasher runs at a lower CPU priority so that, where
-//!   SHA-256 is slower than the network, it catches up after the transfer instead of slowing it.
+//!   reading aborts its response. The hasher starts when the transfer has ended and runs at a
+//!   lower CPU priority, so that it never slows a transfer (where SHA-256 is slower than the
+//!   network, it could not keep up anyway).
 //! - held: the last byte waits for the digest, so a wrong blob is never completed to anyone;
-//!   a cold GET then takes at least as long as hashing the blob.
+//!   a cold GET then takes at least as long as hashing the blob. The hasher reads right behind
+//!   the writer, at normal priority.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -254,13 +256,16 @@ impl Fills {
             let shared = shared.clone();
             let reader = File::open(&path).map_err(|e| FillError::Storage(e.to_string()))?;
             let hasher = Hasher::new(digest.algorithm());
-            // Streamed fills verify behind the clients, so the hasher yields the CPU to them.
+            // Streamed fills verify behind the clients: the hasher starts once every byte is in
+            // and yields the CPU to other transfers. Hashing alongside the transfer made a cold
+            // 500 MiB GET ~10% slower on 2 cores even at the lowest priority (0.81 s → 0.72 s
+            // mean of 6 deferred), and no client waits for the verdict in this mode.
             let background = !self.upstream.config().hold_last_byte;
             spawn_thread("fill-hash", move || {
                 if background {
                     lower_thread_priority();
                 }
-                hash_loop(reader, hasher, &shared, &recent)
+                hash_loop(reader, hasher, &shared, &recent, background)
             })?
         };
 
@@ -322,6 +327,15 @@ impl Shared {
 
     fn fail(&self) {
         self.update(|s| s.failed = true);
+    }
+
+    /// Waits until writing ended, well or not.
+    fn wait_end(&self) -> WriteState {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while !s.done && !s.failed {
+            s = self.cond.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        *s
     }
 
     /// Waits until more than `seen` bytes are written or writing ended.
@@ -397,9 +411,12 @@ fn lower_thread_priority() {
     }
 }
 
-fn hash_loop(reader: File, mut hasher: Hasher, shared: &Shared, recent: &Recent) -> Option<Digest> {
+fn hash_loop(reader: File, mut hasher: Hasher, shared: &Shared, recent: &Recent, after_transfer: bool) -> Option<Digest> {
     let mut buf = vec![0u8; HASH_CHUNK];
     let mut pos = 0u64;
+    if after_transfer && shared.wait_end().failed {
+        return None;
+    }
     loop {
         let state = shared.wait_past(pos);
         if state.failed {
