@@ -51,10 +51,11 @@ fn base_url(headers: &HeaderMap, uri_authority: Option<&str>, mount: &str) -> St
     let scheme = first_value(headers, "x-forwarded-proto").unwrap_or("http");
     if let Some(fwd_host) = first_value(headers, "x-forwarded-host") {
         let prefix = first_value(headers, "x-forwarded-prefix").unwrap_or("").trim_end_matches('/');
-        return format!("{scheme}://{fwd_host}{prefix}");
+        return [scheme, "://", fwd_host, prefix].concat();
     }
     let host = headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).or(uri_authority).unwrap_or("localhost");
-    format!("{scheme}://{host}{mount}")
+    // `concat`, not `format!`: this runs for every request and the formatter costs ~1k instructions.
+    [scheme, "://", host, mount].concat()
 }
 
 pub fn resolve(app: &App, main_listener: bool, local_port: u16, method_path: (&http::Uri, &HeaderMap)) -> Result<Resolved, ResolveError> {
@@ -87,7 +88,7 @@ pub fn resolve(app: &App, main_listener: bool, local_port: u16, method_path: (&h
     if let Some(rest) = path.strip_prefix("/repo/") {
         let (name, tail) = rest.split_once('/').map_or((rest, ""), |(n, t)| (n, t));
         let repo = app.repos.get(name).ok_or_else(|| ResolveError::UnknownRepository(name.to_owned()))?;
-        return whole(repo, &format!("/{tail}"), &format!("/repo/{name}"), Mount::Prefix);
+        return whole(repo, &["/", tail].concat(), &["/repo/", name].concat(), Mount::Prefix);
     }
     let (plugin, root) = app.plugins.by_root(path).ok_or_else(|| ResolveError::NoRoute(path.to_owned()))?;
     if let Some(after) = path.strip_prefix(root.as_str()) {
@@ -95,7 +96,7 @@ pub fn resolve(app: &App, main_listener: bool, local_port: u16, method_path: (&h
             if let Some(repo) = app.repos.get(segment).filter(|r| r.format == plugin.meta.format) {
                 return Ok(Resolved {
                     plugin,
-                    path: format!("{root}{tail}"),
+                    path: [root.as_str(), tail].concat(),
                     base_url: base_url(headers, authority, ""),
                     path_repo: Some(repo.name.to_string()),
                     repo: Some(repo),
