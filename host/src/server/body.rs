@@ -128,3 +128,51 @@ pub fn follow(fill: Arc<Fill>, start: u64, end: Option<u64>) -> Body {
     });
     StreamBody::new(s).boxed()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+
+    use super::follow;
+    use crate::upstream::fill::{Fill, Progress, Recent};
+
+    const MIB: usize = 1024 * 1024;
+
+    /// A 10 MiB fill whose every byte has arrived: the staging file holds only the first 6 MiB
+    /// (so a read of the tail from the file would fail), memory the last 4 MiB.
+    fn fill(dir: &std::path::Path) -> (Arc<Fill>, Vec<u8>) {
+        let blob: Vec<u8> = (0..10 * MIB).map(|i| (i % 251) as u8).collect();
+        let path = dir.join("staged");
+        std::fs::write(&path, &blob[..6 * MIB]).unwrap();
+        let recent = Recent::default();
+        for (i, chunk) in blob.chunks(MIB).enumerate() {
+            recent.push((i * MIB) as u64, Bytes::copy_from_slice(chunk));
+        }
+        let len = blob.len() as u64;
+        let progress = Progress { started: true, total: Some(len), written: len, received: true, outcome: None };
+        let (_tx, rx) = tokio::sync::watch::channel(progress);
+        let fill = Fill {
+            digest: format!("sha256:{}", "0".repeat(64)).parse().unwrap(),
+            reader: Arc::new(std::fs::File::open(&path).unwrap()),
+            recent: Arc::new(recent),
+            progress: rx,
+            hold_last_byte: false,
+        };
+        (Arc::new(fill), blob)
+    }
+
+    #[tokio::test]
+    async fn a_late_reader_moves_from_the_staging_file_to_the_kept_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fill, blob) = fill(dir.path());
+        let got = follow(fill.clone(), 0, None).collect().await.unwrap().to_bytes();
+        assert!(got == blob[..], "{} bytes, not the blob's {}", got.len(), blob.len());
+        // a range across the file/memory boundary, ending inside a kept chunk
+        let (start, end) = (5 * MIB + 3, 9 * MIB + 7);
+        let got = follow(fill, start as u64, Some(end as u64)).collect().await.unwrap().to_bytes();
+        assert!(got == blob[start..end], "range: {} bytes", got.len());
+    }
+}

@@ -115,7 +115,7 @@ struct RecentChunks {
 }
 
 impl Recent {
-    fn push(&self, offset: u64, chunk: Bytes) {
+    pub(crate) fn push(&self, offset: u64, chunk: Bytes) {
         let mut r = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         r.bytes += chunk.len();
         r.chunks.push_back((offset, chunk));
