@@ -312,8 +312,8 @@ class Bench:
         row.raw["sha256_seconds"] = hash_s
         self.notes.append(f"2: SHA-256 of the 500 MiB blob takes {hash_s * 1000:,.0f} ms on one core of this machine "
                           f"(OpenSSL via hashlib, file in page cache; CPU {'has' if has_sha_ni() else 'lacks'} the "
-                          "SHA extensions). binaryrepo streams a cold blob as it arrives and verifies it behind "
-                          "the client at a lower CPU priority before storing it; with `upstream_hold_last_byte = "
+                          "SHA extensions). binaryrepo streams a cold blob as it arrives and verifies it after the "
+                          "transfer, at a lower CPU priority, before storing it; with `upstream_hold_last_byte = "
                           "true` the last byte waits for the digest, and a cold GET cannot be faster than that.")
         per = ", ".join(f"{p} {statistics.fmean(upbytes[p]) / size:.2f}×" for p in ("binaryrepo", "proxy", "nginx"))
         self.notes.append(f"2: upstream bytes per cold GET of the 500 MiB blob (multiple of its size): {per} "
