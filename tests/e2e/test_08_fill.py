@@ -47,6 +47,24 @@ def test_client_disconnect_does_not_abort_fill(upstream, br, images):
     assert layer in check_store(br.data_dir)
 
 
+def test_a_stop_right_after_a_cold_pull_keeps_the_blob(upstream, br, images):
+    """A streamed fill is verified after its transfer, so its client is done before the blob is stored: a
+    graceful stop (SIGTERM) waits for the fill instead of dropping it, and the restarted server has the blob."""
+    big = images["big"]
+    layer, size = big.largest_layer()  # 100 MiB: hashing it outlasts the stop signal
+    br.create_remote("docker-remote", upstream.url)
+    url = br.v2("docker-remote", f"{big.repo}/blobs/{layer}")
+    got = stream_get(url)
+    assert got.status == 200 and got.complete and got.digest == layer, got
+    br.stop()
+    assert layer in check_store(br.data_dir), "the fill was dropped at the stop"
+    m0 = upstream.mark()
+    br.start()
+    got = stream_get(url)
+    assert got.status == 200 and got.digest == layer and got.nbytes == size, got
+    assert upstream.stats(m0).blob_gets(status=None) == {}, upstream.stats(m0).listing()
+
+
 def test_sigkill_mid_fill_leaves_no_partial_blob(make_binaryrepo, images, tmp_path):
     big = images["big"]
     layer, size = big.largest_layer()

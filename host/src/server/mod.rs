@@ -249,7 +249,7 @@ async fn accept_loop_inner(app: Arc<App>, listener: TcpListener, main_listener: 
     }
 }
 
-/// Serves until SIGINT/SIGTERM, then lets requests in flight finish (up to 30 s).
+/// Serves until SIGINT/SIGTERM, then lets requests and cache fills in flight finish (up to 30 s).
 pub async fn run(app: Arc<App>) -> std::io::Result<()> {
     let listener = TcpListener::bind(app.config.listen).await?;
     tracing::info!(addr = %app.config.listen, "binaryrepo listening");
@@ -269,6 +269,15 @@ pub async fn run(app: Arc<App>) -> std::io::Result<()> {
     // Every connection task holds a clone of `open_connections`; wait for them to finish.
     let deadline = Instant::now() + Duration::from_secs(30);
     while Arc::strong_count(&app.open_connections) > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Fills run on without their clients: most are only being verified by now (hashing follows
+    // the transfer), so a restart right after a cold pull keeps what it fetched.
+    let fills = app.fills.in_flight();
+    if fills > 0 {
+        tracing::info!(fills, "waiting for cache fills to finish");
+    }
+    while app.fills.in_flight() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
