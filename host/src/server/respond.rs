@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -81,11 +81,16 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     resp
 }
 
-fn apply_headers(resp: &mut Response<Body>, headers: &[(String, String)]) -> Result<(), String> {
+/// The plugin's headers, taken by value: each value's string becomes the header value without a
+/// copy (this runs for every response; copying and growing the map cost ~1.5k instructions).
+fn apply_headers(resp: &mut Response<Body>, headers: Vec<(String, String)>) -> Result<(), String> {
+    let map = resp.headers_mut();
+    // and room for the ones the host adds (Content-Length, Accept-Ranges, Content-Range)
+    map.reserve(headers.len() + 3);
     for (k, v) in headers {
         let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("invalid header name {k:?}"))?;
-        let value = HeaderValue::from_str(v).map_err(|_| format!("invalid value for header {k}"))?;
-        resp.headers_mut().append(name, value);
+        let value = HeaderValue::from_maybe_shared(Bytes::from(v)).map_err(|_| format!("invalid value for header {k}"))?;
+        map.append(name, value);
     }
     Ok(())
 }
@@ -137,7 +142,7 @@ impl Exchange<'_> {
             Plan::ReadBody(max) => return self.read_body(max, body).await,
             Plan::ReceiveUpload(u) => return self.receive_upload(u, body).await,
             Plan::Respond(r) => self.respond(r),
-            Plan::ServeBlob(s) => self.serve_blob(&s.digest, &s.headers).await,
+            Plan::ServeBlob(s) => self.serve_blob(&s.digest, s.headers).await,
             Plan::FetchBlob(f) => self.fetch_blob(f).await,
         };
         match body {
@@ -260,7 +265,7 @@ impl Exchange<'_> {
         // HEAD answers keep the plugin's Content-Length (it describes the GET) but no body.
         let mut resp = Response::new(if self.head { body::empty() } else { body::full(r.body) });
         *resp.status_mut() = status;
-        if let Err(e) = apply_headers(&mut resp, &r.headers) {
+        if let Err(e) = apply_headers(&mut resp, r.headers) {
             return plugin_fault(&self.plugin.meta.format, e);
         }
         resp
@@ -274,7 +279,7 @@ impl Exchange<'_> {
         }
     }
 
-    async fn serve_blob(&self, digest: &str, headers: &[(String, String)]) -> Response<Body> {
+    async fn serve_blob(&self, digest: &str, headers: Vec<(String, String)>) -> Response<Body> {
         let digest: Digest = match digest.parse() {
             Ok(d) => d,
             Err(e) => return plugin_fault(&self.plugin.meta.format, format!("serve-blob: {e}")),
@@ -341,7 +346,7 @@ impl Exchange<'_> {
             Err(e) => return plugin_fault(format, format!("fetch-blob: {e}")),
         };
         let fill = match self.app.fills.join_or_start(repo, digest.clone(), request) {
-            Ok(Joined::Stored) => return self.serve_blob(&plan.digest, &plan.headers).await,
+            Ok(Joined::Stored) => return self.serve_blob(&plan.digest, plan.headers).await,
             Ok(Joined::Filling(fill)) => fill,
             Err(e) => return self.fill_failure(e).await,
         };
@@ -362,7 +367,7 @@ impl Exchange<'_> {
         let end = if status == StatusCode::PARTIAL_CONTENT { count.map(|c| start + c) } else { None };
         let mut resp = Response::new(if self.head { body::empty() } else { body::follow(fill, start, end) });
         *resp.status_mut() = status;
-        if let Err(e) = apply_headers(&mut resp, &plan.headers) {
+        if let Err(e) = apply_headers(&mut resp, plan.headers) {
             return plugin_fault(format, e);
         }
         if let Some(count) = count {
