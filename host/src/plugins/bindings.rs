@@ -13,4 +13,4 @@ pub use self::exports::binaryrepo::plugin::format::PluginInfo;
 
 /// The contract version this host implements; plugins built against the same major.minor
 /// (any patch) load.
-pub const CONTRACT: &str = "0.2.0";
+pub const CONTRACT: &str = "0.2.1";

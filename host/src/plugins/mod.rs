@@ -6,6 +6,7 @@ pub mod caps;
 mod compiled;
 mod epoch;
 mod host_api;
+pub mod reuse;
 pub mod state;
 mod warm;
 
@@ -137,6 +138,8 @@ pub struct Plugins {
     permits: Semaphore,
     ticker: Ticker,
     warm: WarmPool,
+    /// Plans offered for reuse (see `reuse`).
+    pub plans: reuse::PlanCache,
 }
 
 fn engine(limits: &PluginLimits) -> Result<Engine, PluginError> {
@@ -188,7 +191,7 @@ impl Plugins {
 
         let warm = WarmPool::new(limits.instance_reuse);
         let mut plugins =
-            Plugins { engine, by_format: HashMap::new(), limits, caps, permits: Semaphore::new(MAX_INSTANCES as usize), warm, ticker };
+            Plugins { engine, by_format: HashMap::new(), limits, caps, permits: Semaphore::new(MAX_INSTANCES as usize), warm, ticker, plans: Default::default() };
         let entries = std::fs::read_dir(dir).map_err(|source| PluginError::Dir { path: dir.into(), source })?;
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -315,8 +318,27 @@ impl Plugins {
         PluginError::Failed { format: plugin.meta.format.clone(), message: e.root_cause().to_string(), detail: Some(format!("{e:?}")) }
     }
 
-    pub async fn handle(&self, plugin: &LoadedPlugin, repo: Option<Arc<Repository>>, req: &types::Request) -> Result<types::Plan, PluginError> {
-        call!(self, plugin, repo, |f, store| f.call_handle(store, req))
+    /// The plan, and the plugin's offer to reuse it when the call only read.
+    pub async fn handle(
+        &self,
+        plugin: &LoadedPlugin,
+        repo: Option<Arc<Repository>>,
+        req: &types::Request,
+    ) -> Result<(types::Plan, Option<reuse::Offer>), PluginError> {
+        call!(self, plugin, repo, |f, store| async {
+            let plan = f.call_handle(&mut *store, req).await?;
+            Ok((plan, store.data_mut().take_offer()))
+        })
+    }
+
+    /// What a plan decided now for `repo` depends on, to be checked when it is reused.
+    pub fn snapshot(&self, repo: Option<Arc<Repository>>) -> reuse::Snapshot {
+        let generation = self.caps.meta.generation(repo.as_ref().map_or("", |r| r.name.as_str()));
+        reuse::Snapshot::take(repo, generation, self.caps.store.removals())
+    }
+
+    pub fn blob_removals(&self) -> u64 {
+        self.caps.store.removals()
     }
 
     pub async fn handle_body(

@@ -23,6 +23,11 @@ pub struct CallState {
     /// Time spent inside host calls (upstream I/O, storage), which does not count against
     /// the plugin's CPU budget.
     host_time: Duration,
+    /// What the plugin offered for reuse in this call (`reusable`).
+    pub offer: Option<super::reuse::Offer>,
+    /// False once the call did more than read this repository's metadata and the blob store:
+    /// its plan may then depend on something the plan cache cannot watch.
+    pub only_read: bool,
 }
 
 impl CallState {
@@ -37,6 +42,8 @@ impl CallState {
             table: ResourceTable::new(),
             started: Instant::now(),
             host_time: Duration::ZERO,
+            offer: None,
+            only_read: true,
         }
     }
 
@@ -46,6 +53,13 @@ impl CallState {
         self.repo = repo;
         self.started = Instant::now();
         self.host_time = Duration::ZERO;
+        self.offer = None;
+        self.only_read = true;
+    }
+
+    /// The offer of the call that just returned, if the call only read.
+    pub fn take_offer(&mut self) -> Option<super::reuse::Offer> {
+        self.offer.take().filter(|_| self.only_read)
     }
 
     pub fn scope(&self) -> super::caps::Scope {

@@ -22,11 +22,11 @@ use tracing::Instrument;
 use crate::App;
 use crate::logging;
 use crate::plugins::bindings::types;
-use crate::plugins::{LoadedPlugin, wit_repository};
+use crate::plugins::{LoadedPlugin, reuse, wit_repository};
 use crate::repos::{RepoType, Repository};
 use body::Body;
 use resolve::ResolveError;
-use respond::{Exchange, json};
+use respond::{Exchange, PluginRequest, json};
 
 /// Listeners bound to single repositories, started and stopped as repositories change.
 #[derive(Default)]
@@ -61,7 +61,7 @@ fn now_unix() -> u64 {
 }
 
 /// The request as plugins see it, for one (member) repository.
-fn wit_request(parts: &http::request::Parts, resolved: &resolve::Resolved, repo: Option<&Repository>) -> types::Request {
+pub(crate) fn wit_request(parts: &http::request::Parts, resolved: &resolve::Resolved, repo: Option<&Repository>) -> types::Request {
     types::Request {
         method: parts.method.as_str().to_owned(),
         path: resolved.path.clone(),
@@ -75,7 +75,8 @@ fn wit_request(parts: &http::request::Parts, resolved: &resolve::Resolved, repo:
     }
 }
 
-/// Asks `repo`'s plugin for a plan and carries it out.
+/// Asks `repo`'s plugin for a plan, or reuses the plan it offered for the same request, and
+/// carries it out.
 async fn run_plan(
     app: &App,
     plugin: &Arc<LoadedPlugin>,
@@ -84,20 +85,37 @@ async fn run_plan(
     resolved: &resolve::Resolved,
     body: Option<Incoming>,
 ) -> Response<Body> {
-    let request = wit_request(parts, resolved, repo.as_deref());
-    let plan = match app.plugins.handle(plugin, repo.clone(), &request).await {
-        Ok(plan) => plan,
-        Err(e) => return respond::plugin_failed(&plugin.meta.format, &e),
-    };
     let exchange = Exchange {
         app,
         plugin,
-        repo,
-        request: &request,
+        repo: repo.clone(),
+        request: PluginRequest::new(parts, resolved, repo.as_deref()),
         head: parts.method == http::Method::HEAD,
         range: parts.headers.get(http::header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned),
         content_length: parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()),
     };
+    let repo_name = repo.as_ref().map(|r| r.name.as_str());
+    let query = parts.uri.query();
+    let key = reuse::Key::of(&parts.method, &resolved.path, query, repo_name, &resolved.base_url, resolved.path_repo.as_deref(), resolved.mount);
+    if let Some(key) = &key {
+        let removals = app.plugins.blob_removals();
+        if let Some(plan) = app.plugins.plans.lookup(key, repo.as_ref(), &parts.headers, removals) {
+            let resp = exchange.execute(plan, body).await;
+            // A reused plan that no longer works (its blob was removed) is decided afresh next time.
+            if !resp.status().is_success() {
+                app.plugins.plans.forget(key);
+            }
+            return resp;
+        }
+    }
+    let snapshot = key.as_ref().map(|_| app.plugins.snapshot(repo.clone()));
+    let (plan, offer) = match app.plugins.handle(plugin, repo.clone(), exchange.request.get()).await {
+        Ok(handled) => handled,
+        Err(e) => return respond::plugin_failed(&plugin.meta.format, &e),
+    };
+    if let (Some(key), Some(snapshot), Some(offer)) = (key, snapshot, offer) {
+        app.plugins.plans.insert(key, snapshot, offer, &plan, &parts.headers);
+    }
     exchange.execute(plan, body).await
 }
 

@@ -20,12 +20,32 @@ use crate::storage::uploads::{UploadError, UploadId};
 use crate::upstream::fill::{FillError, Joined, Progress};
 use crate::upstream::{UpstreamError, parse_request};
 
+/// The request as the plugin sees it, built when a plugin call needs it: a reused plan that
+/// works never calls the plugin, and building it (every header copied) is a good part of a
+/// small request's cost.
+pub struct PluginRequest<'a> {
+    parts: &'a http::request::Parts,
+    resolved: &'a super::resolve::Resolved,
+    repo: Option<&'a Repository>,
+    built: std::sync::OnceLock<types::Request>,
+}
+
+impl<'a> PluginRequest<'a> {
+    pub fn new(parts: &'a http::request::Parts, resolved: &'a super::resolve::Resolved, repo: Option<&'a Repository>) -> Self {
+        PluginRequest { parts, resolved, repo, built: std::sync::OnceLock::new() }
+    }
+
+    pub fn get(&self) -> &types::Request {
+        self.built.get_or_init(|| super::wit_request(self.parts, self.resolved, self.repo))
+    }
+}
+
 /// One request's context while its plan runs.
 pub struct Exchange<'a> {
     pub app: &'a App,
     pub plugin: &'a Arc<LoadedPlugin>,
     pub repo: Option<Arc<Repository>>,
-    pub request: &'a types::Request,
+    pub request: PluginRequest<'a>,
     pub head: bool,
     pub range: Option<String>,
     pub content_length: Option<u64>,
@@ -170,7 +190,7 @@ impl Exchange<'_> {
                 return json(StatusCode::BAD_REQUEST, &msg);
             }
         };
-        let plan = match self.app.plugins.handle_body(self.plugin, self.repo.clone(), self.request, &bytes).await {
+        let plan = match self.app.plugins.handle_body(self.plugin, self.repo.clone(), self.request.get(), &bytes).await {
             Ok(p) => p,
             Err(e) => return plugin_failed(format, &e),
         };
@@ -194,7 +214,7 @@ impl Exchange<'_> {
             None => UploadOutcome::UnknownSession,
             Some(id) => self.append_and_commit(&repo, &id, plan.expect_offset, commit, &mut body).await,
         };
-        let resp = match self.app.plugins.upload_complete(self.plugin, Some(repo), self.request, &plan.id, &outcome).await {
+        let resp = match self.app.plugins.upload_complete(self.plugin, Some(repo), self.request.get(), &plan.id, &outcome).await {
             Ok(r) => self.respond(r),
             Err(e) => plugin_failed(format, &e),
         };
@@ -273,7 +293,7 @@ impl Exchange<'_> {
 
     async fn failure(&self, kind: FailureKind, status: Option<u16>, message: String) -> Response<Body> {
         let failure = Failure { kind, status, message };
-        match self.app.plugins.render_failure(self.plugin, self.repo.clone(), self.request, &failure).await {
+        match self.app.plugins.render_failure(self.plugin, self.repo.clone(), self.request.get(), &failure).await {
             Ok(r) => self.respond(r),
             Err(e) => plugin_failed(&self.plugin.meta.format, &e),
         }

@@ -7,6 +7,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
@@ -34,6 +35,8 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BlobError + '_ {
 pub struct BlobStore {
     layout: Layout,
     small: Arc<SmallCache>,
+    /// Advanced whenever blobs were removed: what was decided knowing a blob present is stale.
+    removals: Arc<AtomicU64>,
 }
 
 /// A stored blob opened for serving: small ones whole from memory, others as a file.
@@ -53,7 +56,7 @@ impl BlobStore {
         for dir in [layout.blobs(), staging] {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
-        Ok(BlobStore { layout, small: Arc::new(SmallCache::new()) })
+        Ok(BlobStore { layout, small: Arc::new(SmallCache::new()), removals: Arc::default() })
     }
 
     pub fn layout(&self) -> &Layout {
@@ -138,6 +141,12 @@ impl BlobStore {
     /// Call after blob files were removed behind the store's back (garbage collection).
     pub fn forget_cached(&self) {
         self.small.clear();
+        self.removals.fetch_add(1, Ordering::Release);
+    }
+
+    /// How many times blobs were removed so far (see `forget_cached`).
+    pub fn removals(&self) -> u64 {
+        self.removals.load(Ordering::Acquire)
     }
 
     /// Stores a small document, verified against `expected` when given.

@@ -6,8 +6,10 @@
 //! process is the store's only user (redb locks the file), so every write passes here and drops
 //! what it changed from the cache.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
@@ -81,10 +83,15 @@ impl ReadCache {
     }
 }
 
+/// A counter per repository that every write to its metadata advances once committed, so that
+/// what was decided from that metadata (a plugin's reusable plan) can tell it is out of date.
+pub type Generation = Arc<AtomicU64>;
+
 #[derive(Clone)]
 pub struct MetaStore {
     db: Arc<Database>,
     cache: Arc<ReadCache>,
+    generations: Arc<RwLock<HashMap<String, Generation>>>,
 }
 
 impl MetaStore {
@@ -94,7 +101,24 @@ impl MetaStore {
         txn.open_table(META).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
         let values = Cache::with_weighter((CACHE_TOTAL / 512) as usize, CACHE_TOTAL, ByLength);
-        Ok(MetaStore { db: Arc::new(db), cache: Arc::new(ReadCache { values, writes: Mutex::new(0) }) })
+        let cache = Arc::new(ReadCache { values, writes: Mutex::new(0) });
+        Ok(MetaStore { db: Arc::new(db), cache, generations: Default::default() })
+    }
+
+    /// The write counter of `repo`'s metadata (one per name, created on first use).
+    pub fn generation(&self, repo: &str) -> Generation {
+        if let Some(g) = self.generations.read().unwrap_or_else(|p| p.into_inner()).get(repo) {
+            return g.clone();
+        }
+        self.generations.write().unwrap_or_else(|p| p.into_inner()).entry(repo.to_owned()).or_default().clone()
+    }
+
+    /// After a write committed (or failed to, which may have landed): never before, or a reader
+    /// could note the new count and still have read the old value.
+    fn advance(&self, repo: &str) {
+        if let Some(g) = self.generations.read().unwrap_or_else(|p| p.into_inner()).get(repo) {
+            g.fetch_add(1, Ordering::Release);
+        }
     }
 
     fn key(repo: &str, key: &str) -> Result<String, MetaError> {
@@ -132,6 +156,7 @@ impl MetaStore {
         let committed = txn.commit().map_err(db_err);
         // Dropped even after a failed commit: whether it landed is not known.
         self.cache.written(Some(&k));
+        self.advance(repo);
         committed
     }
 
@@ -144,6 +169,7 @@ impl MetaStore {
         }
         let committed = txn.commit().map_err(db_err);
         self.cache.written(Some(&k));
+        self.advance(repo);
         committed
     }
 
@@ -178,6 +204,7 @@ impl MetaStore {
         }
         let committed = txn.commit().map_err(db_err);
         self.cache.written(None);
+        self.advance(repo);
         committed
     }
 }

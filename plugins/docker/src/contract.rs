@@ -1,4 +1,4 @@
-//! The shapes of the WIT contract (`binaryrepo:plugin@0.2.0`, interface `types`) as plain Rust.
+//! The shapes of the WIT contract (`binaryrepo:plugin@0.2.1`, interface `types`) as plain Rust.
 //!
 //! The format logic is written against these rather than the wit-bindgen types so that it
 //! builds and is tested natively; `guest` converts at the component boundary.
@@ -194,6 +194,8 @@ pub trait Host {
     fn blob_read(&self, digest: &str) -> Result<Vec<u8>, HostError>;
     fn blob_write(&self, data: &[u8], expected: Option<&str>) -> Result<String, HostError>;
     fn upstream(&self, request: &UpstreamRequest) -> Result<UpstreamResponse, HostError>;
+    /// the plan this call returns may answer the same request for `seconds` (see the WIT)
+    fn reusable(&self, seconds: u64, vary: &[&str]);
 }
 
 /// First value of a header, names compared case-insensitively.

@@ -236,6 +236,8 @@ pub struct FakeHost {
     pub down: Cell<bool>,
     pub sent: RefCell<Vec<UpstreamRequest>>,
     pub logs: RefCell<Vec<(Level, String)>>,
+    /// the last `reusable` offer: (seconds, vary)
+    pub offer: RefCell<Option<(u64, Vec<String>)>>,
 }
 
 impl FakeHost {
@@ -252,7 +254,13 @@ impl FakeHost {
             down: Cell::new(false),
             sent: RefCell::default(),
             logs: RefCell::default(),
+            offer: RefCell::default(),
         }
+    }
+
+    /// The seconds of the reuse offer made since the last call, if any.
+    pub fn take_offer(&self) -> Option<u64> {
+        self.offer.borrow_mut().take().map(|(s, _)| s)
     }
 
     /// "METHOD url" of every upstream request since the last call.
@@ -415,6 +423,10 @@ impl Host for FakeHost {
             .insert(actual.clone(), data.to_vec());
         Ok(actual)
     }
+    fn reusable(&self, seconds: u64, vary: &[&str]) {
+        *self.offer.borrow_mut() = Some((seconds, vary.iter().map(|v| (*v).to_owned()).collect()));
+    }
+
     fn upstream(&self, request: &UpstreamRequest) -> Result<UpstreamResponse, HostError> {
         self.sent.borrow_mut().push(request.clone());
         if self.down.get() {

@@ -755,3 +755,34 @@ fn failures_render_in_registry_shape() {
     assert_eq!(r.status, 404);
     assert!(r.body.is_empty());
 }
+
+#[test]
+fn a_tag_in_its_window_is_offered_for_reuse_only_for_what_is_left_of_it() {
+    let (h, d) = setup(UpstreamAuth::Open);
+    let path = "/v2/library/redis/manifests/7";
+    // fetched from upstream: a plan that wrote metadata is not offered
+    handle(&h, &req("GET", path, remote(), 1000));
+    assert_eq!(h.take_offer(), None);
+    // 100 s into a 300 s window: at most 199 s more (`now` is whole seconds)
+    let p = handle(&h, &req("GET", path, remote(), 1100));
+    assert_eq!(served(&p).0, d);
+    assert_eq!(h.take_offer(), Some(199));
+    // in the window's last second: nothing to offer
+    handle(&h, &req("GET", path, remote(), 1299));
+    assert_eq!(h.take_offer(), None);
+    // revalidated upstream: not offered (the host would refuse it anyway)
+    handle(&h, &req("GET", path, remote(), 1300));
+    assert_eq!(h.take_offer(), None);
+    // by digest, once stored: offered for as long as the store holds it
+    let p = handle(
+        &h,
+        &req(
+            "GET",
+            &format!("/v2/library/redis/manifests/{d}"),
+            remote(),
+            1400,
+        ),
+    );
+    assert_eq!(served(&p).0, d);
+    assert_eq!(h.take_offer(), Some(crate::plan::HELD_SECONDS));
+}

@@ -128,6 +128,11 @@ impl c::Host for WitHost {
             .collect()
     }
 
+    fn reusable(&self, seconds: u64, vary: &[&str]) {
+        let vary: Vec<String> = vary.iter().map(|v| (*v).to_owned()).collect();
+        wit_host::reusable(seconds, &vary);
+    }
+
     fn upload_start(&self) -> Result<String, c::HostError> {
         wit_host::upload_start().map_err(host_error_in)
     }

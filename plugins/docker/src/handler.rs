@@ -19,7 +19,7 @@ use crate::upload::{self, Session};
 use serde_json::json;
 
 pub const FORMAT: &str = "docker";
-pub const CONTRACT: &str = "0.2.0";
+pub const CONTRACT: &str = "0.2.1";
 pub const ROOTS: &[&str] = &["/v2/"];
 
 pub fn handle(host: &impl Host, req: &Request) -> Plan {

@@ -53,11 +53,13 @@ pub fn manifest(
     if !store::blob_present(host, &digest)? {
         return Err(unknown());
     }
+    host.reusable(plan::HELD_SECONDS, &[]);
     Ok(plan::serve_manifest(&digest, &media_type))
 }
 
 pub fn blob(host: &impl Host, name: &Name, digest: &Digest) -> Result<Plan, RegistryError> {
     if meta::blob_linked(host, name, digest)? && store::blob_present(host, digest)? {
+        host.reusable(plan::HELD_SECONDS, &[]);
         Ok(plan::serve_blob(digest))
     } else {
         Err(blob_unknown(digest))

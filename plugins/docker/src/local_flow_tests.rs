@@ -1285,3 +1285,31 @@ fn virtual_without_default_local_says_so() {
     assert_eq!(status_code(&r), (405, "UNSUPPORTED".into()));
     assert!(String::from_utf8_lossy(&r.body).contains("default-local"));
 }
+
+#[test]
+fn pulls_of_what_the_repository_holds_are_offered_for_reuse_and_misses_are_not() {
+    let h = host();
+    let c = client(&h);
+    let missing = c.get("/v2/app/manifests/1");
+    assert_eq!(missing.status, 404);
+    assert_eq!(
+        h.take_offer(),
+        None,
+        "an answer that a push changes is not offered"
+    );
+    let d = push_image(&c, "app", "1", b"layer");
+    h.take_offer();
+    for target in [
+        "/v2/app/manifests/1".to_owned(),
+        format!("/v2/app/manifests/{d}"),
+    ] {
+        let r = c.get(&target);
+        assert_eq!(r.status, 200);
+        assert_eq!(h.take_offer(), Some(crate::plan::HELD_SECONDS), "{target}");
+    }
+    let layer = sha256(b"layer");
+    assert_eq!(c.get(&format!("/v2/app/blobs/{layer}")).status, 200);
+    assert_eq!(h.take_offer(), Some(crate::plan::HELD_SECONDS));
+    assert_eq!(c.get(&format!("/v2/other/blobs/{layer}")).status, 404);
+    assert_eq!(h.take_offer(), None);
+}

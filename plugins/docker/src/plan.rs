@@ -5,6 +5,12 @@ use crate::media_type;
 use crate::reference::Digest;
 
 pub const DIGEST_HEADER: &str = "Docker-Content-Digest";
+
+/// How long a plan served from what the repository holds may be reused by the host (the
+/// contract's `reusable`). The answer holds until the repository's metadata changes or blobs
+/// are removed, which the host watches itself; this only bounds it. No request header changes
+/// such a plan: manifests are served as stored whatever the client accepts.
+pub const HELD_SECONDS: u64 = 3600;
 pub const UPLOAD_UUID_HEADER: &str = "Docker-Upload-UUID";
 pub const SUBJECT_HEADER: &str = "OCI-Subject";
 pub const FILTERS_APPLIED_HEADER: &str = "OCI-Filters-Applied";

@@ -78,6 +78,7 @@ impl<'a, H: Host> Remote<'a, H> {
                 "manifest {}@{digest}: served from store",
                 self.name
             ));
+            self.host.reusable(plan::HELD_SECONDS, &[]);
             return Ok(plan::serve_manifest(digest, &media_type));
         }
         let media_type = self.fetch_manifest(digest.as_str(), Some(digest))?.1;
@@ -97,6 +98,13 @@ impl<'a, H: Host> Remote<'a, H> {
                 self.name,
                 self.req.now.saturating_sub(c.link.checked)
             ));
+            // `now` is whole seconds: the window may have up to one second less left than this says
+            let left = (c.link.checked.saturating_add(self.tag_check_seconds))
+                .saturating_sub(self.req.now.saturating_add(1));
+            if left > 0 {
+                let left = left.min(self.tag_check_seconds).min(plan::HELD_SECONDS);
+                self.host.reusable(left, &[]);
+            }
             return Ok(plan::serve_manifest(&c.digest, &c.link.media_type));
         }
         match self.resolve_tag(tag, cached.as_ref()) {
@@ -253,6 +261,7 @@ impl<'a, H: Host> Remote<'a, H> {
         if store::blob_present(self.host, digest)? {
             // blobs cached before links existed get one the first time they are served
             self.link_blob(digest);
+            self.host.reusable(plan::HELD_SECONDS, &[]);
             return Ok(plan::serve_blob(digest));
         }
         let url = self.up.url(&format!("blobs/{digest}"));

@@ -9,6 +9,7 @@ wit_bindgen::generate!({
     world: "plugin",
 });
 
+use binaryrepo::plugin::host;
 use binaryrepo::plugin::types as wit;
 use exports::binaryrepo::plugin::format::{Guest, PluginInfo};
 
@@ -78,6 +79,16 @@ impl Guest for Component {
         let resp = match crate::action(&request.path) {
             "count" => count(),
             "ok" => text(200, "ok"),
+            "reusable" => {
+                host::reusable(60, &["X-Variant".to_owned()]);
+                count()
+            }
+            "reusable-write" => {
+                // a plan decided after a write may depend on more than the host can watch
+                let _ = host::meta_put("written", b"1");
+                host::reusable(60, &["X-Variant".to_owned()]);
+                count()
+            }
             "trap" => panic!("misbehave: trap on purpose"),
             "loop" => {
                 let mut x: u64 = 0;

@@ -16,6 +16,8 @@
 //! | `grow`        | grows its memory to 16 MiB (under the limit), then 200 with the counter |
 //! | `render-trap` | plans `serve-blob` of an absent blob, then traps in `render-failure` |
 //! | `bad-status`  | responds with status `?status=N` (default 1000: a broken contract, not a trap) |
+//! | `reusable`    | as `count`, and offers the plan for reuse for 60 s, varying on `X-Variant` |
+//! | `reusable-write` | writes a metadata key, then as `reusable` (an offer the host must refuse) |
 //!
 //! Anything else is a 404 in the format's own error shape, `{"errors":[{"code":..}]}`.
 
@@ -23,7 +25,7 @@
 mod guest;
 
 pub const FORMAT: &str = "misbehave";
-pub const CONTRACT: &str = "0.2.0";
+pub const CONTRACT: &str = "0.2.1";
 pub const ROOTS: &[&str] = &["/misbehave/"];
 
 /// The last non-empty segment of a path: the action.

@@ -1,0 +1,271 @@
+//! Plans a plugin offered for reuse (`reusable` in the contract, 0.2.1): the same request gets
+//! the same plan again without a plugin call, the way an HTTP cache reuses a response its
+//! origin marked fresh, with `Vary`.
+//!
+//! A warm manifest GET by tag inside its check window is decided from two metadata reads; the
+//! plugin call that makes the decision is most of that request's cost (~60% of its instructions:
+//! lowering the request into the guest, the guest's allocations, three host calls). The plugin
+//! says how long its answer holds; the host adds what it alone can see: a plan is forgotten
+//! when the repository's metadata is written, when the repository is reconfigured (its
+//! `Repository` is replaced), or when blobs are removed, and it is only taken from a call that
+//! read nothing but this repository's metadata and the blob store.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::bindings::types::{Mount, Plan};
+use crate::repos::Repository;
+use crate::storage::meta::Generation;
+
+/// Plans kept at once: a working set of hot tags, not a second metadata store. Past it, the
+/// expired and stale ones go, and if that is not enough, all of them.
+const MAX_ENTRIES: usize = 4096;
+/// However long a plugin offers.
+const MAX_REUSE: Duration = Duration::from_secs(3600);
+
+/// What a plugin offered during a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    pub seconds: u64,
+    pub vary: Vec<HeaderName>,
+}
+
+/// Parses the contract's arguments; None when a header name is not one (the offer is void).
+pub fn offer(seconds: u64, vary: &[String]) -> Option<Offer> {
+    let vary = vary.iter().map(|v| HeaderName::from_bytes(v.as_bytes()).ok()).collect::<Option<Vec<_>>>()?;
+    (seconds > 0).then_some(Offer { seconds, vary })
+}
+
+/// Which request a plan answers, apart from the headers it varies on.
+pub struct Key(String);
+
+impl Key {
+    /// Only reads are ever reused; None for anything else.
+    pub fn of(method: &http::Method, path: &str, query: Option<&str>, repo: Option<&str>, base_url: &str, path_repo: Option<&str>, mount: Mount) -> Option<Key> {
+        let method = match *method {
+            http::Method::GET => "G",
+            http::Method::HEAD => "H",
+            _ => return None,
+        };
+        let mount = match mount {
+            Mount::Port => "p",
+            Mount::Host => "h",
+            Mount::Prefix => "x",
+            Mount::Path => "a",
+            Mount::Root => "r",
+        };
+        // NUL cannot occur in a path, a header value or a repository name: the parts cannot run
+        // into each other. `concat`, not `format!`: this runs for every read.
+        let query = query.map_or("\u{1}", |q| q);
+        let key = [method, mount, "\0", repo.unwrap_or(""), "\0", path_repo.unwrap_or(""), "\0", base_url, "\0", path, "\0", query].concat();
+        Some(Key(key))
+    }
+}
+
+/// What a plan was decided from, noted before the plugin call: if any of it moves during the
+/// call, the plan is stale from birth and never served.
+pub struct Snapshot {
+    repo: Option<Arc<Repository>>,
+    generation: Generation,
+    seen: u64,
+    removals: u64,
+}
+
+impl Snapshot {
+    pub fn take(repo: Option<Arc<Repository>>, generation: Generation, removals: u64) -> Snapshot {
+        let seen = generation.load(Ordering::Acquire);
+        Snapshot { repo, generation, seen, removals }
+    }
+
+    fn current(&self, repo: Option<&Arc<Repository>>, removals: u64) -> bool {
+        let same_repo = match (&self.repo, repo) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        same_repo && removals == self.removals && self.generation.load(Ordering::Acquire) == self.seen
+    }
+}
+
+struct Entry {
+    plan: Plan,
+    decided: Snapshot,
+    expires: Instant,
+    /// the headers the plan varies on, with the values the deciding request had
+    vary: Vec<(HeaderName, Vec<HeaderValue>)>,
+}
+
+impl Entry {
+    fn fits(&self, headers: &HeaderMap) -> bool {
+        self.vary.iter().all(|(name, values)| headers.get_all(name).iter().eq(values.iter()))
+    }
+
+    fn valid(&self, now: Instant, repo: Option<&Arc<Repository>>, removals: u64) -> bool {
+        now < self.expires && self.decided.current(repo, removals)
+    }
+}
+
+#[derive(Default)]
+pub struct PlanCache {
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+impl PlanCache {
+    /// A plan that answers this request, if one is kept and still holds.
+    pub fn lookup(&self, key: &Key, repo: Option<&Arc<Repository>>, headers: &HeaderMap, removals: u64) -> Option<Plan> {
+        let now = Instant::now();
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = entries.get(&key.0)?;
+        if !entry.valid(now, repo, removals) {
+            entries.remove(&key.0);
+            return None;
+        }
+        entry.fits(headers).then(|| entry.plan.clone())
+    }
+
+    /// Keeps `plan` for the request it answered, when the plugin offered it and the plan can be
+    /// reused (a response or a stored blob; never a fetch or anything that reads a body).
+    pub fn insert(&self, key: Key, decided: Snapshot, offer: Offer, plan: &Plan, headers: &HeaderMap) {
+        if !matches!(plan, Plan::Respond(_) | Plan::ServeBlob(_)) {
+            return;
+        }
+        let now = Instant::now();
+        let vary = offer.vary.into_iter().map(|name| {
+            let values = headers.get_all(&name).iter().cloned().collect();
+            (name, values)
+        });
+        let entry = Entry { plan: plan.clone(), decided, expires: now + Duration::from_secs(offer.seconds).min(MAX_REUSE), vary: vary.collect() };
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= MAX_ENTRIES && !entries.contains_key(&key.0) {
+            entries.retain(|_, e| now < e.expires && e.decided.generation.load(Ordering::Acquire) == e.decided.seen);
+            if entries.len() >= MAX_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(key.0, entry);
+    }
+
+    /// After a reused plan failed (its blob went missing, say): the plugin decides afresh.
+    pub fn forget(&self, key: &Key) {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(&key.0);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::bindings::types::Response;
+
+    fn local() -> Repository {
+        let input = crate::repos::RepositoryInput { name: Some("r".into()), repo_type: Some("local".into()), format: Some("docker".into()), ..Default::default() };
+        input.validate(None, &["docker".to_string()]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn key(path: &str) -> Key {
+        Key::of(&http::Method::GET, path, None, Some("r"), "http://h", None, Mount::Path).unwrap_or_else(|| unreachable!())
+    }
+
+    fn plan(body: &str) -> Plan {
+        Plan::Respond(Response { status: 200, headers: vec![], body: body.as_bytes().to_vec() })
+    }
+
+    fn body(p: Option<Plan>) -> Option<String> {
+        match p {
+            Some(Plan::Respond(r)) => Some(String::from_utf8_lossy(&r.body).into_owned()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn reused_until_metadata_changes() {
+        let cache = PlanCache::default();
+        let generation = Generation::default();
+        let repo = Arc::new(local());
+        let h = HeaderMap::new();
+        let snap = Snapshot::take(Some(repo.clone()), generation.clone(), 0);
+        cache.insert(key("/a"), snap, Offer { seconds: 60, vary: vec![] }, &plan("one"), &h);
+        assert_eq!(body(cache.lookup(&key("/a"), Some(&repo), &h, 0)).as_deref(), Some("one"));
+        assert!(cache.lookup(&key("/b"), Some(&repo), &h, 0).is_none());
+        // a HEAD is another request
+        let head = Key::of(&http::Method::HEAD, "/a", None, Some("r"), "http://h", None, Mount::Path).unwrap_or_else(|| unreachable!());
+        assert!(cache.lookup(&head, Some(&repo), &h, 0).is_none());
+        // blobs removed
+        assert!(cache.lookup(&key("/a"), Some(&repo), &h, 1).is_none());
+        let snap = Snapshot::take(Some(repo.clone()), generation.clone(), 0);
+        cache.insert(key("/a"), snap, Offer { seconds: 60, vary: vec![] }, &plan("one"), &h);
+        generation.fetch_add(1, Ordering::Release);
+        assert!(cache.lookup(&key("/a"), Some(&repo), &h, 0).is_none());
+        assert_eq!(cache.len(), 0, "a stale plan is dropped when found");
+    }
+
+    #[test]
+    fn a_write_during_the_call_makes_the_plan_stale_from_birth() {
+        let cache = PlanCache::default();
+        let generation = Generation::default();
+        let repo = Arc::new(local());
+        let h = HeaderMap::new();
+        let snap = Snapshot::take(Some(repo.clone()), generation.clone(), 0);
+        generation.fetch_add(1, Ordering::Release);
+        cache.insert(key("/a"), snap, Offer { seconds: 60, vary: vec![] }, &plan("old"), &h);
+        assert!(cache.lookup(&key("/a"), Some(&repo), &h, 0).is_none());
+    }
+
+    #[test]
+    fn a_reconfigured_repository_is_another_repository() {
+        let cache = PlanCache::default();
+        let repo = Arc::new(local());
+        let h = HeaderMap::new();
+        let snap = Snapshot::take(Some(repo.clone()), Generation::default(), 0);
+        cache.insert(key("/a"), snap, Offer { seconds: 60, vary: vec![] }, &plan("one"), &h);
+        let changed = Arc::new(local());
+        assert!(cache.lookup(&key("/a"), Some(&changed), &h, 0).is_none());
+    }
+
+    #[test]
+    fn vary_headers_must_match_and_only_some_plans_are_kept() {
+        let cache = PlanCache::default();
+        let repo = Arc::new(local());
+        let mut h = HeaderMap::new();
+        h.append("accept", HeaderValue::from_static("a/b"));
+        h.append("accept", HeaderValue::from_static("c/d"));
+        let offer = offer(60, &["Accept".to_owned()]).unwrap_or_else(|| unreachable!());
+        let snap = || Snapshot::take(Some(repo.clone()), Generation::default(), 0);
+        cache.insert(key("/a"), snap(), offer.clone(), &plan("one"), &h);
+        assert!(cache.lookup(&key("/a"), Some(&repo), &h, 0).is_some());
+        let mut other = HeaderMap::new();
+        other.append("accept", HeaderValue::from_static("a/b"));
+        assert!(cache.lookup(&key("/a"), Some(&repo), &other, 0).is_none());
+        assert!(cache.lookup(&key("/a"), Some(&repo), &HeaderMap::new(), 0).is_none());
+
+        cache.insert(key("/f"), snap(), offer.clone(), &Plan::ReadBody(10), &h);
+        assert!(cache.lookup(&key("/f"), Some(&repo), &h, 0).is_none());
+        assert!(super::offer(60, &["bad name".to_owned()]).is_none());
+        assert!(super::offer(0, &[]).is_none());
+        assert!(Key::of(&http::Method::PUT, "/a", None, None, "", None, Mount::Root).is_none());
+    }
+
+    #[test]
+    fn expires_and_stays_bounded() {
+        let cache = PlanCache::default();
+        let repo = Arc::new(local());
+        let h = HeaderMap::new();
+        let snap = || Snapshot::take(Some(repo.clone()), Generation::default(), 0);
+        for i in 0..MAX_ENTRIES + 10 {
+            cache.insert(key(&format!("/{i}")), snap(), Offer { seconds: 60, vary: vec![] }, &plan("x"), &h);
+        }
+        assert!(cache.len() <= MAX_ENTRIES);
+        let mut e = Entry { plan: plan("x"), decided: snap(), expires: Instant::now(), vary: vec![] };
+        assert!(!e.valid(Instant::now(), Some(&repo), 0));
+        e.expires = Instant::now() + Duration::from_secs(5);
+        assert!(e.valid(Instant::now(), Some(&repo), 0));
+    }
+}
