@@ -3,7 +3,6 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -28,15 +27,18 @@ pub fn empty() -> Body {
 
 /// Reads one chunk into `buf` and splits it off. Once hyper has written and dropped the previous
 /// chunk, `reserve` takes its memory back, so a stream cycles through one or two resident buffers
-/// instead of mapping, faulting in and unmapping a fresh 512 KiB for every chunk.
+/// instead of mapping, faulting in and unmapping a fresh 512 KiB for every chunk. The read goes
+/// into the buffer's spare capacity: zeroing it first cost ~3% of a blob GET's CPU.
 async fn read_at(file: Arc<File>, pos: u64, want: u64, mut buf: BytesMut) -> io::Result<(Bytes, BytesMut)> {
     tokio::task::spawn_blocking(move || {
         let want = want as usize;
         buf.clear();
         buf.reserve(want);
-        buf.resize(want, 0);
-        let n = file.read_at(&mut buf[..want], pos)?;
-        buf.truncate(n);
+        let spare = &mut buf.spare_capacity_mut()[..want];
+        let n = rustix::io::pread(&*file, spare, pos)?.0.len();
+        // SAFETY: pread initialised the first `n` bytes of the spare capacity (rustix hands back
+        // exactly the initialised part), and `n <= want <= capacity`.
+        unsafe { buf.set_len(n) };
         Ok((buf.split().freeze(), buf))
     })
     .await
