@@ -11,6 +11,7 @@ import time
 
 from harness.images import ACCEPT_HEADER
 from harness.util import request, sha256_bytes
+from test_02_pull import _retag_upstream
 from test_12_push import push_layout
 from test_17_plugin_isolation import start  # noqa: F401  (a fixture)
 
@@ -59,12 +60,6 @@ def test_a_push_or_delete_is_seen_at_once_by_a_reused_tag(local_br, images):
         f"the manifest was deleted: its tag must be unknown at once\n{r!r}"
     r = request("GET", br.v2(LOCAL, f"e2e/app/manifests/{small2.digest}"))
     assert r.status == 404, r
-
-
-def _retag_upstream(upstream, image, tag):
-    r = request("PUT", f"{upstream.url}/v2/{image.repo}/manifests/{tag}", body=image.manifest,
-                headers={"Content-Type": image.media_type})
-    assert r.status == 201, r
 
 
 def test_a_reused_tag_never_outlives_its_check_window(upstream, br, images):
