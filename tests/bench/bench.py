@@ -331,13 +331,13 @@ class Bench:
                           "true` the last byte waits for the digest, and a cold GET cannot be faster than that.")
         runs = self.args.runs
         direct = res["direct"].mean
+        per_get = {p: {k: v / runs for k, v in cpu[p].items()} for p in names}
         parts = []
-        for p in names:
-            c = {k: v / runs for k, v in cpu[p].items()}
+        for p, c in per_get.items():
             floor = sum(c.values()) / max(1, os.cpu_count() or 1)
             parts.append(f"{p}: upstream {c['upstream'] * 1000:,.0f} + server {c['server'] * 1000:,.0f} + curl "
                          f"{c['curl'] * 1000:,.0f} ms, so ≥ {floor * 1000:,.0f} ms = {ratio(floor, direct):.2f}× direct")
-        row.raw["cpu_s_per_get"] = {p: {k: v / runs for k, v in cpu[p].items()} for p in names}
+        row.raw["cpu_s_per_get"] = per_get
         self.notes.append(f"2: CPU time (user + system) per cold GET while it ran, and the least wall time that leaves on "
                           f"{os.cpu_count()} cores however well it overlaps: " + "; ".join(parts) + ".")
         per = ", ".join(f"{p} {statistics.fmean(upbytes[p]) / size:.2f}×" for p in ("binaryrepo", "proxy", "nginx"))

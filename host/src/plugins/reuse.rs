@@ -81,13 +81,18 @@ impl Snapshot {
         Snapshot { repo, generation, seen, removals }
     }
 
+    /// No write to the repository's metadata since the snapshot.
+    fn metadata_unchanged(&self) -> bool {
+        self.generation.load(Ordering::Acquire) == self.seen
+    }
+
     fn current(&self, repo: Option<&Arc<Repository>>, removals: u64) -> bool {
         let same_repo = match (&self.repo, repo) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             (None, None) => true,
             _ => false,
         };
-        same_repo && removals == self.removals && self.generation.load(Ordering::Acquire) == self.seen
+        same_repo && removals == self.removals && self.metadata_unchanged()
     }
 }
 
@@ -141,7 +146,7 @@ impl PlanCache {
         let entry = Entry { plan: plan.clone(), decided, expires: now + Duration::from_secs(offer.seconds).min(MAX_REUSE), vary: vary.collect() };
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= MAX_ENTRIES && !entries.contains_key(&key.0) {
-            entries.retain(|_, e| now < e.expires && e.decided.generation.load(Ordering::Acquire) == e.decided.seen);
+            entries.retain(|_, e| now < e.expires && e.decided.metadata_unchanged());
             if entries.len() >= MAX_ENTRIES {
                 entries.clear();
             }
