@@ -66,6 +66,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 }
 
 fn main() -> ExitCode {
+    binaryrepo::tune_allocator();
     // Lines (tracing's and the access log's) go to stderr in batches written by a background
     // thread: see `logging`. The guard writes what is still batched at exit.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

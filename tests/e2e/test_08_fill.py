@@ -87,7 +87,6 @@ def test_sigkill_mid_fill_leaves_no_partial_blob(make_binaryrepo, images, tmp_pa
 
         br.start()  # same data dir
         assert layer not in check_store(br.data_dir)
-        # upstream still down: whatever binaryrepo answers, it is not a 100 MiB body that fails its digest
         # upstream still down: the blob cannot be complete, so binaryrepo must not answer 200
         got = stream_get(url)
         assert got.status != 200, f"a blob that was never completely fetched is served: {got}"

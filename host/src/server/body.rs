@@ -144,7 +144,7 @@ mod tests {
     const MIB: usize = 1024 * 1024;
 
     /// A 10 MiB fill whose every byte has arrived: the staging file holds only the first 6 MiB
-    /// (so a read of the tail from the file would fail), memory the last 4 MiB.
+    /// (so a read of the tail from the file would fail), memory the last `RECENT_BYTES` (at least 4 MiB).
     fn fill(dir: &std::path::Path) -> (Arc<Fill>, Vec<u8>) {
         let blob: Vec<u8> = (0..10 * MIB).map(|i| (i % 251) as u8).collect();
         let path = dir.join("staged");
