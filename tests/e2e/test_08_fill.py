@@ -103,6 +103,40 @@ def test_sigkill_mid_fill_leaves_no_partial_blob(make_binaryrepo, images, tmp_pa
         fake.stop()
 
 
+def test_upstream_that_hangs_up_mid_blob_leaves_nothing_stored(make_binaryrepo, images):
+    """The staging file is reserved at the announced length before the first byte: a body cut
+    short must still fail the fill (no zero-filled tail is served or stored), and the next GET
+    fetches again."""
+    big = images["big"]
+    layer, size = big.largest_layer()
+    fake = FakeRegistry()
+    fake.add_layout(big.layout, big.repo)
+    fake.cut[layer] = 30 << 20
+    fake.start()
+    try:
+        br = make_binaryrepo()
+        br.create_remote("docker-remote", fake.url)
+        url = br.v2("docker-remote", f"{big.repo}/blobs/{layer}")
+        log0 = br.log_mark()
+        got = stream_get(url)
+        assert not (got.status == 200 and got.complete), f"a body cut short was delivered as complete: {got}"
+        assert got.nbytes <= 30 << 20, f"more bytes than the upstream sent: {got.nbytes}"
+        assert br.wait_fill(layer, since=log0) == "failed"
+        assert layer not in check_store(br.data_dir), "a short blob was stored"
+        wait_until(lambda: not any((br.data_dir / "staging").iterdir()), timeout=10, interval=0.05,
+                   what="the staging file of the failed fill to go")
+
+        del fake.cut[layer]
+        log0 = br.log_mark()
+        got = stream_get(url)
+        assert got.status == 200 and got.complete and got.digest == layer and got.nbytes == size, got
+        assert br.wait_fill(layer, since=log0) == "committed"
+        assert fake.count("GET", f"/blobs/{layer}") == 2
+        assert layer in check_store(br.data_dir)
+    finally:
+        fake.stop()
+
+
 @pytest.mark.parametrize("hold", [False, True], ids=["streamed", "held"])
 def test_wrong_bytes_from_upstream_are_not_stored(make_binaryrepo, images, hold):
     """Streamed (the default): the client may get every byte, but they do not hash to the digest it

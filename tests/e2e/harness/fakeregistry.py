@@ -3,12 +3,14 @@
 Serves the images of OCI layouts (manifests by tag and digest, blobs by digest), and can:
   - corrupt: serve wrong bytes (same length, first byte flipped) for some digests
   - pause:   stop sending a blob after N bytes until `release()` (to kill binaryrepo mid-fill)
+  - cut:     close the connection after N bytes of a blob (a body shorter than its Content-Length)
 Every request is recorded in `requests` as (method, path, status).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,6 +25,7 @@ class FakeRegistry:
         self.blobs: dict[str, Path] = {}                     # digest -> file
         self.corrupt: set[str] = set()
         self.pause: dict[str, int] = {}                      # digest -> bytes to send before pausing
+        self.cut: dict[str, int] = {}                        # digest -> bytes to send before hanging up
         self.paused = threading.Event()                      # set when a paused transfer is waiting
         self._release = threading.Event()
         self.requests: list[tuple[str, str, int]] = []
@@ -112,6 +115,7 @@ class FakeRegistry:
             if head:
                 return
             pause_at = self.pause.get(dg)
+            cut_at = self.cut.get(dg)
             sent = 0
             try:
                 with open(f, "rb") as fh:
@@ -120,6 +124,13 @@ class FakeRegistry:
                         want = 1 << 20
                         if pause_at is not None and sent < pause_at:
                             want = min(want, pause_at - sent)
+                        if cut_at is not None:
+                            if sent >= cut_at:
+                                h.wfile.flush()
+                                h.close_connection = True
+                                h.connection.shutdown(socket.SHUT_RDWR)
+                                break
+                            want = min(want, cut_at - sent)
                         b = fh.read(want)
                         if not b:
                             break
