@@ -1,5 +1,7 @@
 """Cache fills are robust: a client going away does not abort a fill, a killed server leaves no partial blob
 behind, and bytes that do not match their digest are never stored, nor (with upstream_hold_last_byte) completed."""
+import json
+import subprocess
 import threading
 import time
 
@@ -135,6 +137,38 @@ def test_upstream_that_hangs_up_mid_blob_leaves_nothing_stored(make_binaryrepo, 
         assert layer in check_store(br.data_dir)
     finally:
         fake.stop()
+
+
+def test_a_blob_larger_than_the_free_disk_fails_at_once_with_an_oci_error(make_binaryrepo, upstream, images, tmp_path):
+    """The staging file is reserved at the blob's announced length: a disk without room for it
+    answers the client straight away, in the OCI shape and saying why, instead of after the download."""
+    big = images["big"]
+    layer, size = big.largest_layer()  # 100 MiB
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        br = make_binaryrepo(name="full/br")
+        br.create_remote("docker-remote", upstream.url)
+        m0 = upstream.mark()
+        log0 = br.log_mark()
+        got = stream_get(br.v2("docker-remote", f"{big.repo}/blobs/{layer}"))
+        assert got.status == 500 and got.nbytes < 1024, got
+        error = json.loads(got.body_head)["errors"][0]
+        assert "no room" in error["message"] and str(size) in error["message"], error
+        assert br.wait_fill(layer, since=log0) == "failed"
+        assert layer not in check_store(br.data_dir)
+        # asked once, and its body was not read to the end
+        sent = upstream.stats(m0).blob_gets(status=None).get(layer, [])
+        assert len(sent) == 1 and sent[0] < size, upstream.stats(m0).listing()
+        # a blob that fits still comes through
+        small = images["small"]
+        slayer, ssize = small.largest_layer()
+        got = stream_get(br.v2("docker-remote", f"{small.repo}/blobs/{slayer}"))
+        assert got.status == 200 and got.complete and got.digest == slayer, got
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 @pytest.mark.parametrize("hold", [False, True], ids=["streamed", "held"])
