@@ -1,5 +1,7 @@
 //! The plugin runtime: loads every component in the plugin directory once, and runs each
-//! request in a fresh store from a pre-instantiated component, bounded in memory and CPU.
+//! request in an instance bounded in memory and CPU: an idle one that finished its last call
+//! cleanly (`warm`, `plugin_instance_reuse`), else a fresh store from the pre-instantiated
+//! component. A plan the plugin offers for reuse answers later requests without a call (`reuse`).
 
 pub mod bindings;
 pub mod caps;
