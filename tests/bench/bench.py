@@ -688,21 +688,23 @@ HOW = """How each figure is taken (tests/bench/README.md has more):
 """
 
 
+def proc_cpu(stat_path) -> tuple[int | None, float]:
+    """(ppid, user + system CPU seconds) from a /proc/PID/stat or /proc/PID/task/TID/stat file;
+    (None, 0.0) when the process or thread has gone"""
+    try:
+        with open(stat_path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None, 0.0
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """user + system CPU seconds of a process (all its threads) and of its direct children (nginx workers)"""
-    tck = os.sysconf("SC_CLK_TCK")
-
-    def stat(p):
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            return int(fields[1]), (int(fields[11]) + int(fields[12])) / tck  # ppid, utime + stime
-        except (OSError, IndexError, ValueError):
-            return None, 0.0
-    total = stat(pid)[1]
+    total = proc_cpu(f"/proc/{pid}/stat")[1]
     for d in os.listdir("/proc"):
         if d.isdigit() and int(d) != pid:
-            ppid, t = stat(d)
+            ppid, t = proc_cpu(f"/proc/{d}/stat")
             if ppid == pid:
                 total += t
     return total

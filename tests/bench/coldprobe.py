@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import resource
 import shutil
 import signal
@@ -23,9 +22,7 @@ import time
 from pathlib import Path
 
 import peers
-from bench import curl_get, tree_cpu_seconds
-
-TICKS = os.sysconf("SC_CLK_TCK")
+from bench import curl_get, proc_cpu, tree_cpu_seconds
 
 
 def thread_cpu(pid: int) -> collections.Counter:
@@ -33,12 +30,10 @@ def thread_cpu(pid: int) -> collections.Counter:
     out = collections.Counter()
     for t in Path(f"/proc/{pid}/task").iterdir():
         try:
-            stat = (t / "stat").read_text()
+            name = (t / "comm").read_text().strip()
         except OSError:
             continue
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
-        out[f"{name}/{t.name}"] += (int(fields[11]) + int(fields[12])) / TICKS
+        out[f"{name}/{t.name}"] += proc_cpu(t / "stat")[1]
     return out
 
 
