@@ -166,7 +166,7 @@ def test_a_blob_larger_than_the_free_disk_fails_at_once_with_an_oci_error(make_b
         small = images["small"]
         slayer, ssize = small.largest_layer()
         got = stream_get(br.v2("docker-remote", f"{small.repo}/blobs/{slayer}"))
-        assert got.status == 200 and got.complete and got.digest == slayer, got
+        assert got.status == 200 and got.complete and got.digest == slayer and got.nbytes == ssize, got
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
