@@ -354,6 +354,8 @@ class Bench:
         totals = {p: [] for p in names}
         failures = {p: 0 for p in names}
         client_cpu = {p: [] for p in names}  # CPU seconds of the skopeo processes (user + sys)
+        # CPU seconds per round: the server, the upstream, the whole machine
+        round_cpu = {p: {"server": [], "upstream": [], "machine": []} for p in names}
         pulldir = self.work / "pulls"
         for r in range(self.args.concurrent_runs):
             for p in rotate(names, r):
@@ -371,12 +373,17 @@ class Bench:
                                         capture_output=True, text=True, timeout=1800)
                     return pr.returncode, time.monotonic() - t, pr.stderr[-500:]
 
+                spid = peer.pid()
+                c0 = (tree_cpu_seconds(spid), tree_cpu_seconds(self.upstream.proc.pid), machine_busy_seconds())
                 ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 t0 = time.monotonic()
                 with ThreadPoolExecutor(n) as ex:
                     outs = list(ex.map(one, range(n)))
                 wall = time.monotonic() - t0
                 ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                c1 = (tree_cpu_seconds(spid), tree_cpu_seconds(self.upstream.proc.pid), machine_busy_seconds())
+                for k, a, b in zip(("server", "upstream", "machine"), c0, c1):
+                    round_cpu[p][k].append(b - a)
                 client_cpu[p].append((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime))
                 bad = [(i, o) for i, o in enumerate(outs) if o[0] != 0 or not self._pull_complete(pulldir / str(i))]
                 failures[p] += len(bad)
@@ -423,6 +430,16 @@ class Bench:
             f"per round against nginx, {statistics.fmean(client_cpu['binaryrepo']):.1f} s against binaryrepo: on "
             f"{cores} cores no server can finish the round in less than ≈{floor:.1f} s "
             f"({floor / walls['nginx'].mean:.2f}× nginx's wall time), whatever it does.")
+        wall_row.raw["round_cpu_seconds"] = round_cpu
+        parts = []
+        for p in names:
+            m = {k: statistics.fmean(v) for k, v in round_cpu[p].items()}
+            avail = walls[p].mean * cores
+            other = m["machine"] - m["server"] - m["upstream"] - statistics.fmean(client_cpu[p])
+            parts.append(f"{p}: busy {m['machine']:.1f} of {avail:.1f} s (clients {statistics.fmean(client_cpu[p]):.1f}, "
+                         f"server {m['server']:.1f}, upstream {m['upstream']:.1f}, the rest {other:.1f}: kernel "
+                         "threads such as writeback of the pulled files)")
+        self.notes.append("3: CPU seconds per round, the whole machine and who used it: " + "; ".join(parts) + ".")
         if wall_row.raw.get("binaryrepo_vmhwm_kib"):
             self.notes.append(f"3: binaryrepo peak RSS (VmHWM) during the {n} concurrent cold pulls: "
                               f"{max(wall_row.raw['binaryrepo_vmhwm_kib']) / 1024:.1f} MiB.")
@@ -697,6 +714,13 @@ def proc_cpu(stat_path) -> tuple[int | None, float]:
         return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None, 0.0
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores of the machine have spent busy since boot (/proc/stat: all but idle and iowait)"""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def tree_cpu_seconds(pid: int) -> float:

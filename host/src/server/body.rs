@@ -1,5 +1,6 @@
-//! Response bodies: small ones whole, blobs as streams read from a file chunk by chunk, so
-//! memory stays flat however large the blob.
+//! Response bodies: small ones whole, blobs as streams of slices of the mapped file (sent
+//! with `sendfile` by the connection, server/zero_copy.rs) or, where a file cannot be mapped,
+//! read chunk by chunk, so memory stays flat however large the blob.
 
 use std::fs::File;
 use std::io;
@@ -10,12 +11,16 @@ use futures_util::stream;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
 
+use crate::storage::mapped;
 use crate::upstream::fill::Fill;
 
 pub type Body = BoxBody<Bytes, io::Error>;
 
 /// Bytes read per step when streaming a blob.
 const CHUNK: u64 = 512 * 1024;
+/// Bytes of a mapped blob per body frame: no memory is behind it (the connection sends it
+/// from the page cache), so it is large; it still bounds what one poll of the body hands out.
+const MAPPED_CHUNK: u64 = 4 * 1024 * 1024;
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).map_err(|never| match never {}).boxed()
@@ -48,6 +53,12 @@ async fn read_at(file: Arc<File>, pos: u64, want: u64, mut buf: BytesMut) -> io:
 /// `len` bytes of a stored blob from `start`.
 pub fn file_range(file: Arc<File>, start: u64, len: u64) -> Body {
     let end = start + len;
+    if len >= mapped::MAP_MIN {
+        match mapped::map(file.clone(), end) {
+            Ok(map) => return mapped_range(map, start, end),
+            Err(e) => tracing::debug!(error = %e, "blob not mapped; reading it"),
+        }
+    }
     let s = stream::unfold((file, start, BytesMut::new()), move |(file, pos, buf)| async move {
         if pos >= end {
             return None;
@@ -64,8 +75,17 @@ pub fn file_range(file: Arc<File>, start: u64, len: u64) -> Body {
     StreamBody::new(s).boxed()
 }
 
+/// Bytes `start..end` of a mapped file, as slices of the map.
+fn mapped_range(map: Bytes, start: u64, end: u64) -> Body {
+    let frames = (start..end).step_by(MAPPED_CHUNK as usize).map(move |at| {
+        let to = (at + MAPPED_CHUNK).min(end);
+        Ok(Frame::data(map.slice(at as usize..to as usize)))
+    });
+    StreamBody::new(stream::iter(frames)).boxed()
+}
+
 /// Streams bytes `start..end` (`end` None: to the end) of a fill in progress as it grows, from
-/// the fill's recent chunks while it keeps up, else from the staging file. Where
+/// the staging file's map, else the fill's recent chunks while it keeps up, else the staging file. Where
 /// the fill holds the last byte back until the blob is verified, so does this stream. A fill that
 /// fails ends the stream with an error, which aborts the response, so a client never takes a
 /// partial blob, or a wrong one found out before its end, for a whole one.
@@ -100,7 +120,14 @@ pub fn follow(fill: Arc<Fill>, start: u64, end: Option<u64>) -> Body {
                 return None;
             }
             let limit = available.min(st.stop);
-            if let Some(kept) = st.fill.recent.get(st.pos, limit) {
+            if let Some(map) = st.fill.mapped.get().filter(|m| limit <= m.len() as u64) {
+                if st.pos < limit {
+                    let to = limit.min(st.pos + MAPPED_CHUNK);
+                    let b = map.slice(st.pos as usize..to as usize);
+                    st.pos = to;
+                    return Some((Ok(Frame::data(b)), st));
+                }
+            } else if let Some(kept) = st.fill.recent.get(st.pos, limit) {
                 st.pos += kept.len() as u64;
                 return Some((Ok(Frame::data(kept)), st));
             }
@@ -160,6 +187,7 @@ mod tests {
             digest: format!("sha256:{}", "0".repeat(64)).parse().unwrap(),
             reader: Arc::new(std::fs::File::open(&path).unwrap()),
             recent: Arc::new(recent),
+            mapped: std::sync::OnceLock::new(),
             progress: rx,
             hold_last_byte: false,
         };

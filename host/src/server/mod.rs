@@ -4,6 +4,7 @@
 pub mod body;
 pub mod resolve;
 pub mod respond;
+pub mod zero_copy;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -250,7 +251,7 @@ async fn accept_loop_inner(app: Arc<App>, listener: TcpListener, main_listener: 
         tokio::spawn(async move {
             let _open = open;
             let builder = connection_builder();
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(zero_copy::ZeroCopyStream::new(stream)), service);
             tokio::pin!(conn);
             let result = tokio::select! {
                 r = conn.as_mut() => r,

@@ -3,6 +3,7 @@
 
 pub mod blobs;
 pub mod layout;
+pub mod mapped;
 pub mod meta;
 pub mod small_cache;
 pub mod uploads;

@@ -7,10 +7,13 @@
 //! the write path), verified, and only then committed by rename: a fill that fails or does not
 //! match leaves nothing behind.
 //!
-//! The last few MiB written are also kept in memory (`Recent`): readers that keep up with the
-//! upstream, which is every client of a cold pull, take their bytes from there without reading
-//! the staging file back (a copy, a zeroed buffer and a blocking-pool hop per chunk); a reader
-//! that falls behind reads the file. Memory stays bounded however large the blob.
+//! A staging file reserved at the announced length (1 MiB or more) is mapped (storage/mapped.rs):
+//! readers hand out slices of the map up to what is written, and the connection sends them from
+//! the page cache with `sendfile`, so a cold blob is copied once (into the staging file) on its
+//! way through, not three times. Where there is no map (no Content-Length, a filesystem without
+//! `fallocate`, a small blob), the last few MiB written are kept in memory (`Recent`) for readers
+//! that keep up, and a reader that falls behind reads the file. Memory stays bounded however
+//! large the blob.
 //!
 //! What clients get before verification is a policy (`upstream_hold_last_byte`):
 //! - streamed (the default): clients get every byte as it is written, as from nginx or the
@@ -36,7 +39,7 @@ use tokio::sync::{mpsc, watch};
 use super::{Upstream, UpstreamError, UpstreamRequest};
 use crate::digest::{Digest, Hasher};
 use crate::repos::Repository;
-use crate::storage::BlobStore;
+use crate::storage::{BlobStore, mapped};
 
 /// Progress is published to readers at least this often (bytes), and at the end.
 const PUBLISH_EVERY: u64 = 256 * 1024;
@@ -85,6 +88,9 @@ pub struct Fill {
     pub reader: Arc<File>,
     /// The bytes last written, for readers that keep up.
     pub recent: Arc<Recent>,
+    /// The whole staging file mapped, once it is reserved at the announced length: readers
+    /// hand out slices of it, which a connection sends from the page cache (server/zero_copy.rs).
+    pub mapped: std::sync::OnceLock<Bytes>,
     pub progress: watch::Receiver<Progress>,
     /// Readers wait for verification before the last byte (`upstream_hold_last_byte`).
     pub hold_last_byte: bool,
@@ -180,18 +186,25 @@ impl Fills {
         let reader = File::open(&path).map_err(|e| FillError::Storage(format!("{}: {e}", path.display())))?;
         let (tx, rx) = watch::channel(Progress::default());
         let hold_last_byte = self.upstream.config().hold_last_byte;
-        let recent = Arc::new(Recent::default());
-        let fill = Arc::new(Fill { digest: digest.clone(), reader: Arc::new(reader), recent: recent.clone(), progress: rx, hold_last_byte });
+        let fill = Arc::new(Fill {
+            digest: digest.clone(),
+            reader: Arc::new(reader),
+            recent: Arc::new(Recent::default()),
+            mapped: std::sync::OnceLock::new(),
+            progress: rx,
+            hold_last_byte,
+        });
         inflight.insert(digest.clone(), fill.clone());
         drop(inflight);
 
         let fills = self.clone();
+        let this_fill = fill.clone();
         let span = tracing::info_span!("fill", digest = %digest, repo = %repo.name);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let started = std::time::Instant::now();
                 let tx = Arc::new(tx);
-                let outcome = fills.run(&repo, &digest, &request, writer, path.clone(), recent, tx.clone()).await;
+                let outcome = fills.run(&repo, &this_fill, &request, writer, path.clone(), tx.clone()).await;
                 // Verified bytes may be completed to clients now; the durable commit (fsync and
                 // rename) follows, and the fill leaves the map only after it, so a newcomer
                 // either joins this fill or finds the blob stored.
@@ -230,20 +243,31 @@ impl Fills {
     async fn run(
         &self,
         repo: &Repository,
-        digest: &Digest,
+        fill: &Fill,
         request: &UpstreamRequest,
         writer: File,
         path: PathBuf,
-        recent: Arc<Recent>,
         tx: Arc<watch::Sender<Progress>>,
     ) -> Result<u64, FillError> {
+        let recent = fill.recent.clone();
         let mut resp = self.upstream.send(repo, request).await?;
         if !resp.status().is_success() {
             return Err(FillError::Status(resp.status().as_u16()));
         }
+        let digest = &fill.digest;
         let total = resp.content_length();
         if let Some(len) = total {
             preallocate(&writer, len)?;
+            // Where the reservation did not take (no fallocate), the file grows as it is written
+            // and is not mapped: a map must never reach past the file's end.
+            if len >= mapped::MAP_MIN {
+                match mapped::map(fill.reader.clone(), len) {
+                    Ok(map) => {
+                        let _ = fill.mapped.set(map);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "staging file not mapped; readers read it"),
+                }
+            }
         }
         tx.send_modify(|p| {
             p.started = true;
@@ -255,8 +279,10 @@ impl Fills {
         let write_task = tokio::task::spawn_blocking({
             let shared = shared.clone();
             let tx = tx.clone();
-            let recent = recent.clone();
-            move || write_loop(writer, chunks_rx, &shared, &recent, &tx)
+            // Readers of a mapped fill take their bytes from the map, so only a held fill's
+            // hasher would use the kept chunks: the upstream's buffers are freed once written.
+            let recent = (fill.mapped.get().is_none() || fill.hold_last_byte).then(|| recent.clone());
+            move || write_loop(writer, chunks_rx, &shared, recent.as_deref(), &tx)
         });
         let hash_task = {
             let shared = shared.clone();
@@ -358,7 +384,7 @@ fn write_loop(
     mut file: File,
     mut chunks: mpsc::Receiver<Bytes>,
     shared: &Shared,
-    recent: &Recent,
+    recent: Option<&Recent>,
     tx: &watch::Sender<Progress>,
 ) -> Result<u64, FillError> {
     let mut written = 0u64;
@@ -369,7 +395,9 @@ fn write_loop(
             count += 1;
             file.write_all(&chunk).map_err(|e| FillError::Storage(e.to_string()))?;
             let len = chunk.len() as u64;
-            recent.push(written, chunk);
+            if let Some(recent) = recent {
+                recent.push(written, chunk);
+            }
             written += len;
             shared.update(|s| s.written = written);
             if written - published >= PUBLISH_EVERY {
