@@ -86,7 +86,8 @@ pub struct Progress {
 pub struct Fill {
     pub digest: Digest,
     pub reader: Arc<File>,
-    /// The bytes last written, for readers that keep up.
+    /// The bytes last written, for readers that keep up where there is no map, and for a held
+    /// fill's hasher.
     pub recent: Arc<Recent>,
     /// The whole staging file mapped, once it is reserved at the announced length: readers
     /// hand out slices of it, which a connection sends from the page cache (server/zero_copy.rs).
