@@ -1,6 +1,7 @@
 //! What the plugin layer costs per request, as the server runs it: an idle instance of the
 //! plugin taken from the warm pool (or a fresh one), the `handle` call, the instance handed back,
-//! for the cheapest request (`GET /v2/`) and for a manifest lookup by tag (a meta read).
+//! for the cheapest request (`GET /v2/`) and for a manifest lookup by tag (a meta read), with
+//! the server's default `plugin_instance_reuse`.
 //! `*_fresh` runs the same with `plugin_instance_reuse = 1`: a fresh store and instance from the
 //! pre-instantiated component for every request.
 //!
@@ -24,9 +25,11 @@ fn plugin_dir() -> std::path::PathBuf {
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let data = tempfile::tempdir().expect("tempdir");
-    let app_with = |reuse: u32, dir: &str| {
+    // `reuse`: None runs the server's default.
+    let app_with = |reuse: Option<u32>, dir: &str| {
+        let reuse = reuse.map(|n| format!("plugin_instance_reuse = {n}")).unwrap_or_default();
         let file: FileConfig = toml::from_str(&format!(
-            r#"plugin_instance_reuse = {reuse}
+            r#"{reuse}
             repositories = [{{ name = "docker-local", type = "local", format = "docker" }}]"#
         ))
         .expect("config");
@@ -40,8 +43,8 @@ fn bench(c: &mut Criterion) {
         );
         rt.block_on(binaryrepo::build(config)).expect("build the app (run `make build` first)")
     };
-    let app = app_with(128, "reuse");
-    let fresh = app_with(1, "fresh");
+    let app = app_with(None, "reuse");
+    let fresh = app_with(Some(1), "fresh");
     let plugin = app.plugins.get("docker").expect("docker plugin");
     let repo = app.repos.get("docker-local").expect("repo");
     let fresh_plugin = fresh.plugins.get("docker").expect("docker plugin");

@@ -66,7 +66,8 @@ pub struct PluginLimits {
     /// Guest CPU time per request; time spent in host calls (upstream I/O) is not counted.
     pub cpu: Duration,
     /// Requests one plugin instance may serve (for the same repository) before it is dropped;
-    /// 1 = a fresh instance for every request.
+    /// 1 = a fresh instance for every request. The default, 1024, puts a fresh instance (~24 µs)
+    /// at ~0.02 µs per request; memory growth and traps already retire an instance sooner.
     pub instance_reuse: u32,
 }
 
@@ -109,7 +110,7 @@ impl Config {
             plugins: PluginLimits {
                 memory_bytes: (file.plugin_memory_mib.unwrap_or(64) * 1024 * 1024) as usize,
                 cpu: Duration::from_millis(file.plugin_cpu_ms.unwrap_or(2000)),
-                instance_reuse: file.plugin_instance_reuse.unwrap_or(128).max(1),
+                instance_reuse: file.plugin_instance_reuse.unwrap_or(1024).max(1),
             },
             upload_expiry: Duration::from_secs(file.upload_expiry_hours.unwrap_or(24) * 3600),
             gc_grace: Duration::from_secs(file.gc_grace_seconds.unwrap_or(3600)),
