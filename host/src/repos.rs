@@ -206,7 +206,7 @@ impl RepositoryInput {
             None => return invalid("missing \"type\" (local, remote or virtual)"),
         };
         let format = match self.format {
-            Some(f) if formats.iter().any(|k| *k == f) => f,
+            Some(f) if formats.contains(&f) => f,
             Some(f) => return invalid(format!("unknown format {f:?}: the loaded plugins provide {}", formats.join(", "))),
             None => return invalid(format!("missing \"format\" (one of: {})", formats.join(", "))),
         };
@@ -364,13 +364,13 @@ impl Repos {
                 return Err(RepoError::Conflict(format!("host name {h} is already bound to repository {}", o.name)));
             }
         }
-        if repo.default {
-            if let Some(o) = others().find(|o| o.default) {
-                return Err(RepoError::Conflict(format!(
-                    "repository {} is already the default; set \"default\": false on it first",
-                    o.name
-                )));
-            }
+        if repo.default
+            && let Some(o) = others().find(|o| o.default)
+        {
+            return Err(RepoError::Conflict(format!(
+                "repository {} is already the default; set \"default\": false on it first",
+                o.name
+            )));
         }
         for m in &repo.members {
             match map.get(m) {
@@ -384,10 +384,10 @@ impl Repos {
                 Some(_) => {}
             }
         }
-        if let Some(d) = &repo.default_local {
-            if map.get(d).is_some_and(|r| r.repo_type != RepoType::Local) {
-                return Err(RepoError::Invalid(format!("default_local {d} is not a local repository")));
-            }
+        if let Some(d) = &repo.default_local
+            && map.get(d).is_some_and(|r| r.repo_type != RepoType::Local)
+        {
+            return Err(RepoError::Invalid(format!("default_local {d} is not a local repository")));
         }
         // A repository that virtual repositories list keeps its type: a member must not
         // become virtual, and a default_local must stay local.

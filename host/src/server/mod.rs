@@ -273,10 +273,10 @@ pub async fn run(app: Arc<App>) -> std::io::Result<()> {
     let listener = TcpListener::bind(app.config.listen).await?;
     tracing::info!(addr = %app.config.listen, "binaryrepo listening");
     for repo in app.repos.list() {
-        if let Some(port) = repo.port {
-            if let Err(e) = app.listeners.ensure(&app, port).await {
-                tracing::error!(repo = %repo.name, port, error = %e, "cannot listen for repository");
-            }
+        if let Some(port) = repo.port
+            && let Err(e) = app.listeners.ensure(&app, port).await
+        {
+            tracing::error!(repo = %repo.name, port, error = %e, "cannot listen for repository");
         }
     }
     let main = tokio::spawn(accept_loop(app.clone(), listener, true));
@@ -309,10 +309,10 @@ async fn sweep_uploads(app: Arc<App>) {
         tick.tick().await;
         let caps = app.caps.clone();
         let age = app.config.upload_expiry;
-        if let Ok(n) = tokio::task::spawn_blocking(move || caps.uploads.sweep(age)).await {
-            if n > 0 {
-                tracing::info!(removed = n, "abandoned upload sessions removed");
-            }
+        if let Ok(n) = tokio::task::spawn_blocking(move || caps.uploads.sweep(age)).await
+            && n > 0
+        {
+            tracing::info!(removed = n, "abandoned upload sessions removed");
         }
     }
 }

@@ -76,10 +76,10 @@ pub fn resolve(app: &App, main_listener: bool, local_port: u16, method_path: (&h
         })
     };
 
-    if !main_listener {
-        if let Some(repo) = app.repos.by_port(local_port) {
-            return whole(repo, path, "", Mount::Port);
-        }
+    if !main_listener
+        && let Some(repo) = app.repos.by_port(local_port)
+    {
+        return whole(repo, path, "", Mount::Port);
     }
     let host = first_value(headers, "x-forwarded-host").or_else(|| headers.get(http::header::HOST).and_then(|v| v.to_str().ok())).or(authority);
     if let Some(repo) = host.and_then(|h| app.repos.by_hostname(&host_only(h))) {
@@ -91,19 +91,18 @@ pub fn resolve(app: &App, main_listener: bool, local_port: u16, method_path: (&h
         return whole(repo, &["/", tail].concat(), &["/repo/", name].concat(), Mount::Prefix);
     }
     let (plugin, root) = app.plugins.by_root(path).ok_or_else(|| ResolveError::NoRoute(path.to_owned()))?;
-    if let Some(after) = path.strip_prefix(root.as_str()) {
-        if let Some((segment, tail)) = after.split_once('/') {
-            if let Some(repo) = app.repos.get(segment).filter(|r| r.format == plugin.meta.format) {
-                return Ok(Resolved {
-                    plugin,
-                    path: [root.as_str(), tail].concat(),
-                    base_url: base_url(headers, authority, ""),
-                    path_repo: Some(repo.name.to_string()),
-                    repo: Some(repo),
-                    mount: Mount::Path,
-                });
-            }
-        }
+    if let Some(after) = path.strip_prefix(root.as_str())
+        && let Some((segment, tail)) = after.split_once('/')
+        && let Some(repo) = app.repos.get(segment).filter(|r| r.format == plugin.meta.format)
+    {
+        return Ok(Resolved {
+            plugin,
+            path: [root.as_str(), tail].concat(),
+            base_url: base_url(headers, authority, ""),
+            path_repo: Some(repo.name.to_string()),
+            repo: Some(repo),
+            mount: Mount::Path,
+        });
     }
     let repo = app.repos.default_repository().filter(|r| r.format == plugin.meta.format);
     Ok(Resolved { plugin, repo, path: path.to_owned(), base_url: base_url(headers, authority, ""), path_repo: None, mount: Mount::Root })

@@ -343,10 +343,10 @@ impl Exchange<'_> {
         let h = resp.headers_mut();
         h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(count));
         h.insert(http::header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        if status == StatusCode::PARTIAL_CONTENT {
-            if let Some(v) = content_range(start, count, len) {
-                h.insert(http::header::CONTENT_RANGE, v);
-            }
+        if status == StatusCode::PARTIAL_CONTENT
+            && let Some(v) = content_range(start, count, len)
+        {
+            h.insert(http::header::CONTENT_RANGE, v);
         }
         resp
     }
@@ -393,10 +393,10 @@ impl Exchange<'_> {
         if let Some(count) = count {
             resp.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from(count));
         }
-        if let (StatusCode::PARTIAL_CONTENT, Some(count), Some(len)) = (status, count, total) {
-            if let Some(v) = content_range(start, count, len) {
-                resp.headers_mut().insert(http::header::CONTENT_RANGE, v);
-            }
+        if let (StatusCode::PARTIAL_CONTENT, Some(count), Some(len)) = (status, count, total)
+            && let Some(v) = content_range(start, count, len)
+        {
+            resp.headers_mut().insert(http::header::CONTENT_RANGE, v);
         }
         resp
     }

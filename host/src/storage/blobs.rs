@@ -214,10 +214,10 @@ impl StagedBlob {
             source: io::Error::other("staged blob committed twice"),
         })?;
         let actual = hasher.finish();
-        if let Some(expected) = expected {
-            if *expected != actual {
-                return Err(BlobError::DigestMismatch { expected: expected.clone(), actual });
-            }
+        if let Some(expected) = expected
+            && *expected != actual
+        {
+            return Err(BlobError::DigestMismatch { expected: expected.clone(), actual });
         }
         if let Some(file) = self.file.take() {
             file.sync_all().map_err(io_err(&self.path))?;

@@ -22,14 +22,21 @@ const SEP: char = '\u{0}';
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
+    /// Boxed: redb's error is large, and every metadata read returns this type.
     #[error("metadata store: {0}")]
-    Store(#[from] redb::Error),
+    Store(Box<redb::Error>),
     #[error("metadata key {0:?} contains a NUL byte")]
     BadKey(String),
 }
 
 fn db_err<E: Into<redb::Error>>(e: E) -> MetaError {
-    MetaError::Store(e.into())
+    MetaError::Store(Box::new(e.into()))
+}
+
+impl From<redb::Error> for MetaError {
+    fn from(e: redb::Error) -> MetaError {
+        db_err(e)
+    }
 }
 
 /// Values up to this size are cached (tag links and media types are ~200 bytes).

@@ -50,11 +50,13 @@ pub enum UploadError {
     Blob(#[from] BlobError),
 }
 
+type SessionLock = Arc<tokio::sync::Mutex<()>>;
+
 pub struct Uploads {
     root: PathBuf,
     store: BlobStore,
     /// One writer per session at a time: concurrent chunks for one session are serialised.
-    locks: Mutex<HashMap<(String, UploadId), Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<HashMap<(String, UploadId), SessionLock>>,
 }
 
 impl Uploads {

@@ -135,12 +135,12 @@ impl Upstream {
             return Err(UpstreamError::Unreachable(format!("{target} is marked down after a recent failure")));
         }
         let mut headers = req.headers.clone();
-        if req.with_credentials {
-            if let Some((user, pass)) = repo.credentials() {
-                let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
-                let value = HeaderValue::from_str(&format!("Basic {token}")).map_err(|e| UpstreamError::Invalid(e.to_string()))?;
-                headers.insert(http::header::AUTHORIZATION, value);
-            }
+        if req.with_credentials
+            && let Some((user, pass)) = repo.credentials()
+        {
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+            let value = HeaderValue::from_str(&format!("Basic {token}")).map_err(|e| UpstreamError::Invalid(e.to_string()))?;
+            headers.insert(http::header::AUTHORIZATION, value);
         }
         Ok(self.client.request(req.method.clone(), req.url.clone()).headers(headers))
     }

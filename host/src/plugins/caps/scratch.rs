@@ -11,9 +11,12 @@ const MAX_ENTRIES: usize = 100_000;
 const MAX_VALUE: usize = 64 * 1024;
 const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// (repository, key) -> (value, expiry)
+type Entries = HashMap<(String, String), (Vec<u8>, Instant)>;
+
 #[derive(Default)]
 pub struct Scratch {
-    entries: Mutex<HashMap<(String, String), (Vec<u8>, Instant)>>,
+    entries: Mutex<Entries>,
 }
 
 impl Scratch {
