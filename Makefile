@@ -8,7 +8,7 @@ TEST_PLUGIN_OUT := $(RELEASE)/test-plugins
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: all build host plugins test-plugins run test test-unit test-e2e deps deps-test clean bench
+.PHONY: all build host plugins test-plugins run test test-unit test-e2e fmt fmt-check deps deps-test clean bench
 
 all: build
 
@@ -36,9 +36,20 @@ run: deps build
 
 test: deps-test build test-unit test-e2e
 
-test-unit:
+test-unit: fmt-check
 	cargo test --release -p binaryrepo
 	plugins/build.sh test
+
+# rustfmt over the host (host/rustfmt.toml: 140 columns) and every plugin crate (rustfmt's defaults).
+RUST_CRATES := . plugins/docker plugins/sdk plugins/testdata/misbehave
+fmt:
+	for d in $(RUST_CRATES); do (cd $$d && cargo fmt --all) || exit 1; done
+
+# Part of the tests where rustfmt is installed (rustup's default profile has it).
+fmt-check:
+	@if cargo fmt --version >/dev/null 2>&1; then \
+		for d in $(RUST_CRATES); do (cd $$d && cargo fmt --all --check) || { echo "not formatted: run make fmt" >&2; exit 1; }; done; \
+	else echo "rustfmt not installed: formatting not checked" >&2; fi
 
 test-e2e: test-plugins
 	BINARYREPO_BIN=$(CURDIR)/$(RELEASE)/binaryrepo BINARYREPO_PLUGINS=$(CURDIR)/$(PLUGIN_OUT) \

@@ -128,9 +128,12 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
             }
             gc(app, req.uri().query()).await
         }
-        (_, ["health" | "plugins" | "repositories" | "repository" | "gc"] | ["repositories" | "repository", _] | ["repositories" | "repository", _, "gc"]) => {
-            Err(ApiError::MethodNotAllowed(format!("{} is not supported on {path}", req.method())))
-        }
+        (
+            _,
+            ["health" | "plugins" | "repositories" | "repository" | "gc"]
+            | ["repositories" | "repository", _]
+            | ["repositories" | "repository", _, "gc"],
+        ) => Err(ApiError::MethodNotAllowed(format!("{} is not supported on {path}", req.method()))),
         _ => Err(ApiError::NotFound(format!("no API at {path}"))),
     }
 }

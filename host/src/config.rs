@@ -96,7 +96,10 @@ pub struct Overrides {
 
 impl Config {
     pub fn resolve(file: FileConfig, flags: Overrides) -> Config {
-        let listen = flags.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 8081))));
+        let listen = flags
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 8081))));
         Config {
             listen,
             data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("data")),
@@ -121,10 +124,7 @@ impl Config {
 
 /// `plugins/` next to the executable: where `make` puts the bundled plugins.
 pub fn default_plugin_dir() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("plugins")))
-        .unwrap_or_else(|| PathBuf::from("plugins"))
+    std::env::current_exe().ok().and_then(|exe| exe.parent().map(|dir| dir.join("plugins"))).unwrap_or_else(|| PathBuf::from("plugins"))
 }
 
 /// The embedded default: a Docker Hub cache that also answers root `/v2/` requests (so it works

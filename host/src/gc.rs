@@ -39,18 +39,12 @@ pub async fn collect(app: &App, grace: Duration) -> Result<GcReport, GcError> {
         if repo.repo_type == RepoType::Virtual {
             continue;
         }
-        let plugin = app
-            .plugins
-            .get(&repo.format)
-            .ok_or_else(|| GcError::NoPlugin { repo: repo.name.to_string(), format: repo.format.clone() })?;
-        let digests = app
-            .plugins
-            .live_blobs(&plugin, repo.clone())
-            .await
-            .map_err(|e| {
-                tracing::error!(repo = %repo.name, "live-blobs failed: {}", e.detail());
-                GcError::Plugin { repo: repo.name.to_string(), message: e.to_string() }
-            })?;
+        let plugin =
+            app.plugins.get(&repo.format).ok_or_else(|| GcError::NoPlugin { repo: repo.name.to_string(), format: repo.format.clone() })?;
+        let digests = app.plugins.live_blobs(&plugin, repo.clone()).await.map_err(|e| {
+            tracing::error!(repo = %repo.name, "live-blobs failed: {}", e.detail());
+            GcError::Plugin { repo: repo.name.to_string(), message: e.to_string() }
+        })?;
         for d in digests {
             match d.parse::<Digest>() {
                 Ok(d) => {

@@ -62,9 +62,17 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
     let store = BlobStore::open(layout.clone())?;
     let meta = MetaStore::open(&layout.meta_db())?;
     let upstream = Arc::new(Upstream::new(config.upstream.clone())?);
-    let uploads = Uploads::open(layout.uploads(), store.clone()).map_err(|source| StartError::DataDir { path: layout.uploads(), source })?;
+    let uploads =
+        Uploads::open(layout.uploads(), store.clone()).map_err(|source| StartError::DataDir { path: layout.uploads(), source })?;
     let repos = Arc::new(Repos::new(layout.repositories(), config.listen.port()));
-    let caps = Arc::new(Capabilities { store: store.clone(), meta, scratch: Default::default(), upstream: upstream.clone(), uploads, repos: repos.clone() });
+    let caps = Arc::new(Capabilities {
+        store: store.clone(),
+        meta,
+        scratch: Default::default(),
+        upstream: upstream.clone(),
+        uploads,
+        repos: repos.clone(),
+    });
     let plugins = Plugins::load(&config.plugin_dir, Some(&layout.compiled_plugins()), config.plugins.clone(), caps.clone()).await?;
     release_freed_memory();
     // Which formats the plugins provide decides which seeded repositories are valid.

@@ -183,7 +183,11 @@ fn valid_hostname(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 253
         && h.split('.').all(|l| {
-            !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-') && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
@@ -367,10 +371,7 @@ impl Repos {
         if repo.default
             && let Some(o) = others().find(|o| o.default)
         {
-            return Err(RepoError::Conflict(format!(
-                "repository {} is already the default; set \"default\": false on it first",
-                o.name
-            )));
+            return Err(RepoError::Conflict(format!("repository {} is already the default; set \"default\": false on it first", o.name)));
         }
         for m in &repo.members {
             match map.get(m) {

@@ -28,8 +28,8 @@ use crate::upstream::Upstream;
 use bindings::types;
 use bindings::{CONTRACT, Plugin, PluginPre};
 use caps::scratch::Scratch;
-use state::CallState;
 use epoch::Ticker;
+use state::CallState;
 use warm::{Warm, WarmPool};
 
 /// One export call: an idle instance of this plugin for this repository or a fresh one, the
@@ -192,13 +192,19 @@ impl Plugins {
         Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| PluginError::Engine(e.to_string()))?;
 
         let warm = WarmPool::new(limits.instance_reuse);
-        let mut plugins =
-            Plugins { engine, by_format: HashMap::new(), limits, caps, permits: Semaphore::new(MAX_INSTANCES as usize), warm, ticker, plans: Default::default() };
+        let mut plugins = Plugins {
+            engine,
+            by_format: HashMap::new(),
+            limits,
+            caps,
+            permits: Semaphore::new(MAX_INSTANCES as usize),
+            warm,
+            ticker,
+            plans: Default::default(),
+        };
         let entries = std::fs::read_dir(dir).map_err(|source| PluginError::Dir { path: dir.into(), source })?;
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
-            .collect();
+        let mut files: Vec<PathBuf> =
+            entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "wasm")).collect();
         files.sort();
         for file in files {
             let loaded = plugins.load_one(&linker, &file, cache).await?;

@@ -45,7 +45,15 @@ pub struct Key(String);
 
 impl Key {
     /// Only reads are ever reused; None for anything else.
-    pub fn of(method: &http::Method, path: &str, query: Option<&str>, repo: Option<&str>, base_url: &str, path_repo: Option<&str>, mount: Mount) -> Option<Key> {
+    pub fn of(
+        method: &http::Method,
+        path: &str,
+        query: Option<&str>,
+        repo: Option<&str>,
+        base_url: &str,
+        path_repo: Option<&str>,
+        mount: Mount,
+    ) -> Option<Key> {
         let method = match *method {
             http::Method::GET => "G",
             http::Method::HEAD => "H",
@@ -61,7 +69,8 @@ impl Key {
         // NUL cannot occur in a path, a header value or a repository name: the parts cannot run
         // into each other. `concat`, not `format!`: this runs for every read.
         let query = query.map_or("\u{1}", |q| q);
-        let key = [method, mount, "\0", repo.unwrap_or(""), "\0", path_repo.unwrap_or(""), "\0", base_url, "\0", path, "\0", query].concat();
+        let key =
+            [method, mount, "\0", repo.unwrap_or(""), "\0", path_repo.unwrap_or(""), "\0", base_url, "\0", path, "\0", query].concat();
         Some(Key(key))
     }
 }
@@ -143,7 +152,8 @@ impl PlanCache {
             let values = headers.get_all(&name).iter().cloned().collect();
             (name, values)
         });
-        let entry = Entry { plan: plan.clone(), decided, expires: now + Duration::from_secs(offer.seconds).min(MAX_REUSE), vary: vary.collect() };
+        let entry =
+            Entry { plan: plan.clone(), decided, expires: now + Duration::from_secs(offer.seconds).min(MAX_REUSE), vary: vary.collect() };
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= MAX_ENTRIES && !entries.contains_key(&key.0) {
             entries.retain(|_, e| now < e.expires && e.decided.metadata_unchanged());
@@ -171,7 +181,12 @@ mod tests {
     use crate::plugins::bindings::types::Response;
 
     fn local() -> Repository {
-        let input = crate::repos::RepositoryInput { name: Some("r".into()), repo_type: Some("local".into()), format: Some("docker".into()), ..Default::default() };
+        let input = crate::repos::RepositoryInput {
+            name: Some("r".into()),
+            repo_type: Some("local".into()),
+            format: Some("docker".into()),
+            ..Default::default()
+        };
         input.validate(None, &["docker".to_string()]).unwrap_or_else(|e| panic!("{e}"))
     }
 

@@ -97,7 +97,8 @@ async fn run_plan(
     };
     let repo_name = repo.as_ref().map(|r| r.name.as_str());
     let query = parts.uri.query();
-    let key = reuse::Key::of(&parts.method, &resolved.path, query, repo_name, &resolved.base_url, resolved.path_repo.as_deref(), resolved.mount);
+    let key =
+        reuse::Key::of(&parts.method, &resolved.path, query, repo_name, &resolved.base_url, resolved.path_repo.as_deref(), resolved.mount);
     if let Some(key) = &key {
         let removals = app.plugins.blob_removals();
         if let Some(plan) = app.plugins.plans.lookup(key, repo.as_ref(), &parts.headers, removals) {
@@ -205,9 +206,9 @@ async fn handle(app: Arc<App>, main_listener: bool, local_port: u16, req: Reques
 /// The body's length as the client will get it: exact for small bodies, Content-Length for
 /// streamed blobs, None when neither says.
 fn body_length(resp: &Response<Body>) -> Option<u64> {
-    hyper::body::Body::size_hint(resp.body()).exact().or_else(|| {
-        resp.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
-    })
+    hyper::body::Body::size_hint(resp.body())
+        .exact()
+        .or_else(|| resp.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()))
 }
 
 fn connection_builder() -> auto::Builder<TokioExecutor> {
@@ -218,7 +219,11 @@ fn connection_builder() -> auto::Builder<TokioExecutor> {
 
 /// Boxed so that a listener started from an API request (inside a connection) can spawn
 /// another accept loop without a recursive future type.
-fn accept_loop(app: Arc<App>, listener: TcpListener, main_listener: bool) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+fn accept_loop(
+    app: Arc<App>,
+    listener: TcpListener,
+    main_listener: bool,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
     Box::pin(accept_loop_inner(app, listener, main_listener))
 }
 

@@ -40,7 +40,11 @@ fn first_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// `host[:port]` without the port, lowercased.
 fn host_only(authority: &str) -> String {
     let a = authority.trim();
-    let host = if let Some(rest) = a.strip_prefix('[') { rest.split(']').next().unwrap_or(rest) } else { a.rsplit_once(':').map_or(a, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { a }) };
+    let host = if let Some(rest) = a.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        a.rsplit_once(':').map_or(a, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { a })
+    };
     host.to_ascii_lowercase()
 }
 
@@ -76,12 +80,11 @@ pub fn resolve(app: &App, main_listener: bool, local_port: u16, method_path: (&h
         })
     };
 
-    if !main_listener
-        && let Some(repo) = app.repos.by_port(local_port)
-    {
+    if !main_listener && let Some(repo) = app.repos.by_port(local_port) {
         return whole(repo, path, "", Mount::Port);
     }
-    let host = first_value(headers, "x-forwarded-host").or_else(|| headers.get(http::header::HOST).and_then(|v| v.to_str().ok())).or(authority);
+    let host =
+        first_value(headers, "x-forwarded-host").or_else(|| headers.get(http::header::HOST).and_then(|v| v.to_str().ok())).or(authority);
     if let Some(repo) = host.and_then(|h| app.repos.by_hostname(&host_only(h))) {
         return whole(repo, path, "", Mount::Host);
     }

@@ -209,10 +209,10 @@ impl StagedBlob {
 
     /// Verifies and moves the blob into place; on a mismatch nothing is kept.
     pub fn commit(mut self, expected: Option<&Digest>) -> Result<Digest, BlobError> {
-        let hasher = self.hasher.take().ok_or_else(|| BlobError::Io {
-            path: self.path.clone(),
-            source: io::Error::other("staged blob committed twice"),
-        })?;
+        let hasher = self
+            .hasher
+            .take()
+            .ok_or_else(|| BlobError::Io { path: self.path.clone(), source: io::Error::other("staged blob committed twice") })?;
         let actual = hasher.finish();
         if let Some(expected) = expected
             && *expected != actual

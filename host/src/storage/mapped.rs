@@ -81,9 +81,7 @@ pub fn map(file: Arc<File>, len: u64) -> io::Result<Bytes> {
     }
     // SAFETY: a fresh mapping at an address the kernel picks, read-only, of a file checked to
     // be at least `len` bytes long.
-    let ptr = unsafe {
-        rustix::mm::mmap(std::ptr::null_mut(), len, rustix::mm::ProtFlags::READ, rustix::mm::MapFlags::SHARED, &*file, 0)
-    }?;
+    let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, rustix::mm::ProtFlags::READ, rustix::mm::MapFlags::SHARED, &*file, 0) }?;
     let mapping = Mapping { ptr, len };
     REGIONS.write().unwrap_or_else(|e| e.into_inner()).insert(ptr as usize, Region { end: ptr as usize + len, file });
     LIVE.fetch_add(1, Ordering::Relaxed);

@@ -155,7 +155,12 @@ impl Uploads {
         for repo in repos.flatten() {
             let Ok(sessions) = fs::read_dir(repo.path()) else { continue };
             for s in sessions.flatten() {
-                let old = s.metadata().and_then(|m| m.modified()).ok().and_then(|t| SystemTime::now().duration_since(t).ok()).is_some_and(|d| d > age);
+                let old = s
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .is_some_and(|d| d > age);
                 if old && fs::remove_file(s.path()).is_ok() {
                     removed += 1;
                 }

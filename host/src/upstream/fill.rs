@@ -448,7 +448,10 @@ fn preallocate(file: &File, len: u64) -> Result<(), FillError> {
 
 /// Runs `f` on a thread of its own (not tokio's blocking pool, whose threads are shared and must
 /// keep their priority) and hands back its result.
-fn spawn_thread<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<tokio::sync::oneshot::Receiver<T>, FillError> {
+fn spawn_thread<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<tokio::sync::oneshot::Receiver<T>, FillError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name(name.into())

@@ -183,7 +183,12 @@ impl Upstream {
 }
 
 /// Builds a typed request from a plugin's strings.
-pub fn parse_request(method: &str, url: &str, headers: &[(String, String)], with_credentials: bool) -> Result<UpstreamRequest, UpstreamError> {
+pub fn parse_request(
+    method: &str,
+    url: &str,
+    headers: &[(String, String)],
+    with_credentials: bool,
+) -> Result<UpstreamRequest, UpstreamError> {
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| UpstreamError::Invalid(format!("method {method:?}")))?;
     let url = Url::parse(url).map_err(|e| UpstreamError::Invalid(format!("url {url:?}: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -205,7 +210,10 @@ mod tests {
     #[test]
     fn realms_from_challenges() {
         let mut h = HeaderMap::new();
-        h.append(http::header::WWW_AUTHENTICATE, HeaderValue::from_static(r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io""#));
+        h.append(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io""#),
+        );
         h.append(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic Realm=http://other:5000/x"));
         assert_eq!(challenge_realms(&h), vec!["https://auth.docker.io/token", "http://other:5000/x"]);
     }

@@ -1,9 +1,9 @@
 //! `blob-*`: the content-addressed store. Small documents only cross into the plugin.
 
+use super::Scope;
 use super::blocking;
 use crate::digest::Digest;
 use crate::plugins::bindings::types::{BlobInfo, HostError};
-use super::Scope;
 use crate::storage::blobs::BlobError;
 use crate::upstream::SMALL_LIMIT;
 

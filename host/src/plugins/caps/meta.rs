@@ -1,7 +1,7 @@
 //! `meta-*`: durable per-repository metadata.
 
-use crate::plugins::bindings::types::HostError;
 use super::{Scope, blocking};
+use crate::plugins::bindings::types::HostError;
 use crate::storage::meta::MetaError;
 
 const MAX_KEY: usize = 1024;

@@ -1,7 +1,7 @@
 //! `upstream`: requests to the repository's remote (or a realm it named), small bodies only.
 
-use crate::plugins::bindings::types::{HostError, UpstreamRequest, UpstreamResponse};
 use super::Scope;
+use crate::plugins::bindings::types::{HostError, UpstreamRequest, UpstreamResponse};
 use crate::upstream::{UpstreamError, parse_request};
 
 pub fn to_host_error(e: UpstreamError) -> HostError {
@@ -17,10 +17,6 @@ pub async fn request(state: &Scope, req: UpstreamRequest) -> Result<UpstreamResp
     let typed = parse_request(&req.method, &req.url, &req.headers, req.with_credentials).map_err(to_host_error)?;
     let resp = state.caps.upstream.small(&repo, &typed).await.map_err(to_host_error)?;
     tracing::debug!(method = %typed.method, url = %typed.url, status = resp.status.as_u16(), "upstream");
-    let headers = resp
-        .headers
-        .iter()
-        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned())))
-        .collect();
+    let headers = resp.headers.iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned()))).collect();
     Ok(UpstreamResponse { status: resp.status.as_u16(), headers, body: resp.body.to_vec() })
 }

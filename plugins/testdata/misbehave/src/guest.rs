@@ -20,12 +20,20 @@ static COUNT: AtomicU64 = AtomicU64::new(0);
 struct Component;
 
 fn text(status: u16, body: impl Into<Vec<u8>>) -> wit::Response {
-    wit::Response { status, headers: vec![("content-type".into(), "text/plain".into())], body: body.into() }
+    wit::Response {
+        status,
+        headers: vec![("content-type".into(), "text/plain".into())],
+        body: body.into(),
+    }
 }
 
 fn error(status: u16, code: &str, message: &str) -> wit::Response {
     let body = format!(r#"{{"errors":[{{"code":"{code}","message":"{message}"}}]}}"#);
-    wit::Response { status, headers: vec![("content-type".into(), "application/json".into())], body: body.into_bytes() }
+    wit::Response {
+        status,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: body.into_bytes(),
+    }
 }
 
 fn count() -> wit::Response {
@@ -124,7 +132,11 @@ impl Guest for Component {
         wit::Plan::Respond(error(400, "UNSUPPORTED", "no bodies here"))
     }
 
-    fn upload_complete(_request: wit::Request, _id: String, _outcome: wit::UploadOutcome) -> wit::Response {
+    fn upload_complete(
+        _request: wit::Request,
+        _id: String,
+        _outcome: wit::UploadOutcome,
+    ) -> wit::Response {
         error(400, "UNSUPPORTED", "no uploads here")
     }
 
