@@ -41,7 +41,7 @@ test-unit: fmt-check
 	plugins/build.sh test
 
 # rustfmt over the host (host/rustfmt.toml: 140 columns) and every plugin crate (rustfmt's defaults).
-RUST_CRATES := . plugins/docker plugins/sdk plugins/testdata/misbehave
+RUST_CRATES := . $(patsubst %/Cargo.toml,%,$(wildcard plugins/*/Cargo.toml plugins/testdata/*/Cargo.toml))
 fmt:
 	for d in $(RUST_CRATES); do (cd $$d && cargo fmt --all) || exit 1; done
 
