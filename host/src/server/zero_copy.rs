@@ -71,7 +71,8 @@ impl AsyncWrite for ZeroCopyStream {
         if let Some((file, offset)) = mapped::lookup(&bufs[0]) {
             return this.poll_send_file(cx, &file, offset, bufs[0].len());
         }
-        let plain = bufs.iter().take_while(|b| mapped::lookup(b).is_none()).count();
+        // bufs[0] was just looked up: the run of ordinary buffers starts with it.
+        let plain = 1 + bufs[1..].iter().take_while(|b| mapped::lookup(b).is_none()).count();
         Pin::new(&mut this.inner).poll_write_vectored(cx, &bufs[..plain])
     }
 
