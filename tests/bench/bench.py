@@ -354,8 +354,8 @@ class Bench:
         totals = {p: [] for p in names}
         failures = {p: 0 for p in names}
         client_cpu = {p: [] for p in names}  # CPU seconds of the skopeo processes (user + sys)
-        # CPU seconds per round: the server, the upstream, the whole machine
-        round_cpu = {p: {"server": [], "upstream": [], "machine": []} for p in names}
+        # CPU seconds per round: the server, the upstream, the whole machine, and what the hypervisor took
+        round_cpu = {p: {"server": [], "upstream": [], "machine": [], "stolen": []} for p in names}
         pulldir = self.work / "pulls"
         for r in range(self.args.concurrent_runs):
             for p in rotate(names, r):
@@ -374,15 +374,15 @@ class Bench:
                     return pr.returncode, time.monotonic() - t, pr.stderr[-500:]
 
                 spid = peer.pid()
-                c0 = (tree_cpu_seconds(spid), tree_cpu_seconds(self.upstream.proc.pid), machine_busy_seconds())
+                c0 = (tree_cpu_seconds(spid), tree_cpu_seconds(self.upstream.proc.pid), *machine_cpu_seconds())
                 ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 t0 = time.monotonic()
                 with ThreadPoolExecutor(n) as ex:
                     outs = list(ex.map(one, range(n)))
                 wall = time.monotonic() - t0
                 ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-                c1 = (tree_cpu_seconds(spid), tree_cpu_seconds(self.upstream.proc.pid), machine_busy_seconds())
-                for k, a, b in zip(("server", "upstream", "machine"), c0, c1):
+                c1 = (tree_cpu_seconds(spid), tree_cpu_seconds(self.upstream.proc.pid), *machine_cpu_seconds())
+                for k, a, b in zip(("server", "upstream", "machine", "stolen"), c0, c1):
                     round_cpu[p][k].append(b - a)
                 client_cpu[p].append((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime))
                 bad = [(i, o) for i, o in enumerate(outs) if o[0] != 0 or not self._pull_complete(pulldir / str(i))]
@@ -438,7 +438,7 @@ class Bench:
             other = m["machine"] - m["server"] - m["upstream"] - statistics.fmean(client_cpu[p])
             parts.append(f"{p}: busy {m['machine']:.1f} of {avail:.1f} s (clients {statistics.fmean(client_cpu[p]):.1f}, "
                          f"server {m['server']:.1f}, upstream {m['upstream']:.1f}, the rest {other:.1f}: kernel "
-                         "threads such as writeback of the pulled files)")
+                         f"threads such as writeback of the pulled files), and {m['stolen']:.1f} s stolen by the hypervisor")
         self.notes.append("3: CPU seconds per round, the whole machine and who used it: " + "; ".join(parts) + ".")
         if wall_row.raw.get("binaryrepo_vmhwm_kib"):
             self.notes.append(f"3: binaryrepo peak RSS (VmHWM) during the {n} concurrent cold pulls: "
@@ -716,11 +716,13 @@ def proc_cpu(stat_path) -> tuple[int | None, float]:
         return None, 0.0
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds all cores of the machine have spent busy since boot (/proc/stat: all but idle and iowait)"""
+def machine_cpu_seconds() -> tuple[float, float]:
+    """CPU seconds all cores of the machine have spent busy since boot, and those the hypervisor stole (/proc/stat:
+    busy = user + nice + system + irq + softirq; guest time is already inside user and nice, steal is no one's here)"""
     with open("/proc/stat") as f:
-        ticks = [int(v) for v in f.readline().split()[1:]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in f.readline().split()[1:9])
+    tck = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tck, steal / tck
 
 
 def tree_cpu_seconds(pid: int) -> float:
