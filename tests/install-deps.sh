@@ -20,4 +20,4 @@ if [ -n "${pkgs// /}" ]; then log "apt-get install" $pkgs; install $pkgs; fi
 engine=$(missing docker.io)
 if [ -n "$engine" ]; then log "apt-get install --no-install-recommends docker.io"; install --no-install-recommends docker.io; fi
 [ -x .venv/bin/python ] || { log "python3 -m venv .venv"; python3 -m venv .venv; }
-.venv/bin/python -c 'import pytest, cryptography' 2>/dev/null || .venv/bin/pip install -q -r tests/requirements.txt
+.venv/bin/python -c 'import pytest, cryptography, prometheus_client' 2>/dev/null || .venv/bin/pip install -q -r tests/requirements.txt

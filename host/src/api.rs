@@ -1,4 +1,4 @@
-//! The management REST API (JSON): repositories, plugins, health.
+//! The management REST API (JSON): repositories, plugins, health; and `GET /metrics` for Prometheus.
 //!
 //! `/api/repositories[/<name>]` is ours; `POST /api/repository` is the original project's call,
 //! kept working as written (its field names are accepted everywhere).
@@ -80,6 +80,21 @@ async fn read_input(req: Request<Incoming>) -> Result<RepositoryInput, ApiError>
         Err(e) => return Err(ApiError::BadRequest(format!("cannot read the request body: {e}"))),
     };
     serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))
+}
+
+/// The Prometheus exposition of `crate::metrics`.
+pub fn metrics(app: &App, method: &Method) -> Response<Body> {
+    if method != Method::GET && method != Method::HEAD {
+        return ApiError::MethodNotAllowed(format!("{method} is not supported on /metrics")).response();
+    }
+    match app.metrics.render(app.fills.in_flight()) {
+        Ok(text) => {
+            let mut resp = Response::new(if method == Method::HEAD { body::empty() } else { body::full(text) });
+            resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+            resp
+        }
+        Err(e) => ApiError::Internal(format!("metrics: {e}")).response(),
+    }
 }
 
 pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {

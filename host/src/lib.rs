@@ -6,6 +6,7 @@ pub mod config;
 pub mod digest;
 pub mod gc;
 pub mod logging;
+pub mod metrics;
 pub mod plugins;
 pub mod repos;
 pub mod server;
@@ -29,6 +30,7 @@ pub struct App {
     pub plugins: Plugins,
     pub caps: Arc<Capabilities>,
     pub fills: Arc<Fills>,
+    pub metrics: Arc<metrics::Metrics>,
     pub listeners: server::RepoListeners,
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Held by every connection task, so shutdown can wait for them.
@@ -61,7 +63,8 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
     let layout = Layout::new(&config.data_dir);
     let store = BlobStore::open(layout.clone())?;
     let meta = MetaStore::open(&layout.meta_db())?;
-    let upstream = Arc::new(Upstream::new(config.upstream.clone())?);
+    let metrics = Arc::new(metrics::Metrics::new());
+    let upstream = Arc::new(Upstream::new(config.upstream.clone(), metrics.clone())?);
     let uploads =
         Uploads::open(layout.uploads(), store.clone()).map_err(|source| StartError::DataDir { path: layout.uploads(), source })?;
     let repos = Arc::new(Repos::new(layout.repositories(), config.listen.port()));
@@ -73,7 +76,8 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
         uploads,
         repos: repos.clone(),
     });
-    let plugins = Plugins::load(&config.plugin_dir, Some(&layout.compiled_plugins()), config.plugins.clone(), caps.clone()).await?;
+    let plugins =
+        Plugins::load(&config.plugin_dir, Some(&layout.compiled_plugins()), config.plugins.clone(), caps.clone(), metrics.clone()).await?;
     release_freed_memory();
     // Which formats the plugins provide decides which seeded repositories are valid.
     let formats = plugins.formats();
@@ -91,6 +95,7 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
         plugins,
         caps,
         fills,
+        metrics,
         listeners: Default::default(),
         shutdown: server::shutdown_channel(),
         open_connections: Arc::new(()),

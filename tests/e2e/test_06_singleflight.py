@@ -2,6 +2,7 @@
 from concurrent.futures import ThreadPoolExecutor
 
 from harness.clients import dir_image, skopeo_copy
+from harness.util import wait_until
 
 N = 10
 
@@ -29,3 +30,17 @@ def test_concurrent_cold_pulls_fetch_each_blob_once(upstream, br, images, tmp_pa
     assert gets == {d: [s] for d, s in big.blobs.items()}, \
         f"each blob should be fetched upstream exactly once (digest: sizes of each GET):\n{gets}\n{st.summary()}"
     assert st.body_bytes("blob") == big.total_bytes
+
+    # binaryrepo's own metrics say the same: one fill per blob, all stored, and exactly the bytes and requests
+    # the upstream's access log shows (a fill is counted once it is committed, which may follow its clients)
+    wait_until(lambda: br.metrics().value("binaryrepo_upstream_fills_total", repository="docker-remote") >= len(big.blobs),
+               timeout=60, what="every fill to be committed")
+    m = br.metrics()
+    assert m.value("binaryrepo_blob_fetches_total", repository="docker-remote", result="started") == len(big.blobs), m.text
+    assert m.value("binaryrepo_upstream_fills_total", repository="docker-remote", outcome="stored") == len(big.blobs)
+    assert m.value("binaryrepo_upstream_fills_total", outcome="failed") == 0
+    assert m.value("binaryrepo_upstream_body_bytes_total", repository="docker-remote") == st.body_bytes(), \
+        f"upstream body bytes by binaryrepo's count vs the upstream's log\n{st.summary()}"
+    assert m.value("binaryrepo_upstream_requests_total", repository="docker-remote") == len(st.entries), st.summary()
+    assert m.value("binaryrepo_upstream_requests_total", repository="docker-remote", method="GET", status=200) \
+        == st.count(method="GET", status=200)

@@ -113,8 +113,12 @@ def test_shipped_plugin_dir_does_not_load_the_test_plugin(br):
 def test_fault_fails_its_request_and_drops_the_instance(start, action):
     b = start()
     assert [count(b), count(b), count(b)] == [1, 2, 3], "clean calls reuse the repository's instance"
+    before = b.metrics()
     r, took = call(b, action)
     assert_fault(r, action)
+    calls = b.metrics()
+    assert calls.value("binaryrepo_plugin_calls_total", format=FORMAT, export="handle", outcome="failed") \
+        - before.value("binaryrepo_plugin_calls_total", format=FORMAT, export="handle", outcome="failed") == 1
     if action == "loop":
         assert CPU_MS / 1000 * 0.8 <= took < CPU_MS / 1000 + 3, f"loop answered after {took:.2f}s (plugin_cpu_ms={CPU_MS})"
     else:

@@ -15,12 +15,15 @@ mod warm;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
 
 use crate::config::PluginLimits;
+use crate::metrics::{Metrics, PluginLabels};
 use crate::repos::{Repos, Repository};
 use crate::storage::uploads::Uploads;
 use crate::storage::{BlobStore, MetaStore};
@@ -33,18 +36,23 @@ use state::CallState;
 use warm::{Warm, WarmPool};
 
 /// One export call: an idle instance of this plugin for this repository or a fresh one, the
-/// call, and the instance back to the idle pool only if the call succeeded.
+/// call, and the instance back to the idle pool only if the call succeeded; counted by outcome.
 macro_rules! call {
-    ($self:ident, $plugin:ident, $repo:expr, |$f:ident, $store:ident| $call:expr) => {{
+    ($self:ident, $plugin:ident, $export:literal, $repo:expr, |$f:ident, $store:ident| $call:expr) => {{
         let _permit = $self.permits.acquire().await.map_err(|e| Self::failed($plugin, e))?;
         let _running = $self.ticker.running();
-        let mut warm = $self.checkout($plugin, $repo).await.map_err(|e| Self::trapped($plugin, e))?;
-        let $f = warm.instance.binaryrepo_plugin_format();
-        let $store = &mut warm.store;
-        let result = $call.await.map_err(|e| Self::trapped($plugin, e));
-        if result.is_ok() {
-            $self.warm.give_back(warm);
+        let result = async {
+            let mut warm = $self.checkout($plugin, $repo).await.map_err(|e| Self::trapped($plugin, e))?;
+            let $f = warm.instance.binaryrepo_plugin_format();
+            let $store = &mut warm.store;
+            let result = $call.await.map_err(|e| Self::trapped($plugin, e));
+            if result.is_ok() {
+                $self.warm.give_back(warm);
+            }
+            result
         }
+        .await;
+        Self::count_call($plugin, $export, result.is_ok());
         result
     }};
 }
@@ -130,7 +138,12 @@ pub struct PluginMeta {
 pub struct LoadedPlugin {
     pub meta: PluginMeta,
     pre: PluginPre<CallState>,
+    /// `binaryrepo_plugin_calls_total` of each of `EXPORTS`, "ok" then "failed"
+    calls: Vec<Counter<u64, AtomicU64>>,
 }
+
+/// The exports a call is counted under.
+const EXPORTS: [&str; 5] = ["handle", "handle-body", "upload-complete", "render-failure", "live-blobs"];
 
 pub struct Plugins {
     engine: Engine,
@@ -142,6 +155,7 @@ pub struct Plugins {
     warm: WarmPool,
     /// Plans offered for reuse (see `reuse`).
     pub plans: reuse::PlanCache,
+    metrics: Arc<Metrics>,
 }
 
 fn engine(limits: &PluginLimits) -> Result<Engine, PluginError> {
@@ -184,7 +198,13 @@ fn compatible(contract: &str) -> bool {
 
 impl Plugins {
     /// Loads every `.wasm` in `dir`; `cache` keeps their compiled code between starts.
-    pub async fn load(dir: &Path, cache: Option<&Path>, limits: PluginLimits, caps: Arc<Capabilities>) -> Result<Plugins, PluginError> {
+    pub async fn load(
+        dir: &Path,
+        cache: Option<&Path>,
+        limits: PluginLimits,
+        caps: Arc<Capabilities>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Plugins, PluginError> {
         let engine = engine(&limits)?;
         let ticker = Ticker::start(engine.clone()).map_err(|e| PluginError::Engine(e.to_string()))?;
         let mut linker: Linker<CallState> = Linker::new(&engine);
@@ -201,6 +221,7 @@ impl Plugins {
             warm,
             ticker,
             plans: Default::default(),
+            metrics,
         };
         let entries = std::fs::read_dir(dir).map_err(|source| PluginError::Dir { path: dir.into(), source })?;
         let mut files: Vec<PathBuf> =
@@ -245,7 +266,15 @@ impl Plugins {
             return Err(load_err(format!("root {bad:?} must start and end with '/'")));
         }
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "compiled {}", file.display());
-        Ok(LoadedPlugin { meta: PluginMeta { format: info.format, contract: info.contract, roots: info.roots, file: file.into() }, pre })
+        let calls = EXPORTS
+            .iter()
+            .flat_map(|export| ["ok", "failed"].map(|outcome| (export, outcome)))
+            .map(|(export, outcome)| {
+                self.metrics.plugin_calls.get_or_create_owned(&PluginLabels { format: info.format.clone(), export, outcome })
+            })
+            .collect();
+        let meta = PluginMeta { format: info.format, contract: info.contract, roots: info.roots, file: file.into() };
+        Ok(LoadedPlugin { meta, pre, calls })
     }
 
     /// A fresh store and instance; the repository is set per call (`CallState::begin`).
@@ -316,6 +345,13 @@ impl Plugins {
         best
     }
 
+    fn count_call(plugin: &LoadedPlugin, export: &str, ok: bool) {
+        let i = EXPORTS.iter().position(|e| *e == export).map(|i| 2 * i + usize::from(!ok));
+        if let Some(counter) = i.and_then(|i| plugin.calls.get(i)) {
+            counter.inc();
+        }
+    }
+
     fn failed(plugin: &LoadedPlugin, e: impl std::fmt::Display) -> PluginError {
         PluginError::Failed { format: plugin.meta.format.clone(), message: e.to_string(), detail: None }
     }
@@ -333,7 +369,7 @@ impl Plugins {
         repo: Option<Arc<Repository>>,
         req: &types::Request,
     ) -> Result<(types::Plan, Option<reuse::Offer>), PluginError> {
-        call!(self, plugin, repo, |f, store| async {
+        call!(self, plugin, "handle", repo, |f, store| async {
             let plan = f.call_handle(&mut *store, req).await?;
             Ok((plan, store.data_mut().take_offer()))
         })
@@ -356,7 +392,7 @@ impl Plugins {
         req: &types::Request,
         body: &[u8],
     ) -> Result<types::Plan, PluginError> {
-        call!(self, plugin, repo, |f, store| f.call_handle_body(store, req, body))
+        call!(self, plugin, "handle-body", repo, |f, store| f.call_handle_body(store, req, body))
     }
 
     pub async fn upload_complete(
@@ -367,7 +403,7 @@ impl Plugins {
         id: &str,
         outcome: &types::UploadOutcome,
     ) -> Result<types::Response, PluginError> {
-        call!(self, plugin, repo, |f, store| f.call_upload_complete(store, req, id, outcome))
+        call!(self, plugin, "upload-complete", repo, |f, store| f.call_upload_complete(store, req, id, outcome))
     }
 
     pub async fn render_failure(
@@ -377,13 +413,13 @@ impl Plugins {
         req: &types::Request,
         failure: &types::Failure,
     ) -> Result<types::Response, PluginError> {
-        call!(self, plugin, repo, |f, store| f.call_render_failure(store, req, failure))
+        call!(self, plugin, "render-failure", repo, |f, store| f.call_render_failure(store, req, failure))
     }
 
     /// The digests `repo` still needs, for garbage collection.
     pub async fn live_blobs(&self, plugin: &LoadedPlugin, repo: Arc<Repository>) -> Result<Vec<String>, PluginError> {
         let wit = wit_repository(&repo);
-        let listed = call!(self, plugin, Some(repo), |f, store| f.call_live_blobs(store, &wit))?;
+        let listed = call!(self, plugin, "live-blobs", Some(repo), |f, store| f.call_live_blobs(store, &wit))?;
         listed.map_err(|e| Self::failed(plugin, format!("live-blobs: {e:?}")))
     }
 }

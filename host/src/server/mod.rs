@@ -102,6 +102,7 @@ async fn run_plan(
     if let Some(key) = &key {
         let removals = app.plugins.blob_removals();
         if let Some(plan) = app.plugins.plans.lookup(key, repo.as_ref(), &parts.headers, removals) {
+            app.metrics.series(repo_name).plan(&plan, true);
             let resp = exchange.execute(plan, body).await;
             // A reused plan that no longer works (its blob was removed) is decided afresh next time.
             if !resp.status().is_success() {
@@ -118,6 +119,7 @@ async fn run_plan(
     if let (Some(key), Some(snapshot), Some(offer)) = (key, snapshot, offer) {
         app.plugins.plans.insert(key, snapshot, offer, &plan, &parts.headers);
     }
+    app.metrics.series(repo_name).plan(&plan, false);
     exchange.execute(plan, body).await
 }
 
@@ -177,7 +179,7 @@ async fn handle(app: Arc<App>, main_listener: bool, local_port: u16, req: Reques
     let method = req.method().clone();
     let uri = req.uri().clone();
     let path = uri.path();
-    let api = main_listener && (path == "/api" || path.starts_with("/api/"));
+    let api = main_listener && (path == "/api" || path.starts_with("/api/") || path == "/metrics");
     // Resolved before the span exists, so that the span is made with its repository: recording a
     // field afterwards costs the log formatter a second pass.
     let resolved = (!api).then(|| resolve::resolve(&app, main_listener, local_port, (req.uri(), req.headers())));
@@ -186,17 +188,20 @@ async fn handle(app: Arc<App>, main_listener: bool, local_port: u16, req: Reques
     let span = tracing::info_span!("request", method = %method, path = %path, repo = repo_name);
     async {
         let resp = match resolved {
+            None if path == "/metrics" => crate::api::metrics(&app, &method),
             None => crate::api::handle(&app, req).await,
             Some(resolved) => dispatch(&app, resolved, req).await,
         };
-        logging::access(&logging::Access {
+        let access = logging::Access {
             method: method.as_str(),
             path,
             repo: repo_name,
             status: resp.status().as_u16(),
             bytes: body_length(&resp),
             elapsed: started.elapsed(),
-        });
+        };
+        app.metrics.request(&app.metrics.series(repo_name), &method, access.status, access.bytes, access.elapsed);
+        logging::access(&access);
         resp
     }
     .instrument(span)

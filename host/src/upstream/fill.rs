@@ -38,6 +38,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{Upstream, UpstreamError, UpstreamRequest};
 use crate::digest::{Digest, Hasher};
+use crate::metrics::{FetchLabels, FillLabels};
 use crate::repos::Repository;
 use crate::storage::{BlobStore, mapped};
 
@@ -173,13 +174,19 @@ impl Fills {
 
     /// Joins the fill for `digest`, or starts it.
     pub fn join_or_start(self: &Arc<Self>, repo: Arc<Repository>, digest: Digest, request: UpstreamRequest) -> Result<Joined, FillError> {
+        let count = |result| {
+            let labels = FetchLabels { repository: repo.name.to_string(), result };
+            self.upstream.metrics().fetches.get_or_create(&labels).inc();
+        };
         let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(fill) = inflight.get(&digest) {
+            count("joined");
             return Ok(Joined::Filling(fill.clone()));
         }
         // Checked under the lock: a fill commits before it leaves the map, so a blob is
         // either in flight or stored here, never fetched twice.
         if self.store.stat(&digest).map_err(|e| FillError::Storage(e.to_string()))?.is_some() {
+            count("stored");
             return Ok(Joined::Stored);
         }
         let path = self.store.layout().staged();
@@ -197,6 +204,7 @@ impl Fills {
         });
         inflight.insert(digest.clone(), fill.clone());
         drop(inflight);
+        count("started");
 
         let fills = self.clone();
         let this_fill = fill.clone();
@@ -227,6 +235,8 @@ impl Fills {
                     }
                     Err(e) => Err(e.to_string()),
                 };
+                let outcome = if committed.is_ok() { "stored" } else { "failed" };
+                fills.upstream.metrics().fills.get_or_create(&FillLabels { repository: repo.name.to_string(), outcome }).inc();
                 match committed {
                     Ok(size) => tracing::info!(size, ms = started.elapsed().as_millis() as u64, "fill committed"),
                     Err(e) => {
@@ -303,6 +313,7 @@ impl Fills {
         };
 
         let idle = self.upstream.config().idle_timeout;
+        let received_bytes = self.upstream.metrics().upstream_bytes_of(repo.name.as_str());
         let received: Result<(), FillError> = async {
             loop {
                 match tokio::time::timeout(idle, resp.chunk()).await {
@@ -310,6 +321,7 @@ impl Fills {
                     Ok(Err(e)) => return Err(UpstreamError::Unreachable(e.to_string()).into()),
                     Ok(Ok(None)) => return Ok(()),
                     Ok(Ok(Some(chunk))) => {
+                        received_bytes.inc_by(chunk.len() as u64);
                         if chunks_tx.send(chunk).await.is_err() {
                             return Err(FillError::Storage("staging writer stopped".into()));
                         }

@@ -6,7 +6,7 @@ pub mod fill;
 pub mod health;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -15,6 +15,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use url::Url;
 
 use crate::config::UpstreamConfig;
+use crate::metrics::Metrics;
 use crate::repos::Repository;
 use health::Health;
 
@@ -58,6 +59,7 @@ pub struct Upstream {
     health: Health,
     /// Origins each repository's remote named as auth realms.
     realms: Mutex<HashMap<String, HashSet<String>>>,
+    metrics: Arc<Metrics>,
 }
 
 fn origin(url: &Url) -> String {
@@ -86,18 +88,22 @@ fn challenge_realms(headers: &HeaderMap) -> Vec<String> {
 }
 
 impl Upstream {
-    pub fn new(config: UpstreamConfig) -> Result<Upstream, reqwest::Error> {
+    pub fn new(config: UpstreamConfig, metrics: Arc<Metrics>) -> Result<Upstream, reqwest::Error> {
         let client = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.idle_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .user_agent(concat!("binaryrepo/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Upstream { client, health: Health::new(config.down_for), config, realms: Mutex::new(HashMap::new()) })
+        Ok(Upstream { client, health: Health::new(config.down_for), config, realms: Mutex::new(HashMap::new()), metrics })
     }
 
     pub fn config(&self) -> &UpstreamConfig {
         &self.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// A repository may reach its remote's origin and the realms that remote named.
@@ -155,7 +161,11 @@ impl Upstream {
     /// Sends a request whose body the caller streams (blob fills).
     pub async fn send(&self, repo: &Repository, req: &UpstreamRequest) -> Result<reqwest::Response, UpstreamError> {
         let builder = self.build(repo, req)?;
-        let resp = builder.send().await.map_err(|e| self.classify(&req.url, e))?;
+        let resp = builder.send().await.map_err(|e| {
+            self.metrics.upstream_errors.get_or_create(&crate::metrics::RepoLabels { repository: repo.name.to_string() }).inc();
+            self.classify(&req.url, e)
+        })?;
+        self.metrics.upstream_response(repo.name.as_str(), &req.method, resp.status().as_u16());
         self.health.mark_up(&origin(&req.url));
         self.remember_realms(repo, &req.url, resp.headers());
         Ok(resp)
@@ -171,7 +181,9 @@ impl Upstream {
         let headers = std::mem::take(resp.headers_mut());
         let mut body = Vec::new();
         if req.method != Method::HEAD {
+            let received = self.metrics.upstream_bytes_of(repo.name.as_str());
             while let Some(chunk) = resp.chunk().await.map_err(|e| self.classify(&req.url, e))? {
+                received.inc_by(chunk.len() as u64);
                 body.extend_from_slice(&chunk);
                 if body.len() as u64 > SMALL_LIMIT {
                     return Err(UpstreamError::TooLarge(body.len() as u64));
@@ -232,12 +244,15 @@ mod tests {
 
     #[test]
     fn capability_is_the_remote_and_named_realms() {
-        let up = Upstream::new(UpstreamConfig {
-            connect_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(1),
-            down_for: Duration::from_secs(1),
-            hold_last_byte: false,
-        })
+        let up = Upstream::new(
+            UpstreamConfig {
+                connect_timeout: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(1),
+                down_for: Duration::from_secs(1),
+                hold_last_byte: false,
+            },
+            Default::default(),
+        )
         .unwrap();
         let r = repo("http://127.0.0.1:5000");
         assert!(up.check_allowed(&r, &Url::parse("http://127.0.0.1:5000/v2/").unwrap()).is_ok());

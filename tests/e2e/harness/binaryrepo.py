@@ -167,6 +167,12 @@ class BinaryRepo:
             cmd += ["--plugin-dir", str(plugin_dir())]  # otherwise: plugins/ next to the binary, its default
         return run(cmd, timeout=timeout, env={"NO_COLOR": "1"})
 
+    def metrics(self) -> "Metrics":
+        """GET /metrics, parsed"""
+        r = request("GET", self.url + "/metrics", timeout=30)
+        assert r.status == 200, f"GET /metrics -> {r!r}"
+        return Metrics(r.body.decode())
+
     # --- data dir and request log ----------------------------------------------------------------
     def blob_path(self, digest: str) -> Path:
         """<data_dir>/blobs/<algorithm>/<first two hex>/<hex>"""
@@ -224,6 +230,32 @@ class BinaryRepo:
     def v2(self, repo: str | None, path: str) -> str:
         """URL of a registry path through the path method: /v2/<repo>/<path>"""
         return f"{self.url}/v2/{repo}/{path}" if repo else f"{self.url}/v2/{path}"
+
+
+class Metrics:
+    """The samples of a Prometheus/OpenMetrics text exposition: value(name, **labels) sums the series of
+    `name` whose labels include the given ones (0 when there is none)."""
+
+    SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+    LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+    def __init__(self, text: str):
+        self.text = text
+        self.samples = []
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            m = self.SAMPLE.match(line)
+            assert m, f"not a sample line: {line!r}"
+            labels = dict(self.LABEL.findall(m.group(2) or ""))
+            self.samples.append((m.group(1), labels, float(m.group(3))))
+
+    def value(self, name: str, **labels) -> float:
+        return sum(v for n, ls, v in self.samples
+                   if n == name and all(ls.get(k) == str(want) for k, want in labels.items()))
+
+    def series(self, name: str) -> list:
+        return [(ls, v) for n, ls, v in self.samples if n == name]
 
 
 SERVED = re.compile(r"method=(?P<method>[A-Z]+) path=(?P<path>\S+?)[ }].*?\bserved\b.*?status=(?P<status>\d{3})")

@@ -1,0 +1,361 @@
+//! What an operator of a cache watches, for Prometheus (`GET /metrics`): requests and their
+//! latency per repository, how often a blob came from the store, from a fill in progress or from
+//! upstream, every upstream request and byte (Docker Hub counts pulls), plugin calls and the ones
+//! the plan cache saved, and the process itself.
+//!
+//! Counters are kept per label set in `prometheus-client` families; the label values are bounded
+//! (configured repository names, a fixed list of methods, HTTP status codes, plan and export names),
+//! so a client cannot grow the series by sending odd requests.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::plugins::bindings::types::Plan;
+
+/// The Content-Type of the exposition (OpenMetrics text, which Prometheus scrapes natively).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// shared with the repository's `Series`, so counting a request allocates nothing
+    pub repository: Arc<str>,
+    pub method: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RepoLabels {
+    pub repository: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlanLabels {
+    pub repository: String,
+    pub plan: &'static str,
+    /// "plugin": the plugin was called for it; "reused": a plan it offered earlier answered
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FetchLabels {
+    pub repository: String,
+    /// "started" an upstream fill, "joined" one in flight, or found the blob "stored" meanwhile
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FillLabels {
+    pub repository: String,
+    /// "stored" (verified and committed) or "failed" (nothing stored)
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabels {
+    pub format: String,
+    pub export: &'static str,
+    /// "ok", or "failed": a trap, the CPU or memory limit
+    pub outcome: &'static str,
+}
+
+type Counters<L> = Family<L, Counter<u64, AtomicU64>>;
+
+/// The kinds of plan, in the order of `Series::plans`.
+const PLAN_KINDS: [&str; 5] = ["respond", "serve-blob", "fetch-blob", "receive-upload", "read-body"];
+
+/// A repository's per-request series, resolved once: counting a request then costs one map
+/// look-up for these and one for its (method, status) counter, and no allocation. Every
+/// repository's plan counters exist from its first request on, at zero.
+pub struct Series {
+    name: Arc<str>,
+    response_bytes: Counter<u64, AtomicU64>,
+    seconds: Histogram,
+    /// `PLAN_KINDS` called from the plugin, then the same reused
+    plans: [Counter<u64, AtomicU64>; 2 * PLAN_KINDS.len()],
+}
+
+impl Series {
+    /// One plan carried out: the plugin's answer, or (`reused`) a plan it offered earlier.
+    pub fn plan(&self, plan: &Plan, reused: bool) {
+        let kind = match plan {
+            Plan::Respond(_) => 0,
+            Plan::ServeBlob(_) => 1,
+            Plan::FetchBlob(_) => 2,
+            Plan::ReceiveUpload(_) => 3,
+            Plan::ReadBody(_) => 4,
+        };
+        if let Some(c) = self.plans.get(kind + if reused { PLAN_KINDS.len() } else { 0 }) {
+            c.inc();
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    series: RwLock<HashMap<String, Arc<Series>>>,
+    requests: Counters<RequestLabels>,
+    response_bytes: Counters<RepoLabels>,
+    request_seconds: Family<RepoLabels, Histogram>,
+    plans: Counters<PlanLabels>,
+    pub fetches: Counters<FetchLabels>,
+    pub fills: Counters<FillLabels>,
+    pub upstream_requests: Counters<RequestLabels>,
+    pub upstream_errors: Counters<RepoLabels>,
+    pub upstream_bytes: Counters<RepoLabels>,
+    pub plugin_calls: Counters<PluginLabels>,
+}
+
+/// Latency buckets from 250 µs (a cached manifest) to 10 s (a cold fill waiting on upstream).
+const BUCKETS: [f64; 13] = [0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut root = Registry::default();
+        // The process family keeps its conventional unprefixed names (`process_*`).
+        root.register_collector(Box::new(Process::new()));
+        let registry = root.sub_registry_with_prefix("binaryrepo");
+        let requests = Counters::<RequestLabels>::default();
+        registry.register(
+            "http_requests",
+            "Requests answered, by repository (empty: the management API), method and status",
+            requests.clone(),
+        );
+        let response_bytes = Counters::<RepoLabels>::default();
+        registry.register_with_unit(
+            "http_response_body",
+            "Response body bytes as announced to clients (Content-Length; a client that hangs up early got fewer)",
+            Unit::Bytes,
+            response_bytes.clone(),
+        );
+        let request_seconds = Family::<RepoLabels, Histogram>::new_with_constructor(|| Histogram::new(BUCKETS));
+        registry.register_with_unit(
+            "http_request_duration",
+            "Time until the response head was ready (a streamed blob's body goes on after it)",
+            Unit::Seconds,
+            request_seconds.clone(),
+        );
+        let plans = Counters::<PlanLabels>::default();
+        registry.register(
+            "plans",
+            "Plans carried out, by kind, and whether the plugin was called or a plan it offered was reused",
+            plans.clone(),
+        );
+        let fetches = Counters::<FetchLabels>::default();
+        registry.register(
+            "blob_fetches",
+            "fetch-blob plans: the request started an upstream fill, joined one in flight, or found the blob stored meanwhile",
+            fetches.clone(),
+        );
+        let fills = Counters::<FillLabels>::default();
+        registry.register("upstream_fills", "Upstream blob fills finished, by outcome", fills.clone());
+        let upstream_requests = Counters::<RequestLabels>::default();
+        registry.register("upstream_requests", "Requests sent upstream that got an answer, by status", upstream_requests.clone());
+        let upstream_errors = Counters::<RepoLabels>::default();
+        registry.register(
+            "upstream_errors",
+            "Requests sent upstream that got no answer (connect failure, timeout)",
+            upstream_errors.clone(),
+        );
+        let upstream_bytes = Counters::<RepoLabels>::default();
+        registry.register_with_unit("upstream_body", "Body bytes received from upstreams", Unit::Bytes, upstream_bytes.clone());
+        let plugin_calls = Counters::<PluginLabels>::default();
+        registry.register("plugin_calls", "Calls into format plugins, by export and outcome", plugin_calls.clone());
+        Metrics {
+            registry: root,
+            series: Default::default(),
+            requests,
+            response_bytes,
+            request_seconds,
+            plans,
+            fetches,
+            fills,
+            upstream_requests,
+            upstream_errors,
+            upstream_bytes,
+            plugin_calls,
+        }
+    }
+
+    /// The series of a repository (None: the management API and requests for no repository).
+    pub fn series(&self, repository: Option<&str>) -> Arc<Series> {
+        let name = repository.unwrap_or_default();
+        if let Some(s) = self.series.read().unwrap_or_else(|p| p.into_inner()).get(name) {
+            return s.clone();
+        }
+        let mut map = self.series.write().unwrap_or_else(|p| p.into_inner());
+        map.entry(name.to_owned())
+            .or_insert_with(|| {
+                let labels = RepoLabels { repository: name.to_owned() };
+                let plan = |i: usize| {
+                    let (plan, source) = (PLAN_KINDS[i % PLAN_KINDS.len()], if i < PLAN_KINDS.len() { "plugin" } else { "reused" });
+                    self.plans.get_or_create_owned(&PlanLabels { repository: name.to_owned(), plan, source })
+                };
+                Arc::new(Series {
+                    name: name.into(),
+                    response_bytes: self.response_bytes.get_or_create_owned(&labels),
+                    seconds: self.request_seconds.get_or_create_owned(&labels),
+                    plans: std::array::from_fn(plan),
+                })
+            })
+            .clone()
+    }
+
+    /// One answered request.
+    pub fn request(&self, series: &Series, method: &http::Method, status: u16, body_bytes: Option<u64>, elapsed: Duration) {
+        if let Some(bytes) = body_bytes.filter(|b| *b > 0) {
+            series.response_bytes.inc_by(bytes);
+        }
+        series.seconds.observe(elapsed.as_secs_f64());
+        self.requests.get_or_create(&RequestLabels { repository: series.name.clone(), method: method_label(method), status }).inc();
+    }
+
+    pub fn upstream_response(&self, repository: &str, method: &http::Method, status: u16) {
+        let labels = RequestLabels { repository: repository.into(), method: method_label(method), status };
+        self.upstream_requests.get_or_create(&labels).inc();
+    }
+
+    /// The counter a transfer adds its received bytes to, taken once per transfer.
+    pub fn upstream_bytes_of(&self, repository: &str) -> Counter<u64, AtomicU64> {
+        self.upstream_bytes.get_or_create_owned(&RepoLabels { repository: repository.to_owned() })
+    }
+
+    pub fn render(&self, fills_in_flight: usize) -> Result<String, std::fmt::Error> {
+        let mut out = String::with_capacity(16 * 1024);
+        prometheus_client::encoding::text::encode_registry(&mut out, &self.registry)?;
+        // A gauge read from the fill map at scrape time: the registry's collectors cannot borrow it.
+        writeln!(out, "# HELP binaryrepo_upstream_fills_in_flight Upstream blob fills under way")?;
+        writeln!(out, "# TYPE binaryrepo_upstream_fills_in_flight gauge")?;
+        writeln!(out, "binaryrepo_upstream_fills_in_flight {fills_in_flight}")?;
+        prometheus_client::encoding::text::encode_eof(&mut out)?;
+        Ok(out)
+    }
+}
+
+/// A bounded label for a request method: anything unusual is "other".
+pub fn method_label(method: &http::Method) -> &'static str {
+    use http::Method as M;
+    match *method {
+        M::GET => "GET",
+        M::HEAD => "HEAD",
+        M::PUT => "PUT",
+        M::POST => "POST",
+        M::PATCH => "PATCH",
+        M::DELETE => "DELETE",
+        M::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The process metrics every Prometheus client exports (`process_*`), read from /proc at
+/// scrape time.
+#[derive(Debug)]
+struct Process {
+    start: f64,
+}
+
+impl Process {
+    fn new() -> Process {
+        Process { start: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()) }
+    }
+}
+
+/// CPU seconds, resident bytes and threads from /proc/self/stat (fields 14, 15, 20 and 24).
+fn proc_stat() -> Option<(f64, u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; the fields after it start past its ')'.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+    // SAFETY: sysconf only reads a system constant.
+    let (ticks, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let cpu = (field(14)? + field(15)?) as f64 / ticks.max(1) as f64;
+    Some((cpu, field(24)? * page.max(1) as u64, field(20)?))
+}
+
+impl Collector for Process {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let start = ConstGauge::new(self.start);
+        start.encode(encoder.encode_descriptor(
+            "process_start_time",
+            "Start time of the process since the unix epoch",
+            Some(&Unit::Seconds),
+            start.metric_type(),
+        )?)?;
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            let open = ConstGauge::new(fds.count() as i64);
+            open.encode(encoder.encode_descriptor("process_open_fds", "Open file descriptors", None, open.metric_type())?)?;
+        }
+        let Some((cpu, resident, threads)) = proc_stat() else { return Ok(()) };
+        let cpu = ConstCounter::new(cpu);
+        cpu.encode(encoder.encode_descriptor("process_cpu", "User and system CPU time spent", Some(&Unit::Seconds), cpu.metric_type())?)?;
+        let resident = ConstGauge::new(resident as i64);
+        resident.encode(encoder.encode_descriptor(
+            "process_resident_memory",
+            "Resident memory size",
+            Some(&Unit::Bytes),
+            resident.metric_type(),
+        )?)?;
+        let threads = ConstGauge::new(threads as i64);
+        threads.encode(encoder.encode_descriptor("process_threads", "OS threads", None, threads.metric_type())?)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_every_family_with_its_labels() {
+        let m = Metrics::new();
+        m.request(&m.series(Some("docker-remote")), &http::Method::GET, 200, Some(754), Duration::from_micros(300));
+        m.request(&m.series(None), &http::Method::from_bytes(b"BREW").expect("method"), 405, Some(0), Duration::from_micros(30));
+        m.series(Some("docker-remote")).plan(&Plan::ReadBody(0), false);
+        m.series(Some("docker-remote")).plan(&Plan::ReadBody(0), true);
+        m.upstream_response("docker-remote", &http::Method::HEAD, 200);
+        m.upstream_bytes_of("docker-remote").inc_by(5);
+        let text = m.render(2).expect("render");
+        for line in [
+            r#"binaryrepo_http_requests_total{repository="docker-remote",method="GET",status="200"} 1"#,
+            r#"binaryrepo_http_requests_total{repository="",method="other",status="405"} 1"#,
+            r#"binaryrepo_http_response_body_bytes_total{repository="docker-remote"} 754"#,
+            r#"binaryrepo_http_request_duration_seconds_bucket{le="0.0005",repository="docker-remote"} 1"#,
+            r#"binaryrepo_upstream_requests_total{repository="docker-remote",method="HEAD",status="200"} 1"#,
+            r#"binaryrepo_upstream_body_bytes_total{repository="docker-remote"} 5"#,
+            r#"binaryrepo_plans_total{repository="docker-remote",plan="read-body",source="plugin"} 1"#,
+            r#"binaryrepo_plans_total{repository="docker-remote",plan="read-body",source="reused"} 1"#,
+            r#"binaryrepo_plans_total{repository="docker-remote",plan="serve-blob",source="reused"} 0"#,
+            "binaryrepo_upstream_fills_in_flight 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
+        assert!(text.contains("\nprocess_cpu_seconds_total "), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        // An empty body (HEAD, 204) adds no bytes; the series is there from the first request, at zero.
+        assert!(text.lines().any(|l| l == r#"binaryrepo_http_response_body_bytes_total{repository=""} 0"#), "{text}");
+    }
+
+    #[test]
+    fn proc_stat_reads_this_process() {
+        let (cpu, resident, threads) = proc_stat().expect("/proc/self/stat");
+        assert!(cpu >= 0.0 && resident > 1 << 20 && threads >= 1, "{cpu} {resident} {threads}");
+    }
+}
