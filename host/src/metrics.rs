@@ -110,9 +110,9 @@ pub struct Metrics {
     plans: Counters<PlanLabels>,
     pub fetches: Counters<FetchLabels>,
     pub fills: Counters<FillLabels>,
-    pub upstream_requests: Counters<RequestLabels>,
-    pub upstream_errors: Counters<RepoLabels>,
-    pub upstream_bytes: Counters<RepoLabels>,
+    upstream_requests: Counters<RequestLabels>,
+    upstream_errors: Counters<RepoLabels>,
+    upstream_bytes: Counters<RepoLabels>,
     pub plugin_calls: Counters<PluginLabels>,
 }
 
@@ -229,6 +229,10 @@ impl Metrics {
     pub fn upstream_response(&self, repository: &str, method: &http::Method, status: u16) {
         let labels = RequestLabels { repository: repository.into(), method: method_label(method), status };
         self.upstream_requests.get_or_create(&labels).inc();
+    }
+
+    pub fn upstream_error(&self, repository: &str) {
+        self.upstream_errors.get_or_create(&RepoLabels { repository: repository.to_owned() }).inc();
     }
 
     /// The counter a transfer adds its received bytes to, taken once per transfer.

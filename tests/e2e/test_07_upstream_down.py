@@ -55,12 +55,15 @@ def test_unreachable_upstream_is_marked_down(upstream, make_binaryrepo, images, 
     hole = Blackhole(upstream.port)
     try:
         url = br.v2("docker-remote", "library/small/manifests/1")
+        errors = br.metrics().value("binaryrepo_upstream_errors_total", repository="docker-remote")
         r, first = timed(request, "GET", url, headers={"Accept": ACCEPT_HEADER})
         assert r.status == 200 and r.body == small.manifest, r
         assert first < 1.5 + 2.5, f"first request with a hanging upstream took {first:.1f}s (connect timeout 1.5s)"
         r, second = timed(request, "GET", url, headers={"Accept": ACCEPT_HEADER})
         assert r.status == 200 and r.body == small.manifest, r
         assert second < 1.0, f"upstream marked down, yet the second request took {second:.1f}s (first {first:.1f}s)"
+        # the one attempt that timed out is counted; while marked down nothing more is sent
+        assert br.metrics().value("binaryrepo_upstream_errors_total", repository="docker-remote") == errors + 1
         for by_digest in (False, True):
             dest = tmp_path / f"d{by_digest}"
             _, took = timed(skopeo_copy, small.ref(br.prefix("docker-remote"), by_digest=by_digest), dest)

@@ -162,7 +162,7 @@ impl Upstream {
     pub async fn send(&self, repo: &Repository, req: &UpstreamRequest) -> Result<reqwest::Response, UpstreamError> {
         let builder = self.build(repo, req)?;
         let resp = builder.send().await.map_err(|e| {
-            self.metrics.upstream_errors.get_or_create(&crate::metrics::RepoLabels { repository: repo.name.to_string() }).inc();
+            self.metrics.upstream_error(repo.name.as_str());
             self.classify(&req.url, e)
         })?;
         self.metrics.upstream_response(repo.name.as_str(), &req.method, resp.status().as_u16());
