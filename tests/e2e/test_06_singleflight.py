@@ -39,6 +39,9 @@ def test_concurrent_cold_pulls_fetch_each_blob_once(upstream, br, images, tmp_pa
     assert m.value("binaryrepo_blob_fetches_total", repository="docker-remote", result="started") == len(big.blobs), m.text
     assert m.value("binaryrepo_upstream_fills_total", repository="docker-remote", outcome="stored") == len(big.blobs)
     assert m.value("binaryrepo_upstream_fills_total", outcome="failed") == 0
+    # every fetch-blob plan either started a fill, joined one in flight or found the blob stored meanwhile
+    assert m.value("binaryrepo_blob_fetches_total", repository="docker-remote") \
+        == m.value("binaryrepo_plans_total", repository="docker-remote", plan="fetch-blob") > len(big.blobs), m.text
     assert m.value("binaryrepo_upstream_body_bytes_total", repository="docker-remote") == st.body_bytes(), \
         f"upstream body bytes by binaryrepo's count vs the upstream's log\n{st.summary()}"
     assert m.value("binaryrepo_upstream_requests_total", repository="docker-remote") == len(st.entries), st.summary()

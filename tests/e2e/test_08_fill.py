@@ -200,6 +200,9 @@ def test_wrong_bytes_from_upstream_are_not_stored(make_binaryrepo, images, hold)
             assert layer not in check_store(br.data_dir), f"attempt {attempt}: mismatching bytes were stored"
             assert fake.count("GET", f"/blobs/{layer}") == attempt, \
                 f"attempt {attempt}: upstream GETs {fake.count('GET', f'/blobs/{layer}')} (a failure must not be cached)"
+        m = br.metrics()  # the failed fills are counted before their log line
+        assert m.value("binaryrepo_upstream_fills_total", repository="docker-remote", outcome="failed") == 2, m.text
+        assert m.value("binaryrepo_upstream_fills_total", outcome="stored") == 0
 
         murl = br.v2("docker-remote", f"{small.repo}/manifests/{small.digest}")
         r = request("GET", murl, headers={"Accept": ACCEPT_HEADER})
