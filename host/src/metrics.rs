@@ -19,7 +19,7 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::{Metric, Registry, Unit};
 
 use crate::plugins::bindings::types::Plan;
 
@@ -27,46 +27,46 @@ use crate::plugins::bindings::types::Plan;
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
+struct RequestLabels {
     /// shared with the repository's `Series`, so counting a request allocates nothing
-    pub repository: Arc<str>,
-    pub method: &'static str,
-    pub status: u16,
+    repository: Arc<str>,
+    method: &'static str,
+    status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RepoLabels {
-    pub repository: String,
+struct RepoLabels {
+    repository: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PlanLabels {
-    pub repository: String,
-    pub plan: &'static str,
+struct PlanLabels {
+    repository: String,
+    plan: &'static str,
     /// "plugin": the plugin was called for it; "reused": a plan it offered earlier answered
-    pub source: &'static str,
+    source: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FetchLabels {
-    pub repository: String,
+struct FetchLabels {
+    repository: String,
     /// "started" an upstream fill, "joined" one in flight, or found the blob "stored" meanwhile
-    pub result: &'static str,
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FillLabels {
-    pub repository: String,
+struct FillLabels {
+    repository: String,
     /// "stored" (verified and committed) or "failed" (nothing stored)
-    pub outcome: &'static str,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PluginLabels {
-    pub format: String,
-    pub export: &'static str,
+struct PluginLabels {
+    format: String,
+    export: &'static str,
     /// "ok", or "failed": a trap, the CPU or memory limit
-    pub outcome: &'static str,
+    outcome: &'static str,
 }
 
 type Counters<L> = Family<L, Counter<u64, AtomicU64>>;
@@ -108,12 +108,12 @@ pub struct Metrics {
     response_bytes: Counters<RepoLabels>,
     request_seconds: Family<RepoLabels, Histogram>,
     plans: Counters<PlanLabels>,
-    pub fetches: Counters<FetchLabels>,
-    pub fills: Counters<FillLabels>,
+    fetches: Counters<FetchLabels>,
+    fills: Counters<FillLabels>,
     upstream_requests: Counters<RequestLabels>,
     upstream_errors: Counters<RepoLabels>,
     upstream_bytes: Counters<RepoLabels>,
-    pub plugin_calls: Counters<PluginLabels>,
+    plugin_calls: Counters<PluginLabels>,
 }
 
 /// Latency buckets from 250 µs (a cached manifest) to 10 s (a cold fill waiting on upstream).
@@ -130,66 +130,41 @@ impl Metrics {
         let mut root = Registry::default();
         // The process family keeps its conventional unprefixed names (`process_*`).
         root.register_collector(Box::new(Process::new()));
-        let registry = root.sub_registry_with_prefix("binaryrepo");
-        let requests = Counters::<RequestLabels>::default();
-        registry.register(
-            "http_requests",
-            "Requests answered, by repository (empty: the management API), method and status",
-            requests.clone(),
-        );
-        let response_bytes = Counters::<RepoLabels>::default();
-        registry.register_with_unit(
-            "http_response_body",
-            "Response body bytes as announced to clients (Content-Length; a client that hangs up early got fewer)",
-            Unit::Bytes,
-            response_bytes.clone(),
-        );
-        let request_seconds = Family::<RepoLabels, Histogram>::new_with_constructor(|| Histogram::new(BUCKETS));
-        registry.register_with_unit(
-            "http_request_duration",
-            "Time until the response head was ready (a streamed blob's body goes on after it)",
-            Unit::Seconds,
-            request_seconds.clone(),
-        );
-        let plans = Counters::<PlanLabels>::default();
-        registry.register(
-            "plans",
-            "Plans carried out, by kind, and whether the plugin was called or a plan it offered was reused",
-            plans.clone(),
-        );
-        let fetches = Counters::<FetchLabels>::default();
-        registry.register(
-            "blob_fetches",
-            "fetch-blob plans: the request started an upstream fill, joined one in flight, or found the blob stored meanwhile",
-            fetches.clone(),
-        );
-        let fills = Counters::<FillLabels>::default();
-        registry.register("upstream_fills", "Upstream blob fills finished, by outcome", fills.clone());
-        let upstream_requests = Counters::<RequestLabels>::default();
-        registry.register("upstream_requests", "Requests sent upstream that got an answer, by status", upstream_requests.clone());
-        let upstream_errors = Counters::<RepoLabels>::default();
-        registry.register(
-            "upstream_errors",
-            "Requests sent upstream that got no answer (connect failure, timeout)",
-            upstream_errors.clone(),
-        );
-        let upstream_bytes = Counters::<RepoLabels>::default();
-        registry.register_with_unit("upstream_body", "Body bytes received from upstreams", Unit::Bytes, upstream_bytes.clone());
-        let plugin_calls = Counters::<PluginLabels>::default();
-        registry.register("plugin_calls", "Calls into format plugins, by export and outcome", plugin_calls.clone());
+        let r = root.sub_registry_with_prefix("binaryrepo");
         Metrics {
-            registry: root,
             series: Default::default(),
-            requests,
-            response_bytes,
-            request_seconds,
-            plans,
-            fetches,
-            fills,
-            upstream_requests,
-            upstream_errors,
-            upstream_bytes,
-            plugin_calls,
+            requests: register(r, "http_requests", "Requests answered, by repository (empty: the management API), method and status", None),
+            response_bytes: register(
+                r,
+                "http_response_body",
+                "Response body bytes as announced to clients (Content-Length; a client that hangs up early got fewer)",
+                Some(Unit::Bytes),
+            ),
+            request_seconds: register_metric(
+                r,
+                "http_request_duration",
+                "Time until the response head was ready (a streamed blob's body goes on after it)",
+                Some(Unit::Seconds),
+                Family::new_with_constructor(|| Histogram::new(BUCKETS)),
+            ),
+            plans: register(
+                r,
+                "plans",
+                "Plans carried out, by kind, and whether the plugin was called or a plan it offered was reused",
+                None,
+            ),
+            fetches: register(
+                r,
+                "blob_fetches",
+                "fetch-blob plans: the request started an upstream fill, joined one in flight, or found the blob stored meanwhile",
+                None,
+            ),
+            fills: register(r, "upstream_fills", "Upstream blob fills finished, by outcome", None),
+            upstream_requests: register(r, "upstream_requests", "Requests sent upstream that got an answer, by status", None),
+            upstream_errors: register(r, "upstream_errors", "Requests sent upstream that got no answer (connect failure, timeout)", None),
+            upstream_bytes: register(r, "upstream_body", "Body bytes received from upstreams", Some(Unit::Bytes)),
+            plugin_calls: register(r, "plugin_calls", "Calls into format plugins, by export and outcome", None),
+            registry: root,
         }
     }
 
@@ -235,6 +210,21 @@ impl Metrics {
         self.upstream_errors.get_or_create(&RepoLabels { repository: repository.to_owned() }).inc();
     }
 
+    /// A fetch-blob plan `started` an upstream fill, `joined` one in flight, or found the blob `stored`.
+    pub fn blob_fetch(&self, repository: &str, result: &'static str) {
+        self.fetches.get_or_create(&FetchLabels { repository: repository.to_owned(), result }).inc();
+    }
+
+    pub fn fill_ended(&self, repository: &str, stored: bool) {
+        let outcome = if stored { "stored" } else { "failed" };
+        self.fills.get_or_create(&FillLabels { repository: repository.to_owned(), outcome }).inc();
+    }
+
+    /// The counter of one plugin export's calls with one outcome, taken once when the plugin loads.
+    pub fn plugin_call_counter(&self, format: &str, export: &'static str, outcome: &'static str) -> Counter<u64, AtomicU64> {
+        self.plugin_calls.get_or_create_owned(&PluginLabels { format: format.to_owned(), export, outcome })
+    }
+
     /// The counter a transfer adds its received bytes to, taken once per transfer.
     pub fn upstream_bytes_of(&self, repository: &str) -> Counter<u64, AtomicU64> {
         self.upstream_bytes.get_or_create_owned(&RepoLabels { repository: repository.to_owned() })
@@ -250,6 +240,23 @@ impl Metrics {
         prometheus_client::encoding::text::encode_eof(&mut out)?;
         Ok(out)
     }
+}
+
+/// A counter family registered under `name`.
+fn register<L>(registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>) -> Counters<L>
+where
+    Counters<L>: Metric + Clone + Default,
+{
+    register_metric(registry, name, help, unit, Counters::<L>::default())
+}
+
+/// Registers `metric` and hands it back: the registry keeps a clone, which shares its values.
+fn register_metric<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>, metric: M) -> M {
+    match unit {
+        Some(unit) => registry.register_with_unit(name, help, unit, metric.clone()),
+        None => registry.register(name, help, metric.clone()),
+    }
+    metric
 }
 
 /// A bounded label for a request method: anything unusual is "other".

@@ -23,7 +23,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
 
 use crate::config::PluginLimits;
-use crate::metrics::{Metrics, PluginLabels};
+use crate::metrics::Metrics;
 use crate::repos::{Repos, Repository};
 use crate::storage::uploads::Uploads;
 use crate::storage::{BlobStore, MetaStore};
@@ -269,9 +269,7 @@ impl Plugins {
         let calls = EXPORTS
             .iter()
             .flat_map(|export| ["ok", "failed"].map(|outcome| (export, outcome)))
-            .map(|(export, outcome)| {
-                self.metrics.plugin_calls.get_or_create_owned(&PluginLabels { format: info.format.clone(), export, outcome })
-            })
+            .map(|(export, outcome)| self.metrics.plugin_call_counter(&info.format, export, outcome))
             .collect();
         let meta = PluginMeta { format: info.format, contract: info.contract, roots: info.roots, file: file.into() };
         Ok(LoadedPlugin { meta, pre, calls })

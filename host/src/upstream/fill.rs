@@ -38,7 +38,6 @@ use tokio::sync::{mpsc, watch};
 
 use super::{Upstream, UpstreamError, UpstreamRequest};
 use crate::digest::{Digest, Hasher};
-use crate::metrics::{FetchLabels, FillLabels};
 use crate::repos::Repository;
 use crate::storage::{BlobStore, mapped};
 
@@ -174,10 +173,7 @@ impl Fills {
 
     /// Joins the fill for `digest`, or starts it.
     pub fn join_or_start(self: &Arc<Self>, repo: Arc<Repository>, digest: Digest, request: UpstreamRequest) -> Result<Joined, FillError> {
-        let count = |result| {
-            let labels = FetchLabels { repository: repo.name.to_string(), result };
-            self.upstream.metrics().fetches.get_or_create(&labels).inc();
-        };
+        let count = |result| self.upstream.metrics().blob_fetch(repo.name.as_str(), result);
         let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(fill) = inflight.get(&digest) {
             count("joined");
@@ -235,8 +231,7 @@ impl Fills {
                     }
                     Err(e) => Err(e.to_string()),
                 };
-                let outcome = if committed.is_ok() { "stored" } else { "failed" };
-                fills.upstream.metrics().fills.get_or_create(&FillLabels { repository: repo.name.to_string(), outcome }).inc();
+                fills.upstream.metrics().fill_ended(repo.name.as_str(), committed.is_ok());
                 match committed {
                     Ok(size) => tracing::info!(size, ms = started.elapsed().as_millis() as u64, "fill committed"),
                     Err(e) => {
