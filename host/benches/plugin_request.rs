@@ -13,7 +13,8 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 use binaryrepo::config::{Config, FileConfig, Overrides};
-use binaryrepo::plugins::bindings::types::{Mount, Request};
+use binaryrepo::plugins::bindings::types::{Caller, Mount, Request};
+use binaryrepo::plugins::caps::Readable;
 use binaryrepo::plugins::wit_repository;
 
 fn plugin_dir() -> std::path::PathBuf {
@@ -60,23 +61,24 @@ fn bench(c: &mut Criterion) {
         repository: Some(wit_repository(&repo)),
         mount: Mount::Path,
         now: 1_700_000_000,
+        caller: Caller { user: None, token_service: None },
     };
 
     let mut group = c.benchmark_group("plugin_request");
     group.measurement_time(Duration::from_secs(5));
     let base = request("/v2/");
     group.bench_function("api_root", |b| {
-        b.to_async(&rt).iter(|| async { app.plugins.handle(&plugin, Some(repo.clone()), &base).await.expect("handle") })
+        b.to_async(&rt).iter(|| async { app.plugins.handle(&plugin, Some(repo.clone()), Readable::all(), &base).await.expect("handle") })
     });
     let missing = request("/v2/team/app/manifests/1");
     group.bench_function("manifest_by_tag_lookup", |b| {
-        b.to_async(&rt).iter(|| async { app.plugins.handle(&plugin, Some(repo.clone()), &missing).await.expect("handle") })
+        b.to_async(&rt).iter(|| async { app.plugins.handle(&plugin, Some(repo.clone()), Readable::all(), &missing).await.expect("handle") })
     });
     group.bench_function("api_root_fresh", |b| {
-        b.to_async(&rt).iter(|| async { fresh.plugins.handle(&fresh_plugin, Some(fresh_repo.clone()), &base).await.expect("handle") })
+        b.to_async(&rt).iter(|| async { fresh.plugins.handle(&fresh_plugin, Some(fresh_repo.clone()), Readable::all(), &base).await.expect("handle") })
     });
     group.bench_function("manifest_by_tag_lookup_fresh", |b| {
-        b.to_async(&rt).iter(|| async { fresh.plugins.handle(&fresh_plugin, Some(fresh_repo.clone()), &missing).await.expect("handle") })
+        b.to_async(&rt).iter(|| async { fresh.plugins.handle(&fresh_plugin, Some(fresh_repo.clone()), Readable::all(), &missing).await.expect("handle") })
     });
     group.finish();
     drop(Arc::clone(&app));

@@ -91,7 +91,7 @@ impl Series {
         let kind = match plan {
             Plan::Respond(_) => 0,
             Plan::ServeBlob(_) => 1,
-            Plan::FetchBlob(_) => 2,
+            Plan::FetchBlob(_) | Plan::FetchFile(_) => 2,
             Plan::ReceiveUpload(_) => 3,
             Plan::ReadBody(_) => 4,
         };

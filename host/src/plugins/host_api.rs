@@ -1,10 +1,11 @@
-//! The host side of the contract: each import delegates to its capability file, and time spent
-//! in the host is taken off the plugin's CPU budget. Every import but the reads of this
-//! repository's metadata and of the blob store marks the call as one whose plan is not reused.
+//! The host side of the current contract: one impl per imported interface, each import
+//! delegating to its capability file, and time spent in the host taken off the plugin's CPU
+//! budget. Every import but the reads of this repository's metadata and of the blob store marks
+//! the call as one whose plan is not reused.
 
 use std::time::Instant;
 
-use super::bindings::binaryrepo::plugin::{host, types};
+use super::bindings::v0_3::binaryrepo::plugin::{blobs, log, meta, repositories, reuse, scratch, types, uploads, upstream};
 use super::caps;
 use super::state::CallState;
 use types::{BlobInfo, HostError, Level, Repository, UpstreamRequest, UpstreamResponse};
@@ -20,28 +21,37 @@ macro_rules! timed {
     }};
 }
 
-impl host::Host for CallState {
+impl log::Host for CallState {
     async fn log(&mut self, level: Level, message: String) {
         let format = self.repo.as_ref().map_or("-", |r| r.format.as_str());
         caps::log::log(format, level, &message);
     }
+}
 
-    async fn meta_get(&mut self, key: String) -> Result<Option<Vec<u8>>, HostError> {
+impl meta::Host for CallState {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, HostError> {
         timed!(self, caps::meta::get(&self.scope(), key).await)
     }
 
-    async fn meta_put(&mut self, key: String, value: Vec<u8>) -> Result<(), HostError> {
+    async fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), HostError> {
         self.only_read = false;
         timed!(self, caps::meta::put(&self.scope(), key, value).await)
     }
 
-    async fn meta_delete(&mut self, key: String) -> Result<(), HostError> {
+    async fn delete(&mut self, key: String) -> Result<(), HostError> {
         self.only_read = false;
         timed!(self, caps::meta::delete(&self.scope(), key).await)
     }
 
-    async fn meta_list(&mut self, prefix: String) -> Result<Vec<String>, HostError> {
+    async fn keys(&mut self, prefix: String) -> Result<Vec<String>, HostError> {
         timed!(self, caps::meta::list(&self.scope(), prefix).await)
+    }
+}
+
+impl repositories::Host for CallState {
+    async fn all(&mut self) -> Vec<Repository> {
+        self.only_read = false;
+        caps::repositories::list(&self.scope())
     }
 
     async fn meta_get_in(&mut self, repository: String, key: String) -> Result<Option<Vec<u8>>, HostError> {
@@ -53,56 +63,77 @@ impl host::Host for CallState {
         self.only_read = false;
         timed!(self, caps::meta::list_in(&self.scope(), repository, prefix).await)
     }
+}
 
-    async fn repositories(&mut self) -> Vec<Repository> {
-        self.only_read = false;
-        caps::repositories::list(&self.scope())
-    }
-
-    async fn upload_start(&mut self) -> Result<String, HostError> {
-        self.only_read = false;
-        timed!(self, caps::uploads::start(&self.scope()).await)
-    }
-
-    async fn upload_size(&mut self, id: String) -> Result<Option<u64>, HostError> {
-        self.only_read = false;
-        timed!(self, caps::uploads::size(&self.scope(), id).await)
-    }
-
-    async fn upload_cancel(&mut self, id: String) -> Result<(), HostError> {
-        self.only_read = false;
-        timed!(self, caps::uploads::cancel(&self.scope(), id).await)
-    }
-
-    async fn scratch_get(&mut self, key: String) -> Option<Vec<u8>> {
+impl scratch::Host for CallState {
+    async fn get(&mut self, key: String) -> Option<Vec<u8>> {
         self.only_read = false;
         caps::scratch::get(&self.scope(), &key)
     }
 
-    async fn scratch_put(&mut self, key: String, value: Vec<u8>, ttl_seconds: u64) {
+    async fn put(&mut self, key: String, value: Vec<u8>, ttl_seconds: u64) {
         self.only_read = false;
         caps::scratch::put(&self.scope(), &key, value, ttl_seconds)
     }
+}
 
-    async fn blob_stat(&mut self, digest: String) -> Result<Option<BlobInfo>, HostError> {
+impl uploads::Host for CallState {
+    async fn start(&mut self) -> Result<String, HostError> {
+        self.only_read = false;
+        timed!(self, caps::uploads::start(&self.scope()).await)
+    }
+
+    async fn size(&mut self, id: String) -> Result<Option<u64>, HostError> {
+        self.only_read = false;
+        timed!(self, caps::uploads::size(&self.scope(), id).await)
+    }
+
+    async fn cancel(&mut self, id: String) -> Result<(), HostError> {
+        self.only_read = false;
+        timed!(self, caps::uploads::cancel(&self.scope(), id).await)
+    }
+}
+
+impl blobs::Host for CallState {
+    async fn stat(&mut self, digest: String) -> Result<Option<BlobInfo>, HostError> {
         timed!(self, caps::blobs::stat(&self.scope(), digest).await)
     }
 
-    async fn blob_read(&mut self, digest: String) -> Result<Vec<u8>, HostError> {
-        timed!(self, caps::blobs::read(&self.scope(), digest).await)
+    async fn read(&mut self, digest: String) -> Result<Vec<u8>, HostError> {
+        let read = timed!(self, caps::blobs::read(&self.scope(), digest).await);
+        if let Ok(bytes) = &read {
+            self.seen.remember(bytes);
+        }
+        read
     }
 
-    async fn blob_write(&mut self, data: Vec<u8>, expected: Option<String>) -> Result<String, HostError> {
+    async fn write(&mut self, data: Vec<u8>, expected: Option<String>) -> Result<String, HostError> {
         self.only_read = false;
         timed!(self, caps::blobs::write(&self.scope(), data, expected).await)
     }
+}
 
-    async fn reusable(&mut self, seconds: u64, vary: Vec<String>) {
-        self.offer = super::reuse::offer(seconds, &vary);
+impl upstream::Host for CallState {
+    async fn send(&mut self, request: UpstreamRequest) -> Result<UpstreamResponse, HostError> {
+        self.only_read = false;
+        let resp = timed!(self, caps::upstream::request(&self.scope(), request).await);
+        if let Ok(resp) = &resp {
+            self.seen.remember(&resp.body);
+            for (_, v) in &resp.headers {
+                self.seen.remember(v.as_bytes());
+            }
+        }
+        resp
     }
 
-    async fn upstream(&mut self, request: UpstreamRequest) -> Result<UpstreamResponse, HostError> {
+    async fn allow_origin(&mut self, origin: String) -> Result<(), HostError> {
         self.only_read = false;
-        timed!(self, caps::upstream::request(&self.scope(), request).await)
+        caps::upstream::allow_origin(&self.scope(), &self.seen, &origin)
+    }
+}
+
+impl reuse::Host for CallState {
+    async fn offer(&mut self, seconds: u64, vary: Vec<String>) {
+        self.offer = super::reuse::offer(seconds, &vary);
     }
 }

@@ -5,9 +5,11 @@
 
 pub mod bindings;
 pub mod caps;
+mod compat;
 mod compiled;
 mod epoch;
 mod host_api;
+pub mod instance;
 pub mod reuse;
 pub mod state;
 mod warm;
@@ -29,21 +31,23 @@ use crate::storage::uploads::Uploads;
 use crate::storage::{BlobStore, MetaStore};
 use crate::upstream::Upstream;
 use bindings::types;
-use bindings::{CONTRACT, Plugin, PluginPre};
+use bindings::{CONTRACT, World};
+use caps::Readable;
 use caps::scratch::Scratch;
 use epoch::Ticker;
+use instance::{Instance, Pre, Rendered};
 use state::CallState;
 use warm::{Warm, WarmPool};
 
 /// One export call: an idle instance of this plugin for this repository or a fresh one, the
 /// call, and the instance back to the idle pool only if the call succeeded; counted by outcome.
 macro_rules! call {
-    ($self:ident, $plugin:ident, $export:literal, $repo:expr, |$f:ident, $store:ident| $call:expr) => {{
+    ($self:ident, $plugin:ident, $export:literal, $repo:expr, $readable:expr, |$f:ident, $store:ident| $call:expr) => {{
         let _permit = $self.permits.acquire().await.map_err(|e| Self::failed($plugin, e))?;
         let _running = $self.ticker.running();
         let result = async {
-            let mut warm = $self.checkout($plugin, $repo).await.map_err(|e| Self::trapped($plugin, e))?;
-            let $f = warm.instance.binaryrepo_plugin_format();
+            let mut warm = $self.checkout($plugin, $repo, $readable).await.map_err(|e| Self::trapped($plugin, e))?;
+            let $f = &warm.instance;
             let $store = &mut warm.store;
             let result = $call.await.map_err(|e| Self::trapped($plugin, e));
             if result.is_ok() {
@@ -131,19 +135,21 @@ impl PluginError {
 pub struct PluginMeta {
     pub format: String,
     pub contract: String,
+    /// the world it is linked against (older ones through adapters)
+    pub world: World,
     pub roots: Vec<String>,
     pub file: PathBuf,
 }
 
 pub struct LoadedPlugin {
     pub meta: PluginMeta,
-    pre: PluginPre<CallState>,
+    pre: Pre,
     /// `binaryrepo_plugin_calls_total` of each of `EXPORTS`, "ok" then "failed"
     calls: Vec<Counter<u64, AtomicU64>>,
 }
 
 /// The exports a call is counted under.
-const EXPORTS: [&str; 5] = ["handle", "handle-body", "upload-complete", "render-failure", "live-blobs"];
+const EXPORTS: [&str; 6] = ["handle", "handle-body", "upload-complete", "file-fetched", "render-failure", "live-blobs"];
 
 pub struct Plugins {
     engine: Engine,
@@ -191,11 +197,6 @@ fn engine(limits: &PluginLimits) -> Result<Engine, PluginError> {
     }
 }
 
-fn compatible(contract: &str) -> bool {
-    let major_minor = |v: &str| v.split('.').take(2).collect::<Vec<_>>().join(".");
-    major_minor(contract) == major_minor(CONTRACT) && contract.split('.').count() == 3
-}
-
 impl Plugins {
     /// Loads every `.wasm` in `dir`; `cache` keeps their compiled code between starts.
     pub async fn load(
@@ -209,7 +210,9 @@ impl Plugins {
         let ticker = Ticker::start(engine.clone()).map_err(|e| PluginError::Engine(e.to_string()))?;
         let mut linker: Linker<CallState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| PluginError::Engine(e.to_string()))?;
-        Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| PluginError::Engine(e.to_string()))?;
+        // Every supported world side by side: a component links against the one it was built for.
+        bindings::v0_3::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| PluginError::Engine(e.to_string()))?;
+        bindings::v0_2::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| PluginError::Engine(e.to_string()))?;
 
         let warm = WarmPool::new(limits.instance_reuse);
         let mut plugins = Plugins {
@@ -250,13 +253,16 @@ impl Plugins {
             None => Component::new(&self.engine, &wasm),
         }
         .map_err(|e| load_err(format!("{e:#}")))?;
-        let pre = linker.instantiate_pre(&component).map_err(|e| load_err(format!("{e:#}")))?;
-        let pre = PluginPre::new(pre).map_err(|e| load_err(format!("does not implement binaryrepo:plugin@{CONTRACT}: {e:#}")))?;
+        let pre = Pre::new(linker, &component).map_err(load_err)?;
         let _running = self.ticker.running();
         let (mut store, instance) = self.instantiate(&pre, None).await.map_err(|e| load_err(e.to_string()))?;
-        let info = instance.binaryrepo_plugin_format().call_info(&mut store).await.map_err(|e| load_err(format!("info(): {e:#}")))?;
-        if !compatible(&info.contract) {
-            return Err(load_err(format!("built for contract {} but this host implements {CONTRACT}", info.contract)));
+        let info = instance.info(&mut store).await.map_err(|e| load_err(format!("info(): {e:#}")))?;
+        if World::of(&info.contract) != Some(pre.world()) {
+            return Err(load_err(format!(
+                "says it was built for contract {:?} but implements the {} world; this host implements {CONTRACT} and 0.2.x",
+                info.contract,
+                pre.world().name()
+            )));
         }
         let format_ok = !info.format.is_empty() && info.format.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !format_ok {
@@ -271,12 +277,12 @@ impl Plugins {
             .flat_map(|export| ["ok", "failed"].map(|outcome| (export, outcome)))
             .map(|(export, outcome)| self.metrics.plugin_call_counter(&info.format, export, outcome))
             .collect();
-        let meta = PluginMeta { format: info.format, contract: info.contract, roots: info.roots, file: file.into() };
+        let meta = PluginMeta { format: info.format, contract: info.contract, world: pre.world(), roots: info.roots, file: file.into() };
         Ok(LoadedPlugin { meta, pre, calls })
     }
 
     /// A fresh store and instance; the repository is set per call (`CallState::begin`).
-    async fn instantiate(&self, pre: &PluginPre<CallState>, format: Option<&str>) -> wasmtime::Result<(Store<CallState>, Plugin)> {
+    async fn instantiate(&self, pre: &Pre, format: Option<&str>) -> wasmtime::Result<(Store<CallState>, Instance)> {
         let mut store = Store::new(&self.engine, CallState::new(self.caps.clone(), format.map(str::to_owned), self.limits.memory_bytes));
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(1);
@@ -294,12 +300,12 @@ impl Plugins {
                 UpdateDeadline::Yield(1)
             })
         });
-        let instance = pre.instantiate_async(&mut store).await?;
+        let instance = pre.instantiate(&mut store).await?;
         Ok((store, instance))
     }
 
     /// An instance ready for one call for `repo`: reused if one is idle, else fresh.
-    async fn checkout(&self, plugin: &LoadedPlugin, repo: Option<Arc<Repository>>) -> wasmtime::Result<Warm> {
+    async fn checkout(&self, plugin: &LoadedPlugin, repo: Option<Arc<Repository>>, readable: Readable) -> wasmtime::Result<Warm> {
         let name = repo.as_ref().map(|r| r.name.as_str());
         let mut warm = match self.warm.take(&plugin.meta.format, name) {
             Some(w) => w,
@@ -308,7 +314,7 @@ impl Plugins {
                 Warm::new(store, instance, &plugin.meta.format, name)
             }
         };
-        warm.store.data_mut().begin(repo);
+        warm.store.data_mut().begin(repo, readable);
         warm.store.set_epoch_deadline(1);
         Ok(warm)
     }
@@ -365,10 +371,11 @@ impl Plugins {
         &self,
         plugin: &LoadedPlugin,
         repo: Option<Arc<Repository>>,
+        readable: Readable,
         req: &types::Request,
     ) -> Result<(types::Plan, Option<reuse::Offer>), PluginError> {
-        call!(self, plugin, "handle", repo, |f, store| async {
-            let plan = f.call_handle(&mut *store, req).await?;
+        call!(self, plugin, "handle", repo, readable, |f, store| async {
+            let plan = f.handle(&mut *store, req).await?;
             Ok((plan, store.data_mut().take_offer()))
         })
     }
@@ -387,50 +394,59 @@ impl Plugins {
         &self,
         plugin: &LoadedPlugin,
         repo: Option<Arc<Repository>>,
+        readable: Readable,
         req: &types::Request,
         body: &[u8],
     ) -> Result<types::Plan, PluginError> {
-        call!(self, plugin, "handle-body", repo, |f, store| f.call_handle_body(store, req, body))
+        call!(self, plugin, "handle-body", repo, readable, |f, store| f.handle_body(store, req, body))
     }
 
     pub async fn upload_complete(
         &self,
         plugin: &LoadedPlugin,
         repo: Option<Arc<Repository>>,
+        readable: Readable,
         req: &types::Request,
         id: &str,
         outcome: &types::UploadOutcome,
     ) -> Result<types::Response, PluginError> {
-        call!(self, plugin, "upload-complete", repo, |f, store| f.call_upload_complete(store, req, id, outcome))
+        call!(self, plugin, "upload-complete", repo, readable, |f, store| f.upload_complete(store, req, id, outcome))
     }
 
-    pub async fn render_failure(
+    /// After a `fetch-file` stored its file: the plugin records it.
+    pub async fn file_fetched(
         &self,
         plugin: &LoadedPlugin,
         repo: Option<Arc<Repository>>,
         req: &types::Request,
+        key: &str,
+        file: &types::FetchedFile,
+    ) -> Result<(), PluginError> {
+        let recorded = call!(self, plugin, "file-fetched", repo, Readable::all(), |f, store| f.file_fetched(store, req, key, file))?;
+        recorded.map_err(|e| Self::failed(plugin, format!("file-fetched: {e:?}")))
+    }
+
+    /// The plugin's rendering of a failure, or none when its contract version has no shape for
+    /// this kind of failure (a 0.2 plugin and a refused login).
+    pub async fn render_failure(
+        &self,
+        plugin: &LoadedPlugin,
+        repo: Option<Arc<Repository>>,
+        readable: Readable,
+        req: &types::Request,
         failure: &types::Failure,
-    ) -> Result<types::Response, PluginError> {
-        call!(self, plugin, "render-failure", repo, |f, store| f.call_render_failure(store, req, failure))
+    ) -> Result<Option<types::Response>, PluginError> {
+        let rendered = call!(self, plugin, "render-failure", repo, readable, |f, store| f.render_failure(store, req, failure))?;
+        Ok(match rendered {
+            Rendered::Plugin(r) => Some(r),
+            Rendered::Unrenderable => None,
+        })
     }
 
     /// The digests `repo` still needs, for garbage collection.
     pub async fn live_blobs(&self, plugin: &LoadedPlugin, repo: Arc<Repository>) -> Result<Vec<String>, PluginError> {
         let wit = wit_repository(&repo);
-        let listed = call!(self, plugin, "live-blobs", Some(repo), |f, store| f.call_live_blobs(store, &wit))?;
+        let listed = call!(self, plugin, "live-blobs", Some(repo), Readable::all(), |f, store| f.live_blobs(store, &wit))?;
         listed.map_err(|e| Self::failed(plugin, format!("live-blobs: {e:?}")))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn contract_compatibility() {
-        assert!(super::compatible("0.2.0"));
-        assert!(super::compatible("0.2.7"));
-        assert!(!super::compatible("0.1.0"));
-        assert!(!super::compatible("0.3.0"));
-        assert!(!super::compatible("1.1.0"));
-        assert!(!super::compatible("0.1"));
     }
 }

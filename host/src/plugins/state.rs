@@ -28,6 +28,57 @@ pub struct CallState {
     /// False once the call did more than read this repository's metadata and the blob store:
     /// its plan may then depend on something the plan cache cannot watch.
     pub only_read: bool,
+    /// Which other repositories the caller may read (`repositories` import).
+    pub readable: super::caps::Readable,
+    /// Origins named in what upstreams answered (and blobs read) in this call: what `allow-origin`
+    /// may allow.
+    pub seen: SeenOrigins,
+}
+
+/// `scheme://host[:port]` origins that appeared in documents a call received, so a plugin may
+/// allow only an origin its remote actually named. Bounded: a document naming more than
+/// `MAX_SEEN` origins has the rest ignored.
+#[derive(Default)]
+pub struct SeenOrigins {
+    origins: std::collections::HashSet<String>,
+}
+
+const MAX_SEEN: usize = 4096;
+
+impl SeenOrigins {
+    pub fn remember(&mut self, bytes: &[u8]) {
+        let mut from = 0;
+        while self.origins.len() < MAX_SEEN {
+            let Some(i) = find(&bytes[from..], b"://") else { return };
+            let at = from + i;
+            let scheme_start = bytes[..at].iter().rposition(|b| !b.is_ascii_alphabetic()).map_or(0, |p| p + 1);
+            let scheme = bytes[scheme_start..at].to_ascii_lowercase();
+            let rest = &bytes[at + 3..];
+            let end = rest
+                .iter()
+                .position(|b| matches!(b, b'/' | b'"' | b'\'' | b' ' | b'\n' | b'\r' | b'\t' | b'?' | b'#' | b'>' | b'<' | b','))
+                .unwrap_or(rest.len());
+            if (scheme == b"https" || scheme == b"http")
+                && end > 0
+                && let Ok(authority) = std::str::from_utf8(&rest[..end])
+            {
+                self.origins.insert(format!("{}://{}", String::from_utf8_lossy(&scheme), authority.to_ascii_lowercase()));
+            }
+            from = at + 3;
+        }
+    }
+
+    pub fn contains(&self, origin: &str) -> bool {
+        self.origins.contains(origin)
+    }
+
+    fn clear(&mut self) {
+        self.origins.clear();
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 impl CallState {
@@ -44,13 +95,17 @@ impl CallState {
             host_time: Duration::ZERO,
             offer: None,
             only_read: true,
+            readable: super::caps::Readable::all(),
+            seen: SeenOrigins::default(),
         }
     }
 
     /// Starts the accounting of one more call in this store (a reused instance serves the next
     /// request of the same repository).
-    pub fn begin(&mut self, repo: Option<Arc<Repository>>) {
+    pub fn begin(&mut self, repo: Option<Arc<Repository>>, readable: super::caps::Readable) {
         self.repo = repo;
+        self.readable = readable;
+        self.seen.clear();
         self.started = Instant::now();
         self.host_time = Duration::ZERO;
         self.offer = None;
@@ -63,7 +118,12 @@ impl CallState {
     }
 
     pub fn scope(&self) -> super::caps::Scope {
-        super::caps::Scope { caps: self.caps.clone(), format: self.format.clone(), repo: self.repo.clone() }
+        super::caps::Scope {
+            caps: self.caps.clone(),
+            format: self.format.clone(),
+            repo: self.repo.clone(),
+            readable: self.readable.clone(),
+        }
     }
 
     pub fn guest_time(&self) -> Duration {

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use wasmtime::Store;
 
-use super::bindings::Plugin;
+use super::instance::Instance;
 use super::state::CallState;
 
 /// Idle instances kept across all plugins and repositories; the pooling allocator reserves
@@ -21,14 +21,14 @@ const KEEP_MEMORY: usize = 8 << 20;
 
 pub struct Warm {
     pub store: Store<CallState>,
-    pub instance: Plugin,
+    pub instance: Instance,
     served: u32,
     format: String,
     repo: Option<String>,
 }
 
 impl Warm {
-    pub fn new(store: Store<CallState>, instance: Plugin, format: &str, repo: Option<&str>) -> Warm {
+    pub fn new(store: Store<CallState>, instance: Instance, format: &str, repo: Option<&str>) -> Warm {
         Warm { store, instance, served: 0, format: format.to_owned(), repo: repo.map(str::to_owned) }
     }
 }

@@ -23,6 +23,7 @@ use tracing::Instrument;
 use crate::App;
 use crate::logging;
 use crate::plugins::bindings::types;
+use crate::plugins::caps::Readable;
 use crate::plugins::{LoadedPlugin, reuse, wit_repository};
 use crate::repos::{RepoType, Repository};
 use body::Body;
@@ -61,18 +62,48 @@ fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Who the request is from, as plugin calls need it.
+#[derive(Clone)]
+pub struct Caller {
+    pub wit: types::Caller,
+    /// which other repositories the caller may read
+    pub readable: Readable,
+}
+
+impl Caller {
+    pub fn anonymous() -> Caller {
+        Caller { wit: types::Caller { user: None, token_service: None }, readable: Readable::all() }
+    }
+}
+
+/// Credentials are the host's: plugins never see them.
+fn hidden_from_plugins(name: &http::HeaderName) -> bool {
+    name == http::header::AUTHORIZATION || name == http::header::COOKIE || name == http::header::PROXY_AUTHORIZATION
+}
+
 /// The request as plugins see it, for one (member) repository.
-pub(crate) fn wit_request(parts: &http::request::Parts, resolved: &resolve::Resolved, repo: Option<&Repository>) -> types::Request {
+pub(crate) fn wit_request(
+    parts: &http::request::Parts,
+    resolved: &resolve::Resolved,
+    repo: Option<&Repository>,
+    caller: &types::Caller,
+) -> types::Request {
     types::Request {
         method: parts.method.as_str().to_owned(),
         path: resolved.path.clone(),
         query: parts.uri.query().map(str::to_owned),
-        headers: parts.headers.iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned()))).collect(),
+        headers: parts
+            .headers
+            .iter()
+            .filter(|(k, _)| !hidden_from_plugins(k))
+            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned())))
+            .collect(),
         base_url: resolved.base_url.clone(),
         path_repo: resolved.path_repo.clone(),
         repository: repo.map(wit_repository),
         mount: resolved.mount,
         now: now_unix(),
+        caller: caller.clone(),
     }
 }
 
@@ -84,13 +115,15 @@ async fn run_plan(
     repo: Option<Arc<Repository>>,
     parts: &http::request::Parts,
     resolved: &resolve::Resolved,
+    caller: &Caller,
     body: Option<Incoming>,
 ) -> Response<Body> {
     let exchange = Exchange {
         app,
         plugin,
         repo: repo.clone(),
-        request: PluginRequest::new(parts, resolved, repo.as_deref()),
+        caller,
+        request: PluginRequest::new(parts, resolved, repo.as_deref(), &caller.wit),
         head: parts.method == http::Method::HEAD,
         range: parts.headers.get(http::header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned),
         content_length: parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()),
@@ -112,7 +145,7 @@ async fn run_plan(
         }
     }
     let snapshot = key.as_ref().map(|_| app.plugins.snapshot(repo.clone()));
-    let (plan, offer) = match app.plugins.handle(plugin, repo.clone(), exchange.request.get()).await {
+    let (plan, offer) = match app.plugins.handle(plugin, repo.clone(), caller.readable.clone(), exchange.request.get()).await {
         Ok(handled) => handled,
         Err(e) => return respond::plugin_failed(&plugin.meta.format, &e),
     };
@@ -131,18 +164,19 @@ async fn run_virtual(
     virt: &Arc<Repository>,
     parts: &http::request::Parts,
     resolved: &resolve::Resolved,
+    caller: &Caller,
     body: Incoming,
 ) -> Response<Body> {
     let members = || virt.members.iter().filter_map(|m| app.repos.get(m.as_str()));
     let read = parts.method == http::Method::GET || parts.method == http::Method::HEAD;
     if !read {
         let target = virt.default_local.as_ref().and_then(|d| app.repos.get(d.as_str())).unwrap_or_else(|| virt.clone());
-        return run_plan(app, &resolved.plugin, Some(target), parts, resolved, Some(body)).await;
+        return run_plan(app, &resolved.plugin, Some(target), parts, resolved, caller, Some(body)).await;
     }
     let mut last = None;
     for member in members() {
         let Some(plugin) = app.plugins.get(&member.format) else { continue };
-        let resp = run_plan(app, &plugin, Some(member), parts, resolved, None).await;
+        let resp = run_plan(app, &plugin, Some(member), parts, resolved, caller, None).await;
         if resp.status() != StatusCode::NOT_FOUND {
             return resp;
         }
@@ -150,7 +184,7 @@ async fn run_virtual(
     }
     match last {
         Some(resp) => resp,
-        None => run_plan(app, &resolved.plugin, Some(virt.clone()), parts, resolved, None).await,
+        None => run_plan(app, &resolved.plugin, Some(virt.clone()), parts, resolved, caller, None).await,
     }
 }
 
@@ -167,9 +201,10 @@ async fn dispatch(app: &App, resolved: Result<resolve::Resolved, ResolveError>, 
         }
     };
     let (parts, body) = req.into_parts();
+    let caller = Caller::anonymous();
     match resolved.repo.clone() {
-        Some(repo) if repo.repo_type == RepoType::Virtual => run_virtual(app, &repo, &parts, &resolved, body).await,
-        repo => run_plan(app, &resolved.plugin, repo, &parts, &resolved, Some(body)).await,
+        Some(repo) if repo.repo_type == RepoType::Virtual => run_virtual(app, &repo, &parts, &resolved, &caller, body).await,
+        repo => run_plan(app, &resolved.plugin, repo, &parts, &resolved, &caller, Some(body)).await,
     }
 }
 

@@ -27,16 +27,22 @@ pub struct PluginRequest<'a> {
     parts: &'a http::request::Parts,
     resolved: &'a super::resolve::Resolved,
     repo: Option<&'a Repository>,
+    caller: &'a types::Caller,
     built: std::sync::OnceLock<types::Request>,
 }
 
 impl<'a> PluginRequest<'a> {
-    pub fn new(parts: &'a http::request::Parts, resolved: &'a super::resolve::Resolved, repo: Option<&'a Repository>) -> Self {
-        PluginRequest { parts, resolved, repo, built: std::sync::OnceLock::new() }
+    pub fn new(
+        parts: &'a http::request::Parts,
+        resolved: &'a super::resolve::Resolved,
+        repo: Option<&'a Repository>,
+        caller: &'a types::Caller,
+    ) -> Self {
+        PluginRequest { parts, resolved, repo, caller, built: std::sync::OnceLock::new() }
     }
 
     pub fn get(&self) -> &types::Request {
-        self.built.get_or_init(|| super::wit_request(self.parts, self.resolved, self.repo))
+        self.built.get_or_init(|| super::wit_request(self.parts, self.resolved, self.repo, self.caller))
     }
 }
 
@@ -45,6 +51,7 @@ pub struct Exchange<'a> {
     pub app: &'a App,
     pub plugin: &'a Arc<LoadedPlugin>,
     pub repo: Option<Arc<Repository>>,
+    pub caller: &'a super::Caller,
     pub request: PluginRequest<'a>,
     pub head: bool,
     pub range: Option<String>,
@@ -92,6 +99,29 @@ pub fn plugin_failed(format: &str, e: &PluginError) -> Response<Body> {
 fn fault_response(format: &str, message: impl std::fmt::Display) -> Response<Body> {
     let body = serde_json::json!({"error": {"code": "PLUGIN_FAILED", "message": format!("the {format} plugin failed: {message}")}});
     json(StatusCode::INTERNAL_SERVER_ERROR, &body)
+}
+
+/// The host's own shape for a failure the plugin's contract version cannot render (a 0.2
+/// plugin asked to refuse a login): JSON, with a Basic challenge on a 401.
+pub fn plain_failure(failure: &Failure) -> Response<Body> {
+    let (status, code) = match failure.kind {
+        FailureKind::Unauthenticated => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
+        FailureKind::Denied => (StatusCode::FORBIDDEN, "DENIED"),
+        FailureKind::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS"),
+        FailureKind::BadRequest => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
+        FailureKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+        FailureKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "TOO_LARGE"),
+        FailureKind::BlobUnknown => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+        FailureKind::UpstreamStatus | FailureKind::UpstreamUnreachable | FailureKind::DigestMismatch => {
+            (StatusCode::BAD_GATEWAY, "UPSTREAM")
+        }
+        FailureKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+    };
+    let mut resp = json(status, &serde_json::json!({"error": {"code": code, "message": failure.message}}));
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"binaryrepo\""));
+    }
+    resp
 }
 
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
@@ -164,6 +194,7 @@ impl Exchange<'_> {
             Plan::Respond(r) => self.respond(r),
             Plan::ServeBlob(s) => self.serve_blob(&s.digest, s.headers).await,
             Plan::FetchBlob(f) => self.fetch_blob(f).await,
+            Plan::FetchFile(f) => self.fetch_file(f).await,
         };
         match body {
             Some(body) => discard_unread(body, self.content_length, resp).await,
@@ -190,7 +221,12 @@ impl Exchange<'_> {
                 return json(StatusCode::BAD_REQUEST, &msg);
             }
         };
-        let plan = match self.app.plugins.handle_body(self.plugin, self.repo.clone(), self.request.get(), &bytes).await {
+        let plan = match self
+            .app
+            .plugins
+            .handle_body(self.plugin, self.repo.clone(), self.caller.readable.clone(), self.request.get(), &bytes)
+            .await
+        {
             Ok(p) => p,
             Err(e) => return plugin_failed(format, &e),
         };
@@ -214,7 +250,12 @@ impl Exchange<'_> {
             None => UploadOutcome::UnknownSession,
             Some(id) => self.append_and_commit(&repo, &id, plan.expect_offset, commit, &mut body).await,
         };
-        let resp = match self.app.plugins.upload_complete(self.plugin, Some(repo), self.request.get(), &plan.id, &outcome).await {
+        let resp = match self
+            .app
+            .plugins
+            .upload_complete(self.plugin, Some(repo), self.caller.readable.clone(), self.request.get(), &plan.id, &outcome)
+            .await
+        {
             Ok(r) => self.respond(r),
             Err(e) => plugin_failed(format, &e),
         };
@@ -292,11 +333,27 @@ impl Exchange<'_> {
     }
 
     async fn failure(&self, kind: FailureKind, status: Option<u16>, message: String) -> Response<Body> {
-        let failure = Failure { kind, status, message };
-        match self.app.plugins.render_failure(self.plugin, self.repo.clone(), self.request.get(), &failure).await {
-            Ok(r) => self.respond(r),
+        self.render(Failure { kind, status, message, access: None }).await
+    }
+
+    /// The failure in the format's shape, as the repository's plugin renders it.
+    pub async fn render(&self, failure: Failure) -> Response<Body> {
+        let rendered = self
+            .app
+            .plugins
+            .render_failure(self.plugin, self.repo.clone(), self.caller.readable.clone(), self.request.get(), &failure)
+            .await;
+        match rendered {
+            Ok(Some(r)) => self.respond(r),
+            Ok(None) => plain_failure(&failure),
             Err(e) => plugin_failed(&self.plugin.meta.format, &e),
         }
+    }
+
+    /// `fetch-file`: not yet carried out by this host; the plugin hears so in its own shape.
+    async fn fetch_file(&self, plan: types::FetchFile) -> Response<Body> {
+        tracing::warn!(key = %plan.key, "fetch-file plans are not supported by this host yet");
+        self.failure(FailureKind::Internal, None, "this server cannot fetch files of unknown digest yet".into()).await
     }
 
     async fn serve_blob(&self, digest: &str, headers: Vec<(String, String)>) -> Response<Body> {

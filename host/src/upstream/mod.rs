@@ -62,6 +62,9 @@ pub struct Upstream {
     metrics: Arc<Metrics>,
 }
 
+/// Origins one repository may have named (realms and `allow-origin`).
+const MAX_NAMED_ORIGINS: usize = 1024;
+
 fn origin(url: &Url) -> String {
     url.origin().ascii_serialization()
 }
@@ -120,6 +123,16 @@ impl Upstream {
             return Ok(());
         }
         Err(UpstreamError::NotAllowed(format!("{target} is neither the remote of {} nor a realm it named", repo.name)))
+    }
+
+    /// An origin the plugin found named in one of the remote's documents (`allow-origin`).
+    pub fn allow_origin(&self, repo: &Repository, origin: String) {
+        let mut realms = self.realms.lock().unwrap_or_else(|e| e.into_inner());
+        let set = realms.entry(repo.name.to_string()).or_default();
+        // Bounded: a remote that names origins without end cannot grow the host's memory.
+        if set.len() < MAX_NAMED_ORIGINS {
+            set.insert(origin);
+        }
     }
 
     fn remember_realms(&self, repo: &Repository, url: &Url, headers: &HeaderMap) {

@@ -1,4 +1,4 @@
-//! The shapes of the WIT contract (`binaryrepo:plugin@0.2.1`, interface `types`) as plain Rust.
+//! The shapes of the WIT contract (`binaryrepo:plugin@0.3.0`, interface `types`) as plain Rust.
 //!
 //! The format logic is written against these rather than the wit-bindgen types so that it
 //! builds and is tested natively; `guest` converts at the component boundary.
@@ -35,6 +35,29 @@ pub enum Mount {
     Root,
 }
 
+/// What a request needs of its repository (the host checked it before the plugin is asked).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    Delete,
+    Admin,
+}
+
+/// The host's token service, named in challenges.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TokenService {
+    pub realm: String,
+    pub service: String,
+}
+
+/// Who the host found the caller to be.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Caller {
+    pub user: Option<String>,
+    pub token_service: Option<TokenService>,
+}
+
 #[derive(Clone, Debug)]
 pub struct Request {
     pub method: String,
@@ -46,6 +69,7 @@ pub struct Request {
     pub repository: Option<Repository>,
     pub mount: Mount,
     pub now: u64,
+    pub caller: Caller,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,6 +155,8 @@ pub enum HostError {
     TooLarge(u64),
     InvalidDigest(String),
     DigestMismatch(String),
+    /// a configured limit was reached: try again later
+    Limit(String),
     Internal(String),
 }
 
@@ -142,6 +168,7 @@ impl std::fmt::Display for HostError {
             HostError::TooLarge(n) => write!(f, "document too large ({n} bytes)"),
             HostError::InvalidDigest(m) => write!(f, "invalid digest: {m}"),
             HostError::DigestMismatch(m) => write!(f, "digest mismatch: {m}"),
+            HostError::Limit(m) => write!(f, "limit reached: {m}"),
             HostError::Internal(m) => write!(f, "host failure: {m}"),
         }
     }
@@ -156,6 +183,16 @@ pub enum FailureKind {
     Internal,
     /// a request body was larger than `ReadBody` allowed
     TooLarge,
+    /// no or wrong credentials where they are needed (401)
+    Unauthenticated,
+    /// a known caller without the permission (403)
+    Denied,
+    /// a configured limit (429)
+    TooManyRequests,
+    /// malformed in a way the host saw (400)
+    BadRequest,
+    /// the server cannot take writes now (503)
+    Unavailable,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,6 +200,8 @@ pub struct Failure {
     pub kind: FailureKind,
     pub status: Option<u16>,
     pub message: String,
+    /// unauthenticated, denied: what the request needed
+    pub access: Option<Access>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,7 +213,7 @@ pub enum Level {
     Error,
 }
 
-/// The capabilities the host grants (interface `host`), so the logic can run against a fake.
+/// The capabilities the host grants (the imported interfaces), so the logic can run against a fake.
 pub trait Host {
     fn log(&self, level: Level, message: &str);
     fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, HostError>;

@@ -165,6 +165,9 @@ impl RegistryError {
                 ErrorCode::Unknown,
                 format!("plugin capability refused: {m}"),
             ),
+            HostError::Limit(m) => {
+                RegistryError::new(ErrorCode::TooManyRequests, format!("limit reached: {m}"))
+            }
             HostError::Internal(m) => {
                 RegistryError::new(ErrorCode::Unknown, format!("storage failure: {m}"))
             }

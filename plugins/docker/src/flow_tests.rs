@@ -33,6 +33,7 @@ fn req(method: &str, path: &str, repository: Option<Repository>, now: u64) -> Re
         repository,
         mount: Mount::Port,
         now,
+        caller: Default::default(),
     }
 }
 
@@ -687,6 +688,7 @@ fn failures_render_in_registry_shape() {
         kind,
         status,
         message: "m".into(),
+        access: None,
     };
     let cases = [
         (

@@ -9,8 +9,8 @@ wit_bindgen::generate!({
     world: "plugin",
 });
 
-use binaryrepo::plugin::host as wit_host;
 use binaryrepo::plugin::types as wit;
+use binaryrepo::plugin::{blobs, log, meta, repositories, reuse, scratch, uploads, upstream};
 use exports::binaryrepo::plugin::format::{Guest, PluginInfo};
 
 struct Component;
@@ -50,6 +50,15 @@ impl Guest for Component {
         handler::live_blobs(&WitHost, &repository_in(repository)).map_err(host_error_out)
     }
 
+    fn file_fetched(
+        _request: wit::Request,
+        _key: String,
+        _file: wit::FetchedFile,
+    ) -> Result<(), wit::HostError> {
+        // Registry content is addressed by digest: this plugin never plans a fetch-file.
+        Ok(())
+    }
+
     fn render_failure(request: wit::Request, failure: wit::Failure) -> wit::Response {
         response_out(handler::render_failure(
             &request_in(request),
@@ -60,7 +69,7 @@ impl Guest for Component {
 
 export!(Component);
 
-/// The imported `host` interface behind the `contract::Host` trait.
+/// The imported interfaces behind the `contract::Host` trait.
 struct WitHost;
 
 impl c::Host for WitHost {
@@ -72,82 +81,79 @@ impl c::Host for WitHost {
             c::Level::Warn => wit::Level::Warn,
             c::Level::Error => wit::Level::Error,
         };
-        wit_host::log(level, message);
+        log::log(level, message);
     }
 
     fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, c::HostError> {
-        wit_host::meta_get(key).map_err(host_error_in)
+        meta::get(key).map_err(host_error_in)
     }
 
     fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), c::HostError> {
-        wit_host::meta_put(key, value).map_err(host_error_in)
+        meta::put(key, value).map_err(host_error_in)
     }
 
     fn meta_delete(&self, key: &str) -> Result<(), c::HostError> {
-        wit_host::meta_delete(key).map_err(host_error_in)
+        meta::delete(key).map_err(host_error_in)
     }
 
     fn meta_list(&self, prefix: &str) -> Result<Vec<String>, c::HostError> {
-        wit_host::meta_list(prefix).map_err(host_error_in)
+        meta::keys(prefix).map_err(host_error_in)
     }
 
     fn scratch_get(&self, key: &str) -> Option<Vec<u8>> {
-        wit_host::scratch_get(key)
+        scratch::get(key)
     }
 
     fn scratch_put(&self, key: &str, value: &[u8], ttl_seconds: u64) {
-        wit_host::scratch_put(key, value, ttl_seconds);
+        scratch::put(key, value, ttl_seconds);
     }
 
     fn blob_stat(&self, digest: &str) -> Result<Option<c::BlobInfo>, c::HostError> {
-        wit_host::blob_stat(digest)
+        blobs::stat(digest)
             .map(|o| o.map(|i| c::BlobInfo { size: i.size }))
             .map_err(host_error_in)
     }
 
     fn blob_read(&self, digest: &str) -> Result<Vec<u8>, c::HostError> {
-        wit_host::blob_read(digest).map_err(host_error_in)
+        blobs::read(digest).map_err(host_error_in)
     }
 
     fn blob_write(&self, data: &[u8], expected: Option<&str>) -> Result<String, c::HostError> {
-        wit_host::blob_write(data, expected).map_err(host_error_in)
+        blobs::write(data, expected).map_err(host_error_in)
     }
 
     fn meta_get_in(&self, repository: &str, key: &str) -> Result<Option<Vec<u8>>, c::HostError> {
-        wit_host::meta_get_in(repository, key).map_err(host_error_in)
+        repositories::meta_get_in(repository, key).map_err(host_error_in)
     }
 
     fn meta_list_in(&self, repository: &str, prefix: &str) -> Result<Vec<String>, c::HostError> {
-        wit_host::meta_list_in(repository, prefix).map_err(host_error_in)
+        repositories::meta_list_in(repository, prefix).map_err(host_error_in)
     }
 
     fn repositories(&self) -> Vec<c::Repository> {
-        wit_host::repositories()
-            .into_iter()
-            .map(repository_in)
-            .collect()
+        repositories::all().into_iter().map(repository_in).collect()
     }
 
     fn reusable(&self, seconds: u64, vary: &[&str]) {
         let vary: Vec<String> = vary.iter().map(|v| (*v).to_owned()).collect();
-        wit_host::reusable(seconds, &vary);
+        reuse::offer(seconds, &vary);
     }
 
     fn upload_start(&self) -> Result<String, c::HostError> {
-        wit_host::upload_start().map_err(host_error_in)
+        uploads::start().map_err(host_error_in)
     }
 
     fn upload_size(&self, id: &str) -> Result<Option<u64>, c::HostError> {
-        wit_host::upload_size(id).map_err(host_error_in)
+        uploads::size(id).map_err(host_error_in)
     }
 
     fn upload_cancel(&self, id: &str) -> Result<(), c::HostError> {
-        wit_host::upload_cancel(id).map_err(host_error_in)
+        uploads::cancel(id).map_err(host_error_in)
     }
 
     fn upstream(&self, request: &c::UpstreamRequest) -> Result<c::UpstreamResponse, c::HostError> {
         let request = upstream_request_out(request.clone());
-        wit_host::upstream(&request)
+        upstream::send(&request)
             .map(|r| c::UpstreamResponse {
                 status: r.status,
                 headers: r.headers,
@@ -164,6 +170,7 @@ fn host_error_out(e: c::HostError) -> wit::HostError {
         c::HostError::TooLarge(n) => wit::HostError::TooLarge(n),
         c::HostError::InvalidDigest(m) => wit::HostError::InvalidDigest(m),
         c::HostError::DigestMismatch(m) => wit::HostError::DigestMismatch(m),
+        c::HostError::Limit(m) => wit::HostError::Limit(m),
         c::HostError::Internal(m) => wit::HostError::Internal(m),
     }
 }
@@ -175,6 +182,7 @@ fn host_error_in(e: wit::HostError) -> c::HostError {
         wit::HostError::TooLarge(n) => c::HostError::TooLarge(n),
         wit::HostError::InvalidDigest(m) => c::HostError::InvalidDigest(m),
         wit::HostError::DigestMismatch(m) => c::HostError::DigestMismatch(m),
+        wit::HostError::Limit(m) => c::HostError::Limit(m),
         wit::HostError::Internal(m) => c::HostError::Internal(m),
     }
 }
@@ -213,6 +221,13 @@ fn request_in(r: wit::Request) -> c::Request {
             wit::Mount::Root => c::Mount::Root,
         },
         now: r.now,
+        caller: c::Caller {
+            user: r.caller.user,
+            token_service: r.caller.token_service.map(|t| c::TokenService {
+                realm: t.realm,
+                service: t.service,
+            }),
+        },
     }
 }
 
@@ -239,9 +254,20 @@ fn failure_in(f: wit::Failure) -> c::Failure {
             wit::FailureKind::DigestMismatch => c::FailureKind::DigestMismatch,
             wit::FailureKind::Internal => c::FailureKind::Internal,
             wit::FailureKind::TooLarge => c::FailureKind::TooLarge,
+            wit::FailureKind::Unauthenticated => c::FailureKind::Unauthenticated,
+            wit::FailureKind::Denied => c::FailureKind::Denied,
+            wit::FailureKind::TooManyRequests => c::FailureKind::TooManyRequests,
+            wit::FailureKind::BadRequest => c::FailureKind::BadRequest,
+            wit::FailureKind::Unavailable => c::FailureKind::Unavailable,
         },
         status: f.status,
         message: f.message,
+        access: f.access.map(|a| match a {
+            wit::Access::Read => c::Access::Read,
+            wit::Access::Write => c::Access::Write,
+            wit::Access::Delete => c::Access::Delete,
+            wit::Access::Admin => c::Access::Admin,
+        }),
     }
 }
 

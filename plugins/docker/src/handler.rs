@@ -1,5 +1,6 @@
 //! The entry points of the `format` interface, independent of the component glue.
 
+use crate::access;
 use crate::catalog;
 use crate::contract::{
     Failure, FailureKind, Host, HostError, Level, Plan, RepoType, Repository, Request, Response,
@@ -19,7 +20,7 @@ use crate::upload::{self, Session};
 use serde_json::json;
 
 pub const FORMAT: &str = "docker";
-pub const CONTRACT: &str = "0.2.1";
+pub const CONTRACT: &str = "0.3.0";
 pub const ROOTS: &[&str] = &["/v2/"];
 
 pub fn handle(host: &impl Host, req: &Request) -> Plan {
@@ -51,7 +52,10 @@ pub fn upload_complete(
 }
 
 pub fn render_failure(req: &Request, failure: &Failure) -> Response {
-    let error = failure_error(Route::parse(&req.path), failure);
+    let error = match failure.kind {
+        FailureKind::Unauthenticated => access::unauthorized(req, failure.access, &failure.message),
+        _ => failure_error(Route::parse(&req.path), failure),
+    };
     finish_response(error.to_response(), &req.method)
 }
 
@@ -115,6 +119,24 @@ fn failure_error(route: Route<'_>, failure: &Failure) -> RegistryError {
             Route::Manifest { .. } => push::too_large(),
             _ => RegistryError::new(ErrorCode::SizeInvalid, message).with_status(413),
         },
+        // rendered with the request's challenge in `render_failure`
+        FailureKind::Unauthenticated => RegistryError::new(ErrorCode::Unauthorized, message),
+        FailureKind::Denied => access::denied(&message),
+        FailureKind::TooManyRequests => RegistryError::new(ErrorCode::TooManyRequests, message),
+        FailureKind::BadRequest => match route {
+            Route::Upload { .. } => RegistryError::new(ErrorCode::BlobUploadInvalid, message),
+            _ => RegistryError::new(ErrorCode::Unsupported, message).with_status(400),
+        },
+        FailureKind::Unavailable => {
+            RegistryError::new(ErrorCode::Unknown, message).with_status(503)
+        }
+    }
+}
+
+fn base(req: &Request) -> Result<Plan, RegistryError> {
+    match access::base_needs_token(req) {
+        Some(e) => Err(e),
+        None => Ok(plan::api_base()),
     }
 }
 
@@ -126,7 +148,7 @@ fn dispatch(host: &impl Host, req: &Request) -> Result<Plan, RegistryError> {
     let route = Route::parse(&req.path);
     let Some(repo) = &req.repository else {
         return match route {
-            Route::Base if route.allows(&req.method) => Ok(plan::api_base()),
+            Route::Base if route.allows(&req.method) => base(req),
             Route::Catalog if route.allows(&req.method) => catalog::list(host, req),
             _ => Err(RegistryError::new(
                 ErrorCode::NameUnknown,
@@ -136,7 +158,7 @@ fn dispatch(host: &impl Host, req: &Request) -> Result<Plan, RegistryError> {
     };
     check_method(route, &req.method)?;
     match route {
-        Route::Base => return Ok(plan::api_base()),
+        Route::Base => return base(req),
         Route::Catalog => return catalog::list(host, req),
         _ => {}
     }

@@ -3,6 +3,7 @@
 //! Everything but `guest` is plain Rust against `contract`, so the format logic is unit
 //! tested natively; `guest` binds it to the WIT world `plugin` when built for wasm32.
 
+pub mod access;
 pub mod catalog;
 pub mod challenge;
 pub mod contract;

@@ -71,6 +71,7 @@ impl Client<'_> {
             repository: Some(self.repo.clone()),
             mount: self.mount,
             now: 1000,
+            caller: Default::default(),
         }
     }
 
@@ -152,6 +153,7 @@ fn failure(kind: FailureKind) -> Failure {
         kind,
         status: None,
         message: "m".into(),
+        access: None,
     }
 }
 

@@ -76,6 +76,7 @@ mod tests {
             repository: None,
             mount: crate::contract::Mount::Port,
             now: 0,
+            caller: Default::default(),
         }
     }
 

@@ -172,6 +172,7 @@ mod tests {
             repository: None,
             mount: crate::contract::Mount::Prefix,
             now: 0,
+            caller: Default::default(),
         };
         assert_eq!(
             client_url(&req, "app/blobs/uploads/1"),

@@ -57,7 +57,8 @@ pub async fn list(state: &Scope, prefix: String) -> Result<Vec<String>, HostErro
 fn sibling(state: &Scope, repository: &str) -> Result<String, HostError> {
     let format = state.format()?;
     match state.caps.repos.get(repository) {
-        Some(r) if r.format == format => Ok(r.name.to_string()),
+        Some(r) if r.format == format && state.readable.may_read(&r) => Ok(r.name.to_string()),
+        Some(r) if r.format == format => Err(HostError::NotAllowed(format!("the caller may not read repository {repository}"))),
         Some(_) => Err(HostError::NotAllowed(format!("repository {repository} is of another format"))),
         None => Err(HostError::NotAllowed(format!("no repository {repository}"))),
     }

@@ -21,6 +21,27 @@ pub struct Scope {
     pub caps: Arc<Capabilities>,
     pub format: Option<String>,
     pub repo: Option<Arc<Repository>>,
+    /// The other repositories the caller may read.
+    pub readable: Readable,
+}
+
+/// Which repositories the request's caller may read: views of other repositories
+/// (`repositories` import) show only those. The host's own calls (garbage collection) see all.
+#[derive(Clone)]
+pub struct Readable(Option<Arc<dyn Fn(&Repository) -> bool + Send + Sync>>);
+
+impl Readable {
+    pub fn all() -> Readable {
+        Readable(None)
+    }
+
+    pub fn only(filter: Arc<dyn Fn(&Repository) -> bool + Send + Sync>) -> Readable {
+        Readable(Some(filter))
+    }
+
+    pub fn may_read(&self, repo: &Repository) -> bool {
+        self.0.as_ref().is_none_or(|f| f(repo))
+    }
 }
 
 /// Runs blocking storage work off the async threads; a panicked task is our fault.

@@ -6,5 +6,5 @@ use crate::plugins::wit_repository;
 
 pub fn list(state: &Scope) -> Vec<Repository> {
     let Ok(format) = state.format() else { return Vec::new() };
-    state.caps.repos.list().iter().filter(|r| r.format == format).map(|r| wit_repository(r)).collect()
+    state.caps.repos.list().iter().filter(|r| r.format == format && state.readable.may_read(r)).map(|r| wit_repository(r)).collect()
 }

@@ -20,3 +20,27 @@ pub async fn request(state: &Scope, req: UpstreamRequest) -> Result<UpstreamResp
     let headers = resp.headers.iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned()))).collect();
     Ok(UpstreamResponse { status: resp.status.as_u16(), headers, body: resp.body.to_vec() })
 }
+
+/// `allow-origin`: lets this repository reach an origin its remote named in a document the
+/// plugin received (or read back from the store) in this very call.
+pub fn allow_origin(state: &Scope, seen: &crate::plugins::state::SeenOrigins, origin: &str) -> Result<(), HostError> {
+    let repo = state.repo()?;
+    let url = url::Url::parse(origin).map_err(|e| HostError::NotAllowed(format!("origin {origin:?}: {e}")))?;
+    let bare = matches!(url.scheme(), "http" | "https")
+        && url.host_str().is_some()
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none();
+    if !bare {
+        return Err(HostError::NotAllowed(format!("{origin:?} is not an origin (scheme://host[:port])")));
+    }
+    let normal = url.origin().ascii_serialization();
+    let named = seen.contains(&normal) || seen.contains(origin.trim_end_matches('/'));
+    if !named {
+        return Err(HostError::NotAllowed(format!("{normal} was not named by anything {} served in this call", repo.name)));
+    }
+    state.caps.upstream.allow_origin(&repo, normal);
+    Ok(())
+}

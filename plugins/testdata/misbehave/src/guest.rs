@@ -5,7 +5,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 wit_bindgen::generate!({
-    path: "../../../wit",
+    path: "../../../wit/past/0.2.1",
     world: "plugin",
 });
 
