@@ -471,8 +471,11 @@ impl Auth {
         }
     }
 
-    fn other_admins(&self, name: &UserName) -> bool {
-        read(&self.users).effective.values().any(|r| r.admin() && r.name() != name)
+    /// Whether removing `name`'s admin rights would leave no admin (and so nobody who can
+    /// manage users).
+    fn last_admin(&self, name: &UserName) -> bool {
+        let users = read(&self.users);
+        users.effective.get(name).is_some_and(|r| r.admin()) && !users.effective.values().any(|r| r.admin() && r.name() != name)
     }
 
     /// Creates a user with a password (at least 8 characters, hashed with bcrypt) or a
@@ -516,7 +519,7 @@ impl Auth {
         let hash = self.new_hash(change.password, change.password_hash).await?;
         let _writer = self.lock_writer();
         let (name, mut api) = self.api_user(name)?;
-        if change.admin == Some(false) && !self.other_admins(&name) {
+        if change.admin == Some(false) && self.last_admin(&name) {
             return Err(UserError::LastAdmin(name));
         }
         let Some(user) = api.get_mut(&name) else { return Err(UserError::NoSuchUser(name.to_string())) };
@@ -537,7 +540,7 @@ impl Auth {
     pub fn delete_user(&self, name: &str) -> Result<(), UserError> {
         let _writer = self.lock_writer();
         let (name, mut api) = self.api_user(name)?;
-        if !self.other_admins(&name) {
+        if self.last_admin(&name) {
             return Err(UserError::LastAdmin(name));
         }
         api.remove(&name);

@@ -72,6 +72,8 @@ fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
     (out, buf.text())
 }
 
+/// Guards `files::private_dir`, `files::write_private` (0600, no leftovers) and `files::read_private`
+/// (a loosened mode is tightened), and that the signing key is kept across restarts.
 #[tokio::test]
 async fn files_are_private_and_the_signing_key_is_stable() {
     let tmp = tempfile::tempdir().unwrap();
@@ -110,6 +112,7 @@ fn first_admin_from_the_environment() {
     assert!(matches!(Auth::open_with(tmp.path(), &config(), Some("short".into())), Err(AuthError::AdminPassword(_))));
 }
 
+/// Guards `first_admin`: a generated password, logged once at WARN, never again on a later start.
 #[test]
 fn first_admin_generated_and_logged_once() {
     let tmp = tempfile::tempdir().unwrap();
@@ -164,6 +167,8 @@ async fn htpasswd_and_config_users_sign_in_and_are_read_only() {
     assert!(err.contains("line 2") && err.contains("erin"), "{err}");
 }
 
+/// Guards `Auth::basic`: the cache is filled only after bcrypt said yes, and keyed by the password
+/// (`CredentialCache::key`), so a wrong password always costs a bcrypt and is refused.
 #[tokio::test]
 async fn wrong_password_is_refused_and_never_cached_right_one_is() {
     let tmp = tempfile::tempdir().unwrap();
@@ -186,6 +191,8 @@ async fn wrong_password_is_refused_and_never_cached_right_one_is() {
     assert_eq!(auth.bcrypt_runs() - start, 3);
 }
 
+/// Guards `CredentialCache::hit`: the generation comparison (a changed or deleted user) and the TTL.
+/// Mutation check: without the generation comparison the old password still signs in here.
 #[tokio::test(start_paused = true)]
 async fn cached_credentials_expire_and_drop_when_the_user_changes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -211,6 +218,8 @@ async fn cached_credentials_expire_and_drop_when_the_user_changes() {
     assert_eq!(login(&auth, basic("alice", "new-password")).await, Err(AuthFailure::BadCredentials));
 }
 
+/// Guards `Auth::bearer`: the user must still exist as the same record (`record.id == claims.uid`),
+/// and `Signer::verify`'s expiry. Mutation check: without the id comparison a deleted user's token works.
 #[tokio::test]
 async fn signed_tokens_verify_expire_and_end_with_their_user() {
     let tmp = tempfile::tempdir().unwrap();
@@ -243,6 +252,8 @@ async fn signed_tokens_verify_expire_and_end_with_their_user() {
     assert_eq!(login(&auth, bearer(&foreign)).await, Err(AuthFailure::InvalidToken));
 }
 
+/// Guards `Auth::api_token`: expiry, the owner's record id, and the owner-name check for Basic.
+/// Mutation check: without the `expired` branch the short-lived token keeps working.
 #[tokio::test]
 async fn api_tokens_work_as_password_and_bearer_until_revoked_or_expired() {
     let tmp = tempfile::tempdir().unwrap();
@@ -290,6 +301,8 @@ async fn api_tokens_work_as_password_and_bearer_until_revoked_or_expired() {
     assert!(matches!(auth.create_token("ghost", "x", None), Err(UserError::NoSuchUser(_))));
 }
 
+/// Guards the delay in `Auth::authenticate` (and `Throttle::failure`'s growth) and the audit line.
+/// Mutation check: without the `sleep` every failure answers at once and the waits are all 0.
 #[tokio::test(start_paused = true)]
 async fn repeated_failures_from_one_address_are_slowed_and_audited() {
     let tmp = tempfile::tempdir().unwrap();
@@ -364,6 +377,10 @@ async fn user_management() {
     auth.update_user("eve", UserUpdate { admin: Some(true), ..Default::default() }).await.unwrap();
     auth.delete_user("admin").unwrap();
     assert!(matches!(auth.delete_user("admin"), Err(UserError::NoSuchUser(_))));
+    // Without any admin (an htpasswd-only set-up, say), other users can still be deleted.
+    add_user(&auth, "frank", "frank-password").await;
+    auth.update_user("frank", UserUpdate { admin: Some(false), ..Default::default() }).await.unwrap();
+    auth.delete_user("frank").unwrap();
     // Persisted: a restart sees the same users and creates no admin.
     drop(auth);
     let auth = Auth::open_with(tmp.path(), &config(), None).unwrap();
@@ -441,4 +458,40 @@ async fn token_endpoint_anonymous_basic_bad_and_post_form() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = call(&auth, Method::PUT, None, HeaderMap::new(), b"").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn deleting_users_without_any_admin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let y = bcrypt::hash("htpasswd-pw", 4).unwrap();
+    let file = tmp.path().join("htpasswd");
+    std::fs::write(&file, format!("carol:{y}\n")).unwrap();
+    let auth = open(tmp.path(), &AuthConfig { htpasswd_file: Some(file), ..config() });
+    add_user(&auth, "gina", "gina-password").await;
+    auth.delete_user("gina").unwrap();
+}
+
+#[test]
+fn shared_across_tasks() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Auth>();
+    send_sync::<Identity>();
+}
+
+/// The example configuration parses, and its auth keys reach `AuthConfig`.
+#[test]
+fn example_config_keys() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/binaryrepo.toml");
+    let file = crate::config::FileConfig::load(&path).unwrap();
+    let config = crate::config::Config::resolve(file, Default::default());
+    assert_eq!(config.auth.token_ttl, Duration::from_secs(300));
+    assert_eq!(config.auth.login_failures_before_delay, 5);
+    assert_eq!(config.auth.credential_cache_entries, 4096);
+    let file: crate::config::FileConfig = toml::from_str(
+        "htpasswd_file = \"/x\"\ntoken_ttl_seconds = 60\ncredential_cache_seconds = 0\n[[users]]\nname = \"ci\"\npassword_hash = \"h\"\n",
+    )
+    .unwrap();
+    let auth = crate::config::Config::resolve(file, Default::default()).auth;
+    assert_eq!((auth.token_ttl, auth.credential_cache_ttl, auth.users[0].name.as_str()), (Duration::from_secs(60), Duration::ZERO, "ci"));
+    assert!(toml::from_str::<crate::config::FileConfig>("[[users]]\nname = \"x\"\npassword_hash = \"h\"\npassword = \"p\"\n").is_err());
 }
