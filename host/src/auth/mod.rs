@@ -177,25 +177,13 @@ impl Auth {
 
         let mut effective = HashMap::new();
         for u in api.values() {
-            let record = UserRecord::new(
-                u.name.clone(),
-                u.id.clone(),
-                u.password_hash.clone(),
-                u.groups.clone(),
-                u.admin,
-                Source::Api,
-                Some(u.created_at),
-                next(),
-            );
-            effective.insert(u.name.clone(), Arc::new(record));
+            effective.insert(u.name.clone(), Arc::new(UserRecord::from_api(u, next())));
         }
         for u in fixed {
             if effective.contains_key(&u.name) {
-                tracing::warn!(user = %u.name, source = u.source.as_str(), "user defined in users.json is replaced by the {} file's", u.source.as_str());
+                tracing::warn!(user = %u.name, "user defined in users.json is replaced by the {} file's", u.source.as_str());
             }
-            let id = format!("{}:{}", u.source.as_str(), u.name);
-            let record = UserRecord::new(u.name.clone(), id, u.hash, u.groups, u.admin, u.source, None, next());
-            effective.insert(u.name, Arc::new(record));
+            effective.insert(u.name.clone(), Arc::new(UserRecord::from_fixed(u, next())));
         }
 
         // Tokens whose owner is gone (a config user removed, say) or that have expired are
@@ -439,18 +427,7 @@ impl Auth {
     /// is replaced or removed). Called with the writer lock held.
     fn commit_users(&self, api: BTreeMap<UserName, StoredUser>, changed: &UserName) -> Result<(), UserError> {
         files::write_json(&self.dir.join("users.json"), &UsersFile { users: api.values().cloned().collect() })?;
-        let record = api.get(changed).map(|u| {
-            Arc::new(UserRecord::new(
-                u.name.clone(),
-                u.id.clone(),
-                u.password_hash.clone(),
-                u.groups.clone(),
-                u.admin,
-                Source::Api,
-                Some(u.created_at),
-                self.next_generation(),
-            ))
-        });
+        let record = api.get(changed).map(|u| Arc::new(UserRecord::from_api(u, self.next_generation())));
         let mut users = write(&self.users);
         users.api = api;
         match record {

@@ -84,17 +84,21 @@ pub struct UserRecord {
 }
 
 impl UserRecord {
-    pub fn new(
-        name: UserName,
-        id: String,
-        hash: PasswordHash,
-        groups: Vec<GroupName>,
-        admin: bool,
-        source: Source,
-        created_at: Option<u64>,
-        generation: u64,
-    ) -> UserRecord {
-        let with = |via| Arc::new(UserIdentity { name: name.clone(), groups: groups.clone(), admin, via });
+    pub fn from_api(u: &StoredUser, generation: u64) -> UserRecord {
+        let who = UserIdentity { name: u.name.clone(), groups: u.groups.clone(), admin: u.admin, via: Via::Password };
+        UserRecord::build(who, u.id.clone(), u.password_hash.clone(), Source::Api, Some(u.created_at), generation)
+    }
+
+    /// A user from the configuration or htpasswd file; its id names the source, so removing it
+    /// there and adding it back is the same user.
+    pub fn from_fixed(u: FixedUser, generation: u64) -> UserRecord {
+        let id = format!("{}:{}", u.source.as_str(), u.name);
+        let who = UserIdentity { name: u.name, groups: u.groups, admin: u.admin, via: Via::Password };
+        UserRecord::build(who, id, u.hash, u.source, None, generation)
+    }
+
+    fn build(who: UserIdentity, id: String, hash: PasswordHash, source: Source, created_at: Option<u64>, generation: u64) -> UserRecord {
+        let with = |via| Arc::new(UserIdentity { via, ..who.clone() });
         UserRecord {
             id,
             hash,
