@@ -28,6 +28,14 @@ pub struct FileConfig {
     pub gc_grace_seconds: Option<u64>,
     /// Seeds the data directory on first start; afterwards the API owns the repositories.
     pub repositories: Option<Vec<RepositoryInput>>,
+    // Users and tokens (see `AuthConfig`).
+    pub htpasswd_file: Option<PathBuf>,
+    pub users: Option<Vec<ConfigUser>>,
+    pub token_ttl_seconds: Option<u64>,
+    pub login_failures_before_delay: Option<u32>,
+    pub login_failure_window_seconds: Option<u64>,
+    pub credential_cache_seconds: Option<u64>,
+    pub credential_cache_entries: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +92,54 @@ pub struct Config {
     /// its layers stored before the manifest that references them).
     pub gc_grace: Duration,
     pub seed_repositories: Vec<RepositoryInput>,
+    pub auth: AuthConfig,
+}
+
+/// A user declared in the configuration file (`[[users]]`); read-only through the API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigUser {
+    pub name: String,
+    /// bcrypt (`$2y$`, `$2b$`, `$2a$`), as `htpasswd -nB` prints it.
+    pub password_hash: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Users from an Apache htpasswd file (bcrypt lines only); read-only through the API.
+    pub htpasswd_file: Option<PathBuf>,
+    pub users: Vec<ConfigUser>,
+    /// Lifetime of the signed tokens the token endpoint issues.
+    pub token_ttl: Duration,
+    /// Failed logins from one address within `login_failure_window` answered without delay;
+    /// each one past that waits 1 s, 2 s, 4 s … up to 10 s before its 401.
+    pub login_failures_before_delay: u32,
+    pub login_failure_window: Duration,
+    /// A verified password is remembered this long (keyed by a keyed hash of user and password),
+    /// so repeated requests with Basic credentials cost no bcrypt.
+    pub credential_cache_ttl: Duration,
+    pub credential_cache_entries: usize,
+    /// bcrypt cost of the hashes binaryrepo writes (passwords set through the API, the first admin).
+    pub password_hash_cost: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> AuthConfig {
+        AuthConfig {
+            htpasswd_file: None,
+            users: Vec::new(),
+            token_ttl: Duration::from_secs(300),
+            login_failures_before_delay: 5,
+            login_failure_window: Duration::from_secs(300),
+            credential_cache_ttl: Duration::from_secs(120),
+            credential_cache_entries: 4096,
+            password_hash_cost: 12,
+        }
+    }
 }
 
 /// Flags given on the command line (None: not given).
@@ -118,6 +174,19 @@ impl Config {
             upload_expiry: Duration::from_secs(file.upload_expiry_hours.unwrap_or(24) * 3600),
             gc_grace: Duration::from_secs(file.gc_grace_seconds.unwrap_or(3600)),
             seed_repositories: file.repositories.unwrap_or_else(default_repositories),
+            auth: {
+                let default = AuthConfig::default();
+                AuthConfig {
+                    htpasswd_file: file.htpasswd_file,
+                    users: file.users.unwrap_or_default(),
+                    token_ttl: file.token_ttl_seconds.map_or(default.token_ttl, |s| Duration::from_secs(s.max(1))),
+                    login_failures_before_delay: file.login_failures_before_delay.unwrap_or(default.login_failures_before_delay),
+                    login_failure_window: file.login_failure_window_seconds.map_or(default.login_failure_window, Duration::from_secs),
+                    credential_cache_ttl: file.credential_cache_seconds.map_or(default.credential_cache_ttl, Duration::from_secs),
+                    credential_cache_entries: file.credential_cache_entries.unwrap_or(default.credential_cache_entries),
+                    ..default
+                }
+            },
         }
     }
 }

@@ -2,6 +2,7 @@
 //! (WebAssembly components) make decisions. See DESIGN.md for the architecture.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod digest;
 pub mod gc;
