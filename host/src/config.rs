@@ -159,3 +159,27 @@ pub fn default_repositories() -> Vec<RepositoryInput> {
         },
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn egress_keys_parse_and_a_bad_network_is_refused_at_start() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            upstream_allow_networks = ["10.0.0.0/8", "fd00::/8", "192.168.1.7"]
+            upstream_ca_file = "/etc/binaryrepo/ca.pem"
+            "#,
+        )
+        .unwrap();
+        let config = Config::resolve(file, Overrides::default());
+        let nets: Vec<String> = config.upstream.allow_networks.iter().map(|n| n.net().to_string()).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "fd00::/8", "192.168.1.7/32"]);
+        assert_eq!(config.upstream.ca_file.as_deref(), Some(Path::new("/etc/binaryrepo/ca.pem")));
+        let defaults = Config::resolve(FileConfig::default(), Overrides::default());
+        assert!(defaults.upstream.allow_networks.is_empty() && defaults.upstream.ca_file.is_none());
+        let err = toml::from_str::<FileConfig>(r#"upstream_allow_networks = ["intranet"]"#).unwrap_err().to_string();
+        assert!(err.contains("not a network"), "{err}");
+    }
+}

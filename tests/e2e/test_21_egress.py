@@ -91,18 +91,24 @@ def test_a_redirect_to_the_remotes_own_origin_is_followed(make_binaryrepo, fakes
     assert [a for p, a in remote.authorizations if digest in p] == [BASIC, BASIC], remote.authorizations
 
 
-def test_allowed_networks_open_a_redirect_but_credentials_stay_behind(make_binaryrepo, fakes, blobs):
-    """`upstream_allow_networks` lets a redirect reach a private address; the credentials stay on the remote's
-    origin. Guards egress::strip_credentials and the `first_origin` condition in Upstream::send_hop."""
-    (digest, data, _), _ = blobs
-    remote, other = fakes(), fakes()
-    remote.redirect[digest] = f"{other.url}/storage/{digest}"
+def test_allowed_networks_open_a_redirect_but_credentials_stay_behind(make_binaryrepo, fakes, blobs, token_server):
+    """`upstream_allow_networks` lets a redirect reach a private address; what authenticates the request stays
+    on the remote's origin: the configured Basic credentials (guards `credentials: own` in egress::next_hop)
+    and the registry's Bearer token (guards egress::strip_credentials in Upstream::send_hop)."""
+    ts = token_server(anonymous=True)
+    basic, bearer, other = fakes(), fakes(), fakes()
+    bearer.challenge = ts.realm
     br = make_binaryrepo(config={"upstream_allow_networks": ["127.0.0.0/8"]})
-    br.create_remote("r", remote.url, username="alice", password=PW)
-    got = stream_get(br.v2("r", f"x/blobs/{digest}"))
-    assert got.status == 200 and got.complete and got.digest == digest, got
-    assert other.authorizations == [(f"/storage/{digest}", None)], other.authorizations
-    assert (f"/v2/x/blobs/{digest}", BASIC) in remote.authorizations, remote.authorizations
+    br.create_remote("basic", basic.url, username="alice", password=PW)
+    br.create_remote("bearer", bearer.url)
+    # one blob each: a blob stored through one remote is not fetched again through the other
+    for (name, remote, sent), (digest, data, _) in zip((("basic", basic, "Basic "), ("bearer", bearer, "Bearer ")), blobs):
+        remote.redirect[digest] = f"{other.url}/storage/{digest}"
+        got = stream_get(br.v2(name, f"x/blobs/{digest}"))
+        assert got.status == 200 and got.complete and got.digest == digest and got.nbytes == len(data), f"{name}: {got}"
+        at_remote = [a for p, a in remote.authorizations if p == f"/v2/x/blobs/{digest}"]
+        assert at_remote and all(a and a.startswith(sent) for a in at_remote), f"{name}: {remote.authorizations}"
+    assert other.authorizations == [(f"/storage/{d}", None) for d, _, _ in blobs], other.authorizations
 
 
 def test_an_https_remote_is_not_redirected_to_http(make_binaryrepo, fakes, blobs, ca):

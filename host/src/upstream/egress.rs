@@ -226,8 +226,7 @@ pub fn redirect_location(status: StatusCode, headers: &HeaderMap) -> Option<&str
 }
 
 /// The next hop of a redirect from `from` to `location`. Only the remote's own origin is reached
-/// unchecked; credentials never follow a redirect (the caller keeps them only while every hop
-/// stays on the first request's origin).
+/// unchecked and gets the configured credentials.
 pub fn next_hop(remote: &Url, from: &Url, location: &str) -> Result<(Url, Hop), UpstreamError> {
     let mut next = from.join(location).map_err(|e| UpstreamError::Refused(format!("redirect to {location:?}: {e}")))?;
     match (from.scheme(), next.scheme()) {

@@ -200,16 +200,10 @@ impl Upstream {
         }
     }
 
-    /// One hop. `first_origin`: every hop so far stayed on the origin the request was made for,
-    /// so what authenticates the request may go along.
-    async fn send_hop(
-        &self,
-        repo: &Repository,
-        req: &UpstreamRequest,
-        url: &Url,
-        hop: Hop,
-        first_origin: bool,
-    ) -> Result<reqwest::Response, UpstreamError> {
+    /// One hop of `req` (the first, or a redirect) to `url`. What the plugin put in the request to
+    /// authenticate it goes only to the origin it was made for; configured credentials only where
+    /// `hop` says.
+    async fn send_hop(&self, repo: &Repository, req: &UpstreamRequest, url: &Url, hop: Hop) -> Result<reqwest::Response, UpstreamError> {
         let target = origin(url);
         if self.health.is_down(&target) {
             return Err(UpstreamError::Unreachable(format!("{target} is marked down after a recent failure")));
@@ -221,17 +215,18 @@ impl Upstream {
             &self.client
         };
         let mut headers = req.headers.clone();
-        if !first_origin {
+        let requested_origin = target == origin(&req.url);
+        if !requested_origin {
             egress::strip_credentials(&mut headers);
         }
         if req.with_credentials
             && let Some((user, pass)) = repo.credentials()
         {
-            if hop.credentials && first_origin {
+            if hop.credentials {
                 let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
                 let value = HeaderValue::from_str(&format!("Basic {token}")).map_err(|e| UpstreamError::Invalid(e.to_string()))?;
                 headers.insert(http::header::AUTHORIZATION, value);
-            } else if first_origin {
+            } else if requested_origin {
                 // A realm the remote named over http on another origin: asked anonymously.
                 tracing::warn!(repo = %repo.name, target, "credentials withheld: not the remote's origin, nor a realm it named over https");
             } else {
@@ -264,10 +259,9 @@ impl Upstream {
         let mut hop = self.check_allowed(repo, &req.url)?;
         let follow = req.method == Method::GET || req.method == Method::HEAD;
         let mut url = req.url.clone();
-        let mut first_origin = true;
         let mut redirects = 0;
         loop {
-            let resp = self.send_hop(repo, req, &url, hop, first_origin).await?;
+            let resp = self.send_hop(repo, req, &url, hop).await?;
             let Some(location) = egress::redirect_location(resp.status(), resp.headers()).filter(|_| follow) else {
                 self.remember_realms(repo, &remote, &url, resp.headers());
                 return Ok(resp);
@@ -277,7 +271,6 @@ impl Upstream {
             }
             let (next, next_hop) = egress::next_hop(&remote, &url, location)?;
             tracing::debug!(from = %url, to = %next, "following an upstream redirect");
-            first_origin &= origin(&next) == origin(&req.url);
             (url, hop) = (next, next_hop);
             redirects += 1;
         }
@@ -458,6 +451,17 @@ mod tests {
     }
 
     #[test]
+    fn an_unusable_upstream_ca_file_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        for path in [dir.path().join("missing.pem"), empty] {
+            let err = ca_certificates(&path).err().expect("accepted");
+            assert!(matches!(err, ClientError::CaFile { .. }) && err.to_string().contains("upstream_ca_file"), "{err}");
+        }
+    }
+
+    #[test]
     fn user_information_in_a_request_url_is_refused() {
         assert!(matches!(parse_request("GET", "http://u:p@127.0.0.1:5000/v2/", &[], false), Err(UpstreamError::NotAllowed(_))));
     }
@@ -489,7 +493,8 @@ mod tests {
         assert!(heads.iter().all(|h| authorization(h).is_some_and(|a| a.starts_with("Basic "))), "{heads:?}");
     }
 
-    /// Guards `strip_credentials` and the `first_origin` condition on credentials in send_hop.
+    /// Guards `strip_credentials` in send_hop (the plugin's Bearer token) and `next_hop`'s credentials
+    /// rule (the configured Basic credentials).
     #[tokio::test]
     async fn an_allowed_redirect_to_another_origin_carries_no_credentials() {
         let target = Canned::start(|_| "HTTP/1.1 200 OK\r\n".into()).await;
