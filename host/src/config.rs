@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::repos::RepositoryInput;
+use crate::upstream::egress::AllowedNetwork;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8081";
 
@@ -21,6 +22,10 @@ pub struct FileConfig {
     pub upstream_idle_timeout_seconds: Option<u64>,
     pub upstream_down_seconds: Option<u64>,
     pub upstream_hold_last_byte: Option<bool>,
+    /// Networks a remote's realms and redirects may reach though they are not public.
+    pub upstream_allow_networks: Option<Vec<AllowedNetwork>>,
+    /// PEM certificates trusted for upstream TLS besides the public roots.
+    pub upstream_ca_file: Option<PathBuf>,
     pub plugin_memory_mib: Option<u64>,
     pub plugin_cpu_ms: Option<u64>,
     pub plugin_instance_reuse: Option<u32>,
@@ -66,6 +71,10 @@ pub struct UpstreamConfig {
     /// check digests themselves and nothing unverified is stored, while holding makes every
     /// cold GET at least as slow as SHA-256 over the blob.
     pub hold_last_byte: bool,
+    /// Realms off the remote's host and redirect targets other than the remote's origin must
+    /// resolve to public addresses or to these networks.
+    pub allow_networks: Vec<AllowedNetwork>,
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +174,8 @@ impl Config {
                 idle_timeout: Duration::from_secs(file.upstream_idle_timeout_seconds.unwrap_or(120)),
                 down_for: Duration::from_secs(file.upstream_down_seconds.unwrap_or(30)),
                 hold_last_byte: file.upstream_hold_last_byte.unwrap_or(false),
+                allow_networks: file.upstream_allow_networks.unwrap_or_default(),
+                ca_file: file.upstream_ca_file,
             },
             plugins: PluginLimits {
                 memory_bytes: (file.plugin_memory_mib.unwrap_or(64) * 1024 * 1024) as usize,
@@ -216,4 +227,28 @@ pub fn default_repositories() -> Vec<RepositoryInput> {
             ..RepositoryInput::default()
         },
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn egress_keys_parse_and_a_bad_network_is_refused_at_start() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            upstream_allow_networks = ["10.0.0.0/8", "fd00::/8", "192.168.1.7"]
+            upstream_ca_file = "/etc/binaryrepo/ca.pem"
+            "#,
+        )
+        .unwrap();
+        let config = Config::resolve(file, Overrides::default());
+        let nets: Vec<String> = config.upstream.allow_networks.iter().map(|n| n.net().to_string()).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "fd00::/8", "192.168.1.7/32"]);
+        assert_eq!(config.upstream.ca_file.as_deref(), Some(Path::new("/etc/binaryrepo/ca.pem")));
+        let defaults = Config::resolve(FileConfig::default(), Overrides::default());
+        assert!(defaults.upstream.allow_networks.is_empty() && defaults.upstream.ca_file.is_none());
+        let err = toml::from_str::<FileConfig>(r#"upstream_allow_networks = ["intranet"]"#).unwrap_err().to_string();
+        assert!(err.contains("not a network"), "{err}");
+    }
 }

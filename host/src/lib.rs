@@ -50,8 +50,8 @@ pub enum StartError {
     Plugins(#[from] plugins::PluginError),
     #[error(transparent)]
     Repos(#[from] repos::RepoError),
-    #[error("HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
+    #[error(transparent)]
+    Client(#[from] upstream::ClientError),
     #[error("seeded repository: {0}")]
     Seed(String),
     #[error("listen on {addr}: {source}")]

@@ -218,6 +218,13 @@ impl RepositoryInput {
             (RepoType::Remote, None) => return invalid("a remote repository needs \"url\", the upstream's base URL"),
             (RepoType::Remote, Some(u)) => {
                 let parsed = url::Url::parse(&u).map_err(|e| RepoError::Invalid(format!("invalid url {u:?}: {e}")))?;
+                // Kept in the URL they would be shown by the API, handed to plugins, and sent to
+                // wherever the URL's host leads; the fields keep them write-only and on the remote.
+                if !parsed.username().is_empty() || parsed.password().is_some() {
+                    return invalid(
+                        "invalid url: no user:password@ in a remote's url; put the credentials in the \"username\" and \"password\" fields",
+                    );
+                }
                 if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
                     return invalid(format!("invalid url {u:?}: use http:// or https:// with a host"));
                 }
@@ -499,6 +506,11 @@ mod tests {
             (r#"{"name":"x","type":"remote","format":"docker"}"#, "needs \"url\""),
             (r#"{"name":"x","type":"cache","format":"docker"}"#, "unknown repository type"),
             (r#"{"name":"x","type":"remote","format":"docker","url":"ftp://a"}"#, "invalid url"),
+            (
+                r#"{"name":"x","type":"remote","format":"docker","url":"https://u:p@registry.example"}"#,
+                "\"username\" and \"password\" fields",
+            ),
+            (r#"{"name":"x","type":"remote","format":"docker","url":"https://token@registry.example"}"#, "no user:password@"),
         ];
         for (json, want) in cases {
             let err = input(json).validate(None, &formats()).unwrap_err().to_string();

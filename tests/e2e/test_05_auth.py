@@ -4,6 +4,7 @@ import base64
 
 from harness.clients import dir_image, skopeo_copy
 from harness.images import ACCEPT_HEADER
+from harness.testca import TestCA
 from harness.tokenserver import htpasswd_file
 from harness.util import request, stream_get
 
@@ -40,9 +41,12 @@ def test_token_auth_anonymous(token_server, make_upstream, br, images, tmp_path)
     assert ts.count() == asked, f"the token was not reused: {ts.requests[asked:]}"
 
 
-def test_token_auth_with_credentials(token_server, make_upstream, br, images, tmp_path):
-    ts = token_server(users={"alice": PW}, anonymous=False)
+def test_token_auth_with_credentials(token_server, make_upstream, make_binaryrepo, images, tmp_path):
+    # configured credentials go to a token service on another origin only over https (test_21_egress.py)
+    ca = TestCA(tmp_path / "ca")
+    ts = token_server(users={"alice": PW}, anonymous=False, tls=ca)
     up = make_upstream("tok-cred", auth=ts.registry_auth())
+    br = make_binaryrepo(config={"upstream_ca_file": str(ca.ca_file)})
     small = images["small"]
     br.create_remote("tok-cred", up.url, username="alice", password=PW)
     skopeo_copy(small.ref(br.prefix("tok-cred")), tmp_path / "small")

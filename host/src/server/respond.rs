@@ -461,9 +461,9 @@ impl Exchange<'_> {
     async fn fill_failure(&self, e: FillError) -> Response<Body> {
         let (kind, status) = match &e {
             FillError::Status(s) => (FailureKind::UpstreamStatus, Some(*s)),
-            FillError::Upstream(UpstreamError::Unreachable(_)) | FillError::Stalled(_) | FillError::Length { .. } => {
-                (FailureKind::UpstreamUnreachable, None)
-            }
+            FillError::Upstream(UpstreamError::Unreachable(_) | UpstreamError::Refused(_))
+            | FillError::Stalled(_)
+            | FillError::Length { .. } => (FailureKind::UpstreamUnreachable, None),
             FillError::Upstream(UpstreamError::NotAllowed(m) | UpstreamError::Invalid(m)) => {
                 return plugin_fault(&self.plugin.meta.format, format!("fetch-blob: {m}"));
             }

@@ -1,11 +1,14 @@
-//! Talking to upstream registries: one pooled HTTP client, the capability check that keeps a
-//! repository's requests on its own remote (and the auth realms that remote names), fail-fast
-//! while an upstream is down, and the single-flight blob fill.
+//! Talking to upstream registries: pooled HTTP clients, the capability check that keeps a
+//! repository's requests on its own remote (and the auth realms that remote names), the egress
+//! rules for realms and redirects (egress.rs), fail-fast while an upstream is down, and the
+//! single-flight blob fill.
 
+pub mod egress;
 pub mod fill;
 pub mod health;
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +20,7 @@ use url::Url;
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
 use crate::repos::Repository;
+use egress::{AddressPolicy, GuardedResolver, Hop};
 use health::Health;
 
 /// Small documents (manifests, token answers) are read whole up to this size.
@@ -51,14 +55,34 @@ pub enum UpstreamError {
     /// A header or method the plugin built is not valid HTTP: the plugin's fault.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The upstream sent the request where a remote may not go (a realm over a weaker scheme, a
+    /// redirect to an internal address or from https to http): the upstream's fault.
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
+/// The HTTP clients could not be set up: the operator's configuration is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("upstream_ca_file {path}: {message}")]
+    CaFile { path: PathBuf, message: String },
+    #[error("HTTP client: {0}")]
+    Build(#[from] reqwest::Error),
+}
+
+/// Realm origins a remote may name; more replace the ones remembered (a remote names one or two).
+const REALMS_PER_REMOTE: usize = 16;
+
 pub struct Upstream {
+    /// For the remote's own host, wherever the operator put it.
     client: reqwest::Client,
+    /// For everything else: resolves only to addresses `policy` permits.
+    checked: reqwest::Client,
+    policy: Arc<AddressPolicy>,
     config: UpstreamConfig,
     health: Health,
-    /// Origins each repository's remote named as auth realms.
-    realms: Mutex<HashMap<String, HashSet<String>>>,
+    /// Origins each remote (repository name, remote origin) named as auth realms.
+    realms: Mutex<HashMap<(String, String), HashSet<String>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -67,6 +91,24 @@ const MAX_NAMED_ORIGINS: usize = 1024;
 
 fn origin(url: &Url) -> String {
     url.origin().ascii_serialization()
+}
+
+fn remote_of(repo: &Repository) -> Result<Url, UpstreamError> {
+    repo.url
+        .as_deref()
+        .and_then(|u| Url::parse(u).ok())
+        .ok_or_else(|| UpstreamError::NotAllowed(format!("repository {} has no remote", repo.name)))
+}
+
+/// Extra roots for upstream TLS (a registry behind a private CA), besides the public ones.
+fn ca_certificates(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, ClientError> {
+    let err = |message: String| ClientError::CaFile { path: path.to_owned(), message };
+    let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no PEM certificate in it".into()));
+    }
+    Ok(certs)
 }
 
 /// The `realm` parameter of every challenge in `WWW-Authenticate` values (RFC 7235).
@@ -91,14 +133,29 @@ fn challenge_realms(headers: &HeaderMap) -> Vec<String> {
 }
 
 impl Upstream {
-    pub fn new(config: UpstreamConfig, metrics: Arc<Metrics>) -> Result<Upstream, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .read_timeout(config.idle_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .user_agent(concat!("binaryrepo/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Upstream { client, health: Health::new(config.down_for), config, realms: Mutex::new(HashMap::new()), metrics })
+    pub fn new(config: UpstreamConfig, metrics: Arc<Metrics>) -> Result<Upstream, ClientError> {
+        let roots = config.ca_file.as_deref().map(ca_certificates).transpose()?.unwrap_or_default();
+        let builder = || {
+            let b = reqwest::Client::builder()
+                .connect_timeout(config.connect_timeout)
+                .read_timeout(config.idle_timeout)
+                .pool_idle_timeout(Duration::from_secs(90))
+                .user_agent(concat!("binaryrepo/", env!("CARGO_PKG_VERSION")))
+                // Followed by `send`, hop by hop, under the egress rules.
+                .redirect(reqwest::redirect::Policy::none());
+            roots.iter().cloned().fold(b, |b, c| b.add_root_certificate(c))
+        };
+        let policy = Arc::new(AddressPolicy::new(&config.allow_networks));
+        let checked = builder().dns_resolver(Arc::new(GuardedResolver { policy: policy.clone() })).build()?;
+        Ok(Upstream {
+            client: builder().build()?,
+            checked,
+            policy,
+            health: Health::new(config.down_for),
+            config,
+            realms: Mutex::new(HashMap::new()),
+            metrics,
+        })
     }
 
     pub fn config(&self) -> &UpstreamConfig {
@@ -109,79 +166,129 @@ impl Upstream {
         &self.metrics
     }
 
-    /// A repository may reach its remote's origin and the realms that remote named.
-    fn check_allowed(&self, repo: &Repository, url: &Url) -> Result<(), UpstreamError> {
-        let Some(remote) = repo.url.as_deref().and_then(|u| Url::parse(u).ok()) else {
-            return Err(UpstreamError::NotAllowed(format!("repository {} has no remote", repo.name)));
-        };
-        let target = origin(url);
-        if target == origin(&remote) {
-            return Ok(());
-        }
-        let realms = self.realms.lock().unwrap_or_else(|e| e.into_inner());
-        if realms.get(repo.name.as_str()).is_some_and(|set| set.contains(&target)) {
-            return Ok(());
-        }
-        Err(UpstreamError::NotAllowed(format!("{target} is neither the remote of {} nor a realm it named", repo.name)))
+    fn realm_key(repo: &Repository, remote: &Url) -> (String, String) {
+        (repo.name.to_string(), origin(remote))
     }
 
-    /// An origin the plugin found named in one of the remote's documents (`allow-origin`).
-    pub fn allow_origin(&self, repo: &Repository, origin: String) {
+    /// An origin the plugin found named in one of the remote's documents (`allow-origin`): reached
+    /// like a realm the remote named.
+    pub fn allow_origin(&self, repo: &Repository, named: String) {
+        let Ok(remote) = remote_of(repo) else { return };
         let mut realms = self.realms.lock().unwrap_or_else(|e| e.into_inner());
-        let set = realms.entry(repo.name.to_string()).or_default();
+        let set = realms.entry(Self::realm_key(repo, &remote)).or_default();
         // Bounded: a remote that names origins without end cannot grow the host's memory.
         if set.len() < MAX_NAMED_ORIGINS {
-            set.insert(origin);
+            set.insert(named);
         }
     }
 
-    fn remember_realms(&self, repo: &Repository, url: &Url, headers: &HeaderMap) {
-        let Some(remote) = repo.url.as_deref().and_then(|u| Url::parse(u).ok()) else { return };
-        if origin(url) != origin(&remote) {
+    /// Whether the remote named `url`'s origin as an auth realm.
+    fn named_realm(&self, repo: &Repository, remote: &Url, url: &Url) -> bool {
+        let realms = self.realms.lock().unwrap_or_else(|e| e.into_inner());
+        realms.get(&Self::realm_key(repo, remote)).is_some_and(|set| set.contains(&origin(url)))
+    }
+
+    /// A repository may reach its remote's origin and the realms that remote named.
+    fn check_allowed(&self, repo: &Repository, url: &Url) -> Result<Hop, UpstreamError> {
+        let remote = remote_of(repo)?;
+        egress::first_hop(&remote, url, self.named_realm(repo, &remote, url), repo.name.as_str())
+    }
+
+    /// Realms are trusted only from the remote's own origin.
+    fn remember_realms(&self, repo: &Repository, remote: &Url, url: &Url, headers: &HeaderMap) {
+        if origin(url) != origin(remote) {
             return;
         }
-        let found: Vec<String> = challenge_realms(headers).iter().filter_map(|r| Url::parse(r).ok()).map(|u| origin(&u)).collect();
+        let found: Vec<String> = challenge_realms(headers)
+            .iter()
+            .filter_map(|r| Url::parse(r).ok())
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .map(|u| origin(&u))
+            .collect();
         if !found.is_empty() {
             let mut realms = self.realms.lock().unwrap_or_else(|e| e.into_inner());
-            realms.entry(repo.name.to_string()).or_default().extend(found);
+            let set = realms.entry(Self::realm_key(repo, remote)).or_default();
+            if set.len() + found.len() > REALMS_PER_REMOTE {
+                set.clear();
+            }
+            set.extend(found.into_iter().take(REALMS_PER_REMOTE));
         }
     }
 
-    fn build(&self, repo: &Repository, req: &UpstreamRequest) -> Result<reqwest::RequestBuilder, UpstreamError> {
-        self.check_allowed(repo, &req.url)?;
-        let target = origin(&req.url);
+    /// One hop of `req` (the first, or a redirect) to `url`. What the plugin put in the request to
+    /// authenticate it goes only to the origin it was made for; configured credentials only where
+    /// `hop` says.
+    async fn send_hop(&self, repo: &Repository, req: &UpstreamRequest, url: &Url, hop: Hop) -> Result<reqwest::Response, UpstreamError> {
+        let target = origin(url);
         if self.health.is_down(&target) {
             return Err(UpstreamError::Unreachable(format!("{target} is marked down after a recent failure")));
         }
+        let client = if hop.checked {
+            self.policy.check_literal(url).map_err(|e| UpstreamError::Refused(e.to_string()))?;
+            &self.checked
+        } else {
+            &self.client
+        };
         let mut headers = req.headers.clone();
+        let requested_origin = target == origin(&req.url);
+        if !requested_origin {
+            egress::strip_credentials(&mut headers);
+        }
         if req.with_credentials
             && let Some((user, pass)) = repo.credentials()
         {
-            let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
-            let value = HeaderValue::from_str(&format!("Basic {token}")).map_err(|e| UpstreamError::Invalid(e.to_string()))?;
-            headers.insert(http::header::AUTHORIZATION, value);
+            if hop.credentials {
+                let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+                let value = HeaderValue::from_str(&format!("Basic {token}")).map_err(|e| UpstreamError::Invalid(e.to_string()))?;
+                headers.insert(http::header::AUTHORIZATION, value);
+            } else if requested_origin {
+                // A realm the remote named over http on another origin: asked anonymously.
+                tracing::warn!(repo = %repo.name, target, "credentials withheld: not the remote's origin, nor a realm it named over https");
+            } else {
+                tracing::debug!(repo = %repo.name, target, "credentials withheld from a redirect to another origin");
+            }
         }
-        Ok(self.client.request(req.method.clone(), req.url.clone()).headers(headers))
+        let resp = client.request(req.method.clone(), url.clone()).headers(headers).send().await.map_err(|e| {
+            self.metrics.upstream_error(repo.name.as_str());
+            self.classify(url, e)
+        })?;
+        self.metrics.upstream_response(repo.name.as_str(), &req.method, resp.status().as_u16());
+        self.health.mark_up(&target);
+        Ok(resp)
     }
 
     fn classify(&self, url: &Url, e: reqwest::Error) -> UpstreamError {
+        if let Some(blocked) = egress::blocked_in(&e) {
+            return UpstreamError::Refused(blocked.to_string());
+        }
         if e.is_connect() || e.is_timeout() {
             self.health.mark_down(&origin(url));
         }
         UpstreamError::Unreachable(format!("{}: {e}", url.as_str()))
     }
 
-    /// Sends a request whose body the caller streams (blob fills).
+    /// Sends a request whose body the caller streams (blob fills). GET and HEAD follow redirects
+    /// under the egress rules; other methods get the redirect answer itself.
     pub async fn send(&self, repo: &Repository, req: &UpstreamRequest) -> Result<reqwest::Response, UpstreamError> {
-        let builder = self.build(repo, req)?;
-        let resp = builder.send().await.map_err(|e| {
-            self.metrics.upstream_error(repo.name.as_str());
-            self.classify(&req.url, e)
-        })?;
-        self.metrics.upstream_response(repo.name.as_str(), &req.method, resp.status().as_u16());
-        self.health.mark_up(&origin(&req.url));
-        self.remember_realms(repo, &req.url, resp.headers());
-        Ok(resp)
+        let remote = remote_of(repo)?;
+        let mut hop = self.check_allowed(repo, &req.url)?;
+        let follow = req.method == Method::GET || req.method == Method::HEAD;
+        let mut url = req.url.clone();
+        let mut redirects = 0;
+        loop {
+            let resp = self.send_hop(repo, req, &url, hop).await?;
+            let Some(location) = egress::redirect_location(resp.status(), resp.headers()).filter(|_| follow) else {
+                self.remember_realms(repo, &remote, &url, resp.headers());
+                return Ok(resp);
+            };
+            if redirects == egress::MAX_REDIRECTS {
+                return Err(UpstreamError::Refused(format!("more than {} redirects from {}", egress::MAX_REDIRECTS, origin(&req.url))));
+            }
+            let (next, next_hop) = egress::next_hop(&remote, &url, location)?;
+            tracing::debug!(from = %url, to = %next, "following an upstream redirect");
+            (url, hop) = (next, next_hop);
+            redirects += 1;
+        }
     }
 
     /// Sends a request and reads a small body whole.
@@ -219,6 +326,10 @@ pub fn parse_request(
     if !matches!(url.scheme(), "http" | "https") {
         return Err(UpstreamError::NotAllowed(format!("scheme {}", url.scheme())));
     }
+    // The HTTP client would turn user information into Basic credentials for that host.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(UpstreamError::NotAllowed("user information in an upstream URL".into()));
+    }
     let mut map = HeaderMap::new();
     for (k, v) in headers {
         let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| UpstreamError::Invalid(format!("header name {k:?}")))?;
@@ -249,38 +360,202 @@ mod tests {
             repo_type: Some("remote".into()),
             format: Some("docker".into()),
             url: Some(url.into()),
+            username: Some("alice".into()),
+            password: Some("secret".into()),
             ..Default::default()
         }
         .validate(None, &["docker".to_string()])
         .unwrap()
     }
 
-    #[test]
-    fn capability_is_the_remote_and_named_realms() {
-        let up = Upstream::new(
+    fn upstream(allow: &[&str]) -> Upstream {
+        Upstream::new(
             UpstreamConfig {
                 connect_timeout: Duration::from_secs(1),
-                idle_timeout: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(2),
                 down_for: Duration::from_secs(1),
                 hold_last_byte: false,
+                allow_networks: allow.iter().map(|a| egress::AllowedNetwork::try_from(a.to_string()).unwrap()).collect(),
+                ca_file: None,
             },
             Default::default(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    fn get(url: &str, with_credentials: bool) -> UpstreamRequest {
+        let headers = [("Authorization".to_owned(), "Bearer registry-token".to_owned())];
+        parse_request("GET", url, &headers, with_credentials).unwrap()
+    }
+
+    /// A loopback HTTP/1.1 server that answers each request with `answer(path)` (status line and
+    /// headers, no body) and keeps every request head it got.
+    struct Canned {
+        port: u16,
+        heads: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Canned {
+        async fn start(answer: impl Fn(&str) -> String + Send + Sync + 'static) -> Canned {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let heads = Arc::new(Mutex::new(Vec::new()));
+            let (kept, answer) = (heads.clone(), Arc::new(answer));
+            tokio::spawn(async move {
+                while let Ok((mut conn, _)) = listener.accept().await {
+                    let (kept, answer) = (kept.clone(), answer.clone());
+                    tokio::spawn(async move {
+                        let mut head = Vec::new();
+                        let mut buf = [0u8; 4096];
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match conn.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let head = String::from_utf8_lossy(&head).into_owned();
+                        let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                        kept.lock().unwrap().push(head);
+                        let reply = format!("{}Content-Length: 0\r\nConnection: close\r\n\r\n", answer(&path));
+                        let _ = conn.write_all(reply.as_bytes()).await;
+                    });
+                }
+            });
+            Canned { port, heads }
+        }
+
+        fn url(&self, path: &str) -> String {
+            format!("http://127.0.0.1:{}{path}", self.port)
+        }
+
+        fn heads(&self) -> Vec<String> {
+            self.heads.lock().unwrap().clone()
+        }
+    }
+
+    fn authorization(head: &str) -> Option<&str> {
+        head.lines().find_map(|l| l.strip_prefix("authorization: ").or_else(|| l.strip_prefix("Authorization: ")))
+    }
+
+    fn redirect_to(location: String) -> impl Fn(&str) -> String {
+        move |_| format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: {location}\r\n")
+    }
+
+    #[test]
+    fn capability_is_the_remote_and_named_realms() {
+        let up = upstream(&[]);
         let r = repo("http://127.0.0.1:5000");
         assert!(up.check_allowed(&r, &Url::parse("http://127.0.0.1:5000/v2/").unwrap()).is_ok());
         let token = Url::parse("http://127.0.0.1:6000/token").unwrap();
         assert!(matches!(up.check_allowed(&r, &token), Err(UpstreamError::NotAllowed(_))));
         let mut h = HeaderMap::new();
         h.insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static(r#"Bearer realm="http://127.0.0.1:6000/token""#));
-        up.remember_realms(&r, &Url::parse("http://127.0.0.1:5000/v2/").unwrap(), &h);
+        let remote = Url::parse("http://127.0.0.1:5000").unwrap();
+        up.remember_realms(&r, &remote, &Url::parse("http://127.0.0.1:5000/v2/").unwrap(), &h);
         assert!(up.check_allowed(&r, &token).is_ok());
         // A realm named by someone else's server is not trusted.
-        up.remember_realms(&r, &token, &{
+        up.remember_realms(&r, &remote, &token, &{
             let mut h = HeaderMap::new();
             h.insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static(r#"Bearer realm="http://evil:1/""#));
             h
         });
         assert!(up.check_allowed(&r, &Url::parse("http://evil:1/").unwrap()).is_err());
+        // Nor one the repository's previous remote named.
+        assert!(up.check_allowed(&repo("http://127.0.0.1:5001"), &Url::parse("http://127.0.0.1:6000/t").unwrap()).is_err());
+    }
+
+    #[test]
+    fn an_unusable_upstream_ca_file_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        for path in [dir.path().join("missing.pem"), empty] {
+            let err = ca_certificates(&path).err().expect("accepted");
+            assert!(matches!(err, ClientError::CaFile { .. }) && err.to_string().contains("upstream_ca_file"), "{err}");
+        }
+    }
+
+    #[test]
+    fn user_information_in_a_request_url_is_refused() {
+        assert!(matches!(parse_request("GET", "http://u:p@127.0.0.1:5000/v2/", &[], false), Err(UpstreamError::NotAllowed(_))));
+    }
+
+    /// Guards `AddressPolicy::check_literal` (send_hop) and `GuardedResolver` (the checked client).
+    #[tokio::test]
+    async fn a_redirect_to_another_loopback_port_is_refused_and_never_sent() {
+        let target = Canned::start(|_| "HTTP/1.1 200 OK\r\n".into()).await;
+        for host in ["127.0.0.1", "localhost", "[::ffff:127.0.0.1]", "2130706433"] {
+            let remote = Canned::start(redirect_to(format!("http://{host}:{}/blob", target.port))).await;
+            let err = upstream(&[]).send(&repo(&remote.url("")), &get(&remote.url("/v2/x/blobs/d"), true)).await.unwrap_err();
+            assert!(matches!(err, UpstreamError::Refused(_)), "{host}: {err}");
+            assert_eq!(remote.heads().len(), 1);
+        }
+        assert!(target.heads().is_empty(), "{:?}", target.heads());
+    }
+
+    #[tokio::test]
+    async fn a_redirect_to_the_remote_origin_is_followed_with_its_credentials() {
+        let remote = Canned::start(|path| match path {
+            "/v2/x/blobs/d" => "HTTP/1.1 302 Found\r\nLocation: /storage/d\r\n".into(),
+            _ => "HTTP/1.1 200 OK\r\n".into(),
+        })
+        .await;
+        let resp = upstream(&[]).send(&repo(&remote.url("")), &get(&remote.url("/v2/x/blobs/d"), true)).await.unwrap();
+        assert_eq!((resp.status().as_u16(), resp.url().path()), (200, "/storage/d"));
+        let heads = remote.heads();
+        assert_eq!(heads.len(), 2);
+        assert!(heads.iter().all(|h| authorization(h).is_some_and(|a| a.starts_with("Basic "))), "{heads:?}");
+    }
+
+    /// Guards `strip_credentials` in send_hop (the plugin's Bearer token) and `next_hop`'s credentials
+    /// rule (the configured Basic credentials).
+    #[tokio::test]
+    async fn an_allowed_redirect_to_another_origin_carries_no_credentials() {
+        let target = Canned::start(|_| "HTTP/1.1 200 OK\r\n".into()).await;
+        let remote = Canned::start(redirect_to(target.url("/blob"))).await;
+        for with_credentials in [true, false] {
+            let resp = upstream(&["127.0.0.0/8"])
+                .send(&repo(&remote.url("")), &get(&remote.url("/v2/x/blobs/d"), with_credentials))
+                .await
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), 200);
+        }
+        assert!(remote.heads().iter().all(|h| authorization(h).is_some()));
+        let heads = target.heads();
+        assert_eq!(heads.len(), 2);
+        assert!(heads.iter().all(|h| authorization(h).is_none()), "{heads:?}");
+    }
+
+    #[tokio::test]
+    async fn only_get_and_head_follow_redirects_and_only_a_few_hops() {
+        let target = Canned::start(|_| "HTTP/1.1 200 OK\r\n".into()).await;
+        let remote = Canned::start(redirect_to(target.url("/"))).await;
+        let up = upstream(&["127.0.0.0/8"]);
+        let post = parse_request("POST", &remote.url("/token"), &[], false).unwrap();
+        assert_eq!(up.send(&repo(&remote.url("")), &post).await.unwrap().status().as_u16(), 307);
+        assert!(target.heads().is_empty());
+
+        let circle = Canned::start(|path| format!("HTTP/1.1 301 Moved\r\nLocation: {path}x\r\n")).await;
+        let err = up.send(&repo(&circle.url("")), &get(&circle.url("/a"), false)).await.unwrap_err();
+        assert!(matches!(err, UpstreamError::Refused(ref m) if m.contains("redirects")), "{err}");
+        assert_eq!(circle.heads().len(), egress::MAX_REDIRECTS + 1);
+    }
+
+    /// Guards the `hop.credentials` condition in send_hop (`first_hop`: credentials only over https).
+    #[tokio::test]
+    async fn an_http_realm_on_another_port_is_asked_without_credentials() {
+        let realm = Canned::start(|_| "HTTP/1.1 200 OK\r\n".into()).await;
+        let challenge =
+            format!("HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"{}\",service=\"s\"\r\n", realm.url("/token"));
+        let remote = Canned::start(move |_| challenge.clone()).await;
+        let (up, r) = (upstream(&[]), repo(&remote.url("")));
+        assert_eq!(up.send(&r, &get(&remote.url("/v2/"), true)).await.unwrap().status().as_u16(), 401);
+        let token = parse_request("GET", &realm.url("/token?scope=x"), &[], true).unwrap();
+        assert_eq!(up.send(&r, &token).await.unwrap().status().as_u16(), 200);
+        let heads = realm.heads();
+        assert_eq!(heads.len(), 1);
+        assert!(authorization(&heads[0]).is_none(), "{heads:?}");
+        assert!(authorization(&remote.heads()[0]).is_some());
     }
 }

@@ -4,7 +4,12 @@ Serves the images of OCI layouts (manifests by tag and digest, blobs by digest),
   - corrupt: serve wrong bytes (same length, first byte flipped) for some digests
   - pause:   stop sending a blob after N bytes until `release()` (to kill binaryrepo mid-fill)
   - cut:     close the connection after N bytes of a blob (a body shorter than its Content-Length)
-Every request is recorded in `requests` as (method, path, status).
+  - redirect: answer a blob GET or HEAD with a 307 to a URL (the blob itself is served, by any FakeRegistry
+            that has it, at /storage/<digest>)
+  - challenge: a Bearer realm URL: /v2/ requests without a Bearer token get 401 naming it (any token is accepted)
+  - tls:     a harness.testca.TestCA: serve https with its certificate
+Every request is recorded in `requests` as (method, path, status), and its Authorization header (or None) in
+`authorizations` as (path, value).
 """
 from __future__ import annotations
 
@@ -19,8 +24,12 @@ from .util import free_port
 
 
 class FakeRegistry:
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, tls=None):
         self.port = port or free_port()
+        self.tls = tls
+        self.redirect: dict[str, str] = {}                   # digest -> Location for its blob GET/HEAD
+        self.challenge: str | None = None                    # Bearer realm, when tokens are required
+        self.authorizations: list[tuple[str, str | None]] = []
         self.manifests: dict[str, tuple[bytes, str]] = {}   # "repo|ref" -> (bytes, media type)
         self.blobs: dict[str, Path] = {}                     # digest -> file
         self.corrupt: set[str] = set()
@@ -34,7 +43,7 @@ class FakeRegistry:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def add_layout(self, layout: Path, repo: str):
         """every manifest, index and blob of an OCI image layout, tags from its index.json"""
@@ -72,6 +81,9 @@ class FakeRegistry:
     def _serve(self, h: BaseHTTPRequestHandler, head: bool):
         method = "HEAD" if head else "GET"
         path = h.path.split("?", 1)[0]
+        auth = h.headers.get("Authorization")
+        with self._lock:
+            self.authorizations.append((path, auth))
 
         def send(status, body=b"", ctype="application/json", extra=()):
             self._log(method, path, status)
@@ -85,6 +97,11 @@ class FakeRegistry:
             if not head:
                 h.wfile.write(body)
 
+        if path.startswith("/storage/"):
+            return self._send_blob(h, head, method, path, path[len("/storage/"):])
+        if self.challenge and path.startswith("/v2") and not (auth or "").lower().startswith("bearer "):
+            return send(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"token required"}]}',
+                        extra=[("WWW-Authenticate", f'Bearer realm="{self.challenge}",service="fake"')])
         if path in ("/v2", "/v2/"):
             return send(200, b"{}")
         if not path.startswith("/v2/"):
@@ -102,52 +119,64 @@ class FakeRegistry:
             return send(200, data, mt, [("Docker-Content-Digest", dg)])
         if "/blobs/" in rest:
             repo, dg = rest.rsplit("/blobs/", 1)
-            f = self.blobs.get(dg)
-            if not f:
-                return send(404, b'{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown"}]}')
-            size = f.stat().st_size
-            self._log(method, path, 200)
-            h.send_response(200)
-            h.send_header("Content-Type", "application/octet-stream")
-            h.send_header("Content-Length", str(size))
-            h.send_header("Docker-Content-Digest", dg)
-            h.end_headers()
-            if head:
-                return
-            pause_at = self.pause.get(dg)
-            cut_at = self.cut.get(dg)
-            sent = 0
-            try:
-                with open(f, "rb") as fh:
-                    first = True
-                    while True:
-                        want = 1 << 20
-                        if pause_at is not None and sent < pause_at:
-                            want = min(want, pause_at - sent)
-                        if cut_at is not None:
-                            if sent >= cut_at:
-                                h.wfile.flush()
-                                h.close_connection = True
-                                h.connection.shutdown(socket.SHUT_RDWR)
-                                break
-                            want = min(want, cut_at - sent)
-                        b = fh.read(want)
-                        if not b:
-                            break
-                        if first and dg in self.corrupt:
-                            b = bytes([b[0] ^ 0xFF]) + b[1:]
-                        first = False
-                        h.wfile.write(b)
-                        sent += len(b)
-                        if pause_at is not None and sent == pause_at:
-                            h.wfile.flush()
-                            self.paused.set()
-                            self._release.wait(60)
-                            pause_at = None
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-            return
+            if dg in self.redirect:
+                return send(307, extra=[("Location", self.redirect[dg])])
+            return self._send_blob(h, head, method, path, dg)
         return send(404, b'{"errors":[{"code":"NOT_FOUND","message":"not found"}]}')
+
+    def _send_blob(self, h: BaseHTTPRequestHandler, head: bool, method: str, path: str, dg: str):
+        f = self.blobs.get(dg)
+        if not f:
+            body = b'{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown"}]}'
+            self._log(method, path, 404)
+            h.send_response(404)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            if not head:
+                h.wfile.write(body)
+            return
+        size = f.stat().st_size
+        self._log(method, path, 200)
+        h.send_response(200)
+        h.send_header("Content-Type", "application/octet-stream")
+        h.send_header("Content-Length", str(size))
+        h.send_header("Docker-Content-Digest", dg)
+        h.end_headers()
+        if head:
+            return
+        pause_at = self.pause.get(dg)
+        cut_at = self.cut.get(dg)
+        sent = 0
+        try:
+            with open(f, "rb") as fh:
+                first = True
+                while True:
+                    want = 1 << 20
+                    if pause_at is not None and sent < pause_at:
+                        want = min(want, pause_at - sent)
+                    if cut_at is not None:
+                        if sent >= cut_at:
+                            h.wfile.flush()
+                            h.close_connection = True
+                            h.connection.shutdown(socket.SHUT_RDWR)
+                            break
+                        want = min(want, cut_at - sent)
+                    b = fh.read(want)
+                    if not b:
+                        break
+                    if first and dg in self.corrupt:
+                        b = bytes([b[0] ^ 0xFF]) + b[1:]
+                    first = False
+                    h.wfile.write(b)
+                    sent += len(b)
+                    if pause_at is not None and sent == pause_at:
+                        h.wfile.flush()
+                        self.paused.set()
+                        self._release.wait(60)
+                        pause_at = None
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
     def start(self):
         srv = self
@@ -167,6 +196,8 @@ class FakeRegistry:
         ThreadingHTTPServer.allow_reuse_address = True
         self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), H)
         self._httpd.daemon_threads = True
+        if self.tls:
+            self._httpd.socket = self.tls.server_context().wrap_socket(self._httpd.socket, server_side=True)
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
         return self
 

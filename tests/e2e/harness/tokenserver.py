@@ -10,6 +10,7 @@ POST /token (OAuth2 form: grant_type=password&username=..&password=..&scope=..&s
     does for a private repository) so that the registry answers 401 insufficient_scope
   - wrong credentials: 401
 Every request is recorded in `requests` (user, scopes, service) for the tests to count.
+With `tls=` (a harness.testca.TestCA) it serves https, and the realm is an https URL.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def b64url(b: bytes) -> str:
 
 class TokenServer:
     def __init__(self, workdir: Path, users: dict | None = None, anonymous: bool = True, ttl: int = 300,
-                 service: str = "binaryrepo-e2e-registry", issuer: str = "binaryrepo-e2e-token-issuer"):
+                 service: str = "binaryrepo-e2e-registry", issuer: str = "binaryrepo-e2e-token-issuer", tls=None):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.users = dict(users or {})
@@ -46,6 +47,7 @@ class TokenServer:
         self.ttl = ttl
         self.service = service
         self.issuer = issuer
+        self.tls = tls
         self.port = free_port()
         self.requests: list[dict] = []
         self._lock = threading.Lock()
@@ -66,7 +68,7 @@ class TokenServer:
 
     @property
     def realm(self) -> str:
-        return f"http://127.0.0.1:{self.port}/token"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/token"
 
     def registry_auth(self) -> dict:
         """the `auth:` section for a distribution config"""
@@ -161,6 +163,8 @@ class TokenServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), H)
         self._httpd.daemon_threads = True
+        if self.tls:
+            self._httpd.socket = self.tls.server_context().wrap_socket(self._httpd.socket, server_side=True)
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._thread.start()
         return self

@@ -8,6 +8,8 @@ pub fn to_host_error(e: UpstreamError) -> HostError {
     match e {
         UpstreamError::NotAllowed(m) | UpstreamError::Invalid(m) => HostError::NotAllowed(m),
         UpstreamError::Unreachable(m) => HostError::UpstreamUnreachable(m),
+        // The upstream led the request where a remote may not go: to the client, an upstream failure.
+        UpstreamError::Refused(m) => HostError::UpstreamUnreachable(format!("refused: {m}")),
         UpstreamError::TooLarge(n) => HostError::TooLarge(n),
     }
 }
