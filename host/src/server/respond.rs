@@ -404,9 +404,12 @@ impl Exchange<'_> {
     async fn fill_failure(&self, e: FillError) -> Response<Body> {
         let (kind, status) = match &e {
             FillError::Status(s) => (FailureKind::UpstreamStatus, Some(*s)),
-            FillError::Upstream(UpstreamError::Unreachable(_)) | FillError::Stalled(_) | FillError::Length { .. } => {
-                (FailureKind::UpstreamUnreachable, None)
-            }
+            FillError::Upstream(UpstreamError::Unreachable(_))
+            | FillError::Stalled(_)
+            | FillError::TooSlow { .. }
+            | FillError::Length { .. } => (FailureKind::UpstreamUnreachable, None),
+            // The contract has no "busy" kind: a 429 the format renders as its own rate limit.
+            FillError::TooMany { .. } => (FailureKind::UpstreamStatus, Some(429)),
             FillError::Upstream(UpstreamError::NotAllowed(m) | UpstreamError::Invalid(m)) => {
                 return plugin_fault(&self.plugin.meta.format, format!("fetch-blob: {m}"));
             }
