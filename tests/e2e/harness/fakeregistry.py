@@ -4,6 +4,7 @@ Serves the images of OCI layouts (manifests by tag and digest, blobs by digest),
   - corrupt: serve wrong bytes (same length, first byte flipped) for some digests
   - pause:   stop sending a blob after N bytes until `release()` (to kill binaryrepo mid-fill)
   - cut:     close the connection after N bytes of a blob (a body shorter than its Content-Length)
+  - dribble: after N bytes of a blob, send one byte every 0.2 s (never idle, never done) until stopped
 Every request is recorded in `requests` as (method, path, status).
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ class FakeRegistry:
         self.corrupt: set[str] = set()
         self.pause: dict[str, int] = {}                      # digest -> bytes to send before pausing
         self.cut: dict[str, int] = {}                        # digest -> bytes to send before hanging up
+        self.dribble: dict[str, int] = {}                    # digest -> bytes to send before dribbling
         self.paused = threading.Event()                      # set when a paused transfer is waiting
         self._release = threading.Event()
         self.requests: list[tuple[str, str, int]] = []
@@ -116,6 +118,7 @@ class FakeRegistry:
                 return
             pause_at = self.pause.get(dg)
             cut_at = self.cut.get(dg)
+            dribble_at = self.dribble.get(dg)
             sent = 0
             try:
                 with open(f, "rb") as fh:
@@ -131,6 +134,8 @@ class FakeRegistry:
                                 h.connection.shutdown(socket.SHUT_RDWR)
                                 break
                             want = min(want, cut_at - sent)
+                        if dribble_at is not None:
+                            want = 1 if sent >= dribble_at else min(want, dribble_at - sent)
                         b = fh.read(want)
                         if not b:
                             break
@@ -139,6 +144,11 @@ class FakeRegistry:
                         first = False
                         h.wfile.write(b)
                         sent += len(b)
+                        if dribble_at is not None and sent > dribble_at:
+                            h.wfile.flush()
+                            if self._release.wait(0.2):
+                                h.close_connection = True
+                                return
                         if pause_at is not None and sent == pause_at:
                             h.wfile.flush()
                             self.paused.set()
