@@ -8,7 +8,8 @@ cannot starve the others. Each test names the guard it checks; each fails with t
   OCI 429 TOOMANYREQUESTS;
 - fills (host/src/upstream/fill.rs): joined only within a repository (`FillKey`), bounded (`over_limit`), and cut
   when an upstream dribbles (`RateFloor`);
-- plugin instances (host/src/plugins/share.rs): a slow remote with many clients holds at most its share.
+- plugin instances (host/src/plugins/share.rs): a slow remote with many clients holds at most its share, and a
+  document it dribbles is cut at the idle timeout (host/src/plugins/caps/upstream.rs).
 """
 import threading
 import time
@@ -257,3 +258,67 @@ def test_a_slow_remote_cannot_take_every_plugin_instance(make_binaryrepo):
         clients.shutdown(wait=False, cancel_futures=True)
     finally:
         slow.close()
+
+
+class DribblingUpstream:
+    """Answers every GET with 200 and a 100 kB Content-Length, then sends one byte every 0.2 s: never idle, never
+    done (a remote that dribbles a manifest or a token)."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.stop_event = threading.Event()
+        self.gets = 0
+        up = self
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                up.gets += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+                self.send_header("Content-Length", "100000")
+                self.end_headers()
+                try:
+                    while not up.stop_event.wait(0.2):
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                except OSError:
+                    pass
+                self.close_connection = True
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), H)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self):
+        self.stop_event.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_dribbled_document_is_cut_at_the_idle_timeout(make_binaryrepo):
+    """Guards the deadline on a plugin's upstream request (host/src/plugins/caps/upstream.rs, `request`): a small
+    document must arrive whole within upstream_idle_timeout_seconds, so an upstream that dribbles a manifest (a byte
+    every 0.2 s resets any idle timer) holds its plugin instance and client for 2 s, not for ever."""
+    up = DribblingUpstream()
+    try:
+        br = make_binaryrepo(config={"upstream_idle_timeout_seconds": 2})
+        br.create_remote("dribble", up.url)
+        started = time.monotonic()
+        digest = "sha256:" + "ab" * 32
+        r = request("GET", br.v2("dribble", f"library/x/manifests/{digest}"), headers={"Accept": ACCEPT_HEADER},
+                    timeout=12)
+        took = time.monotonic() - started
+        assert up.gets >= 1, "the remote was never asked"
+        assert r.status == 502 and errors_of(r) == ["UPSTREAM_UNAVAILABLE"], r
+        assert took < 6, f"the dribbled manifest held its client for {took:.1f} s"
+    finally:
+        up.close()
