@@ -32,3 +32,31 @@ impl Shares {
         Some(by_name.entry(name.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(self.per_repository))).clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(name: &str) -> Repository {
+        let input = crate::repos::RepositoryInput {
+            name: Some(name.into()),
+            repo_type: Some("local".into()),
+            format: Some("docker".into()),
+            ..Default::default()
+        };
+        input.validate(None, &["docker".to_string()]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn one_share_per_repository_and_none_without_one() {
+        let shares = Shares::new(2);
+        let (a, b) = (repo("a"), repo("b"));
+        let sa = shares.of(Some(&a)).unwrap_or_else(|| unreachable!());
+        assert!(Arc::ptr_eq(&sa, &shares.of(Some(&a)).unwrap_or_else(|| unreachable!())));
+        let _held = (sa.try_acquire(), sa.try_acquire());
+        assert!(sa.try_acquire().is_err(), "a repository holds at most its share");
+        let sb = shares.of(Some(&b)).unwrap_or_else(|| unreachable!());
+        assert!(sb.try_acquire().is_ok(), "another repository's share is its own");
+        assert!(shares.of(None).is_none());
+    }
+}
