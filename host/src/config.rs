@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::repos::RepositoryInput;
 use crate::upstream::egress::AllowedNetwork;
+use crate::server::forwarded::TrustedProxies;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8081";
 
@@ -31,6 +32,17 @@ pub struct FileConfig {
     pub plugin_instance_reuse: Option<u32>,
     pub upload_expiry_hours: Option<u64>,
     pub gc_grace_seconds: Option<u64>,
+    // Limits: what no client can make binaryrepo exceed (README, "Limits").
+    pub trusted_proxies: Option<TrustedProxies>,
+    pub plan_cache_mib: Option<u64>,
+    pub plugin_instances: Option<u32>,
+    pub plugin_instances_per_repository: Option<u32>,
+    pub upload_sessions_per_repository: Option<usize>,
+    pub upload_sessions_total: Option<usize>,
+    pub upstream_fills_per_repository: Option<usize>,
+    pub upstream_fills_total: Option<usize>,
+    pub upstream_min_bytes_per_second: Option<u64>,
+    pub upstream_rate_window_seconds: Option<u64>,
     /// Seeds the data directory on first start; afterwards the API owns the repositories.
     pub repositories: Option<Vec<RepositoryInput>>,
     // Users and tokens (see `AuthConfig`).
@@ -86,6 +98,31 @@ pub struct PluginLimits {
     /// 1 = a fresh instance for every request. The default, 1024, puts a fresh instance (~24 µs)
     /// at ~0.02 µs per request; memory growth and traps already retire an instance sooner.
     pub instance_reuse: u32,
+    /// Instances in use at once, and how many of them one repository may hold, so that a
+    /// repository whose calls wait on a slow upstream cannot take them all.
+    pub instances: u32,
+    pub instances_per_repository: u32,
+    /// Bytes of plans kept for reuse (keys included).
+    pub plan_cache_bytes: u64,
+}
+
+/// Upload sessions open at once.
+#[derive(Debug, Clone)]
+pub struct UploadLimits {
+    pub per_repository: usize,
+    pub total: usize,
+}
+
+/// Cache fills (upstream blob transfers) under way at once, and the slowest transfer allowed.
+#[derive(Debug, Clone)]
+pub struct FillLimits {
+    pub per_repository: usize,
+    pub total: usize,
+    /// A fill that receives fewer than `min_bytes_per_second` × `rate_window` bytes in any
+    /// window is cut: an upstream that dribbles bytes (never idle long enough for the idle
+    /// timeout) would otherwise hold a fill slot for ever.
+    pub min_bytes_per_second: u64,
+    pub rate_window: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +139,10 @@ pub struct Config {
     pub gc_grace: Duration,
     pub seed_repositories: Vec<RepositoryInput>,
     pub auth: AuthConfig,
+    /// Peers whose `X-Forwarded-*` headers are believed.
+    pub trusted_proxies: TrustedProxies,
+    pub uploads: UploadLimits,
+    pub fills: FillLimits,
 }
 
 /// A user declared in the configuration file (`[[users]]`); read-only through the API.
@@ -165,6 +206,9 @@ impl Config {
             .listen
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 8081))));
+        let instances = file.plugin_instances.unwrap_or(256).max(1);
+        let fills_total = file.upstream_fills_total.unwrap_or(128).max(1);
+        let fills_per_repository = file.upstream_fills_per_repository.unwrap_or(32).max(1);
         Config {
             listen,
             data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("data")),
@@ -181,6 +225,9 @@ impl Config {
                 memory_bytes: (file.plugin_memory_mib.unwrap_or(64) * 1024 * 1024) as usize,
                 cpu: Duration::from_millis(file.plugin_cpu_ms.unwrap_or(2000)),
                 instance_reuse: file.plugin_instance_reuse.unwrap_or(1024).max(1),
+                instances,
+                instances_per_repository: file.plugin_instances_per_repository.unwrap_or(instances / 4).clamp(1, instances),
+                plan_cache_bytes: file.plan_cache_mib.unwrap_or(32) * 1024 * 1024,
             },
             upload_expiry: Duration::from_secs(file.upload_expiry_hours.unwrap_or(24) * 3600),
             gc_grace: Duration::from_secs(file.gc_grace_seconds.unwrap_or(3600)),
@@ -197,6 +244,17 @@ impl Config {
                     credential_cache_entries: file.credential_cache_entries.unwrap_or(default.credential_cache_entries),
                     ..default
                 }
+            },
+            trusted_proxies: file.trusted_proxies.unwrap_or_default(),
+            uploads: UploadLimits {
+                per_repository: file.upload_sessions_per_repository.unwrap_or(100),
+                total: file.upload_sessions_total.unwrap_or(1000),
+            },
+            fills: FillLimits {
+                per_repository: fills_per_repository.min(fills_total),
+                total: fills_total,
+                min_bytes_per_second: file.upstream_min_bytes_per_second.unwrap_or(1024),
+                rate_window: Duration::from_secs(file.upstream_rate_window_seconds.unwrap_or(30).max(1)),
             },
         }
     }

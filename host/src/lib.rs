@@ -66,8 +66,8 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
     let meta = MetaStore::open(&layout.meta_db())?;
     let metrics = Arc::new(metrics::Metrics::new());
     let upstream = Arc::new(Upstream::new(config.upstream.clone(), metrics.clone())?);
-    let uploads =
-        Uploads::open(layout.uploads(), store.clone()).map_err(|source| StartError::DataDir { path: layout.uploads(), source })?;
+    let uploads = Uploads::open(layout.uploads(), store.clone(), config.uploads.clone())
+        .map_err(|source| StartError::DataDir { path: layout.uploads(), source })?;
     let repos = Arc::new(Repos::new(layout.repositories(), config.listen.port()));
     let caps = Arc::new(Capabilities {
         store: store.clone(),
@@ -89,7 +89,7 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
         .map(|input| input.validate(None, &formats).map_err(|e| StartError::Seed(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
     repos.load_or_seed(seed)?;
-    let fills = Fills::new(store, upstream);
+    let fills = Fills::new(store, upstream, config.fills.clone());
     Ok(Arc::new(App {
         config,
         repos,

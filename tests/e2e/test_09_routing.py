@@ -46,12 +46,20 @@ def test_virtual_host(setup, images):
     br.create_remote("vhost", up.url, hostnames=[VHOST])
     url = f"{br.url}/v2/library/small/manifests/1"
     assert_small(get_manifest(url, host=VHOST), small)
-    assert_small(get_manifest(url, headers=[("X-Forwarded-Host", VHOST)]), small)
+    # X-Forwarded-Host counts only from a peer in trusted_proxies (none here): it selects nothing
+    assert get_manifest(url, headers=[("X-Forwarded-Host", VHOST)]).status == 404
     layer, size = small.largest_layer()
     got = stream_get(f"{br.url}/v2/library/small/blobs/{layer}", host=VHOST)
     assert got.status == 200 and got.digest == layer, got
     # another host name falls through to the default repository (the empty upstream)
     assert get_manifest(url, host="other.example.test").status == 404
+
+
+def test_virtual_host_by_x_forwarded_host_from_a_trusted_proxy(make_binaryrepo, make_upstream, images):
+    br = make_binaryrepo(name="behind-proxy", config={"trusted_proxies": ["127.0.0.0/8"]})
+    br.create_remote("vhost", make_upstream("full").url, hostnames=[VHOST])
+    assert_small(get_manifest(f"{br.url}/v2/library/small/manifests/1", headers=[("X-Forwarded-Host", VHOST)]),
+                 images["small"])
 
 
 def test_virtual_host_with_port_in_host_header(setup, images):

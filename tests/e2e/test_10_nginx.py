@@ -1,11 +1,19 @@
 """The example nginx set-up (examples/nginx/binaryrepo.conf): a virtual host per repository that proxies to
 binaryrepo with the path prefix /repo/<name>/."""
 
+import pytest
+
 from harness.clients import dir_image, skopeo_copy
 from harness.images import ACCEPT_HEADER
 from harness.util import request, sha256_bytes, stream_get
 
 HOST = "docker-remote.example.com"
+
+
+@pytest.fixture
+def br(make_binaryrepo):
+    """binaryrepo trusting nginx (on 127.0.0.1) for X-Forwarded-*, as examples/nginx/binaryrepo.conf says"""
+    return make_binaryrepo(config={"trusted_proxies": ["127.0.0.1/32"]})
 
 
 def test_pull_through_nginx_virtual_host(upstream, br, nginx, images, tmp_path):

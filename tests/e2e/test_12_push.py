@@ -155,6 +155,13 @@ def test_docker_push_and_cross_repository_mount(local_br, images, docker_clean, 
 HOST = "docker-local.example.com"
 
 
+@pytest.fixture
+def br(request, make_binaryrepo):
+    """binaryrepo, trusting nginx (on 127.0.0.1) for X-Forwarded-* in the tests that put it in front"""
+    behind_nginx = "nginx" in request.fixturenames
+    return make_binaryrepo(config={"trusted_proxies": ["127.0.0.1/32"]} if behind_nginx else None)
+
+
 def test_push_through_nginx_virtual_host(local_br, nginx, images, tmp_path):
     """skopeo cannot set Host: nginx is its HTTP proxy, so http://docker-local.example.com:PORT/v2/... selects
     the docker-local server block (no DNS lookup happens); binaryrepo sees /repo/docker-local/v2/... and must

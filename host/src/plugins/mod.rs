@@ -11,6 +11,7 @@ mod epoch;
 mod host_api;
 pub mod instance;
 pub mod reuse;
+mod share;
 pub mod state;
 mod warm;
 
@@ -43,10 +44,18 @@ use warm::{Warm, WarmPool};
 /// call, and the instance back to the idle pool only if the call succeeded; counted by outcome.
 macro_rules! call {
     ($self:ident, $plugin:ident, $export:literal, $repo:expr, $readable:expr, |$f:ident, $store:ident| $call:expr) => {{
+        let repo: Option<Arc<Repository>> = $repo;
+        // The repository's share first, then a slot: a repository at its share waits without
+        // holding a slot another repository could use.
+        let share = $self.shares.of(repo.as_deref());
+        let _share = match &share {
+            Some(s) => Some(s.acquire().await.map_err(|e| Self::failed($plugin, e))?),
+            None => None,
+        };
         let _permit = $self.permits.acquire().await.map_err(|e| Self::failed($plugin, e))?;
         let _running = $self.ticker.running();
         let result = async {
-            let mut warm = $self.checkout($plugin, $repo, $readable).await.map_err(|e| Self::trapped($plugin, e))?;
+            let mut warm = $self.checkout($plugin, repo, $readable).await.map_err(|e| Self::trapped($plugin, e))?;
             let $f = &warm.instance;
             let $store = &mut warm.store;
             let result = $call.await.map_err(|e| Self::trapped($plugin, e));
@@ -61,8 +70,6 @@ macro_rules! call {
     }};
 }
 
-/// Plugin instances alive at once; more requests wait for a slot.
-const MAX_INSTANCES: u32 = 256;
 /// Bytes of a freed memory, table or stack slot kept resident and reset in place.
 const KEEP_RESIDENT: usize = 1 << 20;
 
@@ -156,7 +163,10 @@ pub struct Plugins {
     by_format: HashMap<String, Arc<LoadedPlugin>>,
     limits: PluginLimits,
     caps: Arc<Capabilities>,
+    /// Plugin instances in use at once (`plugin_instances`); more calls wait for a slot.
     permits: Semaphore,
+    /// How many of them one repository may hold (`plugin_instances_per_repository`).
+    shares: share::Shares,
     ticker: Ticker,
     warm: WarmPool,
     /// Plans offered for reuse (see `reuse`).
@@ -168,7 +178,7 @@ fn engine(limits: &PluginLimits) -> Result<Engine, PluginError> {
     let mut config = wasmtime::Config::new();
     config.epoch_interruption(true);
     let mut pool = PoolingAllocationConfig::default();
-    let slots = MAX_INSTANCES + warm::IDLE_MAX as u32;
+    let slots = limits.instances + warm::IDLE_MAX as u32;
     pool.total_component_instances(slots)
         .total_core_instances(slots * 4)
         .total_memories(slots * 4)
@@ -215,17 +225,9 @@ impl Plugins {
         bindings::v0_2::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| PluginError::Engine(e.to_string()))?;
 
         let warm = WarmPool::new(limits.instance_reuse);
-        let mut plugins = Plugins {
-            engine,
-            by_format: HashMap::new(),
-            limits,
-            caps,
-            permits: Semaphore::new(MAX_INSTANCES as usize),
-            warm,
-            ticker,
-            plans: Default::default(),
-            metrics,
-        };
+        let (permits, shares) = (Semaphore::new(limits.instances as usize), share::Shares::new(limits.instances_per_repository));
+        let plans = reuse::PlanCache::new(limits.plan_cache_bytes);
+        let mut plugins = Plugins { engine, by_format: HashMap::new(), limits, caps, permits, shares, warm, ticker, plans, metrics };
         let entries = std::fs::read_dir(dir).map_err(|source| PluginError::Dir { path: dir.into(), source })?;
         let mut files: Vec<PathBuf> =
             entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "wasm")).collect();

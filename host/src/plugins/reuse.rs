@@ -10,9 +10,8 @@
 //! `Repository` is replaced), or when blobs are removed, and it is only taken from a call that
 //! read nothing but this repository's metadata and the blob store.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -21,9 +20,11 @@ use super::bindings::types::{Mount, Plan};
 use crate::repos::Repository;
 use crate::storage::meta::Generation;
 
-/// Plans kept at once: a working set of hot tags, not a second metadata store. Past it, the
-/// expired and stale ones go, and if that is not enough, all of them.
-const MAX_ENTRIES: usize = 4096;
+/// A key longer than this is not kept: real requests' keys (method, repository, base URL, path,
+/// query) are a few hundred bytes, and a long one is most likely made up to fill the cache.
+const MAX_KEY: usize = 2048;
+/// What an entry costs besides its parts' bytes (the map slot, the `Arc`, the snapshot).
+const ENTRY_OVERHEAD: usize = 256;
 /// However long a plugin offers.
 const MAX_REUSE: Duration = Duration::from_secs(3600);
 
@@ -123,55 +124,96 @@ impl Entry {
     }
 }
 
-#[derive(Default)]
+/// A kept plan and what it weighs against `plan_cache_mib`.
+struct Kept {
+    entry: Entry,
+    weight: u64,
+}
+
+/// Weighs an entry by the bytes it holds, so the cache is bounded in memory however large the
+/// plans (a `respond` plan carries its body).
+#[derive(Clone)]
+struct ByBytes;
+
+impl quick_cache::Weighter<String, Arc<Kept>> for ByBytes {
+    fn weight(&self, key: &String, kept: &Arc<Kept>) -> u64 {
+        key.len() as u64 + kept.weight
+    }
+}
+
+/// Bytes an entry holds besides its key (approximate: lengths plus a fixed overhead per part).
+fn weigh(plan: &Plan, vary: &[(HeaderName, Vec<HeaderValue>)]) -> u64 {
+    let headers = |h: &[(String, String)]| h.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>();
+    let plan = match plan {
+        Plan::Respond(r) => r.body.len() + headers(&r.headers),
+        Plan::ServeBlob(b) => b.digest.len() + headers(&b.headers),
+        _ => 0,
+    };
+    let vary: usize = vary.iter().map(|(n, vs)| n.as_str().len() + vs.iter().map(|v| v.len() + 32).sum::<usize>()).sum();
+    (ENTRY_OVERHEAD + plan + vary) as u64
+}
+
+/// The plans offered for reuse, bounded by weight (`plan_cache_mib`).
+///
+/// A client chooses much of a key (the query, the `Host` header, the path), so it could fill the
+/// cache with keys nobody asks for twice. The cache is S3-FIFO (quick_cache): a new entry waits in
+/// a small probationary queue and only one that is asked for again while there moves to the main
+/// queue, so a flood of one-off keys cycles through the small queue and never evicts the plans in
+/// use; keys longer than `MAX_KEY` (a long query, an odd `Host`) are not kept at all.
 pub struct PlanCache {
-    entries: Mutex<HashMap<String, Entry>>,
+    entries: quick_cache::sync::Cache<String, Arc<Kept>, ByBytes>,
 }
 
 impl PlanCache {
+    /// A cache holding up to `bytes` of plans and keys.
+    pub fn new(bytes: u64) -> PlanCache {
+        let estimated_items = (bytes / 1024).clamp(16, 1 << 20) as usize;
+        PlanCache { entries: quick_cache::sync::Cache::with_weighter(estimated_items, bytes.max(1), ByBytes) }
+    }
+
     /// A plan that answers this request, if one is kept and still holds.
     pub fn lookup(&self, key: &Key, repo: Option<&Arc<Repository>>, headers: &HeaderMap, removals: u64) -> Option<Plan> {
-        let now = Instant::now();
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = entries.get(&key.0)?;
-        if !entry.valid(now, repo, removals) {
-            entries.remove(&key.0);
+        let kept = self.entries.get(key.0.as_str())?;
+        if !kept.entry.valid(Instant::now(), repo, removals) {
+            self.entries.remove(key.0.as_str());
             return None;
         }
-        entry.fits(headers).then(|| entry.plan.clone())
+        kept.entry.fits(headers).then(|| kept.entry.plan.clone())
     }
 
     /// Keeps `plan` for the request it answered, when the plugin offered it and the plan can be
     /// reused (a response or a stored blob; never a fetch or anything that reads a body).
     pub fn insert(&self, key: Key, decided: Snapshot, offer: Offer, plan: &Plan, headers: &HeaderMap) {
-        if !matches!(plan, Plan::Respond(_) | Plan::ServeBlob(_)) {
+        if !matches!(plan, Plan::Respond(_) | Plan::ServeBlob(_)) || key.0.len() > MAX_KEY {
             return;
         }
         let now = Instant::now();
-        let vary = offer.vary.into_iter().map(|name| {
-            let values = headers.get_all(&name).iter().cloned().collect();
-            (name, values)
-        });
-        let entry =
-            Entry { plan: plan.clone(), decided, expires: now + Duration::from_secs(offer.seconds).min(MAX_REUSE), vary: vary.collect() };
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= MAX_ENTRIES && !entries.contains_key(&key.0) {
-            entries.retain(|_, e| now < e.expires && e.decided.metadata_unchanged());
-            if entries.len() >= MAX_ENTRIES {
-                entries.clear();
-            }
-        }
-        entries.insert(key.0, entry);
+        let vary: Vec<_> = offer
+            .vary
+            .into_iter()
+            .map(|name| {
+                let values = headers.get_all(&name).iter().cloned().collect();
+                (name, values)
+            })
+            .collect();
+        let weight = weigh(plan, &vary);
+        let entry = Entry { plan: plan.clone(), decided, expires: now + Duration::from_secs(offer.seconds).min(MAX_REUSE), vary };
+        self.entries.insert(key.0, Arc::new(Kept { entry, weight }));
     }
 
     /// After a reused plan failed (its blob went missing, say): the plugin decides afresh.
     pub fn forget(&self, key: &Key) {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(&key.0);
+        self.entries.remove(key.0.as_str());
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.entries.len()
+    }
+
+    #[cfg(test)]
+    fn weight(&self) -> u64 {
+        self.entries.weight()
     }
 }
 
@@ -207,7 +249,7 @@ mod tests {
 
     #[test]
     fn reused_until_metadata_changes() {
-        let cache = PlanCache::default();
+        let cache = PlanCache::new(1 << 20);
         let generation = Generation::default();
         let repo = Arc::new(local());
         let h = HeaderMap::new();
@@ -229,7 +271,7 @@ mod tests {
 
     #[test]
     fn a_write_during_the_call_makes_the_plan_stale_from_birth() {
-        let cache = PlanCache::default();
+        let cache = PlanCache::new(1 << 20);
         let generation = Generation::default();
         let repo = Arc::new(local());
         let h = HeaderMap::new();
@@ -241,7 +283,7 @@ mod tests {
 
     #[test]
     fn a_reconfigured_repository_is_another_repository() {
-        let cache = PlanCache::default();
+        let cache = PlanCache::new(1 << 20);
         let repo = Arc::new(local());
         let h = HeaderMap::new();
         let snap = Snapshot::take(Some(repo.clone()), Generation::default(), 0);
@@ -252,7 +294,7 @@ mod tests {
 
     #[test]
     fn vary_headers_must_match_and_only_some_plans_are_kept() {
-        let cache = PlanCache::default();
+        let cache = PlanCache::new(1 << 20);
         let repo = Arc::new(local());
         let mut h = HeaderMap::new();
         h.append("accept", HeaderValue::from_static("a/b"));
@@ -275,17 +317,43 @@ mod tests {
 
     #[test]
     fn expires_and_stays_bounded() {
-        let cache = PlanCache::default();
+        let cache = PlanCache::new(1 << 20);
         let repo = Arc::new(local());
         let h = HeaderMap::new();
         let snap = || Snapshot::take(Some(repo.clone()), Generation::default(), 0);
-        for i in 0..MAX_ENTRIES + 10 {
-            cache.insert(key(&format!("/{i}")), snap(), Offer { seconds: 60, vary: vec![] }, &plan("x"), &h);
+        let big = "x".repeat(64 * 1024);
+        for i in 0..100 {
+            cache.insert(key(&format!("/{i}")), snap(), Offer { seconds: 60, vary: vec![] }, &plan(&big), &h);
         }
-        assert!(cache.len() <= MAX_ENTRIES);
+        assert!(cache.weight() <= 1 << 20, "{} bytes kept", cache.weight());
+        assert!(cache.len() < 20, "{} plans of 64 KiB in 1 MiB", cache.len());
         let mut e = Entry { plan: plan("x"), decided: snap(), expires: Instant::now(), vary: vec![] };
         assert!(!e.valid(Instant::now(), Some(&repo), 0));
         e.expires = Instant::now() + Duration::from_secs(5);
         assert!(e.valid(Instant::now(), Some(&repo), 0));
+    }
+
+    #[test]
+    fn a_flood_of_one_off_keys_does_not_evict_a_plan_in_use() {
+        let cache = PlanCache::new(256 * 1024);
+        let repo = Arc::new(local());
+        let h = HeaderMap::new();
+        let snap = || Snapshot::take(Some(repo.clone()), Generation::default(), 0);
+        let offer = || Offer { seconds: 60, vary: vec![] };
+        cache.insert(key("/hot"), snap(), offer(), &plan("hot"), &h);
+        for i in 0..50_000 {
+            let q = format!("x={i}");
+            let k = Key::of(&http::Method::GET, "/hot", Some(&q), Some("r"), "http://h", None, Mount::Path);
+            cache.insert(k.unwrap_or_else(|| unreachable!()), snap(), offer(), &plan("one-off"), &h);
+            if i % 100 == 0 {
+                assert!(cache.lookup(&key("/hot"), Some(&repo), &h, 0).is_some(), "the hot plan was evicted after {i} one-off keys");
+            }
+        }
+        assert!(cache.weight() <= 256 * 1024);
+        // a key longer than MAX_KEY is never kept
+        let long = "q".repeat(MAX_KEY);
+        let k = || Key::of(&http::Method::GET, "/hot", Some(&long), Some("r"), "http://h", None, Mount::Path);
+        cache.insert(k().unwrap_or_else(|| unreachable!()), snap(), offer(), &plan("long"), &h);
+        assert!(cache.lookup(&k().unwrap_or_else(|| unreachable!()), Some(&repo), &h, 0).is_none());
     }
 }

@@ -2,6 +2,7 @@
 //! plugin for a plan, and carry the plan out.
 
 pub mod body;
+pub mod forwarded;
 pub mod resolve;
 pub mod respond;
 pub mod zero_copy;
@@ -208,8 +209,10 @@ async fn dispatch(app: &App, resolved: Result<resolve::Resolved, ResolveError>, 
     }
 }
 
-async fn handle(app: Arc<App>, main_listener: bool, local_port: u16, req: Request<Incoming>) -> Response<Body> {
+/// `peer`: the TCP peer (a proxy's address behind one: `resolve::client_addr` gives the client's).
+async fn handle(app: Arc<App>, main_listener: bool, local_port: u16, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
+    let forwarded = app.config.trusted_proxies.contains(peer.ip());
     // Kept for the access line: the request itself is consumed below.
     let method = req.method().clone();
     let uri = req.uri().clone();
@@ -217,7 +220,7 @@ async fn handle(app: Arc<App>, main_listener: bool, local_port: u16, req: Reques
     let api = main_listener && (path == "/api" || path.starts_with("/api/") || path == "/metrics");
     // Resolved before the span exists, so that the span is made with its repository: recording a
     // field afterwards costs the log formatter a second pass.
-    let resolved = (!api).then(|| resolve::resolve(&app, main_listener, local_port, (req.uri(), req.headers())));
+    let resolved = (!api).then(|| resolve::resolve(&app, main_listener, local_port, forwarded, (req.uri(), req.headers())));
     let repo = resolved.as_ref().and_then(|r| r.as_ref().ok()).and_then(|r| r.repo.clone());
     let repo_name = repo.as_ref().map(|r| r.name.as_str());
     let span = tracing::info_span!("request", method = %method, path = %path, repo = repo_name);
@@ -290,7 +293,7 @@ async fn accept_loop_inner(app: Arc<App>, listener: TcpListener, main_listener: 
         let app = app.clone();
         let service = service_fn(move |req| {
             let app = app.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(app, main_listener, local_port, req).await) }
+            async move { Ok::<_, std::convert::Infallible>(handle(app, main_listener, local_port, peer, req).await) }
         });
         let open = open.clone();
         tokio::spawn(async move {

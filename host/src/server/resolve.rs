@@ -3,6 +3,7 @@
 //! In order: a repository bound to the listener's port; a virtual host; the path prefix
 //! `/repo/<name>/` (the original project's nginx set-up); the path method (the segment right
 //! after a format root names a repository: `/v2/<name>/...`); the default repository.
+//! `X-Forwarded-Host`/`-Proto`/`-Prefix` count only from a trusted proxy (`forwarded`).
 
 use std::sync::Arc;
 
@@ -12,6 +13,8 @@ use crate::App;
 use crate::plugins::LoadedPlugin;
 use crate::plugins::bindings::types::Mount;
 use crate::repos::Repository;
+
+pub use super::forwarded::{TrustedProxies, client_addr};
 
 pub struct Resolved {
     pub repo: Option<Arc<Repository>>,
@@ -51,10 +54,12 @@ fn host_only(authority: &str) -> String {
 /// The external base URL. Behind a proxy that sets `X-Forwarded-Host`, the client sees the
 /// proxy's host at its root unless `X-Forwarded-Prefix` says otherwise (the original set-up
 /// maps a virtual host to `/repo/<name>/`, which the client never sees).
-fn base_url(headers: &HeaderMap, uri_authority: Option<&str>, mount: &str) -> String {
-    let scheme = first_value(headers, "x-forwarded-proto").unwrap_or("http");
-    if let Some(fwd_host) = first_value(headers, "x-forwarded-host") {
-        let prefix = first_value(headers, "x-forwarded-prefix").unwrap_or("").trim_end_matches('/');
+/// `forwarded`: the peer is a trusted proxy, so its `X-Forwarded-*` headers count.
+fn base_url(headers: &HeaderMap, forwarded: bool, uri_authority: Option<&str>, mount: &str) -> String {
+    let fwd = |name| if forwarded { first_value(headers, name) } else { None };
+    let scheme = fwd("x-forwarded-proto").unwrap_or("http");
+    if let Some(fwd_host) = fwd("x-forwarded-host") {
+        let prefix = fwd("x-forwarded-prefix").unwrap_or("").trim_end_matches('/');
         return [scheme, "://", fwd_host, prefix].concat();
     }
     let host = headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).or(uri_authority).unwrap_or("localhost");
@@ -62,7 +67,14 @@ fn base_url(headers: &HeaderMap, uri_authority: Option<&str>, mount: &str) -> St
     [scheme, "://", host, mount].concat()
 }
 
-pub fn resolve(app: &App, main_listener: bool, local_port: u16, method_path: (&http::Uri, &HeaderMap)) -> Result<Resolved, ResolveError> {
+/// `forwarded`: the request came from a trusted proxy (`TrustedProxies::contains` of the peer).
+pub fn resolve(
+    app: &App,
+    main_listener: bool,
+    local_port: u16,
+    forwarded: bool,
+    method_path: (&http::Uri, &HeaderMap),
+) -> Result<Resolved, ResolveError> {
     let (uri, headers) = method_path;
     let path = uri.path();
     let authority = uri.authority().map(|a| a.as_str());
@@ -74,7 +86,7 @@ pub fn resolve(app: &App, main_listener: bool, local_port: u16, method_path: (&h
             plugin: plugin_for(&repo)?,
             repo: Some(repo),
             path: if path.is_empty() { "/".into() } else { path.to_owned() },
-            base_url: base_url(headers, authority, prefix),
+            base_url: base_url(headers, forwarded, authority, prefix),
             path_repo: None,
             mount,
         })
@@ -83,8 +95,11 @@ pub fn resolve(app: &App, main_listener: bool, local_port: u16, method_path: (&h
     if !main_listener && let Some(repo) = app.repos.by_port(local_port) {
         return whole(repo, path, "", Mount::Port);
     }
-    let host =
-        first_value(headers, "x-forwarded-host").or_else(|| headers.get(http::header::HOST).and_then(|v| v.to_str().ok())).or(authority);
+    let host = forwarded
+        .then(|| first_value(headers, "x-forwarded-host"))
+        .flatten()
+        .or_else(|| headers.get(http::header::HOST).and_then(|v| v.to_str().ok()))
+        .or(authority);
     if let Some(repo) = host.and_then(|h| app.repos.by_hostname(&host_only(h))) {
         return whole(repo, path, "", Mount::Host);
     }
@@ -101,14 +116,21 @@ pub fn resolve(app: &App, main_listener: bool, local_port: u16, method_path: (&h
         return Ok(Resolved {
             plugin,
             path: [root.as_str(), tail].concat(),
-            base_url: base_url(headers, authority, ""),
+            base_url: base_url(headers, forwarded, authority, ""),
             path_repo: Some(repo.name.to_string()),
             repo: Some(repo),
             mount: Mount::Path,
         });
     }
     let repo = app.repos.default_repository().filter(|r| r.format == plugin.meta.format);
-    Ok(Resolved { plugin, repo, path: path.to_owned(), base_url: base_url(headers, authority, ""), path_repo: None, mount: Mount::Root })
+    Ok(Resolved {
+        plugin,
+        repo,
+        path: path.to_owned(),
+        base_url: base_url(headers, forwarded, authority, ""),
+        path_repo: None,
+        mount: Mount::Root,
+    })
 }
 
 #[cfg(test)]
@@ -127,11 +149,13 @@ mod tests {
     fn base_urls() {
         let mut h = HeaderMap::new();
         h.insert("host", HeaderValue::from_static("127.0.0.1:8081"));
-        assert_eq!(base_url(&h, None, "/repo/x"), "http://127.0.0.1:8081/repo/x");
+        assert_eq!(base_url(&h, true, None, "/repo/x"), "http://127.0.0.1:8081/repo/x");
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         h.insert("x-forwarded-host", HeaderValue::from_static("docker-remote.example.com"));
-        assert_eq!(base_url(&h, None, "/repo/x"), "https://docker-remote.example.com");
+        assert_eq!(base_url(&h, true, None, "/repo/x"), "https://docker-remote.example.com");
         h.insert("x-forwarded-prefix", HeaderValue::from_static("/artifacts/"));
-        assert_eq!(base_url(&h, None, "/repo/x"), "https://docker-remote.example.com/artifacts");
+        assert_eq!(base_url(&h, true, None, "/repo/x"), "https://docker-remote.example.com/artifacts");
+        // the same headers from a peer that is not a trusted proxy change nothing
+        assert_eq!(base_url(&h, false, None, "/repo/x"), "http://127.0.0.1:8081/repo/x");
     }
 }

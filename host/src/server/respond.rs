@@ -463,7 +463,9 @@ impl Exchange<'_> {
             FillError::Status(s) => (FailureKind::UpstreamStatus, Some(*s)),
             FillError::Upstream(UpstreamError::Unreachable(_) | UpstreamError::Refused(_))
             | FillError::Stalled(_)
+            | FillError::TooSlow { .. }
             | FillError::Length { .. } => (FailureKind::UpstreamUnreachable, None),
+            FillError::TooMany { .. } => (FailureKind::TooManyRequests, None),
             FillError::Upstream(UpstreamError::NotAllowed(m) | UpstreamError::Invalid(m)) => {
                 return plugin_fault(&self.plugin.meta.format, format!("fetch-blob: {m}"));
             }

@@ -1,5 +1,10 @@
-//! Single-flight cache fills: however many clients ask for an uncached blob at once, it is
-//! fetched from upstream once. The bytes go to a staging file and every waiting client streams
+//! Single-flight cache fills: however many clients of a repository ask for an uncached blob at
+//! once, it is fetched from upstream once. A fill is joined only by requests of the repository
+//! that started it: another remote's upstream may serve other bytes under the same digest, and
+//! its clients must get (and fail on) their own remote's answer, never ride on this one's.
+//! Fills under way are bounded per repository and in all (`FillLimits`); past the bound a new
+//! fill is refused at once, and an upstream that sends too slowly is cut (`RateFloor`), so a
+//! remote that dribbles bytes cannot keep the slots. The bytes go to a staging file and every waiting client streams
 //! from that file as it grows, so they get the bytes as they arrive, not after the download.
 //!
 //! The fill runs in its own task: a client that disconnects does not abort it. The content is
@@ -32,13 +37,15 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use super::{Upstream, UpstreamError, UpstreamRequest};
+use crate::config::FillLimits;
 use crate::digest::{Digest, Hasher};
-use crate::repos::Repository;
+use crate::repos::{RepoName, Repository};
 use crate::storage::{BlobStore, mapped};
 
 /// Progress is published to readers at least this often (bytes), and at the end.
@@ -62,6 +69,11 @@ pub enum FillError {
     DigestMismatch { expected: String, actual: String },
     #[error("no bytes from upstream for {0} s")]
     Stalled(u64),
+    #[error("upstream sent {got} bytes in {seconds} s, slower than the {min} bytes/s allowed")]
+    TooSlow { got: u64, seconds: u64, min: u64 },
+    /// Not the upstream's fault nor ours: this many transfers are already under way.
+    #[error("{open} upstream transfers are under way {scope}, the most allowed; retry later")]
+    TooMany { open: usize, scope: &'static str },
     /// Our fault: staging or committing failed.
     #[error("storage: {0}")]
     Storage(String),
@@ -156,26 +168,41 @@ pub enum Joined {
     Filling(Arc<Fill>),
 }
 
+/// A fill in flight is found by its repository and digest, never by digest alone.
+type FillKey = (RepoName, Digest);
+
 pub struct Fills {
     store: BlobStore,
     upstream: Arc<Upstream>,
-    inflight: Mutex<HashMap<Digest, Arc<Fill>>>,
+    limits: FillLimits,
+    inflight: Mutex<HashMap<FillKey, Arc<Fill>>>,
 }
 
 impl Fills {
-    pub fn new(store: BlobStore, upstream: Arc<Upstream>) -> Arc<Fills> {
-        Arc::new(Fills { store, upstream, inflight: Mutex::new(HashMap::new()) })
+    pub fn new(store: BlobStore, upstream: Arc<Upstream>, limits: FillLimits) -> Arc<Fills> {
+        Arc::new(Fills { store, upstream, limits, inflight: Mutex::new(HashMap::new()) })
+    }
+
+    /// Why a new fill for `repo` may not start now, if it may not.
+    fn over_limit(&self, inflight: &HashMap<FillKey, Arc<Fill>>, repo: &RepoName) -> Option<FillError> {
+        if inflight.len() >= self.limits.total {
+            return Some(FillError::TooMany { open: inflight.len(), scope: "on this server" });
+        }
+        // At most `total` entries: counting them is cheaper than keeping counts that must agree.
+        let mine = inflight.keys().filter(|(r, _)| r == repo).count();
+        (mine >= self.limits.per_repository).then_some(FillError::TooMany { open: mine, scope: "for this repository" })
     }
 
     pub fn in_flight(&self) -> usize {
         self.inflight.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Joins the fill for `digest`, or starts it.
+    /// Joins `repo`'s fill for `digest`, or starts it.
     pub fn join_or_start(self: &Arc<Self>, repo: Arc<Repository>, digest: Digest, request: UpstreamRequest) -> Result<Joined, FillError> {
         let count = |result| self.upstream.metrics().blob_fetch(repo.name.as_str(), result);
+        let key: FillKey = (repo.name.clone(), digest.clone());
         let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(fill) = inflight.get(&digest) {
+        if let Some(fill) = inflight.get(&key) {
             count("joined");
             return Ok(Joined::Filling(fill.clone()));
         }
@@ -184,6 +211,10 @@ impl Fills {
         if self.store.stat(&digest).map_err(|e| FillError::Storage(e.to_string()))?.is_some() {
             count("stored");
             return Ok(Joined::Stored);
+        }
+        if let Some(refused) = self.over_limit(&inflight, &repo.name) {
+            count("refused");
+            return Err(refused);
         }
         let path = self.store.layout().staged();
         let writer = File::create(&path).map_err(|e| FillError::Storage(format!("{}: {e}", path.display())))?;
@@ -198,7 +229,7 @@ impl Fills {
             progress: rx,
             hold_last_byte,
         });
-        inflight.insert(digest.clone(), fill.clone());
+        inflight.insert(key.clone(), fill.clone());
         drop(inflight);
         count("started");
 
@@ -239,7 +270,7 @@ impl Fills {
                         let _ = std::fs::remove_file(&path);
                     }
                 }
-                fills.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&digest);
+                fills.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
             },
             span,
         ));
@@ -309,13 +340,20 @@ impl Fills {
 
         let idle = self.upstream.config().idle_timeout;
         let received_bytes = self.upstream.metrics().upstream_bytes_of(repo.name.as_str());
+        let mut floor = RateFloor::new(&self.limits, Instant::now());
+        let mut last_byte = Instant::now();
         let received: Result<(), FillError> = async {
             loop {
-                match tokio::time::timeout(idle, resp.chunk()).await {
-                    Err(_) => return Err(FillError::Stalled(idle.as_secs())),
+                // Woken by the next chunk, the idle timeout, or the end of a rate window.
+                let idle_end = last_byte + idle;
+                match tokio::time::timeout_at(idle_end.min(floor.window_end()).into(), resp.chunk()).await {
+                    Err(_) if Instant::now() >= idle_end => return Err(FillError::Stalled(idle.as_secs())),
+                    Err(_) => floor.record(0, Instant::now())?,
                     Ok(Err(e)) => return Err(UpstreamError::Unreachable(e.to_string()).into()),
                     Ok(Ok(None)) => return Ok(()),
                     Ok(Ok(Some(chunk))) => {
+                        last_byte = Instant::now();
+                        floor.record(chunk.len() as u64, last_byte)?;
                         received_bytes.inc_by(chunk.len() as u64);
                         if chunks_tx.send(chunk).await.is_err() {
                             return Err(FillError::Storage("staging writer stopped".into()));
@@ -341,6 +379,43 @@ impl Fills {
             return Err(FillError::DigestMismatch { expected: digest.to_string(), actual: actual.to_string() });
         }
         Ok(written)
+    }
+}
+
+/// The slowest transfer a fill may be: at least `min_bytes_per_second` × `rate_window` bytes in
+/// every window. The idle timeout alone does not bound a fill's time: a byte every few seconds
+/// keeps it alive.
+struct RateFloor {
+    min_per_window: u64,
+    min_per_second: u64,
+    window: Duration,
+    start: Instant,
+    got: u64,
+}
+
+impl RateFloor {
+    fn new(limits: &FillLimits, now: Instant) -> RateFloor {
+        let min_per_window = limits.min_bytes_per_second.saturating_mul(limits.rate_window.as_secs());
+        RateFloor { min_per_window, min_per_second: limits.min_bytes_per_second, window: limits.rate_window, start: now, got: 0 }
+    }
+
+    fn window_end(&self) -> Instant {
+        self.start + self.window
+    }
+
+    /// Counts `n` bytes received at `now`; at a window's end, fails if it got too few.
+    fn record(&mut self, n: u64, now: Instant) -> Result<(), FillError> {
+        self.got = self.got.saturating_add(n);
+        if now < self.window_end() {
+            return Ok(());
+        }
+        if self.got < self.min_per_window {
+            let seconds = now.duration_since(self.start).as_secs();
+            return Err(FillError::TooSlow { got: self.got, seconds, min: self.min_per_second });
+        }
+        self.start = now;
+        self.got = 0;
+        Ok(())
     }
 }
 
@@ -515,7 +590,30 @@ fn hash_loop(reader: File, mut hasher: Hasher, shared: &Shared, recent: &Recent,
 mod tests {
     use bytes::Bytes;
 
-    use super::{FillError, Progress, RECENT_BYTES, Recent};
+    use super::{FillError, Progress, RECENT_BYTES, RateFloor, Recent};
+    use crate::config::FillLimits;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_transfer_slower_than_the_floor_is_cut_at_a_window_end() {
+        let limits = FillLimits { per_repository: 1, total: 1, min_bytes_per_second: 100, rate_window: Duration::from_secs(10) };
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut floor = RateFloor::new(&limits, t0);
+        assert_eq!(floor.window_end(), at(10));
+        // a dribble within the window is not judged before its end
+        floor.record(10, at(3)).unwrap();
+        floor.record(500, at(9)).unwrap();
+        // 1000 bytes in the first window: enough; the next window starts
+        floor.record(490, at(10)).unwrap();
+        assert_eq!(floor.window_end(), at(20));
+        floor.record(999, at(15)).unwrap();
+        let err = floor.record(0, at(20)).unwrap_err();
+        assert!(matches!(err, FillError::TooSlow { got: 999, seconds: 10, min: 100 }), "{err:?}");
+        // no floor
+        let off = FillLimits { min_bytes_per_second: 0, ..limits };
+        RateFloor::new(&off, t0).record(0, at(100)).unwrap();
+    }
 
     #[test]
     fn recent_hands_out_kept_bytes_without_crossing_a_limit_and_forgets_the_oldest() {

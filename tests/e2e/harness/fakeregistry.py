@@ -8,6 +8,7 @@ Serves the images of OCI layouts (manifests by tag and digest, blobs by digest),
             that has it, at /storage/<digest>)
   - challenge: a Bearer realm URL: /v2/ requests without a Bearer token get 401 naming it (any token is accepted)
   - tls:     a harness.testca.TestCA: serve https with its certificate
+  - dribble: after N bytes of a blob, send one byte every 0.2 s (never idle, never done) until stopped
 Every request is recorded in `requests` as (method, path, status), and its Authorization header (or None) in
 `authorizations` as (path, value).
 """
@@ -35,6 +36,7 @@ class FakeRegistry:
         self.corrupt: set[str] = set()
         self.pause: dict[str, int] = {}                      # digest -> bytes to send before pausing
         self.cut: dict[str, int] = {}                        # digest -> bytes to send before hanging up
+        self.dribble: dict[str, int] = {}                    # digest -> bytes to send before dribbling
         self.paused = threading.Event()                      # set when a paused transfer is waiting
         self._release = threading.Event()
         self.requests: list[tuple[str, str, int]] = []
@@ -147,6 +149,7 @@ class FakeRegistry:
             return
         pause_at = self.pause.get(dg)
         cut_at = self.cut.get(dg)
+        dribble_at = self.dribble.get(dg)
         sent = 0
         try:
             with open(f, "rb") as fh:
@@ -162,6 +165,8 @@ class FakeRegistry:
                             h.connection.shutdown(socket.SHUT_RDWR)
                             break
                         want = min(want, cut_at - sent)
+                    if dribble_at is not None:
+                        want = 1 if sent >= dribble_at else min(want, dribble_at - sent)
                     b = fh.read(want)
                     if not b:
                         break
@@ -170,6 +175,11 @@ class FakeRegistry:
                     first = False
                     h.wfile.write(b)
                     sent += len(b)
+                    if dribble_at is not None and sent > dribble_at:
+                        h.wfile.flush()
+                        if self._release.wait(0.2):
+                            h.close_connection = True
+                            return
                     if pause_at is not None and sent == pause_at:
                         h.wfile.flush()
                         self.paused.set()

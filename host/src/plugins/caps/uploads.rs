@@ -3,7 +3,7 @@
 
 use super::{Scope, blocking};
 use crate::plugins::bindings::types::HostError;
-use crate::storage::uploads::UploadId;
+use crate::storage::uploads::{UploadError, UploadId};
 
 fn parse(id: &str) -> Result<UploadId, HostError> {
     UploadId::parse(id).ok_or_else(|| HostError::NotAllowed(format!("{id:?} is not an upload id")))
@@ -13,10 +13,19 @@ async fn io<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Send + '
     blocking(move || f().map_err(|e| HostError::Internal(e.to_string()))).await
 }
 
+/// `not-allowed` when the repository or the server has as many sessions open as allowed (the
+/// Docker plugin answers it with 429 TOOMANYREQUESTS).
 pub async fn start(state: &Scope) -> Result<String, HostError> {
     let repo = state.repo()?;
     let caps = state.caps.clone();
-    io(move || caps.uploads.start(repo.name.as_str())).await.map(|id| id.as_str().to_owned())
+    blocking(move || {
+        caps.uploads.start(repo.name.as_str()).map_err(|e| match e {
+            UploadError::TooMany { .. } => HostError::NotAllowed(e.to_string()),
+            e => HostError::Internal(e.to_string()),
+        })
+    })
+    .await
+    .map(|id| id.as_str().to_owned())
 }
 
 pub async fn size(state: &Scope, id: String) -> Result<Option<u64>, HostError> {

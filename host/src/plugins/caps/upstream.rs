@@ -17,7 +17,13 @@ pub fn to_host_error(e: UpstreamError) -> HostError {
 pub async fn request(state: &Scope, req: UpstreamRequest) -> Result<UpstreamResponse, HostError> {
     let repo = state.repo()?;
     let typed = parse_request(&req.method, &req.url, &req.headers, req.with_credentials).map_err(to_host_error)?;
-    let resp = state.caps.upstream.small(&repo, &typed).await.map_err(to_host_error)?;
+    // A small document must arrive whole within the idle timeout: an upstream that sends a byte now
+    // and then resets any idle timer, and would hold this plugin instance (and its client) for ever.
+    let deadline = state.caps.upstream.config().idle_timeout;
+    let resp = tokio::time::timeout(deadline, state.caps.upstream.small(&repo, &typed))
+        .await
+        .map_err(|_| HostError::UpstreamUnreachable(format!("no complete answer from upstream in {} s", deadline.as_secs())))?
+        .map_err(to_host_error)?;
     tracing::debug!(method = %typed.method, url = %typed.url, status = resp.status.as_u16(), "upstream");
     let headers = resp.headers.iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned()))).collect();
     Ok(UpstreamResponse { status: resp.status.as_u16(), headers, body: resp.body.to_vec() })
