@@ -20,7 +20,7 @@ pub async fn start(state: &Scope) -> Result<String, HostError> {
     let caps = state.caps.clone();
     blocking(move || {
         caps.uploads.start(repo.name.as_str()).map_err(|e| match e {
-            UploadError::TooMany { .. } => HostError::NotAllowed(e.to_string()),
+            UploadError::TooMany { .. } => HostError::Limit(e.to_string()),
             e => HostError::Internal(e.to_string()),
         })
     })
