@@ -50,9 +50,10 @@ fn host_only(authority: &str) -> String {
 
 /// The external base URL. Behind a proxy that sets `X-Forwarded-Host`, the client sees the
 /// proxy's host at its root unless `X-Forwarded-Prefix` says otherwise (the original set-up
-/// maps a virtual host to `/repo/<name>/`, which the client never sees).
-fn base_url(headers: &HeaderMap, uri_authority: Option<&str>, mount: &str) -> String {
-    let scheme = first_value(headers, "x-forwarded-proto").unwrap_or("http");
+/// maps a virtual host to `/repo/<name>/`, which the client never sees). `scheme` is the
+/// listener's own, unless the proxy says what the client used.
+fn base_url(headers: &HeaderMap, uri_authority: Option<&str>, mount: &str, scheme: &'static str) -> String {
+    let scheme = first_value(headers, "x-forwarded-proto").unwrap_or(scheme);
     if let Some(fwd_host) = first_value(headers, "x-forwarded-host") {
         let prefix = first_value(headers, "x-forwarded-prefix").unwrap_or("").trim_end_matches('/');
         return [scheme, "://", fwd_host, prefix].concat();
@@ -64,6 +65,8 @@ fn base_url(headers: &HeaderMap, uri_authority: Option<&str>, mount: &str) -> St
 
 pub fn resolve(app: &App, main_listener: bool, local_port: u16, method_path: (&http::Uri, &HeaderMap)) -> Result<Resolved, ResolveError> {
     let (uri, headers) = method_path;
+    // Every listener speaks TLS when the server has a certificate.
+    let scheme = if app.tls.is_some() { "https" } else { "http" };
     let path = uri.path();
     let authority = uri.authority().map(|a| a.as_str());
     let plugin_for = |repo: &Repository| {
@@ -74,7 +77,7 @@ pub fn resolve(app: &App, main_listener: bool, local_port: u16, method_path: (&h
             plugin: plugin_for(&repo)?,
             repo: Some(repo),
             path: if path.is_empty() { "/".into() } else { path.to_owned() },
-            base_url: base_url(headers, authority, prefix),
+            base_url: base_url(headers, authority, prefix, scheme),
             path_repo: None,
             mount,
         })
@@ -101,14 +104,14 @@ pub fn resolve(app: &App, main_listener: bool, local_port: u16, method_path: (&h
         return Ok(Resolved {
             plugin,
             path: [root.as_str(), tail].concat(),
-            base_url: base_url(headers, authority, ""),
+            base_url: base_url(headers, authority, "", scheme),
             path_repo: Some(repo.name.to_string()),
             repo: Some(repo),
             mount: Mount::Path,
         });
     }
     let repo = app.repos.default_repository().filter(|r| r.format == plugin.meta.format);
-    Ok(Resolved { plugin, repo, path: path.to_owned(), base_url: base_url(headers, authority, ""), path_repo: None, mount: Mount::Root })
+    Ok(Resolved { plugin, repo, path: path.to_owned(), base_url: base_url(headers, authority, "", scheme), path_repo: None, mount: Mount::Root })
 }
 
 #[cfg(test)]
@@ -127,11 +130,12 @@ mod tests {
     fn base_urls() {
         let mut h = HeaderMap::new();
         h.insert("host", HeaderValue::from_static("127.0.0.1:8081"));
-        assert_eq!(base_url(&h, None, "/repo/x"), "http://127.0.0.1:8081/repo/x");
+        assert_eq!(base_url(&h, None, "/repo/x", "http"), "http://127.0.0.1:8081/repo/x");
+        assert_eq!(base_url(&h, None, "/repo/x", "https"), "https://127.0.0.1:8081/repo/x");
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         h.insert("x-forwarded-host", HeaderValue::from_static("docker-remote.example.com"));
-        assert_eq!(base_url(&h, None, "/repo/x"), "https://docker-remote.example.com");
+        assert_eq!(base_url(&h, None, "/repo/x", "http"), "https://docker-remote.example.com");
         h.insert("x-forwarded-prefix", HeaderValue::from_static("/artifacts/"));
-        assert_eq!(base_url(&h, None, "/repo/x"), "https://docker-remote.example.com/artifacts");
+        assert_eq!(base_url(&h, None, "/repo/x", "http"), "https://docker-remote.example.com/artifacts");
     }
 }
