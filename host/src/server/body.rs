@@ -1,6 +1,7 @@
 //! Response bodies: small ones whole, blobs as streams of slices of the mapped file (sent
-//! with `sendfile` by the connection, server/zero_copy.rs) or, where a file cannot be mapped,
-//! read chunk by chunk, so memory stays flat however large the blob.
+//! with `sendfile` by the connection, server/zero_copy.rs) or, where a file cannot be mapped or
+//! the connection cannot `sendfile` (TLS), read chunk by chunk, so memory stays flat however
+//! large the blob.
 
 use std::fs::File;
 use std::io;
@@ -11,6 +12,7 @@ use futures_util::stream;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
 
+use super::zero_copy;
 use crate::storage::mapped;
 use crate::upstream::fill::Fill;
 
@@ -53,7 +55,7 @@ async fn read_at(file: Arc<File>, pos: u64, want: u64, mut buf: BytesMut) -> io:
 /// `len` bytes of a stored blob from `start`.
 pub fn file_range(file: Arc<File>, start: u64, len: u64) -> Body {
     let end = start + len;
-    if len >= mapped::MAP_MIN {
+    if len >= mapped::MAP_MIN && zero_copy::sendfile_available() {
         match mapped::map(file.clone(), end) {
             Ok(map) => return mapped_range(map, start, end),
             Err(e) => tracing::debug!(error = %e, "blob not mapped; reading it"),
@@ -97,64 +99,69 @@ pub fn follow(fill: Arc<Fill>, start: u64, end: Option<u64>) -> Body {
         stop: u64,
         done: bool,
         buf: BytesMut,
+        /// Whether the fill's map may be used: only where the connection sends it with `sendfile`.
+        map: bool,
     }
     let rx = fill.progress.clone();
     let stop = end.unwrap_or(u64::MAX);
-    let s = stream::unfold(St { fill, rx, pos: start, stop, done: false, buf: BytesMut::new() }, |mut st| async move {
-        if st.done {
-            return None;
-        }
-        loop {
-            if st.pos >= st.stop {
+    let s = stream::unfold(
+        St { fill, rx, pos: start, stop, done: false, buf: BytesMut::new(), map: zero_copy::sendfile_available() },
+        |mut st| async move {
+            if st.done {
                 return None;
             }
-            let step = st.rx.borrow_and_update().readable(st.fill.hold_last_byte);
-            let (available, at_end) = match step {
-                Ok(s) => s,
-                Err(e) => {
-                    st.done = true;
-                    return Some((Err(io::Error::other(format!("cache fill failed: {e}"))), st));
+            loop {
+                if st.pos >= st.stop {
+                    return None;
                 }
-            };
-            if at_end && st.pos >= available {
-                return None;
-            }
-            let limit = available.min(st.stop);
-            if let Some(map) = st.fill.mapped.get().filter(|m| limit <= m.len() as u64) {
-                if st.pos < limit {
-                    let to = limit.min(st.pos + MAPPED_CHUNK);
-                    let b = map.slice(st.pos as usize..to as usize);
-                    st.pos = to;
-                    return Some((Ok(Frame::data(b)), st));
-                }
-            } else if let Some(kept) = st.fill.recent.get(st.pos, limit) {
-                st.pos += kept.len() as u64;
-                return Some((Ok(Frame::data(kept)), st));
-            }
-            if st.pos < limit {
-                let buf = std::mem::take(&mut st.buf);
-                match read_at(st.fill.reader.clone(), st.pos, CHUNK.min(limit - st.pos), buf).await {
-                    Ok((b, buf)) if !b.is_empty() => {
-                        st.buf = buf;
-                        st.pos += b.len() as u64;
-                        return Some((Ok(Frame::data(b)), st));
-                    }
-                    Ok(_) => {
-                        st.done = true;
-                        return Some((Err(io::Error::new(io::ErrorKind::UnexpectedEof, "staged blob shorter than written")), st));
-                    }
+                let step = st.rx.borrow_and_update().readable(st.fill.hold_last_byte);
+                let (available, at_end) = match step {
+                    Ok(s) => s,
                     Err(e) => {
                         st.done = true;
-                        return Some((Err(e), st));
+                        return Some((Err(io::Error::other(format!("cache fill failed: {e}"))), st));
+                    }
+                };
+                if at_end && st.pos >= available {
+                    return None;
+                }
+                let limit = available.min(st.stop);
+                if let Some(map) = st.fill.mapped.get().filter(|m| st.map && limit <= m.len() as u64) {
+                    if st.pos < limit {
+                        let to = limit.min(st.pos + MAPPED_CHUNK);
+                        let b = map.slice(st.pos as usize..to as usize);
+                        st.pos = to;
+                        return Some((Ok(Frame::data(b)), st));
+                    }
+                } else if let Some(kept) = st.fill.recent.get(st.pos, limit) {
+                    st.pos += kept.len() as u64;
+                    return Some((Ok(Frame::data(kept)), st));
+                }
+                if st.pos < limit {
+                    let buf = std::mem::take(&mut st.buf);
+                    match read_at(st.fill.reader.clone(), st.pos, CHUNK.min(limit - st.pos), buf).await {
+                        Ok((b, buf)) if !b.is_empty() => {
+                            st.buf = buf;
+                            st.pos += b.len() as u64;
+                            return Some((Ok(Frame::data(b)), st));
+                        }
+                        Ok(_) => {
+                            st.done = true;
+                            return Some((Err(io::Error::new(io::ErrorKind::UnexpectedEof, "staged blob shorter than written")), st));
+                        }
+                        Err(e) => {
+                            st.done = true;
+                            return Some((Err(e), st));
+                        }
                     }
                 }
+                if st.rx.changed().await.is_err() {
+                    st.done = true;
+                    return Some((Err(io::Error::other("cache fill ended without an outcome")), st));
+                }
             }
-            if st.rx.changed().await.is_err() {
-                st.done = true;
-                return Some((Err(io::Error::other("cache fill ended without an outcome")), st));
-            }
-        }
-    });
+        },
+    );
     StreamBody::new(s).boxed()
 }
 

@@ -255,10 +255,12 @@ async fn accept_loop_inner(app: Arc<App>, listener: TcpListener, main_listener: 
         let local_port = stream.local_addr().map_or(0, |a| a.port());
         let mut stop = app.shutdown.subscribe();
         let tls = app.tls.clone();
+        let sendfile = tls.is_none();
         let app = app.clone();
         let service = service_fn(move |req| {
             let app = app.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(app, main_listener, local_port, req).await) }
+            let resp = zero_copy::scope(sendfile, handle(app, main_listener, local_port, req));
+            async move { Ok::<_, std::convert::Infallible>(resp.await) }
         });
         let open = open.clone();
         tokio::spawn(async move {

@@ -111,7 +111,14 @@ pub fn resolve(app: &App, main_listener: bool, local_port: u16, method_path: (&h
         });
     }
     let repo = app.repos.default_repository().filter(|r| r.format == plugin.meta.format);
-    Ok(Resolved { plugin, repo, path: path.to_owned(), base_url: base_url(headers, authority, "", scheme), path_repo: None, mount: Mount::Root })
+    Ok(Resolved {
+        plugin,
+        repo,
+        path: path.to_owned(),
+        base_url: base_url(headers, authority, "", scheme),
+        path_repo: None,
+        mount: Mount::Root,
+    })
 }
 
 #[cfg(test)]

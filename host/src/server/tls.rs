@@ -13,12 +13,12 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rustls::crypto::CryptoProvider;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 /// A PEM chain and key are a few KiB; a larger file is not one.
@@ -213,8 +213,8 @@ fn load_pair(files: &TlsFiles, provider: &CryptoProvider) -> Result<CertifiedKey
     if chain.is_empty() {
         return Err(TlsError::NoCertificate { path: files.cert.clone(), detail: "no CERTIFICATE block".into() });
     }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| TlsError::NoPrivateKey { path: files.key.clone(), detail: e.to_string() })?;
+    let key =
+        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::NoPrivateKey { path: files.key.clone(), detail: e.to_string() })?;
     // Also checks that the key is the certificate's: a renewal caught between writing the two
     // files is refused rather than served.
     CertifiedKey::from_der(chain, key, provider).map_err(|source| TlsError::Unusable {
