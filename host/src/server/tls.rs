@@ -273,3 +273,30 @@ async fn recv(hangup: &mut Hangup) {
         *hangup = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_files_or_neither() {
+        assert!(matches!(TlsFiles::from_config(None, None), Ok(None)));
+        assert!(matches!(TlsFiles::from_config(Some("c".into()), Some("k".into())), Ok(Some(_))));
+        assert!(matches!(TlsFiles::from_config(Some("c".into()), None), Err(TlsError::NoKey)));
+        assert!(matches!(TlsFiles::from_config(None, Some("k".into())), Err(TlsError::NoCert)));
+    }
+
+    #[test]
+    fn files_that_are_not_a_certificate_and_key_are_refused_with_their_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        let files = TlsFiles { cert: cert.clone(), key: key.clone() };
+        let provider = rustls::crypto::ring::default_provider();
+        assert!(matches!(load_pair(&files, &provider), Err(TlsError::Read { path, .. }) if path == cert));
+        std::fs::write(&cert, "not a certificate\n").unwrap();
+        std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
+        assert!(matches!(load_pair(&files, &provider), Err(TlsError::NoCertificate { path, .. }) if path == cert));
+        std::fs::write(&cert, vec![b'-'; MAX_PEM_BYTES as usize + 1]).unwrap();
+        assert!(matches!(load_pair(&files, &provider), Err(TlsError::TooLarge { path }) if path == cert));
+    }
+}
