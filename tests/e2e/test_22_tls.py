@@ -17,7 +17,7 @@ import pytest
 
 from harness.clients import Dockerd
 from harness.tlscerts import CA, peer_cert_cn, write_pair
-from harness.util import request, run, sha256_file, stream_get, tls_context, wait_until
+from harness.util import free_port, request, run, sha256_file, stream_get, tls_context, trust_ca, wait_until
 
 MIB = 1 << 20
 FRAME = 4 * MIB  # body frame of a mapped blob (host server/body.rs MAPPED_CHUNK)
@@ -61,6 +61,16 @@ def test_https_verified_h2_by_alpn_and_https_urls(make_binaryrepo, ca):
         with socket.create_connection((br.ip, br.port), timeout=10) as raw:
             ssl.create_default_context().wrap_socket(raw, server_hostname=br.ip)
     assert peer_cn(br, sc.ca) == "binaryrepo-a"
+
+    # a repository's own port speaks TLS with the same certificate
+    port = free_port()
+    br.create_local("ported", port=port)
+    trust_ca(f"127.0.0.1:{port}", sc.ca)
+    p = curl("--cacert", str(sc.ca), "--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
+             f"https://127.0.0.1:{port}/v2/")
+    assert p.stdout == b"2 200", p.stdout
+    r = request("POST", f"https://127.0.0.1:{port}/v2/team/app/blobs/uploads/", host=f"127.0.0.1:{port}")
+    assert r.status == 202 and r.header("Location", "").startswith(f"https://127.0.0.1:{port}/v2/team/app/"), r.headers
 
     # plain HTTP to the TLS port gets a 400 it can read (guards tls::refuse_plain_http), not TLS bytes
     r = request("GET", f"http://{br.host}/v2/")
