@@ -102,66 +102,64 @@ pub fn follow(fill: Arc<Fill>, start: u64, end: Option<u64>) -> Body {
         /// Whether the fill's map may be used: only where the connection sends it with `sendfile`.
         map: bool,
     }
+    let map = zero_copy::sendfile_available();
     let rx = fill.progress.clone();
     let stop = end.unwrap_or(u64::MAX);
-    let s = stream::unfold(
-        St { fill, rx, pos: start, stop, done: false, buf: BytesMut::new(), map: zero_copy::sendfile_available() },
-        |mut st| async move {
-            if st.done {
+    let s = stream::unfold(St { fill, rx, pos: start, stop, done: false, buf: BytesMut::new(), map }, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        loop {
+            if st.pos >= st.stop {
                 return None;
             }
-            loop {
-                if st.pos >= st.stop {
-                    return None;
+            let step = st.rx.borrow_and_update().readable(st.fill.hold_last_byte);
+            let (available, at_end) = match step {
+                Ok(s) => s,
+                Err(e) => {
+                    st.done = true;
+                    return Some((Err(io::Error::other(format!("cache fill failed: {e}"))), st));
                 }
-                let step = st.rx.borrow_and_update().readable(st.fill.hold_last_byte);
-                let (available, at_end) = match step {
-                    Ok(s) => s,
-                    Err(e) => {
-                        st.done = true;
-                        return Some((Err(io::Error::other(format!("cache fill failed: {e}"))), st));
-                    }
-                };
-                if at_end && st.pos >= available {
-                    return None;
+            };
+            if at_end && st.pos >= available {
+                return None;
+            }
+            let limit = available.min(st.stop);
+            if let Some(map) = st.fill.mapped.get().filter(|m| st.map && limit <= m.len() as u64) {
+                if st.pos < limit {
+                    let to = limit.min(st.pos + MAPPED_CHUNK);
+                    let b = map.slice(st.pos as usize..to as usize);
+                    st.pos = to;
+                    return Some((Ok(Frame::data(b)), st));
                 }
-                let limit = available.min(st.stop);
-                if let Some(map) = st.fill.mapped.get().filter(|m| st.map && limit <= m.len() as u64) {
-                    if st.pos < limit {
-                        let to = limit.min(st.pos + MAPPED_CHUNK);
-                        let b = map.slice(st.pos as usize..to as usize);
-                        st.pos = to;
+            } else if let Some(kept) = st.fill.recent.get(st.pos, limit) {
+                st.pos += kept.len() as u64;
+                return Some((Ok(Frame::data(kept)), st));
+            }
+            if st.pos < limit {
+                let buf = std::mem::take(&mut st.buf);
+                match read_at(st.fill.reader.clone(), st.pos, CHUNK.min(limit - st.pos), buf).await {
+                    Ok((b, buf)) if !b.is_empty() => {
+                        st.buf = buf;
+                        st.pos += b.len() as u64;
                         return Some((Ok(Frame::data(b)), st));
                     }
-                } else if let Some(kept) = st.fill.recent.get(st.pos, limit) {
-                    st.pos += kept.len() as u64;
-                    return Some((Ok(Frame::data(kept)), st));
-                }
-                if st.pos < limit {
-                    let buf = std::mem::take(&mut st.buf);
-                    match read_at(st.fill.reader.clone(), st.pos, CHUNK.min(limit - st.pos), buf).await {
-                        Ok((b, buf)) if !b.is_empty() => {
-                            st.buf = buf;
-                            st.pos += b.len() as u64;
-                            return Some((Ok(Frame::data(b)), st));
-                        }
-                        Ok(_) => {
-                            st.done = true;
-                            return Some((Err(io::Error::new(io::ErrorKind::UnexpectedEof, "staged blob shorter than written")), st));
-                        }
-                        Err(e) => {
-                            st.done = true;
-                            return Some((Err(e), st));
-                        }
+                    Ok(_) => {
+                        st.done = true;
+                        return Some((Err(io::Error::new(io::ErrorKind::UnexpectedEof, "staged blob shorter than written")), st));
+                    }
+                    Err(e) => {
+                        st.done = true;
+                        return Some((Err(e), st));
                     }
                 }
-                if st.rx.changed().await.is_err() {
-                    st.done = true;
-                    return Some((Err(io::Error::other("cache fill ended without an outcome")), st));
-                }
             }
-        },
-    );
+            if st.rx.changed().await.is_err() {
+                st.done = true;
+                return Some((Err(io::Error::other("cache fill ended without an outcome")), st));
+            }
+        }
+    });
     StreamBody::new(s).boxed()
 }
 
