@@ -43,6 +43,11 @@ pub struct FileConfig {
     pub upstream_fills_total: Option<usize>,
     pub upstream_min_bytes_per_second: Option<u64>,
     pub upstream_rate_window_seconds: Option<u64>,
+    /// PEM certificate chain and private key: with both, every listener speaks TLS (re-read when
+    /// the files change or on SIGHUP).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_reload_seconds: Option<u64>,
     /// Seeds the data directory on first start; afterwards the API owns the repositories.
     pub repositories: Option<Vec<RepositoryInput>>,
     // Users and tokens (see `AuthConfig`).
@@ -137,6 +142,11 @@ pub struct Config {
     /// Garbage collection keeps unreferenced blobs younger than this (a push in progress has
     /// its layers stored before the manifest that references them).
     pub gc_grace: Duration,
+    /// TLS for the main listener and every repository port; plain HTTP when neither is set.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// How often the TLS files are checked for a change; None: only on SIGHUP.
+    pub tls_reload: Option<Duration>,
     pub seed_repositories: Vec<RepositoryInput>,
     pub auth: AuthConfig,
     /// Peers whose `X-Forwarded-*` headers are believed.
@@ -231,6 +241,9 @@ impl Config {
             },
             upload_expiry: Duration::from_secs(file.upload_expiry_hours.unwrap_or(24) * 3600),
             gc_grace: Duration::from_secs(file.gc_grace_seconds.unwrap_or(3600)),
+            tls_cert: file.tls_cert,
+            tls_key: file.tls_key,
+            tls_reload: Some(file.tls_reload_seconds.unwrap_or(2)).filter(|&s| s > 0).map(Duration::from_secs),
             seed_repositories: file.repositories.unwrap_or_else(default_repositories),
             auth: {
                 let default = AuthConfig::default();

@@ -33,6 +33,8 @@ pub struct App {
     pub fills: Arc<Fills>,
     pub metrics: Arc<metrics::Metrics>,
     pub listeners: server::RepoListeners,
+    /// Set when `tls_cert`/`tls_key` are: every listener then speaks TLS.
+    pub tls: Option<Arc<server::tls::Tls>>,
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Held by every connection task, so shutdown can wait for them.
     pub open_connections: Arc<()>,
@@ -54,12 +56,19 @@ pub enum StartError {
     Client(#[from] upstream::ClientError),
     #[error("seeded repository: {0}")]
     Seed(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] server::tls::TlsError),
     #[error("listen on {addr}: {source}")]
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
 }
 
 /// Opens the data directory, loads plugins and repositories.
 pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
+    // First: a certificate that does not load stops the start before anything is opened.
+    let tls = server::tls::TlsFiles::from_config(config.tls_cert.clone(), config.tls_key.clone())?
+        .map(server::tls::Tls::load)
+        .transpose()?
+        .map(Arc::new);
     std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
     let layout = Layout::new(&config.data_dir);
     let store = BlobStore::open(layout.clone())?;
@@ -98,6 +107,7 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
         fills,
         metrics,
         listeners: Default::default(),
+        tls,
         shutdown: server::shutdown_channel(),
         open_connections: Arc::new(()),
     }))

@@ -110,6 +110,8 @@ fn main() -> ExitCode {
             if let Some(s) = grace_seconds {
                 config.gc_grace = std::time::Duration::from_secs(s);
             }
+            // No listener: the certificate is not needed (nor required to be readable).
+            (config.tls_cert, config.tls_key) = (None, None);
             let runtime = match runtime() {
                 Ok(rt) => rt,
                 Err(code) => return code,

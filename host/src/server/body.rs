@@ -1,6 +1,7 @@
 //! Response bodies: small ones whole, blobs as streams of slices of the mapped file (sent
-//! with `sendfile` by the connection, server/zero_copy.rs) or, where a file cannot be mapped,
-//! read chunk by chunk, so memory stays flat however large the blob.
+//! with `sendfile` by the connection, server/zero_copy.rs) or, where a file cannot be mapped or
+//! the connection cannot `sendfile` (TLS), read chunk by chunk, so memory stays flat however
+//! large the blob.
 
 use std::fs::File;
 use std::io;
@@ -11,6 +12,7 @@ use futures_util::stream;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
 
+use super::zero_copy;
 use crate::storage::mapped;
 use crate::upstream::fill::Fill;
 
@@ -53,7 +55,7 @@ async fn read_at(file: Arc<File>, pos: u64, want: u64, mut buf: BytesMut) -> io:
 /// `len` bytes of a stored blob from `start`.
 pub fn file_range(file: Arc<File>, start: u64, len: u64) -> Body {
     let end = start + len;
-    if len >= mapped::MAP_MIN {
+    if len >= mapped::MAP_MIN && zero_copy::sendfile_available() {
         match mapped::map(file.clone(), end) {
             Ok(map) => return mapped_range(map, start, end),
             Err(e) => tracing::debug!(error = %e, "blob not mapped; reading it"),
@@ -97,10 +99,13 @@ pub fn follow(fill: Arc<Fill>, start: u64, end: Option<u64>) -> Body {
         stop: u64,
         done: bool,
         buf: BytesMut,
+        /// Whether the fill's map may be used: only where the connection sends it with `sendfile`.
+        map: bool,
     }
+    let map = zero_copy::sendfile_available();
     let rx = fill.progress.clone();
     let stop = end.unwrap_or(u64::MAX);
-    let s = stream::unfold(St { fill, rx, pos: start, stop, done: false, buf: BytesMut::new() }, |mut st| async move {
+    let s = stream::unfold(St { fill, rx, pos: start, stop, done: false, buf: BytesMut::new(), map }, |mut st| async move {
         if st.done {
             return None;
         }
@@ -120,7 +125,7 @@ pub fn follow(fill: Arc<Fill>, start: u64, end: Option<u64>) -> Body {
                 return None;
             }
             let limit = available.min(st.stop);
-            if let Some(map) = st.fill.mapped.get().filter(|m| limit <= m.len() as u64) {
+            if let Some(map) = st.fill.mapped.get().filter(|m| st.map && limit <= m.len() as u64) {
                 if st.pos < limit {
                     let to = limit.min(st.pos + MAPPED_CHUNK);
                     let b = map.slice(st.pos as usize..to as usize);

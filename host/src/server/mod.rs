@@ -5,6 +5,7 @@ pub mod body;
 pub mod forwarded;
 pub mod resolve;
 pub mod respond;
+pub mod tls;
 pub mod zero_copy;
 
 use std::collections::HashMap;
@@ -17,7 +18,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -290,36 +292,83 @@ async fn accept_loop_inner(app: Arc<App>, listener: TcpListener, main_listener: 
         let _ = stream.set_nodelay(true);
         let local_port = stream.local_addr().map_or(0, |a| a.port());
         let mut stop = app.shutdown.subscribe();
+        let tls = app.tls.clone();
+        let sendfile = tls.is_none();
         let app = app.clone();
         let service = service_fn(move |req| {
             let app = app.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(app, main_listener, local_port, peer, req).await) }
+            let resp = zero_copy::scope(sendfile, handle(app, main_listener, local_port, peer, req));
+            async move { Ok::<_, std::convert::Infallible>(resp.await) }
         });
         let open = open.clone();
         tokio::spawn(async move {
             let _open = open;
-            let builder = connection_builder();
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(zero_copy::ZeroCopyStream::new(stream)), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stop.changed() => {
-                    // Finish the request in flight, then close.
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            match tls {
+                None => serve_connection(zero_copy::ZeroCopyStream::new(stream), service, &mut stop, peer).await,
+                Some(tls) => {
+                    if let Some(stream) = tls_handshake(&tls, stream, peer).await {
+                        serve_connection(stream, service, &mut stop, peer).await
+                    }
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+/// A client that connects and sends no hello gets this long, like a request head's read timeout.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The handshake, in the connection's own task so that a slow client holds up no one else.
+/// A failed one is the client's business (a wrong CA, an old protocol): logged at debug.
+async fn tls_handshake(tls: &tls::Tls, stream: TcpStream, peer: SocketAddr) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let handshake = async {
+        if !tls::starts_with_handshake(&stream).await? {
+            tls::refuse_plain_http(stream).await;
+            return Ok(None);
+        }
+        tls.acceptor().accept(stream).await.map(Some)
+    };
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// HTTP/1.1 or HTTP/2 (by ALPN over TLS, by the connection preface otherwise) until the client
+/// closes or the server shuts down.
+async fn serve_connection<S, F>(stream: S, service: F, stop: &mut watch::Receiver<bool>, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = std::convert::Infallible> + Send,
+    F::Future: Send + 'static,
+{
+    let builder = connection_builder();
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.changed() => {
+            // Finish the request in flight, then close.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 
 /// Serves until SIGINT/SIGTERM, then lets requests and cache fills in flight finish (up to 30 s).
 pub async fn run(app: Arc<App>) -> std::io::Result<()> {
     let listener = TcpListener::bind(app.config.listen).await?;
-    tracing::info!(addr = %app.config.listen, "binaryrepo listening");
+    tracing::info!(addr = %app.config.listen, tls = app.tls.is_some(), "binaryrepo listening");
     for repo in app.repos.list() {
         if let Some(port) = repo.port
             && let Err(e) = app.listeners.ensure(&app, port).await
@@ -328,6 +377,9 @@ pub async fn run(app: Arc<App>) -> std::io::Result<()> {
         }
     }
     let main = tokio::spawn(accept_loop(app.clone(), listener, true));
+    if let Some(tls) = &app.tls {
+        tokio::spawn(tls.clone().watch(app.config.tls_reload));
+    }
     tokio::spawn(sweep_uploads(app.clone()));
     shutdown_signal().await;
     tracing::info!("shutting down");

@@ -53,11 +53,12 @@ fn host_only(authority: &str) -> String {
 
 /// The external base URL. Behind a proxy that sets `X-Forwarded-Host`, the client sees the
 /// proxy's host at its root unless `X-Forwarded-Prefix` says otherwise (the original set-up
-/// maps a virtual host to `/repo/<name>/`, which the client never sees).
-/// `forwarded`: the peer is a trusted proxy, so its `X-Forwarded-*` headers count.
-fn base_url(headers: &HeaderMap, forwarded: bool, uri_authority: Option<&str>, mount: &str) -> String {
+/// maps a virtual host to `/repo/<name>/`, which the client never sees). `forwarded`: the peer is
+/// a trusted proxy, so its `X-Forwarded-*` headers count. `scheme` is the listener's own, unless
+/// such a proxy says what the client used.
+fn base_url(headers: &HeaderMap, forwarded: bool, uri_authority: Option<&str>, mount: &str, scheme: &'static str) -> String {
     let fwd = |name| if forwarded { first_value(headers, name) } else { None };
-    let scheme = fwd("x-forwarded-proto").unwrap_or("http");
+    let scheme = fwd("x-forwarded-proto").unwrap_or(scheme);
     if let Some(fwd_host) = fwd("x-forwarded-host") {
         let prefix = fwd("x-forwarded-prefix").unwrap_or("").trim_end_matches('/');
         return [scheme, "://", fwd_host, prefix].concat();
@@ -76,6 +77,8 @@ pub fn resolve(
     method_path: (&http::Uri, &HeaderMap),
 ) -> Result<Resolved, ResolveError> {
     let (uri, headers) = method_path;
+    // Every listener speaks TLS when the server has a certificate.
+    let scheme = if app.tls.is_some() { "https" } else { "http" };
     let path = uri.path();
     let authority = uri.authority().map(|a| a.as_str());
     let plugin_for = |repo: &Repository| {
@@ -86,7 +89,7 @@ pub fn resolve(
             plugin: plugin_for(&repo)?,
             repo: Some(repo),
             path: if path.is_empty() { "/".into() } else { path.to_owned() },
-            base_url: base_url(headers, forwarded, authority, prefix),
+            base_url: base_url(headers, forwarded, authority, prefix, scheme),
             path_repo: None,
             mount,
         })
@@ -116,7 +119,7 @@ pub fn resolve(
         return Ok(Resolved {
             plugin,
             path: [root.as_str(), tail].concat(),
-            base_url: base_url(headers, forwarded, authority, ""),
+            base_url: base_url(headers, forwarded, authority, "", scheme),
             path_repo: Some(repo.name.to_string()),
             repo: Some(repo),
             mount: Mount::Path,
@@ -127,7 +130,7 @@ pub fn resolve(
         plugin,
         repo,
         path: path.to_owned(),
-        base_url: base_url(headers, forwarded, authority, ""),
+        base_url: base_url(headers, forwarded, authority, "", scheme),
         path_repo: None,
         mount: Mount::Root,
     })
@@ -149,13 +152,14 @@ mod tests {
     fn base_urls() {
         let mut h = HeaderMap::new();
         h.insert("host", HeaderValue::from_static("127.0.0.1:8081"));
-        assert_eq!(base_url(&h, true, None, "/repo/x"), "http://127.0.0.1:8081/repo/x");
+        assert_eq!(base_url(&h, true, None, "/repo/x", "http"), "http://127.0.0.1:8081/repo/x");
+        assert_eq!(base_url(&h, true, None, "/repo/x", "https"), "https://127.0.0.1:8081/repo/x");
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         h.insert("x-forwarded-host", HeaderValue::from_static("docker-remote.example.com"));
-        assert_eq!(base_url(&h, true, None, "/repo/x"), "https://docker-remote.example.com");
+        assert_eq!(base_url(&h, true, None, "/repo/x", "http"), "https://docker-remote.example.com");
         h.insert("x-forwarded-prefix", HeaderValue::from_static("/artifacts/"));
-        assert_eq!(base_url(&h, true, None, "/repo/x"), "https://docker-remote.example.com/artifacts");
+        assert_eq!(base_url(&h, true, None, "/repo/x", "http"), "https://docker-remote.example.com/artifacts");
         // the same headers from a peer that is not a trusted proxy change nothing
-        assert_eq!(base_url(&h, false, None, "/repo/x"), "http://127.0.0.1:8081/repo/x");
+        assert_eq!(base_url(&h, false, None, "/repo/x", "http"), "http://127.0.0.1:8081/repo/x");
     }
 }

@@ -6,7 +6,14 @@
 //! Why: a blob GET otherwise costs two copies in the kernel per byte (page cache to a buffer,
 //! buffer to the socket); `sendfile` hands the page cache pages to the socket (the peer's
 //! receive then copies them once, as from nginx). Measured: see README, "warm GET".
+//!
+//! Over TLS the bytes are encrypted in user space, so there is nothing for `sendfile` to do
+//! (kTLS aside): a request on a TLS connection runs with `sendfile_available()` false, and its
+//! blob bodies are read in chunks (server/body.rs) rather than mapped. Read through a map, every
+//! page of a blob would be faulted into the process (its RSS growing by the blob's size) on the
+//! async worker thread, where a read from disk blocks other connections.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -15,6 +22,21 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::storage::mapped;
+
+tokio::task_local! {
+    static SENDFILE: bool;
+}
+
+/// Runs a request's handler knowing whether its connection sends mapped slices with `sendfile`.
+pub fn scope<F: Future>(sendfile: bool, handler: F) -> impl Future<Output = F::Output> {
+    SENDFILE.scope(sendfile, handler)
+}
+
+/// Whether a body made now is sent by a connection that can `sendfile` mapped slices. Outside a
+/// request (tests) it is, as for plain HTTP.
+pub fn sendfile_available() -> bool {
+    SENDFILE.try_with(|s| *s).unwrap_or(true)
+}
 
 pub struct ZeroCopyStream {
     inner: TcpStream,

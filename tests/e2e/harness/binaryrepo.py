@@ -12,7 +12,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from .util import Fatal, Resp, free_port, proc_status, request, run, stop_process, tail, wait_until
+from .util import Fatal, Resp, free_port, proc_status, request, run, stop_process, tail, trust_ca, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -39,7 +39,9 @@ def _toml(v) -> str:
 
 class BinaryRepo:
     def __init__(self, workdir: Path, name: str = "binaryrepo", port: int | None = None, config: dict | None = None,
-                 repositories: list[dict] | None = None):
+                 repositories: list[dict] | None = None, tls=None, ip: str = "127.0.0.1"):
+        """tls: a harness.tlscerts.ServerCert: the server gets its files as tls_cert/tls_key and the harness
+        trusts its CA for https://HOST. ip: the listen address (e.g. "::1")."""
         self.dir = Path(workdir) / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.dir / "data"
@@ -49,16 +51,21 @@ class BinaryRepo:
         self.config = {"upstream_connect_timeout_ms": 2000, "upstream_down_seconds": 30}
         self.config.update(config or {})
         self.repositories = repositories or []
+        self.ip = ip
+        self.tls = tls
+        if tls is not None:
+            self.config.update(tls_cert=str(tls.cert), tls_key=str(tls.key))
+            trust_ca(self.host, tls.ca)
         self.proc: subprocess.Popen | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
     @property
     def pid(self) -> int:

@@ -201,7 +201,10 @@ class EgressTrap:
 class Dockerd:
     """dockerd 20.10 with its own data-root, exec-root, socket and managed containerd; no iptables, no bridge."""
 
-    def __init__(self, workdir: Path, trap: EgressTrap, mirror: str | None = None, storage: str = "overlay2"):
+    def __init__(self, workdir: Path, trap: EgressTrap, mirror: str | None = None, storage: str = "overlay2",
+                 hosts: Path | None = None):
+        """hosts: a file dockerd sees as /etc/hosts (bind-mounted in a mount namespace of its own), for names
+        that must resolve only for this Engine."""
         self.dir = Path(workdir) / "dockerd"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data = self.dir / "data"
@@ -213,6 +216,7 @@ class Dockerd:
         self.trap = trap
         self.mirror = mirror
         self.storage = storage
+        self.hosts = hosts
         self.proc = None
 
     @property
@@ -227,6 +231,10 @@ class Dockerd:
                 "--exec-opt", "native.cgroupdriver=cgroupfs", "--max-concurrent-downloads", "3"]
         if self.mirror:
             args += ["--registry-mirror", self.mirror]
+        if self.hosts:
+            # unshare execs the shell, which execs dockerd: the process stays the one stop() signals
+            args = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                    'mount --bind "$0" /etc/hosts && exec "$@"', str(self.hosts), *args]
         env = dict(os.environ)
         env.update({"HTTP_PROXY": self.trap.url, "HTTPS_PROXY": self.trap.url,
                     "NO_PROXY": "localhost,127.0.0.0/8,::1"})

@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.parse
@@ -141,9 +142,26 @@ class Resp:
         return f"<HTTP {self.status} {b!r}>"
 
 
+# host:port -> the CA file an https:// URL to it is verified with (like a certs.d directory)
+_trusted: dict = {}
+
+
+def trust_ca(netloc: str, cafile) -> None:
+    """https:// requests to `netloc` (host:port as in the URL) verify the server against `cafile`."""
+    _trusted[netloc] = str(cafile)
+
+
+def tls_context(cafile) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(cafile))
+
+
 def _conn(url: str, timeout: float):
     u = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
+    if u.scheme == "https":
+        ctx = tls_context(_trusted[u.netloc]) if u.netloc in _trusted else ssl.create_default_context()
+        conn = http.client.HTTPSConnection(u.hostname, u.port or 443, timeout=timeout, context=ctx)
+    else:
+        conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
     path = u.path or "/"
     if u.query:
         path += "?" + u.query
