@@ -803,10 +803,18 @@ fn a_remote_serves_a_stored_blob_only_to_names_the_upstream_lets_see_it() {
     let d = h.blob_write(b"pushed to a local repository", None).unwrap();
     let path = format!("/v2/library/redis/blobs/{d}");
 
-    // the upstream does not have it: asked, then answered like a cold miss (a fetch, which
-    // fails the same way), and nothing linked
-    let p = handle(&h, &req("GET", &path, remote(), 0));
-    assert!(matches!(p, Plan::FetchBlob(_)), "{p:?}");
+    // the upstream does not have it: asked, then answered like a cold miss whose fetch got
+    // a 404 (never a fetch plan: the host would serve the stored copy), and nothing linked
+    let r = respond(handle(&h, &req("GET", &path, remote(), 0)));
+    let cold = render_failure(
+        &req("GET", &path, remote(), 0),
+        &Failure {
+            kind: FailureKind::UpstreamStatus,
+            status: Some(404),
+            message: "upstream answered 404".into(),
+        },
+    );
+    assert_eq!(r, cold);
     assert_eq!(
         h.take_sent(),
         vec![format!("HEAD {UPSTREAM}/v2/library/redis/blobs/{d}")]
@@ -923,8 +931,11 @@ fn a_fetch_through_a_name_is_held_once_stored_unless_someone_else_holds_the_blob
     h.blob_write(&shared, None).unwrap();
     h.meta_put(&format!("blob/{x}/b"), b"{}").unwrap();
     h.take_sent();
-    let p = handle(&h, &req("GET", &format!("/v2/a/blobs/{x}"), remote(), 0));
-    assert!(matches!(p, Plan::FetchBlob(_)));
+    let r = respond(handle(
+        &h,
+        &req("GET", &format!("/v2/a/blobs/{x}"), remote(), 0),
+    ));
+    assert_eq!((r.status, error_code(&r).as_str()), (404, "BLOB_UNKNOWN"));
     assert_eq!(h.take_sent().len(), 1);
 
     // a held link whose blob was collected is pending again once refetched

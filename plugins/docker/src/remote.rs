@@ -19,6 +19,7 @@ use crate::contract::{
 };
 use crate::error::{self, ErrorCode, RegistryError};
 use crate::freshness::{self, HeadVerdict, TagDecision};
+use crate::handler;
 use crate::media_type;
 use crate::meta::{self, BlobLink, TagLink};
 use crate::paging::{self, Paging};
@@ -291,20 +292,15 @@ impl<'a, H: Host> Remote<'a, H> {
         if store::blob_present(self.host, digest)? {
             return self.stored_blob(digest);
         }
+        let url = self.up.url(&format!("blobs/{digest}"));
         if self.req.method == "HEAD" {
-            let url = self.up.url(&format!("blobs/{digest}"));
             return self.blob_head(digest, &url).map(Plan::Respond);
         }
-        self.fetch_blob(digest, true)
-    }
-
-    /// A miss: fetch through this name. `pending` marks the fetch as started under the name
-    /// (see `link_pending`); a fetch that only repeats a refused confirmation does not.
-    fn fetch_blob(&self, digest: &Digest, pending: bool) -> Result<Plan, RegistryError> {
-        let url = self.up.url(&format!("blobs/{digest}"));
         let (auth, with_credentials) = self.up.plan_auth()?;
         self.debug(format!("blob {}@{digest}: fetching upstream", self.name));
-        if pending && let Err(e) = meta::link_pending(self.host, self.up.name(), digest) {
+        // the host does not call back after a fetch: the link that keeps the blob from garbage
+        // collection is written now, pending until the stored blob is first served (`stored_blob`)
+        if let Err(e) = meta::link_pending(self.host, self.up.name(), digest) {
             self.host.log(
                 Level::Error,
                 &format!("could not link blob {}@{digest}: {e}", self.name),
@@ -334,16 +330,17 @@ impl<'a, H: Host> Remote<'a, H> {
             self.link_blob(digest);
             return Ok(plan::serve_blob(digest));
         }
-        // Refused: what a cold miss answers (`blob_head`'s errors; for a GET the fetch, which
-        // asks again and fails the same way), so the client learns nothing of the stored copy.
+        // Refused: what a cold miss answers (`blob_head`'s error; for a GET the failed fetch's),
+        // so the client learns nothing of the stored copy. Never a fetch plan: the host serves
+        // one from the store when the blob is there.
         match asked {
             Ok(resp) if self.req.method == "HEAD" => Err(error::from_upstream_status(
                 resp.status,
                 &resp.body,
                 ErrorCode::BlobUnknown,
             )),
-            Err(e) if self.req.method == "HEAD" => Err(e),
-            _ => self.fetch_blob(digest, false),
+            Ok(resp) => Err(handler::blob_fetch_refused(resp.status)),
+            Err(e) => Err(e),
         }
     }
 
