@@ -1295,6 +1295,27 @@ fn live_blobs_of_a_remote_repository_and_its_blob_links() {
 }
 
 #[test]
+fn a_remote_collection_drops_held_links_to_nothing_and_keeps_pending_ones() {
+    // guards gc::drop_dangling_held_links: an old version linked before its fetch, so a failed
+    // fetch left a held link that would let the name see the digest once stored for another
+    let h = FakeHost::new(Registry::new(UPSTREAM, UpstreamAuth::Open));
+    let remote = repository("docker-remote", RepoType::Remote, false);
+    let failed = sha256(b"fetch failed before pending links");
+    let in_flight = sha256(b"being fetched");
+    let stored = h.blob_write(b"stored", None).unwrap();
+    h.meta_put(&format!("blob/{failed}/evil"), b"{}").unwrap();
+    h.meta_put(&format!("blob/{in_flight}/app"), br#"{"pending":true}"#)
+        .unwrap();
+    h.meta_put(&format!("blob/{stored}/app"), b"{}").unwrap();
+    let live = live_blobs(&h, &remote).unwrap();
+    assert!(live.contains(&in_flight) && live.contains(&stored));
+    let meta = h.meta.borrow();
+    assert!(!meta.contains_key(&format!("blob/{failed}/evil")));
+    assert!(meta.contains_key(&format!("blob/{in_flight}/app")));
+    assert!(meta.contains_key(&format!("blob/{stored}/app")));
+}
+
+#[test]
 fn remote_repositories_refuse_pushes_and_pass_referrers_through() {
     let h = host();
     let mut c = client(&h);
