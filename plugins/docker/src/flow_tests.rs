@@ -543,6 +543,8 @@ fn basic_challenge_needs_configured_credentials() {
 fn blobs_served_fetched_or_headed() {
     let (h, _) = setup(UpstreamAuth::Open);
     let stored = h.blob_write(b"layer-bytes", None).unwrap();
+    h.meta_put(&format!("blob/{stored}/library/redis"), b"{}")
+        .unwrap();
     let p = handle(
         &h,
         &req(
@@ -787,4 +789,228 @@ fn a_tag_in_its_window_is_offered_for_reuse_only_for_what_is_left_of_it() {
     );
     assert_eq!(served(&p).0, d);
     assert_eq!(h.take_offer(), Some(crate::plan::HELD_SECONDS));
+}
+
+fn blob_link_value(h: &FakeHost, name: &str, digest: &str) -> Option<String> {
+    h.meta
+        .borrow()
+        .get(&format!("blob/{digest}/{name}"))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+#[test]
+fn a_remote_serves_a_stored_blob_only_to_names_the_upstream_lets_see_it() {
+    // guards remote::stored_blob: stored (pushed to a local repository, say) is not held
+    let (h, _) = setup(UpstreamAuth::Open);
+    let d = h.blob_write(b"pushed to a local repository", None).unwrap();
+    let path = format!("/v2/library/redis/blobs/{d}");
+
+    // the upstream does not have it: asked, then answered like a cold miss whose fetch got
+    // a 404 (never a fetch plan: the host would serve the stored copy), and nothing linked
+    let r = respond(handle(&h, &req("GET", &path, remote(), 0)));
+    let cold = render_failure(
+        &req("GET", &path, remote(), 0),
+        &Failure {
+            kind: FailureKind::UpstreamStatus,
+            status: Some(404),
+            message: "upstream answered 404".into(),
+        },
+    );
+    assert_eq!(r, cold);
+    assert_eq!(
+        h.take_sent(),
+        vec![format!("HEAD {UPSTREAM}/v2/library/redis/blobs/{d}")]
+    );
+    assert_eq!(blob_link_value(&h, "library/redis", &d), None);
+    let r = respond(handle(&h, &req("HEAD", &path, remote(), 0)));
+    assert_eq!(r.status, 404);
+    assert_eq!(blob_link_value(&h, "library/redis", &d), None);
+    // exactly what a HEAD of a blob nobody stored gets
+    let unknown = sha256(b"stored nowhere");
+    let cold = respond(handle(
+        &h,
+        &req(
+            "HEAD",
+            &format!("/v2/library/redis/blobs/{unknown}"),
+            remote(),
+            0,
+        ),
+    ));
+    assert_eq!(
+        (cold.status, cold.headers.len()),
+        (r.status, r.headers.len())
+    );
+    h.take_sent();
+
+    // the upstream has it for this name: one HEAD, then linked and served from the store
+    h.registry.borrow_mut().blobs.insert(d.clone(), 28);
+    let p = handle(&h, &req("GET", &path, remote(), 0));
+    assert_eq!(served(&p).0, d);
+    assert_eq!(
+        h.take_sent(),
+        vec![format!("HEAD {UPSTREAM}/v2/library/redis/blobs/{d}")]
+    );
+    assert_eq!(
+        blob_link_value(&h, "library/redis", &d).as_deref(),
+        Some("{}")
+    );
+    // warm: no upstream, and offered for reuse
+    h.take_offer();
+    let p = handle(&h, &req("GET", &path, remote(), 0));
+    assert_eq!(served(&p).0, d);
+    assert!(h.take_sent().is_empty());
+    assert_eq!(h.take_offer(), Some(crate::plan::HELD_SECONDS));
+
+    // an unreachable upstream confirms nothing
+    h.down.set(true);
+    let other = format!("/v2/other/blobs/{d}");
+    assert!(respond(handle(&h, &req("HEAD", &other, remote(), 0))).status >= 500);
+    assert_eq!(blob_link_value(&h, "other", &d), None);
+}
+
+#[test]
+fn a_fetch_through_a_name_is_held_once_stored_unless_someone_else_holds_the_blob() {
+    // guards remote::held_elsewhere: a pending link is a fetch that may have failed
+    let (h, _) = setup(UpstreamAuth::Open);
+    let layer = b"fetched through library/redis".to_vec();
+    let d = sha256(&layer);
+    let path = format!("/v2/library/redis/blobs/{d}");
+    assert!(matches!(
+        handle(&h, &req("GET", &path, remote(), 0)),
+        Plan::FetchBlob(_)
+    ));
+    assert_eq!(
+        blob_link_value(&h, "library/redis", &d).as_deref(),
+        Some(r#"{"pending":true}"#)
+    );
+    h.take_sent();
+    // the fill stored it; nobody else knows the blob: held, no upstream request
+    h.blob_write(&layer, Some(&d)).unwrap();
+    let p = handle(&h, &req("GET", &path, remote(), 0));
+    assert_eq!(served(&p).0, d);
+    assert!(h.take_sent().is_empty());
+    assert_eq!(
+        blob_link_value(&h, "library/redis", &d).as_deref(),
+        Some("{}")
+    );
+
+    // a fetch that failed, and the same digest pushed to a local repository later: the
+    // stored copy is theirs, so the upstream is asked (and says no)
+    let secret = b"pushed later to team-local".to_vec();
+    let s = sha256(&secret);
+    let path = format!("/v2/evil/blobs/{s}");
+    assert!(matches!(
+        handle(&h, &req("GET", &path, remote(), 0)),
+        Plan::FetchBlob(_)
+    ));
+    h.repos.borrow_mut().push(Repository {
+        name: "team-local".into(),
+        ..repo(RepoType::Local, None, false)
+    });
+    h.put_in("team-local", &format!("blob/{s}/secret"), b"{}");
+    h.blob_write(&secret, None).unwrap();
+    h.take_sent();
+    for method in ["GET", "HEAD"] {
+        let p = handle(&h, &req(method, &path, remote(), 0));
+        assert!(!matches!(p, Plan::ServeBlob(_)), "{method}: {p:?}");
+    }
+    assert_eq!(
+        h.take_sent(),
+        vec![
+            format!("HEAD {UPSTREAM}/v2/evil/blobs/{s}"),
+            format!("HEAD {UPSTREAM}/v2/evil/blobs/{s}")
+        ]
+    );
+    assert_eq!(
+        blob_link_value(&h, "evil", &s).as_deref(),
+        Some(r#"{"pending":true}"#)
+    );
+
+    // another image of the same remote counts as someone else too
+    let shared = b"shared".to_vec();
+    let x = sha256(&shared);
+    handle(&h, &req("GET", &format!("/v2/a/blobs/{x}"), remote(), 0));
+    h.blob_write(&shared, None).unwrap();
+    h.meta_put(&format!("blob/{x}/b"), b"{}").unwrap();
+    h.take_sent();
+    let r = respond(handle(
+        &h,
+        &req("GET", &format!("/v2/a/blobs/{x}"), remote(), 0),
+    ));
+    assert_eq!((r.status, error_code(&r).as_str()), (404, "BLOB_UNKNOWN"));
+    assert_eq!(h.take_sent().len(), 1);
+
+    // a held link whose blob was collected is pending again once refetched
+    h.blobs.borrow_mut().remove(&d);
+    let p = handle(
+        &h,
+        &req("GET", &format!("/v2/library/redis/blobs/{d}"), remote(), 0),
+    );
+    assert!(matches!(p, Plan::FetchBlob(_)));
+    assert_eq!(
+        blob_link_value(&h, "library/redis", &d).as_deref(),
+        Some(r#"{"pending":true}"#)
+    );
+}
+
+#[test]
+fn a_remote_serves_a_stored_manifest_by_digest_only_to_names_that_hold_it() {
+    // guards remote::manifest_by_digest's link check
+    let (h, d) = setup(UpstreamAuth::Open);
+    // fetched by tag: the name holds the manifest, by digest too, without the upstream
+    handle(
+        &h,
+        &req("GET", "/v2/library/redis/manifests/7", remote(), 1000),
+    );
+    assert_eq!(
+        blob_link_value(&h, "library/redis", &d).as_deref(),
+        Some("{}")
+    );
+    h.take_sent();
+    let p = handle(
+        &h,
+        &req(
+            "GET",
+            &format!("/v2/library/redis/manifests/{d}"),
+            remote(),
+            1000,
+        ),
+    );
+    assert_eq!(served(&p).0, d);
+    assert!(h.take_sent().is_empty());
+
+    // pushed to a local repository only: asked under the name, then refused like a cold miss
+    let pushed = MANIFEST_2.as_bytes();
+    let m = h.blob_write(pushed, None).unwrap();
+    let path = format!("/v2/library/redis/manifests/{m}");
+    let r = respond(handle(&h, &req("GET", &path, remote(), 1000)));
+    assert_eq!(
+        (r.status, error_code(&r).as_str()),
+        (404, "MANIFEST_UNKNOWN")
+    );
+    assert_eq!(
+        h.take_sent(),
+        vec![
+            format!("HEAD {UPSTREAM}/v2/library/redis/manifests/{m}"),
+            format!("GET {UPSTREAM}/v2/library/redis/manifests/{m}"),
+        ]
+    );
+    assert_eq!(blob_link_value(&h, "library/redis", &m), None);
+
+    // stored through another name; the upstream lets this one see it: one HEAD, no GET
+    let p = handle(
+        &h,
+        &req(
+            "GET",
+            &format!("/v2/other/app/manifests/{d}"),
+            remote(),
+            1000,
+        ),
+    );
+    assert_eq!(served(&p).0, d);
+    assert_eq!(
+        h.take_sent(),
+        vec![format!("HEAD {UPSTREAM}/v2/other/app/manifests/{d}")]
+    );
+    assert_eq!(blob_link_value(&h, "other/app", &d).as_deref(), Some("{}"));
 }

@@ -86,6 +86,19 @@ fn error_response(host: &impl Host, req: &Request, e: &RegistryError) -> Respons
     e.to_response()
 }
 
+/// What a blob GET gets when its fetch is answered `status` by the upstream: `render_failure`
+/// of the host's failed fill ("upstream answered <status>", the host's wording). A remote
+/// answers a refused confirmation with it, so that a blob stored for another name looks like
+/// one stored nowhere.
+pub(crate) fn blob_fetch_refused(status: u16) -> RegistryError {
+    let failure = Failure {
+        kind: FailureKind::UpstreamStatus,
+        status: Some(status),
+        message: format!("upstream answered {status}"),
+    };
+    failure_error(Route::Unknown, &failure)
+}
+
 fn failure_error(route: Route<'_>, failure: &Failure) -> RegistryError {
     // A plan for a manifest that failed to find its blob means the manifest is unknown.
     let not_found = match route {

@@ -534,7 +534,7 @@ fn mount_from_another_repository_by_path_method_name() {
 }
 
 #[test]
-fn mount_without_from_finds_the_blob_anywhere_it_is_linked() {
+fn mount_without_from_looks_only_in_this_repository() {
     let h = host();
     let c = client(&h);
     let mine = c.push_blob("base", b"mine");
@@ -546,6 +546,8 @@ fn mount_without_from_finds_the_blob_anywhere_it_is_linked() {
     );
     assert_eq!(r.status, 201);
 
+    // guards mount::mountable's `None` arm: held by another repository is not a source
+    // without `from` (any pusher could otherwise read any blob whose digest it knows)
     let theirs = h.blob_write(b"theirs", None).unwrap();
     h.repos
         .borrow_mut()
@@ -557,11 +559,12 @@ fn mount_without_from_finds_the_blob_anywhere_it_is_linked() {
         &[],
         &[],
     );
-    assert_eq!(r.status, 201);
+    assert_eq!(r.status, 202);
+    assert_eq!(c.get(&format!("/v2/app/blobs/{theirs}")).status, 404);
 
-    // linked somewhere but not stored (collected): no mount
+    // linked here but not stored (collected): no mount
     let gone = sha256(b"gone");
-    h.put_in("team-local", &format!("blob/{gone}/x"), b"{}");
+    h.meta_put(&format!("blob/{gone}/x"), b"{}").unwrap();
     let r = c.send(
         "POST",
         &format!("/v2/app/blobs/uploads/?mount={gone}"),
@@ -569,6 +572,38 @@ fn mount_without_from_finds_the_blob_anywhere_it_is_linked() {
         &[],
     );
     assert_eq!(r.status, 202);
+}
+
+#[test]
+fn mount_from_a_remote_needs_a_held_link_not_a_pending_fetch() {
+    // guards mount::linked_in's BlobLink::Held check: a remote's pending link may be a fetch
+    // that failed, and the stored copy someone else's
+    let h = host();
+    let c = client(&h);
+    let d = h.blob_write(b"pushed elsewhere", None).unwrap();
+    h.repos
+        .borrow_mut()
+        .push(repository("docker-remote", RepoType::Remote, false));
+    h.put_in(
+        "docker-remote",
+        &format!("blob/{d}/evil"),
+        br#"{"pending":true}"#,
+    );
+    let r = c.send(
+        "POST",
+        &format!("/v2/app/blobs/uploads/?mount={d}&from=docker-remote/evil"),
+        &[],
+        &[],
+    );
+    assert_eq!(r.status, 202);
+    h.put_in("docker-remote", &format!("blob/{d}/evil"), b"{}");
+    let r = c.send(
+        "POST",
+        &format!("/v2/app/blobs/uploads/?mount={d}&from=docker-remote/evil"),
+        &[],
+        &[],
+    );
+    assert_eq!(r.status, 201);
 }
 
 #[test]
@@ -1224,19 +1259,33 @@ fn live_blobs_of_a_remote_repository_and_its_blob_links() {
     let mut c = client(&h);
     c.repo = remote.clone();
     assert_eq!(c.get("/v2/library/redis/manifests/7").status, 200);
-    // a blob miss becomes a fetch plan, and the blob is linked for GC and mounts
+    // a blob miss becomes a fetch plan, and the blob is linked (pending) for GC
     let layer = sha256(b"upstream layer");
     let req = c.request("GET", &format!("/v2/library/redis/blobs/{layer}"), &[]);
     assert!(matches!(handle(&h, &req), Plan::FetchBlob(_)));
+    assert_eq!(
+        h.meta
+            .borrow()
+            .get(&format!("blob/{layer}/library/redis"))
+            .map(Vec::as_slice),
+        Some(br#"{"pending":true}"#.as_slice())
+    );
+    // a blob cached before links existed gets one when served, once the upstream confirms
+    // the name may see it
+    let old = h.blob_write(b"cached by 0.1.0", None).unwrap();
+    h.registry.borrow_mut().blobs.insert(old.clone(), 15);
+    h.take_sent();
+    let req = c.request("GET", &format!("/v2/library/redis/blobs/{old}"), &[]);
+    assert!(matches!(handle(&h, &req), Plan::ServeBlob(_)));
+    assert_eq!(
+        h.take_sent(),
+        vec![format!("HEAD {UPSTREAM}/v2/library/redis/blobs/{old}")]
+    );
     assert!(
         h.meta
             .borrow()
-            .contains_key(&format!("blob/{layer}/library/redis"))
+            .contains_key(&format!("blob/{old}/library/redis"))
     );
-    // a blob cached before links existed gets one when served
-    let old = h.blob_write(b"cached by 0.1.0", None).unwrap();
-    let req = c.request("GET", &format!("/v2/library/redis/blobs/{old}"), &[]);
-    assert!(matches!(handle(&h, &req), Plan::ServeBlob(_)));
 
     let live = live_blobs(&h, &remote).unwrap();
     let mut want = vec![m, layer, old];
@@ -1245,6 +1294,27 @@ fn live_blobs_of_a_remote_repository_and_its_blob_links() {
 
     let virt = repository("docker", RepoType::Virtual, false);
     assert!(live_blobs(&h, &virt).unwrap().is_empty());
+}
+
+#[test]
+fn a_remote_collection_drops_held_links_to_nothing_and_keeps_pending_ones() {
+    // guards gc::drop_dangling_held_links: an old version linked before its fetch, so a failed
+    // fetch left a held link that would let the name see the digest once stored for another
+    let h = FakeHost::new(Registry::new(UPSTREAM, UpstreamAuth::Open));
+    let remote = repository("docker-remote", RepoType::Remote, false);
+    let failed = sha256(b"fetch failed before pending links");
+    let in_flight = sha256(b"being fetched");
+    let stored = h.blob_write(b"stored", None).unwrap();
+    h.meta_put(&format!("blob/{failed}/evil"), b"{}").unwrap();
+    h.meta_put(&format!("blob/{in_flight}/app"), br#"{"pending":true}"#)
+        .unwrap();
+    h.meta_put(&format!("blob/{stored}/app"), b"{}").unwrap();
+    let live = live_blobs(&h, &remote).unwrap();
+    assert!(live.contains(&in_flight) && live.contains(&stored));
+    let meta = h.meta.borrow();
+    assert!(!meta.contains_key(&format!("blob/{failed}/evil")));
+    assert!(meta.contains_key(&format!("blob/{in_flight}/app")));
+    assert!(meta.contains_key(&format!("blob/{stored}/app")));
 }
 
 #[test]

@@ -4,8 +4,12 @@
 //!   (remote) when the upstream last confirmed it (unix seconds; local: when it was pushed)
 //! - `manifest/<digest>` → `{"media_type"}` (remote): the stored blob is a manifest of this type
 //! - `blob/<digest>/<name>` → `{}`: the blob belongs to image `<name>` (local: uploaded or
-//!   mounted there; remote: fetched through it). Digest first, so "is this blob linked
-//!   anywhere in the repository" (mount without `from`) is one prefix listing.
+//!   mounted there; remote: fetched through it, or confirmed by the upstream for that name).
+//!   A blob or manifest is served under a name only through its link. Digest first, so "is
+//!   this blob linked anywhere in the repository" (mount without `from`) is one prefix listing.
+//!   Remote only: `{"pending":true}` while a fetch started through the name may not have
+//!   stored the blob yet (the host does not report back after a fetch); it becomes `{}` the
+//!   first time the stored blob is served under the name, see `remote`.
 //! - `image/<name>` → `{}` (local): the image exists (it has had a blob or a manifest); the
 //!   catalog and the tag list's NAME_UNKNOWN go by it. Never removed, like a directory in
 //!   distribution's storage.
@@ -31,6 +35,30 @@ const IMAGE_MANIFEST: &str = "image-manifest/";
 const REFERRER: &str = "referrer/";
 /// What a marker or link key holds: its presence is the information.
 const PRESENT: &[u8] = b"{}";
+/// A remote's link written before its fetch: the name asked the upstream for the blob, but
+/// the fetch may have failed, so a stored copy may have come from elsewhere.
+const PENDING: &[u8] = br#"{"pending":true}"#;
+
+/// What a `blob/` link says about the image and the blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobLink {
+    /// the image holds the blob (pushed, mounted, or fetched or confirmed upstream)
+    Held,
+    /// a fetch through the image was started; whether it stored the blob is not known
+    Pending,
+}
+
+impl BlobLink {
+    /// Any value but the pending marker is a held link: links written before pending ones
+    /// existed are `{}`.
+    pub fn from_value(value: &[u8]) -> BlobLink {
+        if value == PENDING {
+            BlobLink::Pending
+        } else {
+            BlobLink::Held
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TagLink {
@@ -133,21 +161,43 @@ pub fn put_manifest(host: &impl Host, digest: &Digest, media_type: &str) -> Resu
     )
 }
 
-/// Link a blob to an image. Only written when absent: blob requests are frequent and a
-/// metadata write is not free.
+/// Link a blob to an image (or confirm a pending link). Only written when it changes: blob
+/// requests are frequent and a metadata write is not free (and ends the reuse of plans).
 pub fn link_blob(host: &impl Host, name: &Name, digest: &Digest) -> Result<(), HostError> {
     let key = blob_key(digest, name);
-    if host.meta_get(&key)?.is_none() {
+    if blob_link(host, name, digest)? != Some(BlobLink::Held) {
         host.meta_put(&key, PRESENT)?;
     }
     Ok(())
 }
 
-pub fn blob_linked(host: &impl Host, name: &Name, digest: &Digest) -> Result<bool, HostError> {
-    Ok(host.meta_get(&blob_key(digest, name))?.is_some())
+/// Mark a fetch through the image as started (remote). A held link is turned back into a
+/// pending one too: its blob is gone (collected) or the fetch would not be needed, and what
+/// is fetched now must be confirmed again.
+pub fn link_pending(host: &impl Host, name: &Name, digest: &Digest) -> Result<(), HostError> {
+    if blob_link(host, name, digest)? != Some(BlobLink::Pending) {
+        host.meta_put(&blob_key(digest, name), PENDING)?;
+    }
+    Ok(())
 }
 
-/// Whether any image of the repository links the blob.
+pub fn blob_link(
+    host: &impl Host,
+    name: &Name,
+    digest: &Digest,
+) -> Result<Option<BlobLink>, HostError> {
+    Ok(host
+        .meta_get(&blob_key(digest, name))?
+        .map(|v| BlobLink::from_value(&v)))
+}
+
+/// Whether the image holds the blob: a held link, not a pending one.
+pub fn blob_linked(host: &impl Host, name: &Name, digest: &Digest) -> Result<bool, HostError> {
+    Ok(blob_link(host, name, digest)? == Some(BlobLink::Held))
+}
+
+/// Whether any image of the repository holds the blob (local repositories, whose links are
+/// all held ones).
 pub fn blob_linked_anywhere(host: &impl Host, digest: &Digest) -> Result<bool, HostError> {
     Ok(!host.meta_list(&blob_prefix(digest))?.is_empty())
 }

@@ -6,6 +6,11 @@
 //! `<repository>/<image>` as the path method spells it. Anything that cannot be read (an
 //! unknown repository, a host refusal) means "not mountable": the client falls back to an
 //! upload, which is what the spec asks for when a mount fails.
+//!
+//! A mount makes the blob visible under the image, so the source must hold it: a held link,
+//! never a remote's pending one (a fetch that may have failed). Without `from` only this
+//! repository's images are looked at: searching every repository would let anyone who can
+//! push somewhere read any blob whose digest they know.
 
 use crate::contract::{Host, Level, RepoType, Repository};
 use crate::error::RegistryError;
@@ -14,8 +19,8 @@ use crate::reference::{Digest, Name};
 use crate::store;
 use crate::upstream::upstream_name;
 
-/// Whether the blob is stored and linked where `from` says (or, without `from`, anywhere
-/// this plugin can see).
+/// Whether the blob is stored and linked where `from` says (or, without `from`, in any image
+/// of this repository).
 pub fn mountable(
     host: &impl Host,
     own: &Repository,
@@ -27,7 +32,7 @@ pub fn mountable(
     }
     match from {
         Some(from) => linked_at(host, own, digest, from),
-        None => linked_anywhere(host, own, digest),
+        None => Ok(meta::blob_linked_anywhere(host, digest)?),
     }
 }
 
@@ -80,7 +85,7 @@ fn linked_in(host: &impl Host, repo: &Repository, image: &Name, digest: &Digest)
         _ => image.clone(),
     };
     match host.meta_get_in(&repo.name, &meta::blob_key(digest, &image)) {
-        Ok(found) => found.is_some(),
+        Ok(found) => found.is_some_and(|v| meta::BlobLink::from_value(&v) == meta::BlobLink::Held),
         Err(e) => {
             host.log(
                 Level::Debug,
@@ -89,23 +94,4 @@ fn linked_in(host: &impl Host, repo: &Repository, image: &Name, digest: &Digest)
             false
         }
     }
-}
-
-fn linked_anywhere(
-    host: &impl Host,
-    own: &Repository,
-    digest: &Digest,
-) -> Result<bool, RegistryError> {
-    if meta::blob_linked_anywhere(host, digest)? {
-        return Ok(true);
-    }
-    let prefix = meta::blob_prefix(digest);
-    Ok(host
-        .repositories()
-        .iter()
-        .filter(|r| r.name != own.name && r.repo_type != RepoType::Virtual)
-        .any(|r| {
-            host.meta_list_in(&r.name, &prefix)
-                .is_ok_and(|keys| !keys.is_empty())
-        }))
 }

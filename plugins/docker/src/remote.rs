@@ -1,15 +1,27 @@
 //! Remote repositories: a pull-through cache of an upstream registry.
 //!
-//! Digests are immutable, so anything stored by digest is served without asking upstream.
-//! Tags move, so a tag link is trusted for `tag-check-seconds` and then revalidated with a
-//! HEAD (Docker Hub counts GETs against the pull limit, not HEADs). When the upstream is down
-//! or throttling, a stale tag is better than no answer.
+//! Digests are immutable, so anything this repository fetched by digest is served without
+//! asking upstream again. Tags move, so a tag link is trusted for `tag-check-seconds` and then
+//! revalidated with a HEAD (Docker Hub counts GETs against the pull limit, not HEADs). When the
+//! upstream is down or throttling, a stale tag is better than no answer.
+//!
+//! The blob store is shared by every repository, but a remote serves a blob or manifest under
+//! a name only when the name holds it (`meta::blob_link`): fetched through that name, or
+//! confirmed by the upstream for that name. A copy stored for anything else (another name,
+//! another repository, a push) is served only after the upstream says yes to a HEAD under
+//! this name, so the upstream's own access control is not bypassed; when it says anything
+//! else the client gets what a cold miss would have got, which tells it nothing about what
+//! is stored.
 
-use crate::contract::{Headers, Host, Level, Plan, Request, Response, UpstreamRequest, header};
+use crate::contract::{
+    Headers, Host, Level, Plan, RepoType, Request, Response, UpstreamRequest, UpstreamResponse,
+    header,
+};
 use crate::error::{self, ErrorCode, RegistryError};
 use crate::freshness::{self, HeadVerdict, TagDecision};
+use crate::handler;
 use crate::media_type;
-use crate::meta::{self, TagLink};
+use crate::meta::{self, BlobLink, TagLink};
 use crate::paging::{self, Paging};
 use crate::plan::{self, DIGEST_HEADER, FILTERS_APPLIED_HEADER};
 use crate::reference::{Digest, Name, Reference, Tag};
@@ -40,6 +52,12 @@ fn accept_manifests() -> Headers {
 
 fn is_success(status: u16) -> bool {
     (200..300).contains(&status)
+}
+
+/// An upstream's "yes, this name may have it" to a HEAD: a success, or a redirect to the
+/// storage that has it (registries redirect blobs).
+fn confirms(status: u16) -> bool {
+    is_success(status) || (300..400).contains(&status)
 }
 
 impl<'a, H: Host> Remote<'a, H> {
@@ -73,12 +91,22 @@ impl<'a, H: Host> Remote<'a, H> {
     }
 
     fn manifest_by_digest(&self, digest: &Digest) -> Result<Plan, RegistryError> {
-        if let Some(media_type) = store::stored_manifest(self.host, digest)? {
-            self.debug(format!(
-                "manifest {}@{digest}: served from store",
-                self.name
-            ));
-            self.host.reusable(plan::HELD_SECONDS, &[]);
+        if meta::blob_linked(self.host, self.up.name(), digest)? {
+            if let Some(media_type) = store::stored_manifest(self.host, digest)? {
+                self.debug(format!(
+                    "manifest {}@{digest}: served from store",
+                    self.name
+                ));
+                self.host.reusable(plan::HELD_SECONDS, &[]);
+                return Ok(plan::serve_manifest(digest, &media_type));
+            }
+        } else if store::blob_present(self.host, digest)?
+            && self
+                .ask_upstream(&format!("manifests/{digest}"), &accept_manifests())
+                .is_ok_and(|r| confirms(r.status))
+            && let Some(media_type) = store::stored_manifest(self.host, digest)?
+        {
+            self.link_blob(digest);
             return Ok(plan::serve_manifest(digest, &media_type));
         }
         let media_type = self.fetch_manifest(digest.as_str(), Some(digest))?.1;
@@ -225,6 +253,7 @@ impl<'a, H: Host> Remote<'a, H> {
                 &format!("could not record manifest {digest}: {e}"),
             );
         }
+        self.link_blob(&digest);
         self.debug(format!(
             "manifest {}:{reference}: fetched upstream as {digest} ({media_type})",
             self.name
@@ -232,8 +261,10 @@ impl<'a, H: Host> Remote<'a, H> {
         Ok((digest, media_type))
     }
 
-    /// A failed link write costs an upstream round trip next time, not this response.
+    /// A failed link write costs an upstream round trip next time, not this response. The
+    /// upstream has just said the tag of this name is `digest`, so the name holds it.
     fn link_tag(&self, tag: &Tag, digest: &Digest, media_type: &str) {
+        self.link_blob(digest);
         let link = TagLink {
             digest: digest.to_string(),
             media_type: media_type.to_owned(),
@@ -259,10 +290,7 @@ impl<'a, H: Host> Remote<'a, H> {
 
     pub fn blob(&self, digest: &Digest) -> Result<Plan, RegistryError> {
         if store::blob_present(self.host, digest)? {
-            // blobs cached before links existed get one the first time they are served
-            self.link_blob(digest);
-            self.host.reusable(plan::HELD_SECONDS, &[]);
-            return Ok(plan::serve_blob(digest));
+            return self.stored_blob(digest);
         }
         let url = self.up.url(&format!("blobs/{digest}"));
         if self.req.method == "HEAD" {
@@ -270,14 +298,96 @@ impl<'a, H: Host> Remote<'a, H> {
         }
         let (auth, with_credentials) = self.up.plan_auth()?;
         self.debug(format!("blob {}@{digest}: fetching upstream", self.name));
-        self.link_blob(digest);
+        // the host does not call back after a fetch: the link that keeps the blob from garbage
+        // collection is written now, pending until the stored blob is first served (`stored_blob`)
+        if let Err(e) = meta::link_pending(self.host, self.up.name(), digest) {
+            self.host.log(
+                Level::Error,
+                &format!("could not link blob {}@{digest}: {e}", self.name),
+            );
+        }
         Ok(plan::fetch_blob(digest, url, auth, with_credentials))
     }
 
-    /// The link is what keeps a cached blob from garbage collection (and what a mount from
-    /// this repository looks for). Linked before the fetch completes, since the host never
-    /// calls back after a fetch; a fetch that fails leaves a link to nothing, which is
-    /// harmless. A failed write costs a refetch after the next collection, not this answer.
+    /// A stored blob: served when this name holds it; otherwise the upstream decides.
+    fn stored_blob(&self, digest: &Digest) -> Result<Plan, RegistryError> {
+        let held = match meta::blob_link(self.host, self.up.name(), digest)? {
+            Some(BlobLink::Held) => {
+                self.host.reusable(plan::HELD_SECONDS, &[]);
+                return Ok(plan::serve_blob(digest));
+            }
+            // the fetch through this name stored it, unless someone else holds it too
+            Some(BlobLink::Pending) => !self.held_elsewhere(digest),
+            None => false,
+        };
+        if held {
+            self.link_blob(digest);
+            return Ok(plan::serve_blob(digest));
+        }
+        let tail = format!("blobs/{digest}");
+        let asked = self.ask_upstream(&tail, &[]);
+        if asked.as_ref().is_ok_and(|r| confirms(r.status)) {
+            self.link_blob(digest);
+            return Ok(plan::serve_blob(digest));
+        }
+        // Refused: what a cold miss answers (`blob_head`'s error; for a GET the failed fetch's),
+        // so the client learns nothing of the stored copy. Never a fetch plan: the host serves
+        // one from the store when the blob is there.
+        match asked {
+            Ok(resp) if self.req.method == "HEAD" => Err(error::from_upstream_status(
+                resp.status,
+                &resp.body,
+                ErrorCode::BlobUnknown,
+            )),
+            Ok(resp) => Err(handler::blob_fetch_refused(resp.status)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether anything but this name's pending link knows the blob: another image of this
+    /// repository, or any other repository of the format. Only then can the stored copy have
+    /// come from elsewhere than the fetch through this name. Unreadable counts as known.
+    fn held_elsewhere(&self, digest: &Digest) -> bool {
+        let own_key = meta::blob_key(digest, self.up.name());
+        let prefix = meta::blob_prefix(digest);
+        match self.host.meta_list(&prefix) {
+            Ok(keys) if keys.iter().all(|k| *k == own_key) => {}
+            _ => return true,
+        }
+        let own = self.req.repository.as_ref().map(|r| r.name.as_str());
+        self.host
+            .repositories()
+            .iter()
+            .filter(|r| Some(r.name.as_str()) != own && r.repo_type != RepoType::Virtual)
+            .any(|r| {
+                self.host
+                    .meta_list_in(&r.name, &prefix)
+                    .map_or(true, |keys| !keys.is_empty())
+            })
+    }
+
+    /// A HEAD of `tail` (`blobs/<d>`, `manifests/<d>`) under this name: whether the
+    /// upstream lets this name see something stored for another.
+    fn ask_upstream(
+        &self,
+        tail: &str,
+        headers: &[(String, String)],
+    ) -> Result<UpstreamResponse, RegistryError> {
+        let resp = self.up.send("HEAD", &self.up.url(tail), headers);
+        let outcome = match &resp {
+            Ok(r) => format!("the upstream answered {}", r.status),
+            Err(e) => format!("not answered upstream ({})", e.message),
+        };
+        self.debug(format!(
+            "{}/{tail}: stored for another name; {outcome}",
+            self.name
+        ));
+        resp
+    }
+
+    /// The link is what lets this name see the stored blob, what keeps it from garbage
+    /// collection, and what a mount from this repository looks for. A failed write costs an
+    /// upstream round trip next time, not this answer.
     fn link_blob(&self, digest: &Digest) {
         if let Err(e) = meta::link_blob(self.host, self.up.name(), digest) {
             self.host.log(
