@@ -75,10 +75,13 @@ fn bench(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async { app.plugins.handle(&plugin, Some(repo.clone()), Readable::all(), &missing).await.expect("handle") })
     });
     group.bench_function("api_root_fresh", |b| {
-        b.to_async(&rt).iter(|| async { fresh.plugins.handle(&fresh_plugin, Some(fresh_repo.clone()), Readable::all(), &base).await.expect("handle") })
+        b.to_async(&rt)
+            .iter(|| async { fresh.plugins.handle(&fresh_plugin, Some(fresh_repo.clone()), Readable::all(), &base).await.expect("handle") })
     });
     group.bench_function("manifest_by_tag_lookup_fresh", |b| {
-        b.to_async(&rt).iter(|| async { fresh.plugins.handle(&fresh_plugin, Some(fresh_repo.clone()), Readable::all(), &missing).await.expect("handle") })
+        b.to_async(&rt).iter(|| async {
+            fresh.plugins.handle(&fresh_plugin, Some(fresh_repo.clone()), Readable::all(), &missing).await.expect("handle")
+        })
     });
     group.finish();
     drop(Arc::clone(&app));

@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::App;
+use crate::auth::{AuthFailure, Identity, NewUser, UserError, UserIdentity, UserUpdate};
 use crate::repos::{RepoError, Repository, RepositoryInput};
 use crate::server::body::{self, Body};
 use crate::server::respond::json as json_response;
@@ -30,6 +31,10 @@ enum ApiError {
     MethodNotAllowed(String),
     #[error("{0}")]
     TooLarge(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Denied(String),
     /// Our fault.
     #[error("{0}")]
     Internal(String),
@@ -54,12 +59,18 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "CONFLICT"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "TOO_LARGE"),
+            ApiError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
+            ApiError::Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
         };
         if status.is_server_error() {
             tracing::error!(error = %self, "api");
         }
-        json_response(status, &json!({"error": {"code": code, "message": self.to_string()}}))
+        let mut resp = json_response(status, &json!({"error": {"code": code, "message": self.to_string()}}));
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Basic realm=\"binaryrepo\""));
+        }
+        resp
     }
 }
 
@@ -69,6 +80,118 @@ fn ok(status: StatusCode, value: serde_json::Value) -> Response<Body> {
 
 fn view(repo: &Repository) -> serde_json::Value {
     serde_json::to_value(repo.view()).unwrap_or(serde_json::Value::Null)
+}
+
+/// Users (admins) and API tokens (each user their own; admins any).
+async fn accounts(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    user: Option<&Arc<UserIdentity>>,
+    segments: &[&str],
+) -> Result<Response<Body>, ApiError> {
+    let Some(user) = user else { return Err(ApiError::Unauthenticated("authentication required".into())) };
+    let admin = || if user.admin { Ok(()) } else { Err(ApiError::Denied(format!("{} is not an admin", user.name))) };
+    let user_err = |e: UserError| match e.status() {
+        StatusCode::NOT_FOUND => ApiError::NotFound(e.to_string()),
+        StatusCode::CONFLICT => ApiError::Conflict(e.to_string()),
+        s if s.is_server_error() => ApiError::Internal(e.to_string()),
+        _ => ApiError::BadRequest(e.to_string()),
+    };
+    let method = req.method().clone();
+    match (method, segments) {
+        (Method::GET, ["users", "me"]) => {
+            Ok(ok(StatusCode::OK, json!({"name": user.name.as_str(), "admin": user.admin, "groups": user.groups})))
+        }
+        (Method::GET, ["users"]) => {
+            admin()?;
+            Ok(ok(StatusCode::OK, json!(app.auth.users())))
+        }
+        (Method::POST, ["users"]) => {
+            admin()?;
+            let input: NewUser = read_json(req).await?;
+            let created = app.auth.create_user(input).await.map_err(user_err)?;
+            Ok(ok(StatusCode::CREATED, json!(created)))
+        }
+        (Method::GET, ["users", name]) => {
+            admin()?;
+            let found = app.auth.user(name).ok_or_else(|| ApiError::NotFound(format!("user {name:?} not found")))?;
+            Ok(ok(StatusCode::OK, json!(found)))
+        }
+        (Method::PUT | Method::PATCH, ["users", name]) => {
+            admin()?;
+            let name = (*name).to_owned();
+            let change: UserUpdate = read_json(req).await?;
+            let updated = app.auth.update_user(&name, change).await.map_err(user_err)?;
+            Ok(ok(StatusCode::OK, json!(updated)))
+        }
+        (Method::DELETE, ["users", name]) => {
+            admin()?;
+            let auth = app.auth.clone();
+            let name = (*name).to_owned();
+            tokio::task::spawn_blocking(move || auth.delete_user(&name))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+                .map_err(user_err)?;
+            Ok(no_content())
+        }
+        (Method::GET, ["tokens"]) => Ok(ok(StatusCode::OK, json!(app.auth.tokens(user.name.as_str())))),
+        (Method::POST, ["tokens"]) => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct NewToken {
+                name: String,
+                #[serde(default)]
+                expires_in_seconds: Option<u64>,
+            }
+            let input: NewToken = read_json(req).await?;
+            let auth = app.auth.clone();
+            let owner = user.name.as_str().to_owned();
+            let (view, secret) = tokio::task::spawn_blocking(move || auth.create_token(&owner, &input.name, input.expires_in_seconds))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+                .map_err(user_err)?;
+            let mut body = json!(view);
+            if let Some(obj) = body.as_object_mut() {
+                obj.insert("token".into(), json!(secret.expose()));
+            }
+            Ok(ok(StatusCode::CREATED, body))
+        }
+        (Method::DELETE, ["tokens", id]) => {
+            let found = app.auth.token(id).ok_or_else(|| ApiError::NotFound(format!("token {id:?} not found")))?;
+            if found.user != user.name && !user.admin {
+                // another user's token looks like none at all
+                return Err(ApiError::NotFound(format!("token {id:?} not found")));
+            }
+            let auth = app.auth.clone();
+            let id = (*id).to_owned();
+            tokio::task::spawn_blocking(move || auth.revoke_token(&id))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+                .map_err(user_err)?;
+            Ok(no_content())
+        }
+        (_, ["users"] | ["users", _] | ["tokens"] | ["tokens", _]) => {
+            Err(ApiError::MethodNotAllowed(format!("{} is not supported here", req.method())))
+        }
+        _ => Err(ApiError::NotFound("no such API".into())),
+    }
+}
+
+fn no_content() -> Response<Body> {
+    let mut resp = Response::new(body::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    resp
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
+    let bytes: Bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError::TooLarge(format!("request body over {MAX_BODY} bytes")));
+        }
+        Err(e) => return Err(ApiError::BadRequest(format!("cannot read the request body: {e}"))),
+    };
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))
 }
 
 async fn read_input(req: Request<Incoming>) -> Result<RepositoryInput, ApiError> {
@@ -97,19 +220,56 @@ pub fn metrics(app: &App, method: &Method) -> Response<Body> {
     }
 }
 
-pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
-    match route(app, req).await {
+/// `identity`: what the request's credentials proved. Health is open; a user's own account and
+/// API tokens need a signed-in user; everything else (repositories, GC, plugins, users) an admin,
+/// and `/metrics` an admin unless `metrics_anonymous`.
+pub async fn handle(app: &Arc<App>, req: Request<Incoming>, identity: &Result<Identity, AuthFailure>) -> Response<Body> {
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    let result = match who_may(&path, app.config.metrics_anonymous) {
+        Needs::Nobody => route(app, req, None).await,
+        need => match identity {
+            Err(e) => Err(ApiError::Unauthenticated(e.to_string())),
+            Ok(Identity::Anonymous) => Err(ApiError::Unauthenticated("authentication required".into())),
+            Ok(Identity::User(u)) if need == Needs::Admin && !u.admin => Err(ApiError::Denied(format!("{} is not an admin", u.name))),
+            Ok(Identity::User(u)) => {
+                let u = u.clone();
+                route(app, req, Some(&u)).await
+            }
+        },
+    };
+    match result {
         Ok(resp) => resp,
         Err(e) => e.response(),
     }
 }
 
-async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+#[derive(PartialEq, Eq)]
+enum Needs {
+    Nobody,
+    User,
+    Admin,
+}
+
+fn who_may(path: &str, metrics_anonymous: bool) -> Needs {
+    match path {
+        "/api/health" => Needs::Nobody,
+        "/metrics" if metrics_anonymous => Needs::Nobody,
+        "/api/users/me" | "/api/tokens" => Needs::User,
+        p if p.starts_with("/api/tokens/") => Needs::User,
+        _ => Needs::Admin,
+    }
+}
+
+async fn route(app: &Arc<App>, req: Request<Incoming>, user: Option<&Arc<UserIdentity>>) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
+    if path == "/metrics" {
+        return Ok(metrics(app, req.method()));
+    }
     let segments: Vec<&str> = path.split('/').skip(2).collect();
     let method = req.method().clone();
     match (method, segments.as_slice()) {
         (Method::GET, ["health"]) => Ok(ok(StatusCode::OK, json!({"status": "ok"}))),
+        (_, ["users", ..] | ["tokens", ..]) => accounts(app, req, user, &segments).await,
         (Method::GET, ["plugins"]) => {
             let list: Vec<_> = app
                 .plugins

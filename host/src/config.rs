@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::repos::RepositoryInput;
-use crate::upstream::egress::AllowedNetwork;
 use crate::server::forwarded::TrustedProxies;
+use crate::upstream::egress::AllowedNetwork;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8081";
 
@@ -48,6 +48,11 @@ pub struct FileConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_reload_seconds: Option<u64>,
+    /// Docker clients get bearer tokens from `/api/token` (the distribution token flow); false:
+    /// challenges ask for Basic credentials instead.
+    pub token_service: Option<bool>,
+    /// `GET /metrics` without credentials (default: admins only).
+    pub metrics_anonymous: Option<bool>,
     /// Seeds the data directory on first start; afterwards the API owns the repositories.
     pub repositories: Option<Vec<RepositoryInput>>,
     // Users and tokens (see `AuthConfig`).
@@ -149,6 +154,10 @@ pub struct Config {
     pub tls_reload: Option<Duration>,
     pub seed_repositories: Vec<RepositoryInput>,
     pub auth: AuthConfig,
+    /// Bearer tokens from `/api/token` for formats whose clients use them (default true).
+    pub token_service: bool,
+    /// `/metrics` open to anonymous callers (default false: admins).
+    pub metrics_anonymous: bool,
     /// Peers whose `X-Forwarded-*` headers are believed.
     pub trusted_proxies: TrustedProxies,
     pub uploads: UploadLimits,
@@ -258,6 +267,8 @@ impl Config {
                     ..default
                 }
             },
+            token_service: file.token_service.unwrap_or(true),
+            metrics_anonymous: file.metrics_anonymous.unwrap_or(false),
             trusted_proxies: file.trusted_proxies.unwrap_or_default(),
             uploads: UploadLimits {
                 per_repository: file.upload_sessions_per_repository.unwrap_or(100),

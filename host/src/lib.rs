@@ -35,6 +35,8 @@ pub struct App {
     pub listeners: server::RepoListeners,
     /// Set when `tls_cert`/`tls_key` are: every listener then speaks TLS.
     pub tls: Option<Arc<server::tls::Tls>>,
+    /// Users, tokens and the credential checks every request goes through.
+    pub auth: Arc<auth::Auth>,
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Held by every connection task, so shutdown can wait for them.
     pub open_connections: Arc<()>,
@@ -42,6 +44,8 @@ pub struct App {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
     #[error("data directory {path}: {source}")]
     DataDir { path: std::path::PathBuf, source: std::io::Error },
     #[error(transparent)]
@@ -99,7 +103,9 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
         .collect::<Result<Vec<_>, _>>()?;
     repos.load_or_seed(seed)?;
     let fills = Fills::new(store, upstream, config.fills.clone());
+    let auth = Arc::new(auth::Auth::open(&config.data_dir, &config.auth)?);
     Ok(Arc::new(App {
+        auth,
         config,
         repos,
         plugins,

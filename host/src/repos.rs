@@ -8,6 +8,9 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{Access, Grant, Principal};
+use std::sync::LazyLock;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RepoType {
@@ -81,7 +84,18 @@ pub struct Repository {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_local: Option<RepoName>,
     pub delete_enabled: bool,
+    /// Who may do what here; none: the default for the repository's type (`default_grants`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<Vec<Grant>>,
 }
+
+/// The grants of a repository that names none. A remote is a shared cache of public content:
+/// anyone who can reach the server may pull through it (the usual choice for a LAN cache, and
+/// what dockerd's `registry-mirrors` needs, since it never sends credentials to a mirror). Local
+/// and virtual repositories hold a team's own images: signed-in users may read them. Writes and
+/// deletes always need an explicit grant (or an admin).
+static REMOTE_DEFAULT: LazyLock<Vec<Grant>> = LazyLock::new(|| vec![Grant { who: Principal::Anonymous, allow: vec![Access::Read] }]);
+static HOSTED_DEFAULT: LazyLock<Vec<Grant>> = LazyLock::new(|| vec![Grant { who: Principal::Authenticated, allow: vec![Access::Read] }]);
 
 /// What the API shows: no password, ever.
 #[derive(Debug, Serialize)]
@@ -105,9 +119,21 @@ pub struct RepositoryView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_local: Option<&'a RepoName>,
     pub delete_enabled: bool,
+    pub access: &'a [Grant],
+    /// whether `access` is the type's default (the repository names none)
+    pub access_default: bool,
 }
 
 impl Repository {
+    /// Who may do what here.
+    pub fn grants(&self) -> &[Grant] {
+        match (&self.access, self.repo_type) {
+            (Some(g), _) => g,
+            (None, RepoType::Remote) => &REMOTE_DEFAULT,
+            (None, _) => &HOSTED_DEFAULT,
+        }
+    }
+
     pub fn view(&self) -> RepositoryView<'_> {
         RepositoryView {
             name: &self.name,
@@ -123,6 +149,8 @@ impl Repository {
             members: &self.members,
             default_local: self.default_local.as_ref(),
             delete_enabled: self.delete_enabled,
+            access: self.grants(),
+            access_default: self.access.is_none(),
         }
     }
 
@@ -155,6 +183,9 @@ pub struct RepositoryInput {
     pub members: Option<Vec<String>>,
     pub default_local: Option<String>,
     pub delete_enabled: Option<bool>,
+    /// `[{"who": "user:alice" | "group:ci" | "authenticated" | "anonymous", "allow": ["read", "write", "delete", "admin"]}]`
+    #[serde(alias = "permissions")]
+    pub access: Option<Vec<Grant>>,
 }
 
 pub const DEFAULT_TAG_CHECK_SECONDS: u64 = 300;
@@ -276,6 +307,7 @@ impl RepositoryInput {
             members,
             default_local,
             delete_enabled: self.delete_enabled.unwrap_or(true),
+            access: self.access,
         })
     }
 }

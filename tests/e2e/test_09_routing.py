@@ -6,6 +6,7 @@ import pytest
 from harness.clients import dir_image, skopeo_copy
 from harness.images import ACCEPT_HEADER
 from harness.util import free_port, request, sha256_bytes, stream_get, wait_until
+from harness.binaryrepo import ADMIN, basic
 
 VHOST = "docker-vhost.example.test"
 
@@ -31,7 +32,7 @@ def test_path_prefix(setup, images):
     br, up = setup
     small = images["small"]
     br.create_remote("prefixed", up.url)
-    assert request("GET", f"{br.url}/repo/prefixed/v2/").status == 200
+    assert request("GET", f"{br.url}/repo/prefixed/v2/", headers={"Authorization": basic(*ADMIN)}).status == 200
     assert_small(get_manifest(f"{br.url}/repo/prefixed/v2/library/small/manifests/1"), small)
     layer, size = small.largest_layer()
     got = stream_get(f"{br.url}/repo/prefixed/v2/library/small/blobs/{layer}")
@@ -75,7 +76,7 @@ def test_dedicated_port(setup, images, tmp_path):
     port = free_port()
     br.create_remote("ported", up.url, port=port)
     base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: request("GET", base + "/v2/", timeout=2).status == 200, timeout=10,
+    wait_until(lambda: request("GET", base + "/v2/", timeout=2, headers={"Authorization": basic(*ADMIN)}).status == 200, timeout=10,
                what=f"the repository's own listener on {port}")
     assert_small(get_manifest(f"{base}/v2/library/small/manifests/1"), small)
     skopeo_copy(small.ref(f"127.0.0.1:{port}"), tmp_path / "ported")
@@ -90,7 +91,7 @@ def test_dedicated_port_survives_restart(setup, images):
     br.create_remote("ported", up.url, port=port)
     br.restart()
     base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: request("GET", base + "/v2/", timeout=2).status == 200, timeout=10,
+    wait_until(lambda: request("GET", base + "/v2/", timeout=2, headers={"Authorization": basic(*ADMIN)}).status == 200, timeout=10,
                what=f"the repository's own listener on {port} after a restart")
     assert_small(get_manifest(f"{base}/v2/library/small/manifests/1"), images["small"])
 
@@ -99,7 +100,7 @@ def test_default_repository(make_upstream, br, images, tmp_path):
     up = make_upstream()
     small = images["small"]
     br.create_remote("hub", up.url, default=True)
-    assert request("GET", f"{br.url}/v2/").status == 200
+    assert request("GET", f"{br.url}/v2/", headers={"Authorization": basic(*ADMIN)}).status == 200
     assert_small(get_manifest(f"{br.url}/v2/library/small/manifests/1"), small)
     skopeo_copy(small.ref(br.host), tmp_path / "default")
     assert dir_image(tmp_path / "default") == (small.digest, small.blobs)
@@ -113,4 +114,4 @@ def test_no_repository_no_default(make_upstream, br):
     r = get_manifest(f"{br.url}/v2/nosuchrepo/library/small/manifests/1")
     assert r.status == 404, r
     assert r.json().get("errors"), f"not an OCI error body: {r!r}"
-    assert request("GET", f"{br.url}/api/repositories/named").status == 200  # /api/ stays the API
+    assert br.api("GET", "/api/repositories/named").status == 200  # /api/ stays the API

@@ -6,6 +6,7 @@ import pytest
 from harness.clients import dir_image, skopeo_copy
 from harness.images import ACCEPT_HEADER
 from harness.util import request, sha256_bytes, stream_get
+from harness.binaryrepo import ADMIN, basic
 
 HOST = "docker-remote.example.com"
 
@@ -19,7 +20,7 @@ def br(make_binaryrepo):
 def test_pull_through_nginx_virtual_host(upstream, br, nginx, images, tmp_path):
     small = images["small"]
     br.create_remote("docker-remote", upstream.url)
-    assert request("GET", f"{nginx.url}/v2/", host=HOST).status == 200
+    assert request("GET", f"{nginx.url}/v2/", host=HOST, headers={"Authorization": basic(*ADMIN)}).status == 200
     r = request("GET", f"{nginx.url}/v2/library/small/manifests/1", host=HOST, headers={"Accept": ACCEPT_HEADER})
     assert r.status == 200 and sha256_bytes(r.body) == small.digest, r
     assert r.header("Docker-Content-Digest") == small.digest

@@ -16,6 +16,7 @@ from harness.images import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from harness.oci import (EMPTY_JSON, OCI_EMPTY, Oci, build_image, build_index, errors_of, rand_bytes, sha256,
                          sha512)
 from harness.util import request
+from harness.binaryrepo import ADMIN, basic
 
 LOCAL = "docker-local"
 
@@ -730,7 +731,7 @@ def test_early_errors_keep_the_connection_usable(local_br, oci):
             code = int(got.split(b" ", 2)[1])
             assert code in (status if isinstance(status, set) else {status}), f"{what}: {got!r}"
             assert not re.search(rb"(?i)\r\nconnection:\s*close", got), f"{what}: closes the connection: {got!r}"
-            after, _ = _exchange(sock, f"GET /v2/ HTTP/1.1\r\nHost: {u.netloc}\r\n\r\n".encode(), b"")
+            after, _ = _exchange(sock, f"GET /v2/ HTTP/1.1\r\nHost: {u.netloc}\r\nAuthorization: {basic(*ADMIN)}\r\n\r\n".encode(), b"")
             assert after.startswith(b"HTTP/1.1 200"), f"{what}: the next request on the connection got {after!r}"
 
 

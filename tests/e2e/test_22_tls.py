@@ -18,6 +18,7 @@ import pytest
 from harness.clients import Dockerd
 from harness.tlscerts import CA, peer_cert_cn, write_pair
 from harness.util import free_port, request, run, sha256_file, stream_get, tls_context, trust_ca, wait_until
+from harness.binaryrepo import ADMIN
 
 MIB = 1 << 20
 FRAME = 4 * MIB  # body frame of a mapped blob (host server/body.rs MAPPED_CHUNK)
@@ -50,9 +51,9 @@ def test_https_verified_h2_by_alpn_and_https_urls(make_binaryrepo, ca):
     v2 = f"{br.url}/v2/"
 
     # ALPN: h2 for a client that offers it, HTTP/1.1 for one that does not
-    p = curl("--cacert", str(sc.ca), "--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", v2)
+    p = curl("--cacert", str(sc.ca), "--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", "-u", ":".join(ADMIN), v2)
     assert p.stdout == b"2 200", p.stdout
-    p = curl("--cacert", str(sc.ca), "--http1.1", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", v2)
+    p = curl("--cacert", str(sc.ca), "--http1.1", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", "-u", ":".join(ADMIN), v2)
     assert p.stdout == b"1.1 200", p.stdout
     # the certificate really is checked: without the CA, curl and Python refuse it
     p = curl("-o", "/dev/null", v2, check=False)
@@ -67,7 +68,7 @@ def test_https_verified_h2_by_alpn_and_https_urls(make_binaryrepo, ca):
     br.create_local("ported", port=port)
     trust_ca(f"127.0.0.1:{port}", sc.ca)
     p = curl("--cacert", str(sc.ca), "--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
-             f"https://127.0.0.1:{port}/v2/")
+             "-u", ":".join(ADMIN), f"https://127.0.0.1:{port}/v2/")
     assert p.stdout == b"2 200", p.stdout
     r = request("POST", f"https://127.0.0.1:{port}/v2/team/app/blobs/uploads/", host=f"127.0.0.1:{port}")
     assert r.status == 202 and r.header("Location", "").startswith(f"https://127.0.0.1:{port}/v2/team/app/"), r.headers

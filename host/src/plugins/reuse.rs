@@ -54,6 +54,7 @@ impl Key {
         base_url: &str,
         path_repo: Option<&str>,
         mount: Mount,
+        caller: Option<&str>,
     ) -> Option<Key> {
         let method = match *method {
             http::Method::GET => "G",
@@ -70,8 +71,23 @@ impl Key {
         // NUL cannot occur in a path, a header value or a repository name: the parts cannot run
         // into each other. `concat`, not `format!`: this runs for every read.
         let query = query.map_or("\u{1}", |q| q);
-        let key =
-            [method, mount, "\0", repo.unwrap_or(""), "\0", path_repo.unwrap_or(""), "\0", base_url, "\0", path, "\0", query].concat();
+        let key = [
+            method,
+            mount,
+            "\0",
+            repo.unwrap_or(""),
+            "\0",
+            path_repo.unwrap_or(""),
+            "\0",
+            base_url,
+            "\0",
+            path,
+            "\0",
+            query,
+            "\0",
+            caller.unwrap_or(""),
+        ]
+        .concat();
         Some(Key(key))
     }
 }
@@ -233,7 +249,7 @@ mod tests {
     }
 
     fn key(path: &str) -> Key {
-        Key::of(&http::Method::GET, path, None, Some("r"), "http://h", None, Mount::Path).unwrap_or_else(|| unreachable!())
+        Key::of(&http::Method::GET, path, None, Some("r"), "http://h", None, Mount::Path, None).unwrap_or_else(|| unreachable!())
     }
 
     fn plan(body: &str) -> Plan {
@@ -258,7 +274,8 @@ mod tests {
         assert_eq!(body(cache.lookup(&key("/a"), Some(&repo), &h, 0)).as_deref(), Some("one"));
         assert!(cache.lookup(&key("/b"), Some(&repo), &h, 0).is_none());
         // a HEAD is another request
-        let head = Key::of(&http::Method::HEAD, "/a", None, Some("r"), "http://h", None, Mount::Path).unwrap_or_else(|| unreachable!());
+        let head =
+            Key::of(&http::Method::HEAD, "/a", None, Some("r"), "http://h", None, Mount::Path, None).unwrap_or_else(|| unreachable!());
         assert!(cache.lookup(&head, Some(&repo), &h, 0).is_none());
         // blobs removed
         assert!(cache.lookup(&key("/a"), Some(&repo), &h, 1).is_none());
@@ -312,7 +329,7 @@ mod tests {
         assert!(cache.lookup(&key("/f"), Some(&repo), &h, 0).is_none());
         assert!(super::offer(60, &["bad name".to_owned()]).is_none());
         assert!(super::offer(0, &[]).is_none());
-        assert!(Key::of(&http::Method::PUT, "/a", None, None, "", None, Mount::Root).is_none());
+        assert!(Key::of(&http::Method::PUT, "/a", None, None, "", None, Mount::Root, None).is_none());
     }
 
     #[test]
@@ -343,7 +360,7 @@ mod tests {
         cache.insert(key("/hot"), snap(), offer(), &plan("hot"), &h);
         for i in 0..50_000 {
             let q = format!("x={i}");
-            let k = Key::of(&http::Method::GET, "/hot", Some(&q), Some("r"), "http://h", None, Mount::Path);
+            let k = Key::of(&http::Method::GET, "/hot", Some(&q), Some("r"), "http://h", None, Mount::Path, None);
             cache.insert(k.unwrap_or_else(|| unreachable!()), snap(), offer(), &plan("one-off"), &h);
             if i % 100 == 0 {
                 assert!(cache.lookup(&key("/hot"), Some(&repo), &h, 0).is_some(), "the hot plan was evicted after {i} one-off keys");
@@ -352,7 +369,7 @@ mod tests {
         assert!(cache.weight() <= 256 * 1024);
         // a key longer than MAX_KEY is never kept
         let long = "q".repeat(MAX_KEY);
-        let k = || Key::of(&http::Method::GET, "/hot", Some(&long), Some("r"), "http://h", None, Mount::Path);
+        let k = || Key::of(&http::Method::GET, "/hot", Some(&long), Some("r"), "http://h", None, Mount::Path, None);
         cache.insert(k().unwrap_or_else(|| unreachable!()), snap(), offer(), &plan("long"), &h);
         assert!(cache.lookup(&k().unwrap_or_else(|| unreachable!()), Some(&repo), &h, 0).is_none());
     }

@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod forwarded;
+pub mod gate;
 pub mod resolve;
 pub mod respond;
 pub mod tls;
@@ -24,12 +25,14 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::App;
+use crate::auth::{AuthFailure, Identity};
 use crate::logging;
 use crate::plugins::bindings::types;
 use crate::plugins::caps::Readable;
 use crate::plugins::{LoadedPlugin, reuse, wit_repository};
 use crate::repos::{RepoType, Repository};
 use body::Body;
+use http_body_util::BodyExt;
 use resolve::ResolveError;
 use respond::{Exchange, PluginRequest, json};
 
@@ -133,8 +136,16 @@ async fn run_plan(
     };
     let repo_name = repo.as_ref().map(|r| r.name.as_str());
     let query = parts.uri.query();
-    let key =
-        reuse::Key::of(&parts.method, &resolved.path, query, repo_name, &resolved.base_url, resolved.path_repo.as_deref(), resolved.mount);
+    let key = reuse::Key::of(
+        &parts.method,
+        &resolved.path,
+        query,
+        repo_name,
+        &resolved.base_url,
+        resolved.path_repo.as_deref(),
+        resolved.mount,
+        caller.wit.user.as_deref(),
+    );
     if let Some(key) = &key {
         let removals = app.plugins.blob_removals();
         if let Some(plan) = app.plugins.plans.lookup(key, repo.as_ref(), &parts.headers, removals) {
@@ -191,7 +202,67 @@ async fn run_virtual(
     }
 }
 
-async fn dispatch(app: &App, resolved: Result<resolve::Resolved, ResolveError>, req: Request<Incoming>) -> Response<Body> {
+/// Where the token service answers, on every listener and under every mount, so that the realm
+/// a plugin names (its base URL + this) always reaches it.
+pub const TOKEN_PATH: &str = "/api/token";
+
+/// The token endpoint: reads its (small) body and answers.
+pub async fn token_endpoint(app: &App, req: Request<Incoming>, client: std::net::IpAddr) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let body = match http_body_util::Limited::new(body, 64 * 1024).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &serde_json::json!({"error": {"code": "TOO_LARGE", "message": "token request body over 64 KiB"}}),
+            );
+        }
+    };
+    let (status, headers, body) =
+        crate::auth::token_endpoint(&app.auth, &parts.method, parts.uri.query(), &parts.headers, &body, client).await;
+    let mut resp = Response::new(body::full(body));
+    *resp.status_mut() = status;
+    for (k, v) in headers {
+        if let (Ok(k), Ok(v)) = (http::HeaderName::from_bytes(k.as_bytes()), http::HeaderValue::from_str(&v)) {
+            resp.headers_mut().append(k, v);
+        }
+    }
+    resp
+}
+
+/// A request refused before its plugin is asked, in the format's shape.
+async fn refuse(
+    app: &App,
+    resolved: &resolve::Resolved,
+    parts: &http::request::Parts,
+    caller: &Caller,
+    body: Incoming,
+    kind: types::FailureKind,
+    access: Option<crate::auth::Access>,
+    message: String,
+) -> Response<Body> {
+    let exchange = Exchange {
+        app,
+        plugin: &resolved.plugin,
+        repo: resolved.repo.clone(),
+        caller,
+        request: PluginRequest::new(parts, resolved, resolved.repo.as_deref(), &caller.wit),
+        head: parts.method == http::Method::HEAD,
+        range: None,
+        content_length: parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()),
+    };
+    let failure = types::Failure { kind, status: None, message, access: access.map(gate::wit_access) };
+    let resp = exchange.render(failure).await;
+    respond::discard_unread(body, exchange.content_length, resp).await
+}
+
+async fn dispatch(
+    app: &App,
+    resolved: Result<resolve::Resolved, ResolveError>,
+    req: Request<Incoming>,
+    identity: &Result<Identity, AuthFailure>,
+    client: std::net::IpAddr,
+) -> Response<Body> {
     let resolved = match resolved {
         Ok(r) => r,
         Err(e) => {
@@ -203,8 +274,34 @@ async fn dispatch(app: &App, resolved: Result<resolve::Resolved, ResolveError>, 
             return json(status, &serde_json::json!({"error": {"code": code, "message": e.to_string()}}));
         }
     };
+    if resolved.path == TOKEN_PATH {
+        return token_endpoint(app, req, client).await;
+    }
     let (parts, body) = req.into_parts();
-    let caller = Caller::anonymous();
+    let access = gate::access_for(&parts.method);
+    let identity = match identity {
+        Ok(i) => i,
+        Err(e) => {
+            let caller = gate::caller(app, &Identity::Anonymous, &resolved);
+            let kind = match e {
+                AuthFailure::Unavailable(_) => types::FailureKind::Unavailable,
+                _ => types::FailureKind::Unauthenticated,
+            };
+            return refuse(app, &resolved, &parts, &caller, body, kind, Some(access), e.to_string()).await;
+        }
+    };
+    let caller = gate::caller(app, identity, &resolved);
+    if let Some(repo) = &resolved.repo
+        && !gate::allowed(app, identity, repo, access)
+    {
+        let (kind, message) = match identity {
+            Identity::Anonymous => (types::FailureKind::Unauthenticated, "authentication required".to_owned()),
+            Identity::User(u) => {
+                (types::FailureKind::Denied, format!("{} may not {access:?} repository {}", u.name, repo.name).to_lowercase())
+            }
+        };
+        return refuse(app, &resolved, &parts, &caller, body, kind, Some(access), message).await;
+    }
     match resolved.repo.clone() {
         Some(repo) if repo.repo_type == RepoType::Virtual => run_virtual(app, &repo, &parts, &resolved, &caller, body).await,
         repo => run_plan(app, &resolved.plugin, repo, &parts, &resolved, &caller, Some(body)).await,
@@ -223,15 +320,23 @@ async fn handle(app: Arc<App>, main_listener: bool, local_port: u16, peer: Socke
     // Resolved before the span exists, so that the span is made with its repository: recording a
     // field afterwards costs the log formatter a second pass.
     let resolved = (!api).then(|| resolve::resolve(&app, main_listener, local_port, forwarded, (req.uri(), req.headers())));
+    let client = forwarded::client_addr(peer, req.headers(), &app.config.trusted_proxies);
     let repo = resolved.as_ref().and_then(|r| r.as_ref().ok()).and_then(|r| r.repo.clone());
     let repo_name = repo.as_ref().map(|r| r.name.as_str());
     let span = tracing::info_span!("request", method = %method, path = %path, repo = repo_name);
     async {
-        let resp = match resolved {
-            None if path == "/metrics" => crate::api::metrics(&app, &method),
-            None => crate::api::handle(&app, req).await,
-            Some(resolved) => dispatch(&app, resolved, req).await,
+        // The token endpoint checks its own credentials; everything else is checked here, once.
+        let token = api && path == TOKEN_PATH;
+        let identity = if token { None } else { Some(app.auth.authenticate(req.headers().get(http::header::AUTHORIZATION), client).await) };
+        let resp = match (resolved, &identity) {
+            (None, _) if token => token_endpoint(&app, req, client).await,
+            (None, Some(identity)) => crate::api::handle(&app, req, identity).await,
+            (Some(resolved), Some(identity)) => dispatch(&app, resolved, req, identity, client).await,
+            (_, None) => token_endpoint(&app, req, client).await,
         };
+        if !matches!(method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS) && !token {
+            gate::audit_request(identity.as_ref().and_then(|i| i.as_ref().ok()), client, repo_name, &method, path, resp.status().as_u16());
+        }
         let access = logging::Access {
             method: method.as_str(),
             path,

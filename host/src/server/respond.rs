@@ -71,7 +71,7 @@ const DISCARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The answer to a request whose body was not read (an early error, a GET with a body): a
 /// small body is read and dropped so the client can send its next request on the same
 /// connection, as it expects; anything else closes the connection, saying so.
-async fn discard_unread(body: Incoming, content_length: Option<u64>, mut resp: Response<Body>) -> Response<Body> {
+pub(crate) async fn discard_unread(body: Incoming, content_length: Option<u64>, mut resp: Response<Body>) -> Response<Body> {
     if hyper::body::Body::is_end_stream(&body) {
         return resp;
     }

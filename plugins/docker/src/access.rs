@@ -64,12 +64,16 @@ pub fn denied(message: &str) -> RegistryError {
     RegistryError::new(ErrorCode::Denied, message)
 }
 
-/// The API version check (`GET /v2/`) is where clients learn how to authenticate: with a token
-/// service, an anonymous caller is sent to get a token (anonymous ones included), as a
-/// distribution registry with token auth does, so that `docker login` checks its credentials
-/// and pulls go through the token flow.
+/// The API version check (`GET /v2/`) is where clients learn how to authenticate, so an
+/// anonymous caller always gets the challenge there, as from a distribution registry with auth:
+/// with a token service clients then fetch a token (an anonymous one if they have no
+/// credentials); with Basic they send their credentials, or go on without any. Either way
+/// `docker login` checks the credentials it was given, and anonymous pulls of what anonymous
+/// may read still work.
 pub fn base_needs_token(req: &Request) -> Option<RegistryError> {
-    (req.caller.user.is_none() && req.caller.token_service.is_some())
+    req.caller
+        .user
+        .is_none()
         .then(|| unauthorized(req, None, "authentication required"))
 }
 
@@ -120,7 +124,8 @@ mod tests {
             challenge(&r, Some(Access::Read)),
             "Basic realm=\"binaryrepo\""
         );
-        assert!(base_needs_token(&r).is_none());
+        let ping = base_needs_token(&req("/v2/", None, false)).expect("challenge");
+        assert_eq!(ping.headers[0].1, "Basic realm=\"binaryrepo\"");
     }
 
     #[test]

@@ -33,7 +33,11 @@ fn req(method: &str, path: &str, repository: Option<Repository>, now: u64) -> Re
         repository,
         mount: Mount::Port,
         now,
-        caller: Default::default(),
+        // a signed-in caller: the API version check challenges anonymous ones (access.rs)
+        caller: crate::contract::Caller {
+            user: Some("tester".into()),
+            ..Default::default()
+        },
     }
 }
 
@@ -814,6 +818,7 @@ fn a_remote_serves_a_stored_blob_only_to_names_the_upstream_lets_see_it() {
             kind: FailureKind::UpstreamStatus,
             status: Some(404),
             message: "upstream answered 404".into(),
+            access: None,
         },
     );
     assert_eq!(r, cold);

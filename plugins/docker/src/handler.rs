@@ -95,6 +95,7 @@ pub(crate) fn blob_fetch_refused(status: u16) -> RegistryError {
         kind: FailureKind::UpstreamStatus,
         status: Some(status),
         message: format!("upstream answered {status}"),
+        access: None,
     };
     failure_error(Route::Unknown, &failure)
 }

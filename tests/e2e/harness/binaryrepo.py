@@ -6,6 +6,7 @@ $BINARYREPO_PLUGINS) or the `plugins/` directory next to the binary. Each instan
 """
 from __future__ import annotations
 
+import base64
 import os
 import re
 import signal
@@ -27,6 +28,8 @@ def plugin_dir() -> Path:
 
 
 def _toml(v) -> str:
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(x)}" for k, x in v.items()) + " }"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
@@ -37,11 +40,25 @@ def _toml(v) -> str:
     return f'"{s}"'
 
 
+# The first admin's password in every test instance (BINARYREPO_ADMIN_PASSWORD); `api()` signs in with it.
+ADMIN = ("admin", "e2e-admin-password")
+# What `open=True` grants on every repository that names no access of its own: the tests of caching,
+# pushing and routing run as anonymous clients, an operator's explicit choice (a grant to anonymous).
+OPEN_ACCESS = [{"who": "anonymous", "allow": ["read", "write", "delete"]}]
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
 class BinaryRepo:
     def __init__(self, workdir: Path, name: str = "binaryrepo", port: int | None = None, config: dict | None = None,
-                 repositories: list[dict] | None = None, tls=None, ip: str = "127.0.0.1"):
+                 repositories: list[dict] | None = None, tls=None, ip: str = "127.0.0.1", open: bool = True):
         """tls: a harness.tlscerts.ServerCert: the server gets its files as tls_cert/tls_key and the harness
-        trusts its CA for https://HOST. ip: the listen address (e.g. "::1")."""
+        trusts its CA for https://HOST. ip: the listen address (e.g. "::1").
+        open: repositories (configured here or created through `api()`) that name no `access` let anonymous
+        clients read, write and delete, and /metrics is open; open=False keeps the server's secure defaults."""
+        self.open = open
         self.dir = Path(workdir) / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.dir / "data"
@@ -49,6 +66,8 @@ class BinaryRepo:
         self.logfile = self.dir / "binaryrepo.log"
         self.port = port or free_port()
         self.config = {"upstream_connect_timeout_ms": 2000, "upstream_down_seconds": 30}
+        if open:
+            self.config["metrics_anonymous"] = True
         self.config.update(config or {})
         self.repositories = repositories or []
         self.ip = ip
@@ -73,13 +92,15 @@ class BinaryRepo:
 
     def _write_config(self):
         lines = [f"listen = {_toml(self.host)}", f"data_dir = {_toml(str(self.data_dir))}",
-                 f"plugin_dir = {_toml(str(plugin_dir()))}"]
-        lines += [f"{k} = {_toml(v)}" for k, v in self.config.items()]
+                 f"plugin_dir = {_toml(self.config.get('plugin_dir', str(plugin_dir())))}"]
+        lines += [f"{k} = {_toml(v)}" for k, v in self.config.items() if k != "plugin_dir"]
         if not self.repositories:
             # no seeds at all: without this key the server seeds its embedded defaults (a Docker Hub
             # remote as the default repository), and a test must never reach for the internet
             lines.append("repositories = []")
         for r in self.repositories:
+            if self.open and "access" not in r:
+                r = {**r, "access": OPEN_ACCESS}
             lines.append("")
             lines.append("[[repositories]]")
             lines += [f"{k} = {_toml(v)}" for k, v in r.items()]
@@ -96,6 +117,7 @@ class BinaryRepo:
         env = dict(os.environ)
         env.setdefault("RUST_BACKTRACE", "1")
         env["NO_COLOR"] = "1"  # plain log lines
+        env["BINARYREPO_ADMIN_PASSWORD"] = ADMIN[1]
         for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
             env.pop(k, None)
         self.proc = subprocess.Popen([str(exe), "serve", "--config", str(self.conf)], stdout=logf,
@@ -138,8 +160,17 @@ class BinaryRepo:
         return proc_status(self.pid)
 
     # --- management API --------------------------------------------------------------------------
-    def api(self, method: str, path: str, json_body=None, body=None, headers=None) -> Resp:
-        return request(method, self.url + path, json_body=json_body, body=body, headers=headers, timeout=30)
+    def api(self, method: str, path: str, json_body=None, body=None, headers=None, auth=ADMIN) -> Resp:
+        """The management API, as the admin unless `auth` says otherwise ((user, password), or None for an
+        anonymous call; an Authorization in `headers` wins). With `open`, a repository created or replaced
+        without `access` gets OPEN_ACCESS."""
+        hdrs = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
+        if auth is not None and not any(k.lower() == "authorization" for k, _ in hdrs):
+            hdrs.append(("Authorization", basic(*auth)))
+        if (self.open and isinstance(json_body, dict) and "access" not in json_body and method in ("POST", "PUT")
+                and path.rstrip("/").split("/")[:3] in (["", "api", "repositories"], ["", "api", "repository"])):
+            json_body = {**json_body, "access": OPEN_ACCESS}
+        return request(method, self.url + path, json_body=json_body, body=body, headers=hdrs, timeout=30)
 
     def repos(self) -> list:
         r = self.api("GET", "/api/repositories")
@@ -163,7 +194,8 @@ class BinaryRepo:
     def gc(self, repo: str = "docker-local", grace_seconds: int | None = 0, timeout: float = 300) -> dict:
         """POST /api/repositories/<repo>/gc[?grace_seconds=N] -> {"removed", "removed_bytes", "kept"}"""
         q = "" if grace_seconds is None else f"?grace_seconds={grace_seconds}"
-        r = request("POST", f"{self.url}/api/repositories/{repo}/gc{q}", timeout=timeout)
+        r = request("POST", f"{self.url}/api/repositories/{repo}/gc{q}", timeout=timeout,
+                    headers={"Authorization": basic(*ADMIN)})
         assert r.status == 200, f"POST /api/repositories/{repo}/gc{q} -> {r!r}\n{self.log_tail(10)}"
         return r.json()
 
