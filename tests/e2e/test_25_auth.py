@@ -216,3 +216,53 @@ def test_plugin_built_for_0_2_1_still_serves(make_binaryrepo, images, tmp_path):
     push(small, ref)
     skopeo_copy(ref, tmp_path / "back")
     assert skopeo_raw(ref) == small.manifest
+
+
+def test_ctr_push_with_user(secure, images, containerd, upstream):
+    """containerd's ctr: `--user` through the token flow (its POST grant_type=password request)"""
+    small = images["small"]
+    remote_ref = small.ref(secure.prefix(REMOTE))
+    containerd.ctr("images", "pull", "--plain-http", remote_ref)  # anonymous pull of the remote
+    local_ref = f"{secure.prefix(LOCAL)}/e2e/fromctr:1"
+    try:
+        containerd.ctr("images", "tag", remote_ref, local_ref)
+        out = containerd.ctr("images", "push", "--plain-http", "--user", creds(BOB), local_ref, check=False)
+        assert out.returncode != 0, "bob may not write"
+        containerd.ctr("images", "push", "--plain-http", "--user", creds(ALICE), local_ref)
+        assert json.loads(skopeo_raw(local_ref, creds=creds(BOB)))["schemaVersion"] == 2
+    finally:
+        containerd.ctr("images", "rm", remote_ref, local_ref, check=False)
+
+
+@pytest.mark.parametrize("major", [3, 4])
+def test_helm_registry_login(secure, major, tmp_path):
+    """helm registry login checks the password; after it, helm pushes an OCI chart where it may write"""
+    from harness.helm import Helm
+    try:
+        helm = Helm(major, tmp_path / f"helm{major}")
+    except RuntimeError as e:
+        pytest.skip(f"helm {major} could not be fetched: {e}")
+    plain = ["--insecure"] + (["--plain-http"] if major >= 4 else [])
+    out = helm("registry", "login", secure.host, *plain, "-u", ALICE[0], "-p", "wrong-password", check=False)
+    assert out.returncode != 0
+    helm("registry", "login", secure.host, *plain, "-u", ALICE[0], "-p", ALICE[1])
+    src = tmp_path / "src"
+    src.mkdir()
+    helm("create", "authchart", cwd=src)
+    helm("package", str(src / "authchart"), "--version", "0.1.0", "-d", str(tmp_path))
+    helm("push", str(tmp_path / "authchart-0.1.0.tgz"), f"oci://{secure.prefix(LOCAL)}/charts", "--plain-http")
+    r = request("GET", secure.v2(LOCAL, "charts/authchart/manifests/0.1.0"),
+                headers={"Authorization": basic(*BOB), "Accept": "application/vnd.oci.image.manifest.v1+json"})
+    assert r.status == 200
+
+
+def test_failed_logins_are_slowed_and_logged(secure):
+    """auth/throttle.rs: past 5 failures from one address, each further failure waits (1 s, 2 s ...)"""
+    bad = {"Authorization": basic("alice", "not-her-password")}
+    for _ in range(5):
+        assert request("GET", secure.url + "/api/users/me", headers=bad).status == 401
+    started = time.monotonic()
+    assert request("GET", secure.url + "/api/users/me", headers=bad).status == 401
+    assert time.monotonic() - started >= 0.9, "the sixth failure in a row is answered after a delay"
+    log = open(secure.logfile, errors="replace").read()
+    assert len(re.findall(r'audit.*user="?alice"?.*action="?login"?.*outcome="?failed', log)) >= 6

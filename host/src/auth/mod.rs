@@ -278,6 +278,11 @@ impl Auth {
             let decoded = STANDARD.decode(rest).map_err(|_| AuthFailure::Malformed("Basic credentials are not base64"))?;
             let colon = decoded.iter().position(|&b| b == b':').ok_or(AuthFailure::Malformed("Basic credentials have no ':'"))?;
             let user = std::str::from_utf8(&decoded[..colon]).map_err(|_| AuthFailure::Malformed("user name is not UTF-8"))?;
+            // Clients without credentials answer a Basic challenge with an empty pair (skopeo and
+            // podman send `Basic Og==`): that is an anonymous request, not a failed login.
+            if user.is_empty() && colon + 1 == decoded.len() {
+                return Ok(Identity::Anonymous);
+            }
             self.basic(user, &decoded[colon + 1..]).await
         } else if scheme.eq_ignore_ascii_case(b"bearer") {
             let token = std::str::from_utf8(rest).map_err(|_| AuthFailure::Malformed("Bearer token is not text"))?;
