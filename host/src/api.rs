@@ -177,6 +177,14 @@ async fn accounts(
     }
 }
 
+/// An admin user, or a user with `admin` access to this existing repository (who may then show,
+/// replace or delete it; creating one needs an admin user).
+fn may_administer(app: &App, user: Option<&Arc<UserIdentity>>, name: &str) -> bool {
+    let Some(user) = user else { return false };
+    user.admin
+        || app.repos.get(name).is_some_and(|r| crate::auth::permits(&Identity::User(user.clone()), r.grants(), crate::auth::Access::Admin))
+}
+
 fn no_content() -> Response<Body> {
     let mut resp = Response::new(body::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
@@ -256,6 +264,8 @@ fn who_may(path: &str, metrics_anonymous: bool) -> Needs {
         "/metrics" if metrics_anonymous => Needs::Nobody,
         "/api/users/me" | "/api/tokens" => Needs::User,
         p if p.starts_with("/api/tokens/") => Needs::User,
+        // one repository: its own admins too (checked in `route`)
+        p if p.strip_prefix("/api/repositories/").is_some_and(|name| !name.is_empty() && !name.contains('/')) => Needs::User,
         _ => Needs::Admin,
     }
 }
@@ -270,6 +280,9 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, user: Option<&Arc<UserIde
     match (method, segments.as_slice()) {
         (Method::GET, ["health"]) => Ok(ok(StatusCode::OK, json!({"status": "ok"}))),
         (_, ["users", ..] | ["tokens", ..]) => accounts(app, req, user, &segments).await,
+        (_, ["repositories", name]) if !may_administer(app, user, name) => {
+            Err(ApiError::Denied(format!("configuring repository {name:?} needs an admin, or admin access to it")))
+        }
         (Method::GET, ["plugins"]) => {
             let list: Vec<_> = app
                 .plugins
@@ -293,6 +306,16 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, user: Option<&Arc<UserIde
         (Method::PUT, ["repositories" | "repository", name]) => {
             let name = (*name).to_owned();
             let input = read_input(req).await?;
+            // A repository's own admins configure it, not the server: listeners, host names and
+            // the default route stay an admin user's.
+            if !user.is_some_and(|u| u.admin)
+                && let Some(old) = app.repos.get(&name)
+            {
+                let hostnames: Vec<String> = input.hostnames.iter().flatten().map(|h| h.to_ascii_lowercase()).collect();
+                if input.port != old.port || hostnames != old.hostnames || input.default.unwrap_or(false) != old.default {
+                    return Err(ApiError::Denied("only an admin user may change a repository's port, hostnames or default".into()));
+                }
+            }
             put(app, &name, input).await
         }
         (Method::DELETE, ["repositories" | "repository", name]) => delete(app, name),

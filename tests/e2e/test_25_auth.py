@@ -266,3 +266,21 @@ def test_failed_logins_are_slowed_and_logged(secure):
     assert time.monotonic() - started >= 0.9, "the sixth failure in a row is answered after a delay"
     log = open(secure.logfile, errors="replace").read()
     assert len(re.findall(r'audit.*user="?alice"?.*action="?login"?.*outcome="?failed', log)) >= 6
+
+
+def test_repository_admin_grant(secure):
+    """api.rs may_administer: a user with `admin` on one repository may show and change it (not its
+    port), nothing else of the server"""
+    grants = [{"who": "user:bob", "allow": ["admin"]}, {"who": "authenticated", "allow": ["read"]}]
+    assert secure.api("PUT", f"/api/repositories/{LOCAL}",
+                      {"type": "local", "format": "docker", "access": grants}).status == 200
+    assert secure.api("GET", f"/api/repositories/{LOCAL}", auth=BOB).status == 200
+    assert secure.api("GET", f"/api/repositories/{REMOTE}", auth=BOB).status == 403
+    r = secure.api("PUT", f"/api/repositories/{LOCAL}", {"type": "local", "format": "docker", "access": grants,
+                                                          "delete_enabled": False}, auth=BOB)
+    assert r.status == 200 and r.json()["delete_enabled"] is False
+    r = secure.api("PUT", f"/api/repositories/{LOCAL}", {"type": "local", "format": "docker", "access": grants,
+                                                          "port": 1}, auth=BOB)
+    assert r.status == 403
+    assert secure.api("PUT", "/api/repositories/bobs-new", {"type": "local", "format": "docker"}, auth=BOB).status == 403
+    assert secure.api("GET", "/api/repositories", auth=BOB).status == 403
