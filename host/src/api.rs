@@ -203,14 +203,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Re
 }
 
 async fn read_input(req: Request<Incoming>) -> Result<RepositoryInput, ApiError> {
-    let bytes: Bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(ApiError::TooLarge(format!("request body over {MAX_BODY} bytes")));
-        }
-        Err(e) => return Err(ApiError::BadRequest(format!("cannot read the request body: {e}"))),
-    };
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))
+    read_json(req).await
 }
 
 /// The Prometheus exposition of `crate::metrics`.

@@ -144,15 +144,6 @@ pub fn info(i: bindings::v0_2::exports::binaryrepo::plugin::format::PluginInfo) 
     bindings::PluginInfo { format: i.format, contract: i.contract, roots: i.roots }
 }
 
-macro_rules! timed {
-    ($self:ident, $body:expr) => {{
-        let started = std::time::Instant::now();
-        let out = $body;
-        $self.add_host_time(started.elapsed());
-        out
-    }};
-}
-
 /// 0.2's `host`: the same capabilities, the same accounting, as the current interfaces.
 impl host::Host for CallState {
     async fn log(&mut self, l: old::Level, message: String) {

@@ -3,23 +3,12 @@
 //! budget. Every import but the reads of this repository's metadata and of the blob store marks
 //! the call as one whose plan is not reused.
 
-use std::time::Instant;
-
 use super::bindings::v0_3::binaryrepo::plugin::{blobs, log, meta, repositories, reuse, scratch, types, uploads, upstream};
 use super::caps;
 use super::state::CallState;
 use types::{BlobInfo, HostError, Level, Repository, UpstreamRequest, UpstreamResponse};
 
 impl types::Host for CallState {}
-
-macro_rules! timed {
-    ($self:ident, $body:expr) => {{
-        let started = Instant::now();
-        let out = $body;
-        $self.add_host_time(started.elapsed());
-        out
-    }};
-}
 
 impl log::Host for CallState {
     async fn log(&mut self, level: Level, message: String) {

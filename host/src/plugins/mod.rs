@@ -3,6 +3,16 @@
 //! cleanly (`warm`, `plugin_instance_reuse`), else a fresh store from the pre-instantiated
 //! component. A plan the plugin offers for reuse answers later requests without a call (`reuse`).
 
+/// A host call's time, taken off the plugin's CPU budget (host calls of every contract version).
+macro_rules! timed {
+    ($self:ident, $body:expr) => {{
+        let started = std::time::Instant::now();
+        let out = $body;
+        $self.add_host_time(started.elapsed());
+        out
+    }};
+}
+
 pub mod bindings;
 pub mod caps;
 mod compat;
