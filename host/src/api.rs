@@ -349,16 +349,19 @@ async fn create(app: &Arc<App>, input: RepositoryInput) -> Result<Response<Body>
         return Err(ApiError::Conflict(format!("repository {} already exists", repo.name)));
     }
     let port = repo.port;
-    if let Some(port) = port {
-        bind(app, port).await?;
-    }
+    // Only a listener this call started is stopped again when the create fails: a port another
+    // repository holds keeps serving it.
+    let started = match port {
+        Some(port) => bind(app, port).await?,
+        None => false,
+    };
     match app.repos.create(repo) {
         Ok(repo) => {
             tracing::info!(repo = %repo.name, "repository created");
             Ok(ok(StatusCode::CREATED, view(&repo)))
         }
         Err(e) => {
-            if let Some(port) = port {
+            if let (true, Some(port)) = (started, port) {
                 app.listeners.stop(port);
             }
             Err(e.into())
@@ -366,11 +369,13 @@ async fn create(app: &Arc<App>, input: RepositoryInput) -> Result<Response<Body>
     }
 }
 
-async fn bind(app: &Arc<App>, port: u16) -> Result<(), ApiError> {
+/// Listens on `port` unless a repository already does; true when this call started the listener.
+async fn bind(app: &Arc<App>, port: u16) -> Result<bool, ApiError> {
     if app.repos.by_port(port).is_some() {
-        return Ok(());
+        return Ok(false);
     }
-    app.listeners.ensure(app, port).await.map_err(|e| ApiError::Conflict(format!("cannot listen on port {port}: {e}")))
+    app.listeners.ensure(app, port).await.map_err(|e| ApiError::Conflict(format!("cannot listen on port {port}: {e}")))?;
+    Ok(true)
 }
 
 async fn put(app: &Arc<App>, name: &str, input: RepositoryInput) -> Result<Response<Body>, ApiError> {
@@ -378,10 +383,7 @@ async fn put(app: &Arc<App>, name: &str, input: RepositoryInput) -> Result<Respo
     let new_port = repo.port;
     let old_port = app.repos.get(name).and_then(|r| r.port);
     let bound_new = match new_port {
-        Some(p) if Some(p) != old_port => {
-            bind(app, p).await?;
-            true
-        }
+        Some(p) if Some(p) != old_port => bind(app, p).await?,
         _ => false,
     };
     match app.repos.put(repo) {

@@ -147,3 +147,21 @@ def test_repositories_persist_across_restart(br):
     obj = br.api("GET", "/api/repositories/persist-remote").json()
     assert obj["has_credentials"] is True and obj["tag_check_seconds"] == 42, obj
     assert "persist-deleted" not in names(br)
+
+
+def test_a_port_another_repository_holds_is_refused_and_keeps_serving(br):
+    """api.rs create/put: a failed call stops only a listener it started itself"""
+    from harness.binaryrepo import ADMIN, basic
+    from harness.util import free_port, request
+    port = free_port()
+    assert br.create_local("holder", port=port)
+    ping = lambda: request("GET", f"http://127.0.0.1:{port}/v2/", headers={"Authorization": basic(*ADMIN)}, timeout=5)
+    assert ping().status == 200
+    r = br.api("POST", "/api/repositories", {"name": "taker", "type": "local", "format": "docker", "port": port})
+    assert r.status == 409, r
+    assert ping().status == 200, "the holder's listener still serves after a refused create"
+    assert br.create_local("other")
+    r = br.api("PUT", "/api/repositories/other", {"type": "local", "format": "docker", "port": port})
+    assert r.status == 409, r
+    assert ping().status == 200, "and after a refused replace"
+    assert br.api("GET", "/api/repositories/taker").status == 404
