@@ -162,6 +162,11 @@ fn range_not_satisfiable(len: u64) -> Response<Body> {
 /// A single `bytes=` range against a blob of `len` bytes: Some(Ok((start, len))), Some(Err)
 /// when unsatisfiable, None to serve it whole (absent, malformed or multi-range).
 fn parse_range(header: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
+    // An empty blob has no byte a range could name: it is served whole (200, no body), as a
+    // server may ignore Range; a suffix range would otherwise come out as a 0-byte 206.
+    if len == 0 {
+        return None;
+    }
     let spec = header.trim().strip_prefix("bytes=")?;
     if spec.contains(',') {
         return None;
@@ -548,5 +553,8 @@ mod tests {
         assert_eq!(parse_range("bytes=100-", 100), Some(Err(())));
         assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
         assert_eq!(parse_range("items=0-1", 100), None);
+        // a zero-length blob: served whole, whatever the range
+        assert_eq!(parse_range("bytes=-5", 0), None);
+        assert_eq!(parse_range("bytes=0-", 0), None);
     }
 }
