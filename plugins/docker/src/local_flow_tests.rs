@@ -607,6 +607,20 @@ fn mount_from_a_remote_needs_a_held_link_not_a_pending_fetch() {
 }
 
 #[test]
+fn manifest_with_a_wrong_layer_size_is_refused() {
+    let h = host();
+    let c = client(&h);
+    let config = c.push_blob("app", b"{\"architecture\":\"amd64\"}");
+    let layer = c.push_blob("app", b"sixteen bytes!!!");
+    let m = image_manifest((&config, 24), &[(&layer, 17)], json!({}));
+    let r = c.put_manifest("app", "v1", OCI, &m);
+    assert_eq!(status_code(&r), (400, "MANIFEST_INVALID".into()));
+    assert!(h.meta.borrow().keys().all(|k| !k.starts_with("tag/")));
+    let m = image_manifest((&config, 24), &[(&layer, 16)], json!({}));
+    assert_eq!(c.put_manifest("app", "v1", OCI, &m).status, 201);
+}
+
+#[test]
 fn manifest_push_by_tag_needs_its_blobs_in_the_image() {
     let h = host();
     let c = client(&h);

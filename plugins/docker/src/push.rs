@@ -127,10 +127,24 @@ fn check_references(host: &impl Host, name: &Name, doc: &Manifest) -> Result<(),
         .with_detail(json!({ "digest": d.digest.as_str() }))
     };
     for blob in doc.blobs() {
-        if !meta::blob_linked(host, name, &blob.digest)?
-            || !store::blob_present(host, &blob.digest)?
-        {
+        if !meta::blob_linked(host, name, &blob.digest)? {
             return Err(missing(blob, "blob"));
+        }
+        match host.blob_stat(blob.digest.as_str())? {
+            None => return Err(missing(blob, "blob")),
+            // A descriptor is the client's promise of what it will fetch: a wrong size would make
+            // every pull of the image fail its own size check.
+            Some(info) if info.size != blob.size => {
+                return Err(RegistryError::new(
+                    ErrorCode::ManifestInvalid,
+                    format!(
+                        "blob {} is {} bytes, not the {} its descriptor states",
+                        blob.digest, info.size, blob.size
+                    ),
+                )
+                .with_detail(json!({ "digest": blob.digest.as_str(), "size": info.size })));
+            }
+            Some(_) => {}
         }
     }
     for child in &doc.manifests {
