@@ -185,6 +185,36 @@ fn may_administer(app: &App, user: Option<&Arc<UserIdentity>>, name: &str) -> bo
         || app.repos.get(name).is_some_and(|r| crate::auth::permits(&Identity::User(user.clone()), r.grants(), crate::auth::Access::Admin))
 }
 
+/// Whether the server can do its work: the data directory takes a write, the metadata store
+/// takes a write, plugins are loaded. 503 with the reasons otherwise (a full disk, a failing
+/// metadata store), so a load balancer or an orchestrator stops sending traffic.
+async fn ready(app: &Arc<App>) -> Response<Body> {
+    let data_dir = app.config.data_dir.clone();
+    let caps = app.caps.clone();
+    let probed = tokio::task::spawn_blocking(move || {
+        let mut reasons = Vec::new();
+        let probe = data_dir.join(".ready-probe");
+        if let Err(e) = std::fs::write(&probe, b"1").and_then(|()| std::fs::remove_file(&probe)) {
+            reasons.push(format!("data directory not writable: {e}"));
+        }
+        // "api" is a name no repository may have: the host's own key.
+        if let Err(e) = caps.meta.put("api", "ready", b"1") {
+            reasons.push(format!("metadata store not answering: {e}"));
+        }
+        reasons
+    })
+    .await;
+    let mut reasons = probed.unwrap_or_else(|e| vec![format!("readiness check failed: {e}")]);
+    if app.plugins.formats().is_empty() {
+        reasons.push("no format plugins loaded".into());
+    }
+    if reasons.is_empty() {
+        ok(StatusCode::OK, json!({"status": "ready"}))
+    } else {
+        ok(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "not ready", "reasons": reasons}))
+    }
+}
+
 fn no_content() -> Response<Body> {
     let mut resp = Response::new(body::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
@@ -253,7 +283,7 @@ enum Needs {
 
 fn who_may(path: &str, metrics_anonymous: bool) -> Needs {
     match path {
-        "/api/health" => Needs::Nobody,
+        "/api/health" | "/api/ready" => Needs::Nobody,
         "/metrics" if metrics_anonymous => Needs::Nobody,
         "/api/users/me" | "/api/tokens" => Needs::User,
         p if p.starts_with("/api/tokens/") => Needs::User,
@@ -272,6 +302,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, user: Option<&Arc<UserIde
     let method = req.method().clone();
     match (method, segments.as_slice()) {
         (Method::GET, ["health"]) => Ok(ok(StatusCode::OK, json!({"status": "ok"}))),
+        (Method::GET, ["ready"]) => Ok(ready(app).await),
         (_, ["users", ..] | ["tokens", ..]) => accounts(app, req, user, &segments).await,
         (_, ["repositories", name]) if !may_administer(app, user, name) => {
             Err(ApiError::Denied(format!("configuring repository {name:?} needs an admin, or admin access to it")))
@@ -321,7 +352,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, user: Option<&Arc<UserIde
         }
         (
             _,
-            ["health" | "plugins" | "repositories" | "repository" | "gc"]
+            ["health" | "ready" | "plugins" | "repositories" | "repository" | "gc"]
             | ["repositories" | "repository", _]
             | ["repositories" | "repository", _, "gc"],
         ) => Err(ApiError::MethodNotAllowed(format!("{} is not supported on {path}", req.method()))),

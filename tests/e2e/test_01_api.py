@@ -165,3 +165,10 @@ def test_a_port_another_repository_holds_is_refused_and_keeps_serving(br):
     assert r.status == 409, r
     assert ping().status == 200, "and after a refused replace"
     assert br.api("GET", "/api/repositories/taker").status == 404
+
+
+def test_ready(br):
+    """GET /api/ready: open to anyone, 200 when the data directory and the metadata store take writes"""
+    r = br.api("GET", "/api/ready", auth=None)
+    assert r.status == 200 and r.json() == {"status": "ready"}, r
+    assert br.api("POST", "/api/ready").status == 405
