@@ -91,12 +91,6 @@ async fn accounts(
 ) -> Result<Response<Body>, ApiError> {
     let Some(user) = user else { return Err(ApiError::Unauthenticated("authentication required".into())) };
     let admin = || if user.admin { Ok(()) } else { Err(ApiError::Denied(format!("{} is not an admin", user.name))) };
-    let user_err = |e: UserError| match e.status() {
-        StatusCode::NOT_FOUND => ApiError::NotFound(e.to_string()),
-        StatusCode::CONFLICT => ApiError::Conflict(e.to_string()),
-        s if s.is_server_error() => ApiError::Internal(e.to_string()),
-        _ => ApiError::BadRequest(e.to_string()),
-    };
     let method = req.method().clone();
     match (method, segments) {
         (Method::GET, ["users", "me"]) => {
@@ -109,7 +103,7 @@ async fn accounts(
         (Method::POST, ["users"]) => {
             admin()?;
             let input: NewUser = read_json(req).await?;
-            let created = app.auth.create_user(input).await.map_err(user_err)?;
+            let created = app.auth.create_user(input).await.map_err(user_error)?;
             Ok(ok(StatusCode::CREATED, json!(created)))
         }
         (Method::GET, ["users", name]) => {
@@ -121,17 +115,14 @@ async fn accounts(
             admin()?;
             let name = (*name).to_owned();
             let change: UserUpdate = read_json(req).await?;
-            let updated = app.auth.update_user(&name, change).await.map_err(user_err)?;
+            let updated = app.auth.update_user(&name, change).await.map_err(user_error)?;
             Ok(ok(StatusCode::OK, json!(updated)))
         }
         (Method::DELETE, ["users", name]) => {
             admin()?;
             let auth = app.auth.clone();
             let name = (*name).to_owned();
-            tokio::task::spawn_blocking(move || auth.delete_user(&name))
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?
-                .map_err(user_err)?;
+            blocking(move || auth.delete_user(&name)).await?;
             Ok(no_content())
         }
         (Method::GET, ["tokens"]) => Ok(ok(StatusCode::OK, json!(app.auth.tokens(user.name.as_str())))),
@@ -146,10 +137,7 @@ async fn accounts(
             let input: NewToken = read_json(req).await?;
             let auth = app.auth.clone();
             let owner = user.name.as_str().to_owned();
-            let (view, secret) = tokio::task::spawn_blocking(move || auth.create_token(&owner, &input.name, input.expires_in_seconds))
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?
-                .map_err(user_err)?;
+            let (view, secret) = blocking(move || auth.create_token(&owner, &input.name, input.expires_in_seconds)).await?;
             let mut body = json!(view);
             if let Some(obj) = body.as_object_mut() {
                 obj.insert("token".into(), json!(secret.expose()));
@@ -164,10 +152,7 @@ async fn accounts(
             }
             let auth = app.auth.clone();
             let id = (*id).to_owned();
-            tokio::task::spawn_blocking(move || auth.revoke_token(&id))
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?
-                .map_err(user_err)?;
+            blocking(move || auth.revoke_token(&id)).await?;
             Ok(no_content())
         }
         (_, ["users"] | ["users", _] | ["tokens"] | ["tokens", _]) => {
@@ -213,6 +198,20 @@ async fn ready(app: &Arc<App>) -> Response<Body> {
     } else {
         ok(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "not ready", "reasons": reasons}))
     }
+}
+
+fn user_error(e: UserError) -> ApiError {
+    match e.status() {
+        StatusCode::NOT_FOUND => ApiError::NotFound(e.to_string()),
+        StatusCode::CONFLICT => ApiError::Conflict(e.to_string()),
+        s if s.is_server_error() => ApiError::Internal(e.to_string()),
+        _ => ApiError::BadRequest(e.to_string()),
+    }
+}
+
+/// Changes to users and tokens write and fsync a file: off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, UserError> + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(e.to_string()))?.map_err(user_error)
 }
 
 fn no_content() -> Response<Body> {
