@@ -76,12 +76,6 @@ pub struct Caller {
     pub readable: Readable,
 }
 
-impl Caller {
-    pub fn anonymous() -> Caller {
-        Caller { wit: types::Caller { user: None, token_service: None }, readable: Readable::all() }
-    }
-}
-
 /// Credentials are the host's: plugins never see them.
 fn hidden_from_plugins(name: &http::HeaderName) -> bool {
     name == http::header::AUTHORIZATION || name == http::header::COOKIE || name == http::header::PROXY_AUTHORIZATION

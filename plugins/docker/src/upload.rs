@@ -7,8 +7,7 @@
 //! commits, and then hands the outcome back to `complete` for the client's answer.
 
 use crate::contract::{
-    Headers, Host, HostError, Plan, ReceiveUpload, Repository, Request, Response, UploadOutcome,
-    header,
+    Headers, Host, Plan, ReceiveUpload, Repository, Request, Response, UploadOutcome, header,
 };
 use crate::error::{ErrorCode, RegistryError};
 use crate::meta;
@@ -93,15 +92,6 @@ fn link(host: &impl Host, name: &Name, digest: &Digest) -> Result<(), RegistryEr
     Ok(())
 }
 
-/// The host refuses a new session when the repository or the server has as many open as it
-/// allows: the client may retry once others finish, so a rate limit, not a server fault.
-fn start_refused(e: HostError) -> RegistryError {
-    match e {
-        HostError::NotAllowed(m) => RegistryError::new(ErrorCode::TooManyRequests, m),
-        other => RegistryError::from_host(&other),
-    }
-}
-
 /// `POST /v2/<name>/blobs/uploads/[?mount=&from=|?digest=]`
 pub fn start(
     host: &impl Host,
@@ -121,14 +111,14 @@ pub fn start(
     if url::query_param(query, "digest").is_some() {
         // monolithic: the whole blob in this request's body
         let digest = digest_param(req)?;
-        let id = host.upload_start().map_err(start_refused)?;
+        let id = host.upload_start()?;
         return Ok(Plan::ReceiveUpload(ReceiveUpload {
             id,
             expect_offset: Some(0),
             commit: Some(digest.to_string()),
         }));
     }
-    let id = host.upload_start().map_err(start_refused)?;
+    let id = host.upload_start()?;
     Ok(Plan::Respond(plan::empty(
         202,
         session_headers(req, name, &id, 0),
@@ -298,9 +288,12 @@ mod tests {
 
     #[test]
     fn a_refused_session_is_a_rate_limit() {
-        let e = start_refused(HostError::NotAllowed("100 upload sessions are open".into()));
+        // the host says `limit` when a repository or the server has as many sessions open as it allows
+        let e = RegistryError::from_host(&crate::contract::HostError::Limit(
+            "100 upload sessions are open".into(),
+        ));
         assert_eq!((e.code, e.status), (ErrorCode::TooManyRequests, 429));
-        let e = start_refused(HostError::Internal("disk".into()));
+        let e = RegistryError::from_host(&crate::contract::HostError::Internal("disk".into()));
         assert_eq!(e.code, ErrorCode::Unknown);
     }
 
