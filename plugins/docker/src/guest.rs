@@ -21,6 +21,7 @@ impl Guest for Component {
             format: handler::FORMAT.to_owned(),
             contract: handler::CONTRACT.to_owned(),
             roots: handler::ROOTS.iter().map(|r| (*r).to_owned()).collect(),
+            merged: Vec::new(),
         }
     }
 
@@ -48,6 +49,15 @@ impl Guest for Component {
     fn live_blobs(repository: wit::Repository) -> Result<Vec<String>, wit::HostError> {
         // An error makes the host collect nothing: an incomplete list would delete live blobs.
         handler::live_blobs(&WitHost, &repository_in(repository)).map_err(host_error_out)
+    }
+
+    fn merge(
+        request: wit::Request,
+        _answers: Vec<exports::binaryrepo::plugin::format::MemberAnswer>,
+    ) -> wit::Plan {
+        // `merged` is empty: virtual repositories resolve every read member by member, so the
+        // host never asks for a merge.
+        <Component as Guest>::handle(request)
     }
 
     fn file_fetched(
