@@ -8,7 +8,7 @@ TEST_PLUGIN_OUT := $(RELEASE)/test-plugins
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: all build host plugins test-plugins run test test-unit test-e2e fmt fmt-check deps deps-test clean bench
+.PHONY: all build host plugins test-plugins run test test-unit test-e2e fmt fmt-check deps deps-test clean bench fuzz-build fuzz
 
 all: build
 
@@ -39,9 +39,11 @@ test: deps-test build test-unit test-e2e
 test-unit: fmt-check
 	cargo test --release -p binaryrepo
 	plugins/build.sh test
+	cargo test --quiet --manifest-path examples/generic-file/Cargo.toml --target-dir target/examples
 
-# rustfmt over the host (host/rustfmt.toml: 140 columns) and every plugin crate (rustfmt's defaults).
-RUST_CRATES := . $(patsubst %/Cargo.toml,%,$(wildcard plugins/*/Cargo.toml plugins/testdata/*/Cargo.toml))
+# rustfmt over the host (host/rustfmt.toml: 140 columns), every plugin crate and the example plugin
+# (rustfmt's defaults).
+RUST_CRATES := . $(patsubst %/Cargo.toml,%,$(wildcard plugins/*/Cargo.toml plugins/testdata/*/Cargo.toml)) examples/generic-file
 fmt:
 	for d in $(RUST_CRATES); do (cd $$d && cargo fmt --all) || exit 1; done
 
@@ -63,6 +65,15 @@ bench: deps-test build
 	tests/bench/install-deps.sh
 	BINARYREPO_BIN=$(CURDIR)/$(RELEASE)/binaryrepo BINARYREPO_PLUGINS=$(CURDIR)/$(PLUGIN_OUT) \
 		.venv/bin/python tests/bench/bench.py $(BENCH_ARGS)
+
+# Fuzz targets (docs/fuzzing.md): nightly and cargo-fuzz, not part of `make test`.
+FUZZ_SECONDS ?= 60
+fuzz-build:
+	cd fuzz && cargo +nightly fuzz build -s none
+
+fuzz: fuzz-build
+	cd fuzz && for t in $$(cargo +nightly fuzz list); do \
+		cargo +nightly fuzz run -s none $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=8192 || exit 1; done
 
 clean:
 	cargo clean

@@ -10,7 +10,9 @@
 #   plugins/build.sh build-test OUTDIR
 #                                 build the test-only plugins under testdata/ (misbehaving on
 #                                 purpose, for the end-to-end tests); never part of `build`
-#   plugins/build.sh test         native unit tests of every plugin
+#   plugins/build.sh test         native unit tests of the SDK and every plugin
+#
+# plugins/sdk is the guest SDK: a library every plugin builds on, never a .wasm of its own.
 set -euo pipefail
 caller=$PWD
 cd "$(dirname "$0")"
@@ -73,6 +75,7 @@ case "${1:-}" in
     out=$(cd "$caller" && realpath -m "${2:?usage: build-test OUTDIR}"); install; mkdir -p "$out"
     build_into "$out" $(crates testdata) ;;
   test)
+    (cd sdk && cargo test --quiet --features fake-host)
     for c in $(crates); do (cd "$c" && cargo test --quiet); done ;;
   *) echo "usage: $0 install | build OUTDIR | build-test OUTDIR | test" >&2; exit 2 ;;
 esac

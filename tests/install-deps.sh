@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests need, idempotently (only what is missing):
 #   - Debian packages for the test peers and clients: CNCF distribution (docker-registry), skopeo, podman,
-#     containerd + ctr, Docker Engine (docker.io), nginx, htpasswd (apache2-utils), busybox-static, openssl, curl
+#     containerd + ctr, Docker Engine (docker.io), nginx, htpasswd (apache2-utils), busybox-static, openssl, curl,
+#     go 1.19 and golang.org/x/mod (golang-go golang-golang-x-mod-dev: the Go module tests and their checksum database)
 #   - the Python venv .venv with tests/requirements.txt
 # Run as root (the tests start dockerd, containerd and nginx themselves; no daemon is enabled here).
 set -euo pipefail
@@ -14,10 +15,18 @@ install() {  # own archive dir: Debian images' docker-clean hook can delete the 
   [ -n "${UPDATED:-}" ] || { "${APT[@]}" update -qq; UPDATED=1; }
   DEBIAN_FRONTEND=noninteractive "${APT[@]}" install -y -qq "$@" >/dev/null
 }
-pkgs=$(missing docker-registry skopeo podman containerd nginx apache2-utils busybox-static openssl curl)
+pkgs=$(missing docker-registry skopeo podman containerd nginx apache2-utils busybox-static openssl curl golang-go golang-golang-x-mod-dev)
 python3 -c 'import ensurepip' 2>/dev/null || pkgs="$pkgs python3-venv"
 if [ -n "${pkgs// /}" ]; then log "apt-get install" $pkgs; install $pkgs; fi
 engine=$(missing docker.io)
 if [ -n "$engine" ]; then log "apt-get install --no-install-recommends docker.io"; install --no-install-recommends docker.io; fi
 [ -x .venv/bin/python ] || { log "python3 -m venv .venv"; python3 -m venv .venv; }
-.venv/bin/python -c 'import pytest, cryptography, prometheus_client' 2>/dev/null || .venv/bin/pip install -q -r tests/requirements.txt
+.venv/bin/python -c 'import pytest, cryptography, prometheus_client, yaml, schemathesis' 2>/dev/null || .venv/bin/pip install -q -r tests/requirements.txt
+# The web page's test: Debian's Chromium driven by playwright-core (no browser download) from Node.
+# Node.js and npm count when their commands exist (a Node.js not from Debian ships its own npm).
+web=$(missing chromium)
+command -v node >/dev/null && command -v npm >/dev/null || web="$web nodejs npm"
+if [ -n "${web// /}" ]; then log "apt-get install" $web; install $web; fi
+if [ ! -f tests/e2e/web/node_modules/playwright-core/package.json ]; then
+  log "npm ci in tests/e2e/web"; (cd tests/e2e/web && npm ci --no-audit --no-fund --silent)
+fi

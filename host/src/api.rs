@@ -17,6 +17,10 @@ use crate::repos::{RepoError, Repository, RepositoryInput};
 use crate::server::body::{self, Body};
 use crate::server::respond::json as json_response;
 
+mod stats;
+
+pub use stats::SizeCache;
+
 const MAX_BODY: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +42,9 @@ enum ApiError {
     /// Our fault.
     #[error("{0}")]
     Internal(String),
+    /// The server cannot take the change now (a full disk); retrying later may work.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<RepoError> for ApiError {
@@ -46,6 +53,9 @@ impl From<RepoError> for ApiError {
             RepoError::Invalid(m) => ApiError::BadRequest(m),
             RepoError::Conflict(m) => ApiError::Conflict(m),
             RepoError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            RepoError::Persist { ref source, .. } if crate::storage::durable::is_out_of_space(source) => {
+                ApiError::Unavailable(e.to_string())
+            }
             RepoError::Persist { .. } | RepoError::Load { .. } => ApiError::Internal(e.to_string()),
         }
     }
@@ -62,6 +72,7 @@ impl ApiError {
             ApiError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
             ApiError::Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
         };
         if status.is_server_error() {
             tracing::error!(error = %self, "api");
@@ -78,9 +89,34 @@ fn ok(status: StatusCode, value: serde_json::Value) -> Response<Body> {
     json_response(status, &value)
 }
 
-fn view(repo: &Repository) -> serde_json::Value {
-    serde_json::to_value(repo.view()).unwrap_or(serde_json::Value::Null)
+/// A repository as the API shows it, with who owns its definition: the configuration file
+/// (`repositories_mode = "managed"`) or the API.
+fn view(app: &App, repo: &Repository) -> serde_json::Value {
+    let mut value = serde_json::to_value(repo.view()).unwrap_or(serde_json::Value::Null);
+    if let Some(obj) = value.as_object_mut() {
+        let by = if app.live.is_file_managed(repo.name.as_str()) { "file" } else { "api" };
+        obj.insert("managed_by".into(), json!(by));
+    }
+    value
 }
+
+/// A repository the configuration file manages is changed there, not through the API.
+fn not_file_managed(app: &App, name: &str) -> Result<(), ApiError> {
+    if app.live.is_file_managed(name) {
+        return Err(ApiError::Conflict(format!(
+            "repository {name} is declared in the configuration file (repositories_mode = \"managed\"); change it there"
+        )));
+    }
+    Ok(())
+}
+
+/// Creates or replaces a repository the configuration file declares (a reload).
+pub(crate) async fn apply_declared(app: &Arc<App>, name: &str, input: RepositoryInput) -> Result<(), String> {
+    put(app, name, input).await.map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// The OpenAPI 3.1 description of this API (`GET /api/openapi.json`).
+const OPENAPI: &str = include_str!("api/openapi.json");
 
 /// Users (admins) and API tokens (each user their own; admins any).
 async fn accounts(
@@ -174,25 +210,7 @@ fn may_administer(app: &App, user: Option<&Arc<UserIdentity>>, name: &str) -> bo
 /// takes a write, plugins are loaded. 503 with the reasons otherwise (a full disk, a failing
 /// metadata store), so a load balancer or an orchestrator stops sending traffic.
 async fn ready(app: &Arc<App>) -> Response<Body> {
-    let data_dir = app.config.data_dir.clone();
-    let caps = app.caps.clone();
-    let probed = tokio::task::spawn_blocking(move || {
-        let mut reasons = Vec::new();
-        let probe = data_dir.join(".ready-probe");
-        if let Err(e) = std::fs::write(&probe, b"1").and_then(|()| std::fs::remove_file(&probe)) {
-            reasons.push(format!("data directory not writable: {e}"));
-        }
-        // "api" is a name no repository may have: the host's own key.
-        if let Err(e) = caps.meta.put("api", "ready", b"1") {
-            reasons.push(format!("metadata store not answering: {e}"));
-        }
-        reasons
-    })
-    .await;
-    let mut reasons = probed.unwrap_or_else(|e| vec![format!("readiness check failed: {e}")]);
-    if app.plugins.formats().is_empty() {
-        reasons.push("no format plugins loaded".into());
-    }
+    let reasons: Vec<String> = readiness(app).await.into_iter().filter_map(|(_, r)| r).collect();
     if reasons.is_empty() {
         ok(StatusCode::OK, json!({"status": "ready"}))
     } else {
@@ -200,10 +218,39 @@ async fn ready(app: &Arc<App>) -> Response<Body> {
     }
 }
 
+/// Each readiness check by name, with the reason it failed (None: passed).
+async fn readiness(app: &Arc<App>) -> Vec<(&'static str, Option<String>)> {
+    let data_dir = app.config.data_dir.clone();
+    let caps = app.caps.clone();
+    let probed = tokio::task::spawn_blocking(move || {
+        let health = caps.store.health();
+        let probe = data_dir.join(".ready-probe");
+        let data = std::fs::write(&probe, b"1").and_then(|()| std::fs::remove_file(&probe)).err().map(|e| {
+            health.note(&e);
+            let _ = std::fs::remove_file(&probe);
+            format!("data directory not writable: {e}")
+        });
+        // "api" is a name no repository may have: the host's own key.
+        let meta = caps.meta.put("api", "ready", b"1").err().map(|e| format!("metadata store not answering: {e}"));
+        // A full disk (or a failed store) stays reported until the recovery check found room again.
+        let data = data.or_else(|| health.is_out_of_space().then(|| health.reasons(&caps.meta).join("; ")));
+        let meta = meta.or_else(|| caps.meta.failing().map(|e| format!("metadata store failed ({e}); reopening it")));
+        [("data_dir", data), ("metadata", meta)]
+    })
+    .await;
+    let mut checks = match probed {
+        Ok(c) => c.to_vec(),
+        Err(e) => vec![("data_dir", Some(format!("readiness check failed: {e}"))), ("metadata", None)],
+    };
+    checks.push(("plugins", app.plugins.formats().is_empty().then(|| "no format plugins loaded".to_owned())));
+    checks
+}
+
 fn user_error(e: UserError) -> ApiError {
     match e.status() {
         StatusCode::NOT_FOUND => ApiError::NotFound(e.to_string()),
         StatusCode::CONFLICT => ApiError::Conflict(e.to_string()),
+        StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable(e.to_string()),
         s if s.is_server_error() => ApiError::Internal(e.to_string()),
         _ => ApiError::BadRequest(e.to_string()),
     }
@@ -235,13 +282,33 @@ async fn read_input(req: Request<Incoming>) -> Result<RepositoryInput, ApiError>
     read_json(req).await
 }
 
-/// The Prometheus exposition of `crate::metrics`.
-pub fn metrics(app: &App, method: &Method) -> Response<Body> {
+/// The Prometheus exposition of `crate::metrics`, with the health and readiness gauges (checked
+/// at scrape time, as `/api/ready` checks).
+pub async fn metrics(app: &Arc<App>, method: &Method) -> Response<Body> {
     if method != Method::GET && method != Method::HEAD {
         return ApiError::MethodNotAllowed(format!("{method} is not supported on /metrics")).response();
     }
+    let checks = readiness(app).await;
     match app.metrics.render(app.fills.in_flight()) {
-        Ok(text) => {
+        Ok(mut text) => {
+            use std::fmt::Write as _;
+            // Before the exposition's closing `# EOF`.
+            if text.ends_with("# EOF\n") {
+                text.truncate(text.len() - "# EOF\n".len());
+            }
+            let ready = checks.iter().all(|(_, r)| r.is_none());
+            let _ = writeln!(text, "# HELP binaryrepo_health Whether the server answers (GET /api/health)");
+            let _ = writeln!(text, "# TYPE binaryrepo_health gauge");
+            let _ = writeln!(text, "binaryrepo_health 1");
+            let _ = writeln!(text, "# HELP binaryrepo_ready Whether the server can do its work (GET /api/ready)");
+            let _ = writeln!(text, "# TYPE binaryrepo_ready gauge");
+            let _ = writeln!(text, "binaryrepo_ready {}", u8::from(ready));
+            let _ = writeln!(text, "# HELP binaryrepo_ready_check Each readiness check: 1 passed, 0 failed");
+            let _ = writeln!(text, "# TYPE binaryrepo_ready_check gauge");
+            for (check, reason) in &checks {
+                let _ = writeln!(text, "binaryrepo_ready_check{{check=\"{check}\"}} {}", u8::from(reason.is_none()));
+            }
+            text.push_str("# EOF\n");
             let mut resp = Response::new(if method == Method::HEAD { body::empty() } else { body::full(text) });
             resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
             resp
@@ -255,7 +322,15 @@ pub fn metrics(app: &App, method: &Method) -> Response<Body> {
 /// and `/metrics` an admin unless `metrics_anonymous`.
 pub async fn handle(app: &Arc<App>, req: Request<Incoming>, identity: &Result<Identity, AuthFailure>) -> Response<Body> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
-    let result = match who_may(&path, app.config.metrics_anonymous) {
+    if let Some(which) = stats_path(&path) {
+        let result = match identity {
+            Err(e) => Err(ApiError::Unauthenticated(e.to_string())),
+            Ok(_) if req.method() != Method::GET => Err(ApiError::MethodNotAllowed(format!("{} is not supported on {path}", req.method()))),
+            Ok(identity) => stats::answer(app, identity, which).await,
+        };
+        return result.unwrap_or_else(|e| e.response());
+    }
+    let result = match who_may(&path, app.live.metrics_anonymous()) {
         Needs::Nobody => route(app, req, None).await,
         need => match identity {
             Err(e) => Err(ApiError::Unauthenticated(e.to_string())),
@@ -273,6 +348,15 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, identity: &Result<Id
     }
 }
 
+/// `/api/stats` (every repository the caller may read) or `/api/repositories/<name>/stats`.
+fn stats_path(path: &str) -> Option<Option<&str>> {
+    if path == "/api/stats" {
+        return Some(None);
+    }
+    let name = path.strip_prefix("/api/repositories/")?.strip_suffix("/stats")?;
+    (!name.is_empty() && !name.contains('/')).then_some(Some(name))
+}
+
 #[derive(PartialEq, Eq)]
 enum Needs {
     Nobody,
@@ -282,7 +366,7 @@ enum Needs {
 
 fn who_may(path: &str, metrics_anonymous: bool) -> Needs {
     match path {
-        "/api/health" | "/api/ready" => Needs::Nobody,
+        "/api/health" | "/api/ready" | "/api/openapi.json" => Needs::Nobody,
         "/metrics" if metrics_anonymous => Needs::Nobody,
         "/api/users/me" | "/api/tokens" => Needs::User,
         p if p.starts_with("/api/tokens/") => Needs::User,
@@ -295,28 +379,29 @@ fn who_may(path: &str, metrics_anonymous: bool) -> Needs {
 async fn route(app: &Arc<App>, req: Request<Incoming>, user: Option<&Arc<UserIdentity>>) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     if path == "/metrics" {
-        return Ok(metrics(app, req.method()));
+        return Ok(metrics(app, req.method()).await);
     }
     let segments: Vec<&str> = path.split('/').skip(2).collect();
     let method = req.method().clone();
     match (method, segments.as_slice()) {
         (Method::GET, ["health"]) => Ok(ok(StatusCode::OK, json!({"status": "ok"}))),
         (Method::GET, ["ready"]) => Ok(ready(app).await),
+        (Method::GET, ["openapi.json"]) => {
+            let mut resp = Response::new(body::full(Bytes::from_static(OPENAPI.as_bytes())));
+            resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            Ok(resp)
+        }
         (_, ["users", ..] | ["tokens", ..]) => accounts(app, req, user, &segments).await,
         (_, ["repositories", name]) if !may_administer(app, user, name) => {
             Err(ApiError::Denied(format!("configuring repository {name:?} needs an admin, or admin access to it")))
         }
-        (Method::GET, ["plugins"]) => {
-            let list: Vec<_> = app
-                .plugins
-                .all()
-                .into_iter()
-                .map(|p| json!({"format": p.format, "contract": p.contract, "roots": p.roots, "file": p.file}))
-                .collect();
-            Ok(ok(StatusCode::OK, json!(list)))
+        (Method::GET, ["plugins"]) => Ok(ok(StatusCode::OK, plugins_view(app))),
+        (Method::POST, ["plugins", "reload"]) => {
+            app.plugins.reload(crate::plugins::reload::Wait::No).await;
+            Ok(ok(StatusCode::OK, plugins_view(app)))
         }
         (Method::GET, ["repositories"]) => {
-            Ok(ok(StatusCode::OK, serde_json::Value::Array(app.repos.list().iter().map(|r| view(r)).collect())))
+            Ok(ok(StatusCode::OK, serde_json::Value::Array(app.repos.list().iter().map(|r| view(app, r)).collect())))
         }
         (Method::POST, ["repositories"] | ["repository"]) => {
             let input = read_input(req).await?;
@@ -324,9 +409,10 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, user: Option<&Arc<UserIde
         }
         (Method::GET, ["repositories" | "repository", name]) => {
             let repo = app.repos.get(name).ok_or_else(|| ApiError::NotFound(format!("repository {name:?} not found")))?;
-            Ok(ok(StatusCode::OK, view(&repo)))
+            Ok(ok(StatusCode::OK, view(app, &repo)))
         }
         (Method::PUT, ["repositories" | "repository", name]) => {
+            not_file_managed(app, name)?;
             let name = (*name).to_owned();
             let input = read_input(req).await?;
             // A repository's own admins configure it, not the server: listeners, host names and
@@ -341,8 +427,12 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, user: Option<&Arc<UserIde
             }
             put(app, &name, input).await
         }
-        (Method::DELETE, ["repositories" | "repository", name]) => delete(app, name),
+        (Method::DELETE, ["repositories" | "repository", name]) => {
+            not_file_managed(app, name)?;
+            delete(app, name)
+        }
         (Method::POST, ["gc"]) => gc(app, req.uri().query()).await,
+        (Method::GET, ["gc"]) => Ok(gc_status(app)),
         (Method::POST, ["repositories" | "repository", name, "gc"]) => {
             if app.repos.get(name).is_none() {
                 return Err(ApiError::NotFound(format!("repository {name:?} not found")));
@@ -351,7 +441,8 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, user: Option<&Arc<UserIde
         }
         (
             _,
-            ["health" | "ready" | "plugins" | "repositories" | "repository" | "gc"]
+            ["health" | "ready" | "openapi.json" | "plugins" | "repositories" | "repository" | "gc"]
+            | ["plugins", "reload"]
             | ["repositories" | "repository", _]
             | ["repositories" | "repository", _, "gc"],
         ) => Err(ApiError::MethodNotAllowed(format!("{} is not supported on {path}", req.method()))),
@@ -359,18 +450,71 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, user: Option<&Arc<UserIde
     }
 }
 
+/// The plugins serving and the files refused, with why. Admins only (the default of `who_may`):
+/// file paths and load errors describe the server's installation, not anything a user needs.
+fn plugins_view(app: &App) -> serde_json::Value {
+    let registry = app.plugins.registry();
+    let time = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let mut plugins: Vec<_> = registry.plugins().collect();
+    plugins.sort_by(|a, b| a.meta.format.cmp(&b.meta.format));
+    let plugins: Vec<_> = plugins
+        .into_iter()
+        .map(|p| {
+            json!({
+                "format": p.meta.format,
+                "contract": p.meta.contract,
+                "file": p.meta.file,
+                "sha256": p.sha256,
+                "roots": p.meta.roots,
+                "loaded_at": time(p.loaded_at),
+            })
+        })
+        .collect();
+    let refused: Vec<_> = registry.refused().iter().map(|r| json!({"file": r.file, "reason": r.reason, "at": time(r.at)})).collect();
+    json!({"plugins": plugins, "refused": refused})
+}
+
 /// Blobs are shared by content across repositories, so a collection always considers the
-/// whole store; the per-repository endpoint exists for the original API's shape.
+/// whole store; the per-repository endpoint exists for the original API's shape. The run goes
+/// on in the background: 202 with its status, or 409 with the run already going. `?wait=true`
+/// answers when the run has finished (the run goes on if the client leaves).
 async fn gc(app: &Arc<App>, query: Option<&str>) -> Result<Response<Body>, ApiError> {
     let mut grace = app.config.gc_grace;
+    let mut wait = false;
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        if k == "grace_seconds" {
-            let secs: u64 = v.parse().map_err(|_| ApiError::BadRequest(format!("grace_seconds {v:?} is not a number")))?;
-            grace = std::time::Duration::from_secs(secs);
+        match &*k {
+            "grace_seconds" => {
+                let secs: u64 = v.parse().map_err(|_| ApiError::BadRequest(format!("grace_seconds {v:?} is not a number")))?;
+                grace = std::time::Duration::from_secs(secs);
+            }
+            "wait" => wait = matches!(&*v, "" | "true" | "1"),
+            _ => {}
         }
     }
-    let report = crate::gc::collect(app, grace).await.map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(ok(StatusCode::OK, serde_json::to_value(&report).unwrap_or_default()))
+    let run = match crate::gc::Gc::start(app, grace, crate::gc::Trigger::Api) {
+        Ok(run) => run,
+        Err(running) => {
+            let message = format!("garbage collection {} is running; see GET /api/gc", running.id);
+            return Ok(ok(StatusCode::CONFLICT, json!({"error": {"code": "CONFLICT", "message": message}, "run": running.status()})));
+        }
+    };
+    if !wait {
+        return Ok(ok(StatusCode::ACCEPTED, serde_json::to_value(run.status()).unwrap_or_default()));
+    }
+    run.wait().await;
+    let status = run.status();
+    match &status.error {
+        None => Ok(ok(StatusCode::OK, serde_json::to_value(&status).unwrap_or_default())),
+        Some(e) => Err(ApiError::Internal(e.clone())),
+    }
+}
+
+/// The run in progress, or the last one.
+fn gc_status(app: &Arc<App>) -> Response<Body> {
+    match app.gc.current() {
+        Some(run) => ok(StatusCode::OK, serde_json::to_value(run.status()).unwrap_or_default()),
+        None => ok(StatusCode::OK, json!({"state": "idle"})),
+    }
 }
 
 async fn create(app: &Arc<App>, input: RepositoryInput) -> Result<Response<Body>, ApiError> {
@@ -388,7 +532,7 @@ async fn create(app: &Arc<App>, input: RepositoryInput) -> Result<Response<Body>
     match app.repos.create(repo) {
         Ok(repo) => {
             tracing::info!(repo = %repo.name, "repository created");
-            Ok(ok(StatusCode::CREATED, view(&repo)))
+            Ok(ok(StatusCode::CREATED, view(app, &repo)))
         }
         Err(e) => {
             if let (true, Some(port)) = (started, port) {
@@ -423,9 +567,10 @@ async fn put(app: &Arc<App>, name: &str, input: RepositoryInput) -> Result<Respo
             }
             // A changed remote or credentials invalidates cached tokens.
             app.caps.scratch.forget_repository(name);
+            app.sizes.clear();
             let status = if old.is_some() { StatusCode::OK } else { StatusCode::CREATED };
             tracing::info!(repo = %repo.name, replaced = old.is_some(), "repository stored");
-            Ok(ok(status, view(&repo)))
+            Ok(ok(status, view(app, &repo)))
         }
         Err(e) => {
             if let (true, Some(p)) = (bound_new, new_port) {
@@ -443,6 +588,7 @@ fn delete(app: &Arc<App>, name: &str) -> Result<Response<Body>, ApiError> {
     }
     app.caps.scratch.forget_repository(name);
     app.caps.uploads.forget_repository(name);
+    app.sizes.clear();
     if let Err(e) = app.caps.meta.delete_repository(name) {
         tracing::error!(repo = name, error = %e, "repository deleted but its metadata could not be removed");
     }

@@ -1,4 +1,9 @@
-//! Configuration: command-line flags override the file, the file overrides the defaults.
+//! Configuration: command-line flags override `BINARYREPO_*` environment variables, which
+//! override the file, which overrides the defaults (docs/configuration.md).
+//!
+//! The environment is read generically: every top-level key of [`FileConfig`] is also
+//! `BINARYREPO_<KEY>` (upper case), its value read as a TOML value, so a key added to the file
+//! needs no code to be settable from the environment.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,6 +37,7 @@ pub struct FileConfig {
     pub plugin_instance_reuse: Option<u32>,
     pub upload_expiry_hours: Option<u64>,
     pub gc_grace_seconds: Option<u64>,
+    pub gc_interval_hours: Option<f64>,
     // Limits: what no client can make binaryrepo exceed (README, "Limits").
     pub trusted_proxies: Option<TrustedProxies>,
     pub plan_cache_mib: Option<u64>,
@@ -63,6 +69,32 @@ pub struct FileConfig {
     pub login_failure_window_seconds: Option<u64>,
     pub credential_cache_seconds: Option<u64>,
     pub credential_cache_entries: Option<usize>,
+    /// "text" (default) or "json": one JSON object per log line, access lines included.
+    pub log_format: Option<LogFormat>,
+    /// Which log lines are written: a `RUST_LOG`-style filter ("info", "warn,binaryrepo=debug").
+    /// `RUST_LOG`, when set, wins. Changes live on reload.
+    pub log_level: Option<String>,
+    /// What `repositories` means: "seed" (default; seeds an empty data directory, then the API
+    /// owns them) or "managed" (the file is authoritative for the repositories it declares).
+    pub repositories_mode: Option<RepositoriesMode>,
+    /// How often the config file's modification time is checked for a reload (0: SIGHUP only).
+    pub config_watch_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RepositoriesMode {
+    #[default]
+    Seed,
+    Managed,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,13 +103,132 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {source}")]
     Parse { path: PathBuf, source: toml::de::Error },
+    #[error("configuration (file and BINARYREPO_* environment): {0}")]
+    Invalid(toml::de::Error),
+}
+
+/// Variables with the prefix that are not configuration keys: the command-line client's and the
+/// first admin's. Any other unknown `BINARYREPO_*` variable is reported, not silently ignored.
+pub const CLIENT_ENV: [&str; 5] = ["ADMIN_PASSWORD", "SERVER", "USER", "PASSWORD", "TOKEN"];
+pub const ENV_PREFIX: &str = "BINARYREPO_";
+
+/// The configuration as read: the merged table (file, then environment on top) and what the
+/// environment held that is not a key.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    /// Top-level keys as given (file and environment merged); compared key by key on reload.
+    pub table: toml::Table,
+    /// `BINARYREPO_*` variables that name no key.
+    pub unknown_env: Vec<String>,
+}
+
+impl Loaded {
+    /// Reads `path` (if any) and overlays the process environment.
+    pub fn read(path: Option<&Path>) -> Result<Loaded, ConfigError> {
+        Loaded::read_with(path, std::env::vars())
+    }
+
+    pub fn read_with(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Loaded, ConfigError> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+                text.parse::<toml::Table>().map_err(|source| ConfigError::Parse { path: path.into(), source })?
+            }
+            None => toml::Table::new(),
+        };
+        let unknown_env = overlay_env(&mut table, env);
+        Ok(Loaded { table, unknown_env })
+    }
+
+    pub fn file_config(&self) -> Result<FileConfig, ConfigError> {
+        toml::Value::Table(self.table.clone()).try_into().map_err(ConfigError::Invalid)
+    }
 }
 
 impl FileConfig {
+    /// The file alone, without the environment.
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
+        Loaded::read_with(Some(path), std::iter::empty())?.file_config()
     }
+}
+
+/// Sets `BINARYREPO_<KEY>` variables into `table` (over what the file said) and returns the names
+/// of those that are no key. `BINARYREPO_A__B` sets key `b` of table `a`. A value is read as TOML
+/// (`8`, `true`, `["10.0.0.0/8"]`, `[{name = "r", type = "local", format = "docker"}]`) and,
+/// when it is not valid TOML, as a string (`/srv/data`, `127.0.0.1:8081`).
+fn overlay_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+    let keys = field_names::<FileConfig>();
+    let mut unknown = Vec::new();
+    let mut vars: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+    // Deterministic: a nested variable lands in the table its parent variable set.
+    vars.sort();
+    for (name, value) in vars {
+        let rest = &name[ENV_PREFIX.len()..];
+        let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        if !keys.contains(&path[0].as_str()) || path.iter().any(String::is_empty) {
+            if !CLIENT_ENV.contains(&rest) {
+                unknown.push(name);
+            }
+            continue;
+        }
+        set_path(table, &path, env_value(&value));
+    }
+    unknown
+}
+
+/// Sets `path` (keys of nested tables) to `value`, making the tables on the way.
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
+    match path {
+        [] => {}
+        [leaf] => {
+            table.insert(leaf.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = table.entry(first.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            if let Some(t) = entry.as_table_mut() {
+                set_path(t, rest, value);
+            }
+        }
+    }
+}
+
+fn env_value(value: &str) -> toml::Value {
+    match format!("v = {value}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(value.to_owned())),
+        Err(_) => toml::Value::String(value.to_owned()),
+    }
+}
+
+/// The field names of a struct, read off its `Deserialize` impl (serde hands them to
+/// `deserialize_struct`), so the environment knows every key without a list to keep in step.
+pub fn field_names<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+    struct Names<'a>(&'a mut &'static [&'static str]);
+    impl<'de> de::Deserializer<'de> for Names<'_> {
+        type Error = de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("field names read"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+            unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Names(&mut fields));
+    fields
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +298,8 @@ pub struct Config {
     /// Garbage collection keeps unreferenced blobs younger than this (a push in progress has
     /// its layers stored before the manifest that references them).
     pub gc_grace: Duration,
+    /// Garbage collection (and cache eviction) runs this often; none: only when asked.
+    pub gc_interval: Option<Duration>,
     /// TLS for the main listener and every repository port; plain HTTP when neither is set.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -162,6 +315,25 @@ pub struct Config {
     pub trusted_proxies: TrustedProxies,
     pub uploads: UploadLimits,
     pub fills: FillLimits,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub repositories_mode: RepositoriesMode,
+    /// Whether `repositories` was given (by the file or the environment) rather than defaulted.
+    pub repositories_declared: bool,
+    /// How often the config file is checked for a change; None: only on SIGHUP.
+    pub config_watch: Option<Duration>,
+    /// Where the configuration was read from, for reloads.
+    pub source: ConfigSource,
+}
+
+/// Where a reload reads the configuration again: the file (if any), the environment, and the
+/// flags given at start (which keep winning).
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    pub path: Option<PathBuf>,
+    pub flags: Overrides,
+    /// The table the running configuration came from; a reload compares the new one key by key.
+    pub table: toml::Table,
 }
 
 /// A user declared in the configuration file (`[[users]]`); read-only through the API.
@@ -220,7 +392,17 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// Reads the file at `path` (if any) and the environment, and applies the flags.
+    pub fn load(path: Option<&Path>, flags: Overrides) -> Result<(Config, Loaded), ConfigError> {
+        let loaded = Loaded::read(path)?;
+        let mut config = Config::resolve(loaded.file_config()?, flags);
+        config.source.path = path.map(Path::to_path_buf);
+        config.source.table = loaded.table.clone();
+        Ok((config, loaded))
+    }
+
     pub fn resolve(file: FileConfig, flags: Overrides) -> Config {
+        let flags_kept = flags.clone();
         let listen = flags
             .listen
             .or(file.listen)
@@ -250,9 +432,12 @@ impl Config {
             },
             upload_expiry: Duration::from_secs(file.upload_expiry_hours.unwrap_or(24) * 3600),
             gc_grace: Duration::from_secs(file.gc_grace_seconds.unwrap_or(3600)),
+            // Daily by default: cache limits are enforced by these runs. 0 turns it off.
+            gc_interval: Duration::try_from_secs_f64(file.gc_interval_hours.unwrap_or(24.0) * 3600.0).ok().filter(|d| !d.is_zero()),
             tls_cert: file.tls_cert,
             tls_key: file.tls_key,
             tls_reload: Some(file.tls_reload_seconds.unwrap_or(2)).filter(|&s| s > 0).map(Duration::from_secs),
+            repositories_declared: file.repositories.is_some(),
             seed_repositories: file.repositories.unwrap_or_else(default_repositories),
             auth: {
                 let default = AuthConfig::default();
@@ -280,7 +465,50 @@ impl Config {
                 min_bytes_per_second: file.upstream_min_bytes_per_second.unwrap_or(1024),
                 rate_window: Duration::from_secs(file.upstream_rate_window_seconds.unwrap_or(30).max(1)),
             },
+            log_format: file.log_format.unwrap_or_default(),
+            log_level: file.log_level.unwrap_or_else(|| "info".into()),
+            repositories_mode: file.repositories_mode.unwrap_or_default(),
+            config_watch: Some(file.config_watch_seconds.unwrap_or(3)).filter(|&s| s > 0).map(Duration::from_secs),
+            source: ConfigSource { path: None, flags: flags_kept, table: toml::Table::new() },
         }
+    }
+}
+
+/// The settings that change without a restart (on SIGHUP or when the file changes), read by
+/// requests through here rather than from [`Config`].
+#[derive(Debug, Default)]
+pub struct Live {
+    metrics_anonymous: std::sync::atomic::AtomicBool,
+    /// Repositories the file declares with `repositories_mode = "managed"`: the API refuses to
+    /// change them.
+    file_managed: std::sync::RwLock<std::collections::BTreeSet<String>>,
+}
+
+impl Live {
+    pub fn new(config: &Config) -> Live {
+        let live = Live::default();
+        live.set_metrics_anonymous(config.metrics_anonymous);
+        live
+    }
+
+    pub fn metrics_anonymous(&self) -> bool {
+        self.metrics_anonymous.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_metrics_anonymous(&self, on: bool) {
+        self.metrics_anonymous.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_file_managed(&self, repo: &str) -> bool {
+        self.file_managed.read().unwrap_or_else(|e| e.into_inner()).contains(repo)
+    }
+
+    pub fn file_managed(&self) -> std::collections::BTreeSet<String> {
+        self.file_managed.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_file_managed(&self, names: std::collections::BTreeSet<String>) {
+        *self.file_managed.write().unwrap_or_else(|e| e.into_inner()) = names;
     }
 }
 
@@ -289,31 +517,32 @@ pub fn default_plugin_dir() -> PathBuf {
     std::env::current_exe().ok().and_then(|exe| exe.parent().map(|dir| dir.join("plugins"))).unwrap_or_else(|| PathBuf::from("plugins"))
 }
 
-/// The embedded default: a Docker Hub cache that also answers root `/v2/` requests (so it works
-/// as dockerd's registry mirror) and a hosted Docker registry. The bundled defaults are the only
-/// place the host names a format.
+/// The embedded default repositories (`host/default-repositories.toml`): kept as data, beside
+/// the code, so that the host's code names no format.
 pub fn default_repositories() -> Vec<RepositoryInput> {
-    vec![
-        RepositoryInput {
-            name: Some("docker-remote".into()),
-            repo_type: Some("remote".into()),
-            format: Some("docker".into()),
-            url: Some("https://registry-1.docker.io".into()),
-            default: Some(true),
-            ..RepositoryInput::default()
-        },
-        RepositoryInput {
-            name: Some("docker-local".into()),
-            repo_type: Some("local".into()),
-            format: Some("docker".into()),
-            ..RepositoryInput::default()
-        },
-    ]
+    #[derive(Deserialize)]
+    struct Defaults {
+        repositories: Vec<RepositoryInput>,
+    }
+    match toml::from_str::<Defaults>(include_str!("../default-repositories.toml")) {
+        Ok(d) => d.repositories,
+        Err(e) => {
+            // Caught by the unit test below; a build with a broken file starts with none.
+            tracing::error!("the built-in default repositories do not parse: {e}");
+            Vec::new()
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_repositories_parse() {
+        let names: Vec<_> = default_repositories().into_iter().filter_map(|r| r.name).collect();
+        assert_eq!(names, ["docker-remote", "docker-local", "helm-local", "go-local"]);
+    }
 
     #[test]
     fn egress_keys_parse_and_a_bad_network_is_refused_at_start() {
@@ -332,5 +561,61 @@ mod tests {
         assert!(defaults.upstream.allow_networks.is_empty() && defaults.upstream.ca_file.is_none());
         let err = toml::from_str::<FileConfig>(r#"upstream_allow_networks = ["intranet"]"#).unwrap_err().to_string();
         assert!(err.contains("not a network"), "{err}");
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn every_key_is_an_environment_variable_and_wins_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "plugin_cpu_ms = 100\nmetrics_anonymous = true\ndata_dir = \"/from/file\"\n").unwrap();
+        let loaded = Loaded::read_with(
+            Some(&file),
+            env(&[
+                ("BINARYREPO_PLUGIN_CPU_MS", "250"),
+                ("BINARYREPO_METRICS_ANONYMOUS", "false"),
+                ("BINARYREPO_LISTEN", "127.0.0.1:9999"),
+                ("BINARYREPO_UPSTREAM_ALLOW_NETWORKS", r#"["10.0.0.0/8"]"#),
+                ("BINARYREPO_REPOSITORIES", r#"[{name = "r", type = "local", format = "docker"}]"#),
+                ("BINARYREPO_LOG_FORMAT", "json"),
+                ("BINARYREPO_NOT_A_KEY", "1"),
+                ("BINARYREPO_TOKEN", "brt_x"),
+                ("OTHER", "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(loaded.unknown_env, ["BINARYREPO_NOT_A_KEY"]);
+        let config = Config::resolve(loaded.file_config().unwrap(), Overrides::default());
+        assert_eq!(config.plugins.cpu, Duration::from_millis(250));
+        assert!(!config.metrics_anonymous);
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9999");
+        assert_eq!(config.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(config.upstream.allow_networks.len(), 1);
+        assert_eq!(config.seed_repositories[0].name.as_deref(), Some("r"));
+        assert!(config.repositories_declared);
+        assert_eq!(config.log_format, LogFormat::Json);
+        // flags win over both
+        let flags = Overrides { data_dir: Some("/flag".into()), ..Overrides::default() };
+        assert_eq!(Config::resolve(loaded.file_config().unwrap(), flags).data_dir, PathBuf::from("/flag"));
+    }
+
+    #[test]
+    fn a_bad_environment_value_names_its_key() {
+        let loaded = Loaded::read_with(None, env(&[("BINARYREPO_PLUGIN_CPU_MS", "lots")])).unwrap();
+        let err = loaded.file_config().unwrap_err().to_string();
+        assert!(err.contains("plugin_cpu_ms"), "{err}");
+        // nested tables: two underscores
+        let mut table = toml::Table::new();
+        overlay_env(&mut table, env(&[("BINARYREPO_REPOSITORIES__X", "1")]));
+        assert_eq!(table["repositories"]["x"].as_integer(), Some(1));
+    }
+
+    #[test]
+    fn field_names_come_from_the_struct() {
+        let names = field_names::<FileConfig>();
+        assert!(names.contains(&"listen") && names.contains(&"credential_cache_entries") && names.contains(&"log_format"));
     }
 }

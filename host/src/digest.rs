@@ -54,6 +54,11 @@ impl Digest {
         h.update(data);
         h.finish()
     }
+
+    /// The digest whose raw hash output is `hash` (its length is the algorithm's).
+    pub(crate) fn from_bytes(algorithm: Algorithm, hash: &[u8]) -> Digest {
+        Digest { algorithm, hex: hex::encode(hash) }
+    }
 }
 
 impl FromStr for Digest {

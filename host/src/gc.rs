@@ -1,25 +1,60 @@
-//! Garbage collection: blobs that no repository needs any more are removed from the store.
+//! Garbage collection: blobs that no repository needs any more are removed from the store, and
+//! remote repositories are kept within their cache limits.
 //!
-//! Each repository's plugin says which digests it still needs (`live-blobs`); the host removes
-//! every stored blob outside that union which is older than the grace period. Nothing is
-//! locked: a client streaming a blob keeps its open file even if the blob is removed, and a
-//! blob written during the collection is younger than the grace period.
+//! A run is a background job (`POST /api/gc` starts one, `GET /api/gc` shows its progress; one
+//! at a time) and also runs every `gc_interval_hours`. It goes:
+//!
+//! 1. fence: start recording every blob reference (`storage::touch`), then wait for requests
+//!    that began before that, so any reference they wrote is in the metadata marked next;
+//! 2. cleanup: each local repository with cleanup rules has its plugin remove the tags and
+//!    manifests they select (`cleanup`), so the mark finds what only those used unreferenced;
+//!    a plugin that fails here is logged and its repository left as it was;
+//! 3. mark: each repository's plugin says which digests it still needs (`live-blobs`), with a
+//!    CPU budget in proportion to the repository's metadata;
+//! 4. sweep: every stored blob outside the union, older than the grace period counted from
+//!    its last reference, and not referenced since step 1, is removed;
+//! 5. evict: remote repositories over their size budget or age limit lose what was pulled
+//!    least recently (`evict`).
+//!
+//! Nothing is locked for longer than one blob's decision: requests go on meanwhile, and a
+//! client streaming a blob keeps its open file even if the blob is removed.
 
-use std::collections::HashSet;
-use std::path::Path;
-use std::time::{Duration, SystemTime};
+mod evict;
+mod run;
+mod sweep;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
 
+use run::Counters;
+pub use run::{Phase, Run, Status, Trigger};
+
 use crate::App;
 use crate::digest::Digest;
-use crate::repos::RepoType;
+use crate::repos::{RepoName, RepoType, Repository};
+use crate::storage::access::AccessLog;
 
+/// How long the fence waits for requests that began before a run (an upload of a large layer).
+const FENCE_WAIT: Duration = Duration::from_secs(15 * 60);
+/// CPU a `live-blobs` call gets per metadata key of its repository, on top of `plugin_cpu_ms`.
+const CPU_PER_KEY: Duration = Duration::from_micros(500);
+/// Access times reach the database at least this often.
+const ACCESS_FLUSH: Duration = Duration::from_secs(60);
+
+/// What a finished run did (the offline command prints it).
 #[derive(Debug, Default, Serialize)]
 pub struct GcReport {
     pub removed: u64,
     pub removed_bytes: u64,
     pub kept: u64,
+    pub evicted: u64,
+    pub evicted_bytes: u64,
+    pub tags_removed: u64,
+    pub manifests_removed: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -29,22 +64,182 @@ pub enum GcError {
     NoPlugin { repo: String, format: String },
     #[error("repository {repo}: {message}; nothing collected")]
     Plugin { repo: String, message: String },
+    #[error("{0}; nothing collected")]
+    Fence(#[from] crate::storage::touch::FenceTimeout),
+    #[error("metadata: {0}")]
+    Meta(#[from] crate::storage::meta::MetaError),
     #[error("blob store: {0}")]
     Io(#[from] std::io::Error),
 }
 
-pub async fn collect(app: &App, grace: Duration) -> Result<GcReport, GcError> {
-    let mut live: HashSet<Digest> = HashSet::new();
-    for repo in app.repos.list() {
-        if repo.repo_type == RepoType::Virtual {
-            continue;
+/// The server's collector: the run in progress or the last one, and blob access times.
+pub struct Gc {
+    pub access: Arc<AccessLog>,
+    last: Mutex<Option<Arc<Run>>>,
+    next_id: AtomicU64,
+}
+
+impl Gc {
+    pub fn new(access: AccessLog) -> Gc {
+        Gc { access: Arc::new(access), last: Mutex::new(None), next_id: AtomicU64::new(1) }
+    }
+
+    /// A remote repository's blob was served or fetched.
+    pub fn pulled(&self, repo: &str, digest: &Digest) {
+        self.access.record(repo, digest, unix_now());
+    }
+
+    /// The run in progress, or the last one.
+    pub fn current(&self) -> Option<Arc<Run>> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Starts a run in the background, or returns the one running as the error.
+    pub fn start(app: &Arc<App>, grace: Duration, trigger: Trigger) -> Result<Arc<Run>, Arc<Run>> {
+        let run = {
+            let mut last = app.gc.last.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(r) = last.as_ref().filter(|r| r.running()) {
+                return Err(r.clone());
+            }
+            let run = Arc::new(Run::new(app.gc.next_id.fetch_add(1, Ordering::Relaxed), trigger, grace));
+            *last = Some(run.clone());
+            run
+        };
+        let (app, job) = (app.clone(), run.clone());
+        tokio::spawn(async move {
+            let outcome = execute(&app, &job).await;
+            if let Err(e) = &outcome {
+                tracing::error!(run = job.id, error = %e, "garbage collection failed");
+            }
+            // Sizes on disk shown by the stats are stale now.
+            app.sizes.clear();
+            job.finish(outcome.err().map(|e| e.to_string()));
+        });
+        Ok(run)
+    }
+}
+
+/// CPU for one repository's `live-blobs`: it reads all of the repository's metadata, so the
+/// budget grows with the number of keys (a large registry must not switch collection off).
+pub async fn live_blobs_budget(app: &App, repo: &Repository) -> Result<Duration, GcError> {
+    let (meta, name) = (app.caps.meta.clone(), repo.name.to_string());
+    let keys = tokio::task::spawn_blocking(move || meta.list(&name, "")).await.map_err(std::io::Error::other)??.len();
+    Ok(app.config.plugins.cpu + CPU_PER_KEY * u32::try_from(keys).unwrap_or(u32::MAX))
+}
+
+/// Applies one local repository's cleanup rules, if it has any. Only the metadata read fails
+/// the run; a plugin's failure leaves this repository as it was and the run goes on, since
+/// removing less than the rules ask is safe.
+async fn cleanup(app: &App, run: &Run, repo: &Arc<Repository>) -> Result<(), GcError> {
+    let Some(rules) = &repo.cleanup else { return Ok(()) };
+    let Some(plugin) = app.plugins.get(&repo.format) else {
+        tracing::warn!(repo = %repo.name, format = %repo.format, "cleanup rules not applied: no plugin loaded for the format");
+        return Ok(());
+    };
+    let budget = live_blobs_budget(app, repo).await?;
+    let started = std::time::Instant::now();
+    match app.plugins.cleanup(&plugin, repo.clone(), rules, unix_now(), budget).await {
+        Ok(report) => {
+            Counters::add(&run.counters.tags_removed, report.tags_removed);
+            Counters::add(&run.counters.manifests_removed, report.manifests_removed);
+            tracing::info!(
+                repo = %repo.name,
+                tags_removed = report.tags_removed,
+                manifests_removed = report.manifests_removed,
+                ms = started.elapsed().as_millis() as u64,
+                "cleanup rules applied"
+            );
         }
+        Err(e) => tracing::error!(repo = %repo.name, "cleanup rules not applied: {}", e.detail()),
+    }
+    Ok(())
+}
+
+/// One run to the end, here and now (the offline command).
+pub async fn collect(app: &App, grace: Duration) -> Result<GcReport, GcError> {
+    let run = Arc::new(Run::new(0, Trigger::Offline, grace));
+    execute(app, &run).await?;
+    run.finish(None);
+    let s = run.status();
+    Ok(GcReport {
+        removed: s.removed,
+        removed_bytes: s.removed_bytes,
+        kept: s.kept,
+        evicted: s.evicted,
+        evicted_bytes: s.evicted_bytes,
+        tags_removed: s.tags_removed,
+        manifests_removed: s.manifests_removed,
+    })
+}
+
+/// Runs every `gc_interval`, and writes access times every minute.
+pub async fn scheduled(app: Arc<App>) {
+    let mut flush = tokio::time::interval(ACCESS_FLUSH);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next = app.config.gc_interval.map(|i| tokio::time::Instant::now() + i);
+    loop {
+        let due = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = flush.tick() => {
+                let gc = app.clone();
+                let flushed = tokio::task::spawn_blocking(move || gc.gc.access.flush()).await;
+                if let Ok(Err(e)) = flushed {
+                    tracing::warn!(error = %e, "blob access times not written");
+                }
+            }
+            _ = due => {
+                next = app.config.gc_interval.map(|i| tokio::time::Instant::now() + i);
+                match Gc::start(&app, app.config.gc_grace, Trigger::Schedule) {
+                    Ok(run) => tracing::info!(run = run.id, "scheduled garbage collection started"),
+                    Err(running) => tracing::info!(run = running.id, "scheduled garbage collection skipped: one is running"),
+                }
+            }
+        }
+    }
+}
+
+/// Records references for the run and stops when the run ends, however it ends.
+struct Recording<'a>(&'a crate::storage::touch::Touches);
+
+impl Drop for Recording<'_> {
+    fn drop(&mut self) {
+        self.0.end_collecting();
+    }
+}
+
+async fn execute(app: &App, run: &Arc<Run>) -> Result<(), GcError> {
+    let store = app.caps.store.clone();
+    let touches = store.touches().clone();
+    touches.begin_collecting();
+    let _recording = Recording(&touches);
+    run.set_phase(Phase::Fence);
+    touches.wait_for_earlier_requests(FENCE_WAIT).await?;
+
+    let repos: Vec<_> = app.repos.list().into_iter().filter(|r| r.repo_type != RepoType::Virtual).collect();
+    run.set_phase(Phase::Cleanup);
+    for repo in repos.iter().filter(|r| r.repo_type == RepoType::Local) {
+        cleanup(app, run, repo).await?;
+    }
+
+    run.set_phase(Phase::Mark);
+    run.counters.repositories_total.store(repos.len() as u64, Ordering::Relaxed);
+    let mut by_repo: HashMap<RepoName, HashSet<Digest>> = HashMap::new();
+    for repo in &repos {
         let plugin =
             app.plugins.get(&repo.format).ok_or_else(|| GcError::NoPlugin { repo: repo.name.to_string(), format: repo.format.clone() })?;
-        let digests = app.plugins.live_blobs(&plugin, repo.clone()).await.map_err(|e| {
+        let budget = live_blobs_budget(app, repo).await?;
+        let started = std::time::Instant::now();
+        let digests = app.plugins.live_blobs(&plugin, repo.clone(), budget).await.map_err(|e| {
             tracing::error!(repo = %repo.name, "live-blobs failed: {}", e.detail());
             GcError::Plugin { repo: repo.name.to_string(), message: e.to_string() }
         })?;
+        tracing::debug!(repo = %repo.name, budget_ms = budget.as_millis() as u64, live = digests.len(), ms = started.elapsed().as_millis() as u64, "marked");
+        let mut live = HashSet::with_capacity(digests.len());
         for d in digests {
             match d.parse::<Digest>() {
                 Ok(d) => {
@@ -53,35 +248,46 @@ pub async fn collect(app: &App, grace: Duration) -> Result<GcReport, GcError> {
                 Err(e) => tracing::warn!(repo = %repo.name, error = %e, "live-blobs returned a bad digest"),
             }
         }
+        by_repo.insert(repo.name.clone(), live);
+        Counters::add(&run.counters.repositories_done, 1);
     }
-    let root = app.caps.store.layout().blobs();
-    let report = tokio::task::spawn_blocking(move || sweep(&root, &live, grace)).await.map_err(std::io::Error::other)??;
-    if report.removed > 0 {
-        app.caps.store.forget_cached();
+
+    run.set_phase(Phase::Sweep);
+    let all: HashSet<Digest> = by_repo.values().flatten().cloned().collect();
+    let removed_before = run.counters.removed.load(Ordering::Relaxed);
+    {
+        let (store, grace, job) = (store.clone(), run.grace, run.clone());
+        tokio::task::spawn_blocking(move || sweep::sweep(&store, &all, grace, &job)).await.map_err(std::io::Error::other)??;
     }
-    tracing::info!(removed = report.removed, bytes = report.removed_bytes, kept = report.kept, "garbage collected");
-    Ok(report)
+
+    run.set_phase(Phase::Evict);
+    for repo in repos.iter().filter(|r| r.repo_type == RepoType::Remote) {
+        let Some(limits) = repo.cache else { continue };
+        let live = by_repo.get(&repo.name).cloned().unwrap_or_default();
+        let elsewhere: HashSet<Digest> = by_repo
+            .iter()
+            .filter(|(name, _)| **name != repo.name)
+            .flat_map(|(_, l)| l.iter())
+            .filter(|d| live.contains(*d))
+            .cloned()
+            .collect();
+        let (store, name, job, access) = (store.clone(), repo.name.to_string(), run.clone(), app.gc.access.clone());
+        let evicted =
+            tokio::task::spawn_blocking(move || evict::evict(&store, &access, &name, &live, &elsewhere, limits, unix_now(), &job))
+                .await
+                .map_err(std::io::Error::other)??;
+        tracing::info!(repo = %repo.name, evicted = evicted.removed.len(), bytes = evicted.bytes, left = evicted.left, "cache limits enforced");
+    }
+
+    if run.counters.removed.load(Ordering::Relaxed) > removed_before || run.counters.evicted.load(Ordering::Relaxed) > 0 {
+        store.forget_cached();
+    }
+    touches.forget_older_than(run.grace.max(app.config.gc_grace));
+    let s = run.status();
+    tracing::info!(removed = s.removed, bytes = s.removed_bytes, kept = s.kept, evicted = s.evicted, "garbage collected");
+    Ok(())
 }
 
-/// `blobs/<algorithm>/<xx>/<hex>`: remove what is not live and old enough.
-fn sweep(root: &Path, live: &HashSet<Digest>, grace: Duration) -> std::io::Result<GcReport> {
-    let mut report = GcReport::default();
-    let now = SystemTime::now();
-    for algo in std::fs::read_dir(root)?.flatten() {
-        for shard in std::fs::read_dir(algo.path())?.flatten() {
-            for entry in std::fs::read_dir(shard.path())?.flatten() {
-                let name = format!("{}:{}", algo.file_name().to_string_lossy(), entry.file_name().to_string_lossy());
-                let Ok(digest) = name.parse::<Digest>() else { continue };
-                let meta = entry.metadata()?;
-                let young = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).is_none_or(|age| age < grace);
-                if live.contains(&digest) || young {
-                    report.kept += 1;
-                } else if std::fs::remove_file(entry.path()).is_ok() {
-                    report.removed += 1;
-                    report.removed_bytes += meta.len();
-                }
-            }
-        }
-    }
-    Ok(report)
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

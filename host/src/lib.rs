@@ -3,15 +3,18 @@
 
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod digest;
 pub mod gc;
 pub mod logging;
 pub mod metrics;
 pub mod plugins;
+pub mod reload;
 pub mod repos;
 pub mod server;
 pub mod storage;
+pub mod ui;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -28,7 +31,8 @@ use upstream::fill::Fills;
 pub struct App {
     pub config: Config,
     pub repos: Arc<Repos>,
-    pub plugins: Plugins,
+    /// Shared with work that outlives a request (recording a fetched file after its client left).
+    pub plugins: Arc<Plugins>,
     pub caps: Arc<Capabilities>,
     pub fills: Arc<Fills>,
     pub metrics: Arc<metrics::Metrics>,
@@ -37,9 +41,15 @@ pub struct App {
     pub tls: Option<Arc<server::tls::Tls>>,
     /// Users, tokens and the credential checks every request goes through.
     pub auth: Arc<auth::Auth>,
+    /// Garbage collection runs and what cache eviction goes by.
+    pub gc: gc::Gc,
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Held by every connection task, so shutdown can wait for them.
     pub open_connections: Arc<()>,
+    /// Settings a configuration reload changes while serving.
+    pub live: config::Live,
+    /// Recent sizes on disk per repository, for `GET /api/stats`.
+    pub sizes: api::SizeCache,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +87,7 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
     let layout = Layout::new(&config.data_dir);
     let store = BlobStore::open(layout.clone())?;
     let meta = MetaStore::open(&layout.meta_db())?;
+    let gc = gc::Gc::new(storage::access::AccessLog::new(meta.clone()));
     let metrics = Arc::new(metrics::Metrics::new());
     let upstream = Arc::new(Upstream::new(config.upstream.clone(), metrics.clone())?);
     let uploads = Uploads::open(layout.uploads(), store.clone(), config.uploads.clone())
@@ -101,27 +112,41 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
         .cloned()
         .map(|input| input.validate(None, &formats).map_err(|e| StartError::Seed(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
-    repos.load_or_seed(seed)?;
+    repos.load_or_seed(seed.clone())?;
+    let live = config::Live::new(&config);
+    if config.repositories_mode == config::RepositoriesMode::Managed && config.repositories_declared {
+        reload::adopt_declared(&repos, &live, seed)?;
+    }
+    // Storage that stopped taking writes (a full disk, a failed metadata store) comes back by
+    // itself once it can.
+    tokio::spawn(storage::health::watch(store.health().clone(), layout.clone(), caps.meta.clone()));
     let fills = Fills::new(store, upstream, config.fills.clone());
     let auth = Arc::new(auth::Auth::open(&config.data_dir, &config.auth)?);
-    Ok(Arc::new(App {
+    let app = Arc::new(App {
         auth,
         config,
         repos,
-        plugins,
+        plugins: Arc::new(plugins),
         caps,
         fills,
         metrics,
         listeners: Default::default(),
         tls,
+        gc,
         shutdown: server::shutdown_channel(),
         open_connections: Arc::new(()),
-    }))
+        live,
+        sizes: Default::default(),
+    });
+    // A plugin copied into the directory serves within seconds, without a restart.
+    plugins::reload::watch(Arc::downgrade(&app));
+    Ok(app)
 }
 
 pub async fn serve(config: Config) -> Result<(), StartError> {
     let addr = config.listen;
     let app = build(config).await?;
+    reload::spawn(app.clone());
     server::run(app).await.map_err(|source| StartError::Listen { addr, source })
 }
 

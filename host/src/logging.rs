@@ -24,6 +24,9 @@ const LINGER: Duration = Duration::from_millis(5);
 const MAX_BATCH: usize = 1 << 20;
 
 static SINK: OnceLock<Sink> = OnceLock::new();
+/// Replaces the level filter of the installed subscriber (`log_level` changes on reload).
+type SetFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+static FILTER: OnceLock<SetFilter> = OnceLock::new();
 
 struct State {
     buf: Vec<u8>,
@@ -63,6 +66,8 @@ impl Shared {
 pub struct Sink {
     shared: Arc<Shared>,
     ansi: bool,
+    /// access lines as JSON objects (`log_format = "json"`)
+    json: bool,
 }
 
 /// Writes what is still batched and stops the writer thread when dropped (at exit).
@@ -123,12 +128,53 @@ impl Sink {
             let shared = shared.clone();
             std::thread::Builder::new().name("log-writer".into()).spawn(move || write_out(&shared, out))?
         };
-        Ok((Sink { shared: shared.clone(), ansi }, FlushGuard { shared, thread: Some(thread) }))
+        Ok((Sink { shared: shared.clone(), ansi, json: false }, FlushGuard { shared, thread: Some(thread) }))
+    }
+
+    /// Installs this sink as the writer of every log line: tracing's (text or JSON objects, as
+    /// `format` says), filtered by `RUST_LOG` when set, else by `level`; and the access lines.
+    /// The filter can be replaced later with [`set_level`]. Call once.
+    pub fn install(mut self, format: crate::config::LogFormat, level: &str) {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        use tracing_subscriber::{EnvFilter, reload};
+        let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+        let filter = EnvFilter::try_new(from_env.as_deref().unwrap_or(level)).unwrap_or_else(|e| {
+            eprintln!("binaryrepo: log_level {level:?}: {e}; using \"info\"");
+            EnvFilter::new("info")
+        });
+        let (filter, handle) = reload::Layer::new(filter);
+        let fixed = from_env.is_some();
+        let _ = FILTER.set(Box::new(move |level: &str| {
+            if fixed {
+                return Err("RUST_LOG is set and wins over log_level".into());
+            }
+            let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+            handle.reload(filter).map_err(|e| e.to_string())
+        }));
+        self.json = format == crate::config::LogFormat::Json;
+        let _ = SINK.set(self.clone());
+        let registry = tracing_subscriber::registry().with(filter);
+        if self.json {
+            let layer = tracing_subscriber::fmt::layer().json().flatten_event(false).with_current_span(true).with_writer(self);
+            registry.with(layer).init();
+        } else {
+            let ansi = self.ansi;
+            registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(self)).init();
+        }
     }
 
     /// Makes this the sink of `access` lines for the rest of the process.
     pub fn install_for_access(&self) {
         let _ = SINK.set(self.clone());
+    }
+}
+
+/// Replaces the level filter installed by [`Sink::install`] (a `log_level` change on reload).
+pub fn set_level(level: &str) -> Result<(), String> {
+    match FILTER.get() {
+        Some(set) => set(level),
+        None => Err("no log filter installed".into()),
     }
 }
 
@@ -162,6 +208,10 @@ pub struct Access<'a> {
     /// the response body's length (0 for HEAD), None when not known up front
     pub bytes: Option<u64>,
     pub elapsed: Duration,
+    /// the client's address (behind a trusted proxy: the one it forwarded)
+    pub client: std::net::IpAddr,
+    /// the signed-in user; None: anonymous or refused credentials
+    pub user: Option<&'a str>,
 }
 
 /// Logs one request at info level, target `binaryrepo::server` (what `RUST_LOG` filters on):
@@ -174,13 +224,39 @@ pub fn access(a: &Access<'_>) {
         tracing::info!(
             target: "binaryrepo::server",
             method = a.method, path = a.path, repo = a.repo, status = a.status, bytes = a.bytes,
-            ms = a.elapsed.as_millis() as u64, "served"
+            ms = a.elapsed.as_millis() as u64, client = %a.client, user = a.user, "served"
         );
         return;
     };
-    let mut line = Vec::with_capacity(160 + a.path.len());
-    format_access(&mut line, a, SystemTime::now(), sink.ansi);
+    let mut line = Vec::with_capacity(200 + a.path.len());
+    if sink.json {
+        format_access_json(&mut line, a, SystemTime::now());
+    } else {
+        format_access(&mut line, a, SystemTime::now(), sink.ansi);
+    }
     sink.shared.append(&line);
+}
+
+/// The access line as tracing's JSON formatter shapes an event: `{"timestamp", "level", "fields",
+/// "target", "span"}`, with the client and the user among the fields.
+fn format_access_json(line: &mut Vec<u8>, a: &Access<'_>, now: SystemTime) {
+    let value = serde_json::json!({
+        "timestamp": humantime::format_rfc3339_micros(now).to_string(),
+        "level": "INFO",
+        "fields": {
+            "message": "served",
+            "status": a.status,
+            "bytes": a.bytes,
+            "ms": a.elapsed.as_millis() as u64,
+            "client": a.client.to_string(),
+            "user": a.user,
+        },
+        "target": "binaryrepo::server",
+        "span": {"name": "request", "method": a.method, "path": a.path, "repo": a.repo},
+    });
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *line, &value);
+    line.push(b'\n');
 }
 
 fn format_access(line: &mut Vec<u8>, a: &Access<'_>, now: SystemTime, ansi: bool) {
@@ -204,6 +280,12 @@ fn format_access(line: &mut Vec<u8>, a: &Access<'_>, now: SystemTime, ansi: bool
     }
     line.extend_from_slice(b" ms=");
     number(line, a.elapsed.as_millis() as u64);
+    line.extend_from_slice(b" client=");
+    let _ = write!(line, "{}", a.client);
+    if let Some(user) = a.user {
+        line.extend_from_slice(b" user=");
+        line.extend_from_slice(user.as_bytes());
+    }
     line.push(b'\n');
 }
 
@@ -243,22 +325,31 @@ mod tests {
             status: 200,
             bytes: Some(754),
             elapsed: Duration::from_micros(1500),
+            client: std::net::IpAddr::from([127, 0, 0, 1]),
+            user: Some("alice"),
         };
         let t = UNIX_EPOCH + Duration::from_micros(1_795_403_521_620_610);
         format_access(&mut line, &a, t, false);
         assert_eq!(
             String::from_utf8(line).unwrap(),
             "2026-11-23T03:12:01.620610Z  INFO request{method=GET path=/v2/bench/library/test/manifests/1 repo=\"bench\"}: \
-             binaryrepo::server: served status=200 bytes=754 ms=1\n"
+             binaryrepo::server: served status=200 bytes=754 ms=1 client=127.0.0.1 user=alice\n"
         );
         let mut line = Vec::new();
-        let a = Access { repo: None, bytes: None, status: 404, ..a };
+        let a = Access { repo: None, bytes: None, status: 404, user: None, ..a };
         format_access(&mut line, &a, UNIX_EPOCH + Duration::from_secs(951_782_400), false);
         assert_eq!(
             String::from_utf8(line).unwrap(),
             "2000-02-29T00:00:00.000000Z  INFO request{method=GET path=/v2/bench/library/test/manifests/1}: \
-             binaryrepo::server: served status=404 bytes=- ms=1\n"
+             binaryrepo::server: served status=404 bytes=- ms=1 client=127.0.0.1\n"
         );
+        let mut line = Vec::new();
+        format_access_json(&mut line, &Access { user: Some("bob"), ..a }, UNIX_EPOCH);
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["fields"]["client"], "127.0.0.1");
+        assert_eq!(v["fields"]["user"], "bob");
+        assert_eq!(v["span"]["path"], "/v2/bench/library/test/manifests/1");
+        assert_eq!(v["fields"]["status"], 404);
     }
 
     #[test]

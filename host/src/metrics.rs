@@ -113,7 +113,34 @@ pub struct Metrics {
     upstream_requests: Counters<RequestLabels>,
     upstream_errors: Counters<RepoLabels>,
     upstream_bytes: Counters<RepoLabels>,
+    store_served: Counters<RepoLabels>,
+    store_served_bytes: Counters<RepoLabels>,
     plugin_calls: Counters<PluginLabels>,
+}
+
+/// What a repository's cache has done since start, read from the counters above (the web page and
+/// `GET /api/stats` show it; Prometheus has the same numbers as series).
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct CacheStats {
+    /// Blob bodies served from the store (a GET, not a HEAD).
+    pub served_from_store: u64,
+    /// Their bytes: for a remote, what clients got without an upstream transfer.
+    pub served_from_store_bytes: u64,
+    /// Upstream fills this repository started.
+    pub fetched_upstream: u64,
+    /// Requests that joined a fill already under way instead of starting their own.
+    pub joined_in_flight: u64,
+    /// Body bytes received from the upstream (documents, tokens and blobs).
+    pub upstream_bytes: u64,
+    /// Body bytes sent to clients (as announced: a client that hung up early got fewer).
+    pub client_bytes: u64,
+}
+
+impl CacheStats {
+    /// What clients got beyond what came from upstream: the traffic a remote spared its upstream.
+    pub fn bytes_saved(&self) -> u64 {
+        self.client_bytes.saturating_sub(self.upstream_bytes)
+    }
 }
 
 /// Latency buckets from 250 µs (a cached manifest) to 10 s (a cold fill waiting on upstream).
@@ -163,6 +190,13 @@ impl Metrics {
             upstream_requests: register(r, "upstream_requests", "Requests sent upstream that got an answer, by status", None),
             upstream_errors: register(r, "upstream_errors", "Requests sent upstream that got no answer (connect failure, timeout)", None),
             upstream_bytes: register(r, "upstream_body", "Body bytes received from upstreams", Some(Unit::Bytes)),
+            store_served: register(r, "store_served_blobs", "Blob bodies served from the store, without an upstream transfer", None),
+            store_served_bytes: register(
+                r,
+                "store_served_blob",
+                "Bytes of blob bodies served from the store, without an upstream transfer",
+                Some(Unit::Bytes),
+            ),
             plugin_calls: register(r, "plugin_calls", "Calls into format plugins, by export and outcome", None),
             registry: root,
         }
@@ -218,6 +252,28 @@ impl Metrics {
     pub fn fill_ended(&self, repository: &str, stored: bool) {
         let outcome = if stored { "stored" } else { "failed" };
         self.fills.get_or_create(&FillLabels { repository: repository.to_owned(), outcome }).inc();
+    }
+
+    /// A blob body of `bytes` served from the store (not a HEAD).
+    pub fn served_from_store(&self, repository: &str, bytes: u64) {
+        let labels = RepoLabels { repository: repository.to_owned() };
+        self.store_served.get_or_create(&labels).inc();
+        self.store_served_bytes.get_or_create(&labels).inc_by(bytes);
+    }
+
+    /// The cache figures of one repository. Only called for configured repositories, so the
+    /// series it creates stay bounded like every other.
+    pub fn cache_stats(&self, repository: &str) -> CacheStats {
+        let labels = RepoLabels { repository: repository.to_owned() };
+        let fetches = |result| self.fetches.get_or_create(&FetchLabels { repository: repository.to_owned(), result }).get();
+        CacheStats {
+            served_from_store: self.store_served.get_or_create(&labels).get(),
+            served_from_store_bytes: self.store_served_bytes.get_or_create(&labels).get(),
+            fetched_upstream: fetches("started"),
+            joined_in_flight: fetches("joined"),
+            upstream_bytes: self.upstream_bytes.get_or_create(&labels).get(),
+            client_bytes: self.response_bytes.get_or_create(&labels).get(),
+        }
     }
 
     /// The counter of one plugin export's calls with one outcome, taken once when the plugin loads.
@@ -362,6 +418,24 @@ mod tests {
         assert!(text.ends_with("# EOF\n"), "{text}");
         // An empty body (HEAD, 204) adds no bytes; the series is there from the first request, at zero.
         assert!(text.lines().any(|l| l == r#"binaryrepo_http_response_body_bytes_total{repository=""} 0"#), "{text}");
+    }
+
+    #[test]
+    fn cache_stats_read_a_repository_s_counters() {
+        let m = Metrics::new();
+        m.request(&m.series(Some("r")), &http::Method::GET, 200, Some(1000), Duration::from_micros(300));
+        m.upstream_bytes_of("r").inc_by(400);
+        m.blob_fetch("r", "started");
+        m.blob_fetch("r", "joined");
+        m.blob_fetch("other", "started");
+        m.served_from_store("r", 600);
+        let s = m.cache_stats("r");
+        assert_eq!((s.fetched_upstream, s.joined_in_flight, s.served_from_store, s.served_from_store_bytes), (1, 1, 1, 600));
+        assert_eq!((s.client_bytes, s.upstream_bytes, s.bytes_saved()), (1000, 400, 600));
+        // more fetched than served (a client hung up) saves nothing rather than underflowing
+        m.upstream_bytes_of("r").inc_by(5000);
+        assert_eq!(m.cache_stats("r").bytes_saved(), 0);
+        assert!(m.render(0).expect("render").contains(r#"binaryrepo_store_served_blob_bytes_total{repository="r"} 600"#));
     }
 
     #[test]

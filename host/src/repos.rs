@@ -2,13 +2,15 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{Access, Grant, Principal};
+
+mod cleanup;
+pub use cleanup::{CleanupInput, CleanupRules, TagPattern};
 use std::sync::LazyLock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +75,9 @@ pub struct Repository {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
     pub tag_check_seconds: u64,
+    /// Remote: seconds an upstream "not found" is remembered (`DEFAULT_MISS_SECONDS`).
+    #[serde(default = "default_miss_seconds")]
+    pub miss_cache_seconds: u64,
     #[serde(default)]
     pub hostnames: Vec<String>,
     #[serde(default)]
@@ -87,6 +92,23 @@ pub struct Repository {
     /// Who may do what here; none: the default for the repository's type (`default_grants`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<Vec<Grant>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheLimits>,
+    /// Local only: what each garbage collection run removes (tag retention).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup: Option<CleanupRules>,
+}
+
+/// How much a remote repository may cache: enforced by each garbage collection run, which
+/// evicts what was pulled least recently (see `gc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheLimits {
+    /// Bytes of cached content the repository may hold; none: no size budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    /// Cached content nobody pulled for this many days is removed; none: no age limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_days: Option<u64>,
 }
 
 /// The grants of a repository that names none. A remote is a shared cache of public content:
@@ -110,6 +132,7 @@ pub struct RepositoryView<'a> {
     pub username: Option<&'a str>,
     pub has_credentials: bool,
     pub tag_check_seconds: u64,
+    pub miss_cache_seconds: u64,
     pub hostnames: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
@@ -122,6 +145,12 @@ pub struct RepositoryView<'a> {
     pub access: &'a [Grant],
     /// whether `access` is the type's default (the repository names none)
     pub access_default: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_max_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_max_age_days: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cleanup: Option<&'a CleanupRules>,
 }
 
 impl Repository {
@@ -143,6 +172,7 @@ impl Repository {
             username: self.username.as_deref(),
             has_credentials: self.password.is_some() || self.username.is_some(),
             tag_check_seconds: self.tag_check_seconds,
+            miss_cache_seconds: self.miss_cache_seconds,
             hostnames: &self.hostnames,
             port: self.port,
             default: self.default,
@@ -151,6 +181,9 @@ impl Repository {
             delete_enabled: self.delete_enabled,
             access: self.grants(),
             access_default: self.access.is_none(),
+            cache_max_bytes: self.cache.and_then(|c| c.max_bytes),
+            cache_max_age_days: self.cache.and_then(|c| c.max_age_days),
+            cleanup: self.cleanup.as_ref(),
         }
     }
 
@@ -177,6 +210,7 @@ pub struct RepositoryInput {
     pub username: Option<String>,
     pub password: Option<String>,
     pub tag_check_seconds: Option<u64>,
+    pub miss_cache_seconds: Option<u64>,
     pub hostnames: Option<Vec<String>>,
     pub port: Option<u16>,
     pub default: Option<bool>,
@@ -186,9 +220,26 @@ pub struct RepositoryInput {
     /// `[{"who": "user:alice" | "group:ci" | "authenticated" | "anonymous", "allow": ["read", "write", "delete", "admin"]}]`
     #[serde(alias = "permissions")]
     pub access: Option<Vec<Grant>>,
+    /// remote only: the size budget of its cache, in bytes
+    pub cache_max_bytes: Option<u64>,
+    /// remote only: cached content not pulled for this many days is removed
+    pub cache_max_age_days: Option<u64>,
+    /// local only: `{"keep_last": N, "matching": "regex", "untagged_after_days": D}`
+    pub cleanup: Option<CleanupInput>,
 }
 
 pub const DEFAULT_TAG_CHECK_SECONDS: u64 = 300;
+
+/// A storm of requests for something the upstream does not have makes one upstream request per
+/// this many seconds; short, so that something pushed upstream shows up soon.
+pub const DEFAULT_MISS_SECONDS: u64 = 5;
+
+/// The most a miss may be remembered: an upstream that gains the thing is believed within this.
+pub const MAX_MISS_SECONDS: u64 = 3600;
+
+fn default_miss_seconds() -> u64 {
+    DEFAULT_MISS_SECONDS
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -200,7 +251,8 @@ pub enum RepoError {
     #[error("repository {0:?} not found")]
     NotFound(String),
     /// Our fault: the definitions could not be written.
-    #[error("cannot persist repositories to {path}: {source}")]
+    /// Said without the path, which only the log gets: this reaches API clients.
+    #[error("cannot save the repository definitions: {source}")]
     Persist { path: PathBuf, source: std::io::Error },
     #[error("cannot load repositories from {path}: {message}")]
     Load { path: PathBuf, message: String },
@@ -284,6 +336,10 @@ impl RepositoryInput {
         if repo_type == RepoType::Virtual && members.is_empty() {
             return invalid("a virtual repository needs \"members\", the repositories it resolves through in order");
         }
+        let miss_cache_seconds = self.miss_cache_seconds.unwrap_or(DEFAULT_MISS_SECONDS);
+        if miss_cache_seconds > MAX_MISS_SECONDS {
+            return invalid(format!("miss_cache_seconds is at most {MAX_MISS_SECONDS}"));
+        }
         let default_local = self.default_local.map(RepoName::try_from).transpose()?;
         if let Some(d) = &default_local {
             if repo_type != RepoType::Virtual {
@@ -293,6 +349,18 @@ impl RepositoryInput {
                 return invalid(format!("default_local {d} is not one of the members"));
             }
         }
+        let cache = match (self.cache_max_bytes, self.cache_max_age_days) {
+            (None, None) => None,
+            _ if repo_type != RepoType::Remote => {
+                return invalid("\"cache_max_bytes\"/\"cache_max_age_days\" only apply to remote repositories");
+            }
+            (Some(0), _) | (_, Some(0)) => return invalid("cache_max_bytes and cache_max_age_days must be at least 1"),
+            (max_bytes, max_age_days) => Some(CacheLimits { max_bytes, max_age_days }),
+        };
+        let cleanup = match self.cleanup.map(CleanupInput::validate).transpose()?.flatten() {
+            Some(_) if repo_type != RepoType::Local => return invalid("\"cleanup\" only applies to local repositories"),
+            rules => rules,
+        };
         Ok(Repository {
             name,
             repo_type,
@@ -301,6 +369,7 @@ impl RepositoryInput {
             username: self.username,
             password: self.password,
             tag_check_seconds: self.tag_check_seconds.unwrap_or(DEFAULT_TAG_CHECK_SECONDS),
+            miss_cache_seconds,
             hostnames,
             port: self.port,
             default: self.default.unwrap_or(false),
@@ -308,6 +377,8 @@ impl RepositoryInput {
             default_local,
             delete_enabled: self.delete_enabled.unwrap_or(true),
             access: self.access,
+            cache,
+            cleanup,
         })
     }
 }
@@ -487,22 +558,16 @@ impl Repos {
         Ok(old)
     }
 
+    /// Durable before the change is acknowledged (see `storage::durable`). 0600: the file holds
+    /// upstream passwords.
     fn persist(&self, map: &BTreeMap<RepoName, Arc<Repository>>) -> Result<(), RepoError> {
-        let err = |source| RepoError::Persist { path: self.path.clone(), source };
+        let err = |source: std::io::Error| {
+            tracing::error!(path = %self.path.display(), error = %source, "repository definitions not saved");
+            RepoError::Persist { path: self.path.clone(), source }
+        };
         let list: Vec<&Repository> = map.values().map(|r| r.as_ref()).collect();
         let json = serde_json::to_vec_pretty(&list).map_err(|e| err(std::io::Error::other(e)))?;
-        let tmp = self.path.with_extension("json.tmp");
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            // The file holds upstream passwords.
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(&tmp).map_err(err)?;
-        f.write_all(&json).and_then(|_| f.sync_all()).map_err(err)?;
-        std::fs::rename(&tmp, &self.path).map_err(err)
+        crate::storage::durable::replace(&self.path, &json, 0o600).map_err(err)
     }
 }
 
@@ -543,6 +608,9 @@ mod tests {
                 "\"username\" and \"password\" fields",
             ),
             (r#"{"name":"x","type":"remote","format":"docker","url":"https://token@registry.example"}"#, "no user:password@"),
+            (r#"{"name":"x","type":"remote","format":"docker","url":"https://a","cleanup":{"keep_last":1}}"#, "only applies to local"),
+            (r#"{"name":"x","type":"virtual","format":"docker","members":["y"],"cleanup":{"keep_last":1}}"#, "only applies to local"),
+            (r#"{"name":"x","type":"local","format":"docker","cleanup":{"keep_last":1,"matching":"(("}}"#, "cleanup.matching"),
         ];
         for (json, want) in cases {
             let err = input(json).validate(None, &formats()).unwrap_err().to_string();

@@ -13,6 +13,10 @@ with a remote repository `bench` for it. Workloads (select with --only, comma-se
   docker      warm `docker pull` with a real Docker Engine: binaryrepo vs upstream direct (docker rmi between runs)
   plugin      plugin cost per request: runs `cargo bench -p binaryrepo --bench plugin_request` (criterion)
               and reads target/criterion/plugin_request/api_root/new/estimates.json
+  go          `go mod download` of 60 module versions: warm vs nginx serving the same files from disk, and
+              --clients concurrent cold downloads (upstream requests per immutable file); see gobench.py
+  helm        Helm remote repository vs nginx serving the same files: warm index.yaml (25 MB) and chart GETs
+              with wrk, RSS while 10 clients fetch the index cold (tests/bench/helm_bench.py)
 
 Prints ONE markdown table (absolute figures, binaryrepo / peer ratios, target, pass/miss) and writes it with
 the run's circumstances to tests/bench/results/latest.md (and the raw figures to latest.json).
@@ -37,17 +41,19 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import helm_bench
 import peers
+import gobench  # noqa: E402  (after peers, which puts tests/e2e on sys.path)
 from peers import BR_REPO, IMAGE_REPO, IMAGE_TAG, MIB, OCI_MANIFEST, REPO_ROOT
 from harness.clients import Dockerd, EgressTrap  # noqa: E402  (peers put tests/e2e on sys.path)
 from harness.registry import Registry  # noqa: E402
 from harness.util import proc_status, request  # noqa: E402
 
-WORKLOADS = ["warm", "cold", "concurrent", "manifest", "rss", "docker", "plugin"]
+WORKLOADS = ["warm", "cold", "concurrent", "manifest", "rss", "docker", "plugin", helm_bench.WORKLOAD, "go"]
 # The concurrent pulls run last: ten skopeo processes leave the machine slow for a while after them (a full run
 # measured the manifest workload at 0.65× nginx right after them, 0.77× on its own). The plugin microbenchmark
 # runs before the docker pulls, whose writeback slowed it by ~40% (7.3 µs right after them, 3.7–4.1 µs alone).
-RUN_ORDER = ["warm", "cold", "manifest", "plugin", "docker", "rss", "concurrent"]
+RUN_ORDER = ["warm", "cold", "manifest", "plugin", helm_bench.WORKLOAD, "docker", "rss", "go", "concurrent"]
 PEERS = ["binaryrepo", "direct", "proxy", "nginx"]
 PEER_TITLES = {"binaryrepo": "binaryrepo", "direct": "upstream direct", "proxy": "distribution proxy",
                "nginx": "nginx proxy_cache"}
@@ -171,6 +177,10 @@ class Bench:
             ("5b", "binaryrepo RSS", f"peak (VmHWM), {args.clients} concurrent warm GETs of 500 MiB", "≤ 64 MiB"),
             ("6", "warm `docker pull` (Docker Engine)", "time, mean ± σ", "≤ 1.0× direct"),
             ("7", "plugin cost per request (criterion)", "mean per request", "< 5 µs"),
+            ("G1", "warm `go mod download`, 60 module versions", "time, mean ± σ", "≤ 1.0× nginx"),
+            ("G2", f"{args.clients} concurrent cold `go mod download`", "upstream requests per immutable file",
+             "exactly 1"),
+            *helm_bench.rows(args),
         ]:
             self.rows[key] = Row(key, wl, metric, target)
 
@@ -545,6 +555,9 @@ class Bench:
                           f"{idle.get('RssFile', 0) / 1024:.1f} MiB file-backed (mapped executable pages).")
 
     # --- 6. docker pull ------------------------------------------------------------------------------------
+    def w_go(self):
+        gobench.run(self, Series, verdict, fmt_ratio, log)
+
     def w_docker(self):
         row = self.rows["6"]
         if not shutil.which("dockerd"):
@@ -626,17 +639,22 @@ class Bench:
                           f"{fmt_ns(fresh) if fresh else 'n/a'}.")
         row.raw = {**est, "fresh_mean_ns": fresh, "run_means_ns": [r[0]["mean"]["point_estimate"] for r in runs]}
 
+    # --- 8. Helm ----------------------------------------------------------------------------------------------
+    def w_helm(self):
+        helm_bench.run(self, sys.modules[__name__])
+
     # --- run -----------------------------------------------------------------------------------------------
     def run(self, only):
         need = set()
         for w in only:
             need |= {"warm": {"binaryrepo", "proxy", "nginx"}, "cold": {"binaryrepo", "proxy", "nginx"},
                      "concurrent": {"binaryrepo", "proxy", "nginx"}, "manifest": {"binaryrepo", "proxy", "nginx"},
-                     "rss": {"binaryrepo"}, "docker": {"binaryrepo"}, "plugin": set()}[w]
+                     "rss": {"binaryrepo"}, "docker": {"binaryrepo"}, "plugin": set(), "go": set(),
+                     helm_bench.WORKLOAD: set()}[w]  # the Helm and Go workloads start their own peers
         self.load_start = loadavg()
         self.started = datetime.datetime.now().astimezone()
         rows_of = {"warm": ["1"], "cold": ["2"], "concurrent": ["3a", "3b"], "manifest": ["4", "4b"], "rss": ["5a", "5b"],
-                   "docker": ["6"], "plugin": ["7"]}
+                   "docker": ["6"], "plugin": ["7"], "go": ["G1", "G2"], helm_bench.WORKLOAD: helm_bench.ROW_KEYS}
         try:
             if need:
                 self.setup(need)
@@ -714,7 +732,7 @@ HOW = """How each figure is taken (tests/bench/README.md has more):
 5. `/proc/PID/status` of binaryrepo: VmRSS 2 s after a restart (idle), VmHWM after N concurrent warm curl GETs.
 6. `docker pull -q` with dockerd 20.10 (own data-root, egress trap), `docker rmi -f CONFIG` and `sync` before
    every pull (the previous pull's writeback otherwise lands in the next one's time).
-"""
+""" + helm_bench.HOW
 
 
 def proc_cpu(stat_path) -> tuple[int | None, float]:
@@ -885,7 +903,7 @@ def main():
     if args.runs < 1 or args.docker_runs < 1 or args.concurrent_runs < 1:
         ap.error("runs must be >= 1")
     for tool in ("curl", "docker-registry", "nginx", "skopeo", "wrk"):
-        if not shutil.which(tool) and (tool != "wrk" or "manifest" in only):
+        if not shutil.which(tool) and (tool != "wrk" or "manifest" in only or "helm" in only):
             ap.error(f"{tool} not found: run `make bench` (it installs the peers) or tests/bench/install-deps.sh")
     if os.geteuid() != 0 and "docker" in only:
         log("note: the docker workload needs root (dockerd)")

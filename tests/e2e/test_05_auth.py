@@ -23,8 +23,8 @@ def test_token_auth_anonymous(token_server, make_upstream, br, images, tmp_path)
     ts = token_server(anonymous=True)
     up = make_upstream("tok-anon", auth=ts.registry_auth())
     small, small2 = images["small"], images["small2"]
-    br.create_remote("tok", up.url)
-    skopeo_copy(small.ref(br.prefix("tok")), tmp_path / "small")
+    br.create_remote("tok-remote", up.url)
+    skopeo_copy(small.ref(br.prefix("tok-remote")), tmp_path / "small")
     assert dir_image(tmp_path / "small") == (small.digest, small.blobs)
     assert ts.count() >= 1, "the token service was never asked"
     assert all(r["user"] is None and r["authorization"] is None for r in ts.requests), ts.requests
@@ -35,7 +35,7 @@ def test_token_auth_anonymous(token_server, make_upstream, br, images, tmp_path)
     asked = ts.count()
     m = up.mark()
     layer, size = small2.largest_layer()
-    got = stream_get(br.v2("tok", f"library/small/blobs/{layer}"))
+    got = stream_get(br.v2("tok-remote", f"library/small/blobs/{layer}"))
     assert got.status == 200 and got.complete and got.digest == layer and got.nbytes == size, got
     assert up.stats(m).count("GET", "blob", 200, ref=layer) == 1, up.stats(m).listing()
     assert ts.count() == asked, f"the token was not reused: {ts.requests[asked:]}"
@@ -66,8 +66,8 @@ def test_htpasswd_upstream(make_upstream, br, images, tmp_path):
     hp = htpasswd_file(tmp_path / "htpasswd", "bob", PW)
     up = make_upstream("basic", auth={"htpasswd": {"realm": "e2e-basic", "path": hp}})
     small = images["small"]
-    br.create_remote("basic", up.url, username="bob", password=PW)
-    skopeo_copy(small.ref(br.prefix("basic")), tmp_path / "small")
+    br.create_remote("basic-remote", up.url, username="bob", password=PW)
+    skopeo_copy(small.ref(br.prefix("basic-remote")), tmp_path / "small")
     assert dir_image(tmp_path / "small") == (small.digest, small.blobs)
 
     br.create_remote("basic-nocred", up.url)
@@ -84,5 +84,5 @@ def test_htpasswd_upstream(make_upstream, br, images, tmp_path):
     # the (write-only) password survives a restart: an image not cached yet still comes through
     br.restart()
     small2 = images["small2"]
-    r = request("GET", br.v2("basic", f"{small2.repo}/manifests/{small2.tag}"), headers={"Accept": ACCEPT_HEADER})
+    r = request("GET", br.v2("basic-remote", f"{small2.repo}/manifests/{small2.tag}"), headers={"Accept": ACCEPT_HEADER})
     assert r.status == 200 and r.body == small2.manifest, r

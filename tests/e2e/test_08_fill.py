@@ -141,7 +141,7 @@ def test_upstream_that_hangs_up_mid_blob_leaves_nothing_stored(make_binaryrepo, 
 
 def test_a_blob_larger_than_the_free_disk_fails_at_once_with_an_oci_error(make_binaryrepo, upstream, images, tmp_path):
     """The staging file is reserved at the blob's announced length: a disk without room for it
-    answers the client straight away, in the OCI shape and saying why, instead of after the download."""
+    answers the client straight away, 503 in the OCI shape and saying why, instead of after the download."""
     big = images["big"]
     layer, size = big.largest_layer()  # 100 MiB
     mnt = tmp_path / "full"
@@ -154,7 +154,7 @@ def test_a_blob_larger_than_the_free_disk_fails_at_once_with_an_oci_error(make_b
         m0 = upstream.mark()
         log0 = br.log_mark()
         got = stream_get(br.v2("docker-remote", f"{big.repo}/blobs/{layer}"))
-        assert got.status == 500 and got.nbytes < 1024, got
+        assert got.status == 503 and got.nbytes < 1024, got
         error = json.loads(got.body_head)["errors"][0]
         assert "no room" in error["message"] and str(size) in error["message"], error
         assert br.wait_fill(layer, since=log0) == "failed"

@@ -4,7 +4,7 @@ of the other methods, so a request that falls through to it gets 404 instead of 
 import pytest
 
 from harness.clients import dir_image, skopeo_copy
-from harness.images import ACCEPT_HEADER
+from harness.images import ACCEPT_HEADER, skopeo
 from harness.util import free_port, request, sha256_bytes, stream_get, wait_until
 from harness.binaryrepo import ADMIN, basic
 
@@ -99,13 +99,36 @@ def test_dedicated_port_survives_restart(setup, images):
 def test_default_repository(make_upstream, br, images, tmp_path):
     up = make_upstream()
     small = images["small"]
-    br.create_remote("hub", up.url, default=True)
+    br.create_remote("hub-cache", up.url, default=True)
     assert request("GET", f"{br.url}/v2/", headers={"Authorization": basic(*ADMIN)}).status == 200
     assert_small(get_manifest(f"{br.url}/v2/library/small/manifests/1"), small)
     skopeo_copy(small.ref(br.host), tmp_path / "default")
     assert dir_image(tmp_path / "default") == (small.digest, small.blobs)
     # the path method still reaches the repository by name
-    assert_small(get_manifest(f"{br.url}/v2/hub/library/small/manifests/1"), small)
+    assert_small(get_manifest(f"{br.url}/v2/hub-cache/library/small/manifests/1"), small)
+
+
+def test_hub_style_names_reach_the_default_repository(make_upstream, br, images, tmp_path):
+    """A mirror request for `docker/small` (a namespace that is also a repository's name) goes to the
+    default repository: the path method takes only names with `-`, `_` or `.`, which registry
+    namespaces never have."""
+    up = make_upstream()
+    small = images["small"]
+    skopeo("copy", "--all", "--src-tls-verify=false", "--dest-tls-verify=false",
+           f"docker://{up.url.split('://')[1]}/library/small:1", f"docker://{up.url.split('://')[1]}/docker/small:1")
+    br.create_remote("hub-cache", up.url, default=True)
+    for name in ("docker", "library", "team"):
+        br.create_local(name)
+    # root requests with registry-style namespaces: the default remote answers, not the local repositories
+    assert_small(get_manifest(f"{br.url}/v2/docker/small/manifests/1"), small)
+    assert_small(get_manifest(f"{br.url}/v2/library/small/manifests/1"), small)
+    skopeo_copy(f"{br.host}/docker/small:1", tmp_path / "hub-style")
+    assert dir_image(tmp_path / "hub-style") == (small.digest, small.blobs)
+    # the local repository named like a namespace is still reachable by its prefix
+    r = get_manifest(f"{br.url}/repo/docker/v2/small/manifests/1")
+    assert r.status == 404 and r.json().get("errors"), r
+    # names with a separator are taken by the path method
+    assert_small(get_manifest(f"{br.url}/v2/hub-cache/docker/small/manifests/1"), small)
 
 
 def test_no_repository_no_default(make_upstream, br):

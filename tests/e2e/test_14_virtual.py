@@ -19,7 +19,7 @@ def push_layout(image, dest_ref):
 def virt(upstream, local_br):
     br = local_br
     br.create_remote("docker-remote", upstream.url)
-    v = br.create_virtual("docker", ["docker-local", "docker-remote"], default_local="docker-local")
+    v = br.create_virtual("docker-virtual", ["docker-local", "docker-remote"], default_local="docker-local")
     assert v["type"] == "virtual" and v["members"] == ["docker-local", "docker-remote"], v
     assert v.get("default_local") == "docker-local", v
     return br
@@ -29,11 +29,11 @@ def test_pull_local_and_remote_images_through_the_virtual(virt, upstream, images
     br, small, small2 = virt, images["small"], images["small2"]
     push_layout(small2, f"{br.prefix('docker-local')}/e2e/pushed:1")
 
-    skopeo_copy(f"{br.prefix('docker')}/e2e/pushed:1", tmp_path / "local")
+    skopeo_copy(f"{br.prefix('docker-virtual')}/e2e/pushed:1", tmp_path / "local")
     assert dir_image(tmp_path / "local") == (small2.digest, small2.blobs), "the locally pushed image via the virtual"
 
     m0 = upstream.mark()
-    skopeo_copy(small.ref(br.prefix("docker")), tmp_path / "remote")
+    skopeo_copy(small.ref(br.prefix("docker-virtual")), tmp_path / "remote")
     assert dir_image(tmp_path / "remote") == (small.digest, small.blobs), "the remote image via the virtual"
     st = upstream.stats(m0)
     assert st.blob_gets() == {d: [s] for d, s in small.blobs.items()}, st.listing()
@@ -43,9 +43,9 @@ def test_pull_local_and_remote_images_through_the_virtual(virt, upstream, images
     assert dir_image(tmp_path / "member") == (small.digest, small.blobs)
     assert upstream.stats(m1).count(kind_="blob") == 0, upstream.stats(m1).listing()
 
-    r = request("HEAD", br.v2("docker", "e2e/pushed/manifests/1"), headers={"Accept": ACCEPT_HEADER})
+    r = request("HEAD", br.v2("docker-virtual", "e2e/pushed/manifests/1"), headers={"Accept": ACCEPT_HEADER})
     assert r.status == 200 and r.header("Docker-Content-Digest") == small2.digest, r.headers
-    r = request("GET", br.v2("docker", "e2e/nothing-anywhere/manifests/1"), headers={"Accept": ACCEPT_HEADER})
+    r = request("GET", br.v2("docker-virtual", "e2e/nothing-anywhere/manifests/1"), headers={"Accept": ACCEPT_HEADER})
     assert r.status == 404, f"a name no member has: {r!r}"
     errors_of(r)
 
@@ -54,7 +54,7 @@ def test_first_member_wins(virt, images, tmp_path):
     br, small, small2 = virt, images["small"], images["small2"]
     # docker-local gets its own library/small:1 (small2's content), the upstream has the real small:1
     push_layout(small2, f"{br.prefix('docker-local')}/library/small:1")
-    assert sha256_bytes(skopeo_raw(f"{br.prefix('docker')}/library/small:1")) == small2.digest, \
+    assert sha256_bytes(skopeo_raw(f"{br.prefix('docker-virtual')}/library/small:1")) == small2.digest, \
         "members [docker-local, docker-remote]: docker-local's tag wins"
     br.create_virtual("docker-remote-first", ["docker-remote", "docker-local"])
     assert sha256_bytes(skopeo_raw(f"{br.prefix('docker-remote-first')}/library/small:1")) == small.digest, \
@@ -67,10 +67,10 @@ def test_first_member_wins(virt, images, tmp_path):
 
 def test_push_through_the_virtual_lands_in_default_local(virt, images, tmp_path):
     br, small = virt, images["small"]
-    push_layout(small, f"{br.prefix('docker')}/e2e/via-virtual:1")
+    push_layout(small, f"{br.prefix('docker-virtual')}/e2e/via-virtual:1")
     skopeo_copy(f"{br.prefix('docker-local')}/e2e/via-virtual:1", tmp_path / "member")
     assert dir_image(tmp_path / "member") == (small.digest, small.blobs), "pushed via the virtual, read from docker-local"
-    skopeo_copy(f"{br.prefix('docker')}/e2e/via-virtual:1", tmp_path / "virtual")
+    skopeo_copy(f"{br.prefix('docker-virtual')}/e2e/via-virtual:1", tmp_path / "virtual")
     assert dir_image(tmp_path / "virtual") == (small.digest, small.blobs)
     r = request("GET", br.v2("docker-local", "e2e/via-virtual/tags/list"))
     assert r.status == 200 and r.json()["tags"] == ["1"], r
@@ -107,42 +107,42 @@ def test_virtual_definitions_are_validated(local_br):
                                            "default_local": "docker-local2"}, ("default_local", "member")),
         ("default_local does not exist", {"members": ["docker-local"], "default_local": "nope"}, ("default_local", "nope")),
     ]
-    br.create_virtual("inner", ["docker-local"])
+    br.create_virtual("inner-virtual", ["docker-local"])
     before = br.repos()
     for what, extra, words in bad:
-        body = {"name": "docker", "type": "virtual", "format": "docker"}
-        body.update(extra if extra is not None else {"members": ["inner", "docker-remote"]})
+        body = {"name": "docker-virtual", "type": "virtual", "format": "docker"}
+        body.update(extra if extra is not None else {"members": ["inner-virtual", "docker-remote"]})
         err = api_error(br.api("POST", "/api/repositories", json_body=body), 400)
         msg = (err["message"] + " " + err["code"]).lower()
         assert any(w in msg for w in words), f"{what}: the error does not name the problem: {err}"
         assert br.repos() == before, f"{what}: the repository list changed"
-    api_error(br.api("GET", "/api/repositories/docker"), 404)
+    api_error(br.api("GET", "/api/repositories/docker-virtual"), 404)
 
-    v = br.create_virtual("docker", ["docker-local", "docker-remote"], default_local="docker-local")
-    got = br.api("GET", "/api/repositories/docker").json()
+    v = br.create_virtual("docker-virtual", ["docker-local", "docker-remote"], default_local="docker-local")
+    got = br.api("GET", "/api/repositories/docker-virtual").json()
     assert got["members"] == ["docker-local", "docker-remote"] and got.get("default_local") == "docker-local", got
     assert v == got
     # a member cannot be deleted while a virtual lists it
     for member in ("docker-local", "docker-remote"):
         err = api_error(br.api("DELETE", f"/api/repositories/{member}"), 409)
-        assert "docker" in err["message"], f"the 409 does not name the virtual: {err}"
+        assert "docker-virtual" in err["message"], f"the 409 does not name the virtual: {err}"
         assert br.api("GET", f"/api/repositories/{member}").status == 200
     # replacing the virtual with fewer members frees the one it no longer lists
-    r = br.api("PUT", "/api/repositories/docker", json_body={"type": "virtual", "format": "docker",
+    r = br.api("PUT", "/api/repositories/docker-virtual", json_body={"type": "virtual", "format": "docker",
                                                               "members": ["docker-local"],
                                                               "default_local": "docker-local"})
     assert r.status == 200, r
     assert br.api("DELETE", "/api/repositories/docker-remote").status == 204
-    assert br.api("DELETE", "/api/repositories/docker").status == 204
+    assert br.api("DELETE", "/api/repositories/docker-virtual").status == 204
     api_error(br.api("DELETE", "/api/repositories/docker-local"), 409)  # still in "inner"
-    assert br.api("DELETE", "/api/repositories/inner").status == 204
+    assert br.api("DELETE", "/api/repositories/inner-virtual").status == 204
     assert br.api("DELETE", "/api/repositories/docker-local").status == 204
 
 
 def test_virtual_definition_persists(virt):
     br = virt
-    before = br.api("GET", "/api/repositories/docker").json()
+    before = br.api("GET", "/api/repositories/docker-virtual").json()
     br.restart()
-    assert br.api("GET", "/api/repositories/docker").json() == before
-    r = request("GET", br.v2("docker", "library/small/manifests/1"), headers={"Accept": ACCEPT_HEADER})
+    assert br.api("GET", "/api/repositories/docker-virtual").json() == before
+    r = request("GET", br.v2("docker-virtual", "library/small/manifests/1"), headers={"Accept": ACCEPT_HEADER})
     assert r.status == 200, r

@@ -64,31 +64,31 @@ def test_a_push_or_delete_is_seen_at_once_by_a_reused_tag(local_br, images):
 
 def test_a_reused_tag_never_outlives_its_check_window(upstream, br, images):
     small, small2 = images["small"], images["small2"]
-    br.create_remote("short", upstream.url, tag_check_seconds=3)
+    br.create_remote("short-remote", upstream.url, tag_check_seconds=3)
     t0 = time.monotonic()
-    assert sha256_bytes(manifest_by_tag(br, "short", "library/small", "1").body) == small.digest
+    assert sha256_bytes(manifest_by_tag(br, "short-remote", "library/small", "1").body) == small.digest
     m = upstream.mark()
     while time.monotonic() - t0 < 1.5:
-        r = manifest_by_tag(br, "short", "library/small", "1")
+        r = manifest_by_tag(br, "short-remote", "library/small", "1")
         assert r.status == 200 and sha256_bytes(r.body) == small.digest, r
     assert upstream.stats(m).count(kind_="manifest") == 0, upstream.stats(m).listing()
     _retag_upstream(upstream, small2, "1")
     time.sleep(max(0.0, t0 + 3.2 - time.monotonic()))
-    r = manifest_by_tag(br, "short", "library/small", "1")
+    r = manifest_by_tag(br, "short-remote", "library/small", "1")
     assert r.status == 200 and sha256_bytes(r.body) == small2.digest, \
         f"past the 3 s window the moved tag must be seen\n{r!r}"
 
 
 def test_a_reconfigured_repository_decides_afresh(upstream, br, images):
     small = images["small"]
-    br.create_remote("cfg", upstream.url)  # tag_check_seconds 300
+    br.create_remote("cfg-remote", upstream.url)  # tag_check_seconds 300
     for _ in range(3):
-        assert sha256_bytes(manifest_by_tag(br, "cfg", "library/small", "1").body) == small.digest
-    r = br.api("PUT", "/api/repositories/cfg",
+        assert sha256_bytes(manifest_by_tag(br, "cfg-remote", "library/small", "1").body) == small.digest
+    r = br.api("PUT", "/api/repositories/cfg-remote",
                json_body={"type": "remote", "format": "docker", "url": upstream.url, "tag_check_seconds": 0})
     assert r.status == 200, r
     m = upstream.mark()
-    r = manifest_by_tag(br, "cfg", "library/small", "1")
+    r = manifest_by_tag(br, "cfg-remote", "library/small", "1")
     assert r.status == 200 and sha256_bytes(r.body) == small.digest, r
     st = upstream.stats(m)
     assert st.count("HEAD", "manifest") == 1, \

@@ -65,16 +65,16 @@ def test_a_redirect_to_another_loopback_port_is_refused(make_binaryrepo, fakes, 
     (digest, _, _), (direct, data, _) = blobs
     remote, other = fakes(), fakes()
     br = make_binaryrepo()
-    br.create_remote("r", remote.url, username="alice", password=PW)
+    br.create_remote("r-remote", remote.url, username="alice", password=PW)
     for host in ("127.0.0.1", "localhost", "[::ffff:127.0.0.1]"):
         remote.redirect[digest] = f"http://{host}:{other.port}/storage/{digest}"
-        r = request("GET", br.v2("r", f"x/blobs/{digest}"))
+        r = request("GET", br.v2("r-remote", f"x/blobs/{digest}"))
         assert_refused(r, f"redirect to {host}")
     assert other.requests == [], f"the redirect target was reached: {other.requests}"
     assert remote.count("GET", f"/blobs/{digest}") == 3, remote.requests
     assert not br.blob_path(digest).exists()
     # a refusal is not an outage: the remote itself still answers
-    got = stream_get(br.v2("r", f"x/blobs/{direct}"))
+    got = stream_get(br.v2("r-remote", f"x/blobs/{direct}"))
     assert got.status == 200 and got.digest == direct and got.nbytes == len(data), got
 
 
@@ -83,8 +83,8 @@ def test_a_redirect_to_the_remotes_own_origin_is_followed(make_binaryrepo, fakes
     remote = fakes()
     remote.redirect[digest] = f"{remote.url}/storage/{digest}"
     br = make_binaryrepo()
-    br.create_remote("r", remote.url, username="alice", password=PW)
-    got = stream_get(br.v2("r", f"x/blobs/{digest}"))
+    br.create_remote("r-remote", remote.url, username="alice", password=PW)
+    got = stream_get(br.v2("r-remote", f"x/blobs/{digest}"))
     assert got.status == 200 and got.complete and got.digest == digest and got.nbytes == len(data), got
     assert remote.count("GET", f"/storage/{digest}") == 1, remote.requests
     # the remote's own origin keeps the configured credentials across the hop
@@ -99,10 +99,10 @@ def test_allowed_networks_open_a_redirect_but_credentials_stay_behind(make_binar
     basic, bearer, other = fakes(), fakes(), fakes()
     bearer.challenge = ts.realm
     br = make_binaryrepo(config={"upstream_allow_networks": ["127.0.0.0/8"]})
-    br.create_remote("basic", basic.url, username="alice", password=PW)
-    br.create_remote("bearer", bearer.url)
+    br.create_remote("basic-remote", basic.url, username="alice", password=PW)
+    br.create_remote("bearer-remote", bearer.url)
     # one blob each: a blob stored through one remote is not fetched again through the other
-    for (name, remote, sent), (digest, data, _) in zip((("basic", basic, "Basic "), ("bearer", bearer, "Bearer ")), blobs):
+    for (name, remote, sent), (digest, data, _) in zip((("basic-remote", basic, "Basic "), ("bearer-remote", bearer, "Bearer ")), blobs):
         remote.redirect[digest] = f"{other.url}/storage/{digest}"
         got = stream_get(br.v2(name, f"x/blobs/{digest}"))
         assert got.status == 200 and got.complete and got.digest == digest and got.nbytes == len(data), f"{name}: {got}"
@@ -118,11 +118,11 @@ def test_an_https_remote_is_not_redirected_to_http(make_binaryrepo, fakes, blobs
     remote, other = fakes(tls=ca), fakes()
     remote.redirect[digest] = f"{other.url}/storage/{digest}"
     br = make_binaryrepo(config={"upstream_ca_file": str(ca.ca_file), "upstream_allow_networks": ["127.0.0.0/8"]})
-    br.create_remote("r", remote.url)
-    assert_refused(request("GET", br.v2("r", f"x/blobs/{digest}")), "https -> http")
+    br.create_remote("r-remote", remote.url)
+    assert_refused(request("GET", br.v2("r-remote", f"x/blobs/{digest}")), "https -> http")
     assert other.requests == [], other.requests
     # the TLS remote itself works (upstream_ca_file): the refusal was the downgrade
-    got = stream_get(br.v2("r", f"x/blobs/{direct}"))
+    got = stream_get(br.v2("r-remote", f"x/blobs/{direct}"))
     assert got.status == 200 and got.digest == direct and got.nbytes == len(data), got
 
 
@@ -134,9 +134,9 @@ def test_an_http_realm_on_another_port_gets_no_credentials(make_binaryrepo, fake
     remote = fakes()
     remote.challenge = ts.realm
     br = make_binaryrepo()
-    br.create_remote("r", remote.url, username="alice", password=PW)
+    br.create_remote("r-remote", remote.url, username="alice", password=PW)
     mark = br.log_mark()
-    got = stream_get(br.v2("r", f"x/blobs/{digest}"))
+    got = stream_get(br.v2("r-remote", f"x/blobs/{digest}"))
     assert got.status == 200 and got.digest == digest and got.nbytes == len(data), got
     assert ts.count() >= 1, "the realm was never asked"
     assert all(r["authorization"] is None for r in ts.requests), ts.requests
@@ -150,8 +150,8 @@ def test_an_https_realm_gets_the_credentials(make_binaryrepo, fakes, blobs, toke
     remote = fakes()
     remote.challenge = ts.realm
     br = make_binaryrepo(config={"upstream_ca_file": str(ca.ca_file)})
-    br.create_remote("r", remote.url, username="alice", password=PW)
-    got = stream_get(br.v2("r", f"x/blobs/{digest}"))
+    br.create_remote("r-remote", remote.url, username="alice", password=PW)
+    got = stream_get(br.v2("r-remote", f"x/blobs/{digest}"))
     assert got.status == 200 and got.digest == digest, got
     assert ts.count() >= 1 and all(r["authorization"] == BASIC for r in ts.requests), ts.requests
     # the token, not the credentials, goes to the registry
@@ -165,8 +165,8 @@ def test_an_https_remote_may_not_name_an_http_realm(make_binaryrepo, fakes, blob
     remote = fakes(tls=ca)
     remote.challenge = ts.realm
     br = make_binaryrepo(config={"upstream_ca_file": str(ca.ca_file)})
-    br.create_remote("r", remote.url, username="alice", password=PW)
-    assert_refused(request("GET", br.v2("r", f"x/blobs/{digest}")), "https remote, http realm")
+    br.create_remote("r-remote", remote.url, username="alice", password=PW)
+    assert_refused(request("GET", br.v2("r-remote", f"x/blobs/{digest}")), "https remote, http realm")
     assert ts.requests == [], ts.requests
 
 
@@ -175,16 +175,16 @@ def test_a_remote_url_with_credentials_is_refused(make_binaryrepo):
     and keeps nothing; a seeded repository stops the server from starting."""
     br = make_binaryrepo()
     for url in ("http://alice:secret@127.0.0.1:5000", "https://token@registry.example"):
-        r = br.api("POST", "/api/repositories", json_body={"name": "r", "type": "remote", "format": "docker", "url": url})
+        r = br.api("POST", "/api/repositories", json_body={"name": "r-remote", "type": "remote", "format": "docker", "url": url})
         assert r.status == 400, f"{url}: {r!r}"
         message = r.json()["error"]["message"]
         assert '"username" and "password" fields' in message and "secret" not in message, message
-        r = br.api("PUT", "/api/repositories/r", json_body={"type": "remote", "format": "docker", "url": url})
+        r = br.api("PUT", "/api/repositories/r-remote", json_body={"type": "remote", "format": "docker", "url": url})
         assert r.status == 400, f"PUT {url}: {r!r}"
     assert br.repos() == []
 
     seeded = make_binaryrepo("seeded", start=False, repositories=[
-        {"name": "r", "type": "remote", "format": "docker", "url": "http://alice:secret@127.0.0.1:5000"}])
+        {"name": "r-remote", "type": "remote", "format": "docker", "url": "http://alice:secret@127.0.0.1:5000"}])
     with pytest.raises(Exception):
         seeded.start(timeout=15)
     assert '"username" and "password" fields' in seeded.log_tail(5), seeded.log_tail(5)

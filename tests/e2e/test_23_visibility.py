@@ -67,7 +67,8 @@ def test_a_pushed_blob_is_not_served_by_another_name_repository_or_remote(repos,
     st = upstream.stats(m0)
     asked = st.select(ref=layer)
     assert asked and all(e.status == 404 and f"/v2/{SECRET}/blobs/" in e.path for e in asked), st.listing()
-    assert st.count("HEAD", "blob", status=404, ref=layer) >= 2, st.listing()
+    # asked once: the GET's 404 is remembered for the remote's miss_cache_seconds and answers the HEAD too
+    assert st.count("HEAD", "blob", status=404, ref=layer) >= 1, st.listing()
     assert st.count("HEAD", "manifest", status=404, ref=secret.digest) == 1, st.listing()
     assert not [e for e in st.entries if e.kind in ("blob", "manifest") and e.status < 400], st.listing()
     # no hint that it is stored: a digest stored nowhere gets the same answer

@@ -106,9 +106,9 @@ def test_upload_sessions_are_limited_per_repository_and_in_all(make_binaryrepo):
     """Guards Uploads::start's two checks: past them a POST gets OCI 429 TOOMANYREQUESTS and no file is made,
     while another repository (under the total) still starts uploads."""
     br = make_binaryrepo(config={"upload_sessions_per_repository": 5, "upload_sessions_total": 8})
-    br.create_local("a")
-    br.create_local("b")
-    a, b = Oci(br.url, "a"), Oci(br.url, "b")
+    br.create_local("a-repo")
+    br.create_local("b-repo")
+    a, b = Oci(br.url, "a-repo"), Oci(br.url, "b-repo")
     sessions = [a.upload_url("img") for _ in range(5)]
     r = a.start_upload("img")
     assert r.status == 429 and errors_of(r) == ["TOOMANYREQUESTS"], r
@@ -140,13 +140,13 @@ def test_a_fill_is_joined_only_by_its_own_repository(make_binaryrepo, images):
     good.start()
     try:
         br = make_binaryrepo()
-        br.create_remote("a", bad.url)
-        br.create_remote("b", good.url)
-        client_a = threading.Thread(target=stream_get, args=(br.v2("a", f"{small.repo}/blobs/{layer}"),), daemon=True)
+        br.create_remote("a-repo", bad.url)
+        br.create_remote("b-repo", good.url)
+        client_a = threading.Thread(target=stream_get, args=(br.v2("a-repo", f"{small.repo}/blobs/{layer}"),), daemon=True)
         client_a.start()
         assert bad.paused.wait(20), "remote a never fetched the layer"
         started = time.monotonic()
-        got = stream_get(br.v2("b", f"{small.repo}/blobs/{layer}"), timeout=10)
+        got = stream_get(br.v2("b-repo", f"{small.repo}/blobs/{layer}"), timeout=10)
         assert got.status == 200 and got.complete and got.digest == layer and got.nbytes == size, got
         assert time.monotonic() - started < 8
         assert good.count("GET", f"/blobs/{layer}") == 1, "remote b fetched from its own upstream"
@@ -242,11 +242,11 @@ def test_a_slow_remote_cannot_take_every_plugin_instance(make_binaryrepo):
     slow = SlowUpstream(delay=8)
     try:
         br = make_binaryrepo(config={"plugin_instances": 8, "plugin_instances_per_repository": 2})
-        br.create_remote("slow", slow.url)
+        br.create_remote("slow-remote", slow.url)
         br.create_local(LOCAL)
         clients = ThreadPoolExecutor(16)
         for i in range(16):
-            clients.submit(request, "GET", br.v2("slow", f"library/x{i}/manifests/1"),
+            clients.submit(request, "GET", br.v2("slow-remote", f"library/x{i}/manifests/1"),
                            headers={"Accept": ACCEPT_HEADER}, timeout=60)
         wait_until(lambda: slow.requests >= 2, timeout=10, what="the slow remote's calls to start")
         time.sleep(0.5)  # every client is in: holding a share, or waiting for one
@@ -311,10 +311,10 @@ def test_a_dribbled_document_is_cut_at_the_idle_timeout(make_binaryrepo):
     up = DribblingUpstream()
     try:
         br = make_binaryrepo(config={"upstream_idle_timeout_seconds": 2})
-        br.create_remote("dribble", up.url)
+        br.create_remote("dribble-remote", up.url)
         started = time.monotonic()
         digest = "sha256:" + "ab" * 32
-        r = request("GET", br.v2("dribble", f"library/x/manifests/{digest}"), headers={"Accept": ACCEPT_HEADER},
+        r = request("GET", br.v2("dribble-remote", f"library/x/manifests/{digest}"), headers={"Accept": ACCEPT_HEADER},
                     timeout=12)
         took = time.monotonic() - started
         assert up.gets >= 1, "the remote was never asked"

@@ -17,7 +17,7 @@ from harness.images import skopeo
 from harness.util import request, run
 
 LOCAL = "team-local"
-REMOTE = "hub"
+REMOTE = "hub-remote"
 ALICE = ("alice", "alice-password-1")
 BOB = ("bob", "bob-password-22")
 
@@ -47,11 +47,11 @@ def secure(make_binaryrepo, upstream):
 
 def test_management_api_needs_an_admin(secure):
     """api.rs who_may: anonymous 401 with a Basic challenge, a user 403, the admin 200; nothing changes"""
-    r = secure.api("POST", "/api/repositories", {"name": "x", "type": "local", "format": "docker"}, auth=None)
+    r = secure.api("POST", "/api/repositories", {"name": "x-repo", "type": "local", "format": "docker"}, auth=None)
     assert r.status == 401 and "Basic" in r.header("WWW-Authenticate")
-    r = secure.api("POST", "/api/repositories", {"name": "x", "type": "local", "format": "docker"}, auth=BOB)
+    r = secure.api("POST", "/api/repositories", {"name": "x-repo", "type": "local", "format": "docker"}, auth=BOB)
     assert r.status == 403 and r.json()["error"]["code"] == "DENIED"
-    assert secure.api("GET", "/api/repositories/x").status == 404, "a refused call created nothing"
+    assert secure.api("GET", "/api/repositories/x-repo").status == 404, "a refused call created nothing"
     assert secure.api("GET", "/api/repositories", auth=("admin", "wrong-password")).status == 401
     assert secure.api("GET", "/api/repositories").status == 200
     assert secure.api("POST", "/api/gc", auth=ALICE).status == 403
@@ -97,7 +97,7 @@ def test_push_needs_a_grant(secure, images, tmp_path):
     assert skopeo_raw(ref, creds=creds(BOB)) == small.manifest
     assert skopeo_raw(ref, check=False) != small.manifest
     # a direct PUT with Basic credentials: the host answers before the plugin, in the OCI shape
-    r = request("PUT", secure.v2(LOCAL, "e2e/small/manifests/x"), body=b"{}",
+    r = request("PUT", secure.v2(LOCAL, "e2e/small/manifests/x-repo"), body=b"{}",
                 headers={"Authorization": basic(*BOB), "Content-Type": "application/vnd.oci.image.manifest.v1+json"})
     assert r.status == 403 and r.json()["errors"][0]["code"] == "DENIED"
     # the audit trail names who did what
@@ -110,7 +110,7 @@ def test_api_tokens_revoked_and_expired(secure, images):
     """auth/ API tokens: usable as a password by skopeo; revoked and expired ones are refused"""
     small = images["small"]
     ref = small.ref(secure.prefix(LOCAL))
-    r = secure.api("POST", "/api/tokens", {"name": "ci"}, auth=ALICE)
+    r = secure.api("POST", "/api/tokens", {"name": "ci-repo"}, auth=ALICE)
     assert r.status == 201, r
     token, token_id = r.json()["token"], r.json()["id"]
     assert token.startswith("brt_")
@@ -124,7 +124,7 @@ def test_api_tokens_revoked_and_expired(secure, images):
     assert out.returncode != 0
     r = request("GET", secure.v2(LOCAL, f"{small.repo}/manifests/{small.tag}"), headers={"Authorization": f"Bearer {token}"})
     assert r.status == 401
-    short = secure.api("POST", "/api/tokens", {"name": "short", "expires_in_seconds": 1}, auth=ALICE).json()["token"]
+    short = secure.api("POST", "/api/tokens", {"name": "short-repo", "expires_in_seconds": 1}, auth=ALICE).json()["token"]
     time.sleep(2.2)
     r = request("GET", secure.v2(LOCAL, f"{small.repo}/manifests/{small.tag}"), headers={"Authorization": basic("alice", short)})
     assert r.status == 401 and r.json()["errors"][0]["code"] == "UNAUTHORIZED"
@@ -208,7 +208,7 @@ def test_plugin_built_for_0_2_1_still_serves(make_binaryrepo, images, tmp_path):
     root = Path(__file__).resolve().parents[2]
     shutil.copy(root / "plugins" / "testdata" / "prebuilt" / "docker-0.2.1.wasm", plugdir / "docker.wasm")
     br = make_binaryrepo(config={"plugin_dir": str(plugdir)})
-    plugins = br.api("GET", "/api/plugins").json()
+    plugins = br.api("GET", "/api/plugins").json()["plugins"]
     assert [(p["format"], p["contract"]) for p in plugins] == [("docker", "0.2.1")]
     br.create_local(LOCAL)
     small = images["small"]

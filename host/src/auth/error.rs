@@ -84,7 +84,7 @@ pub enum UserError {
     #[error("user {0} already has {max} tokens; revoke one first", max = super::api_tokens::MAX_PER_USER)]
     TooManyTokens(UserName),
     /// The server's fault: the change was not saved (and not made).
-    #[error("saving auth data: {0}")]
+    #[error("saving auth data failed: {}", .0.reason())]
     Persist(#[from] FileError),
     #[error(transparent)]
     Unavailable(#[from] HasherGone),
@@ -98,6 +98,7 @@ impl UserError {
             UserError::Exists(_) | UserError::ReadOnly { .. } | UserError::LastAdmin(_) | UserError::TooManyTokens(_) => {
                 StatusCode::CONFLICT
             }
+            UserError::Persist(e) if e.is_out_of_space() => StatusCode::SERVICE_UNAVAILABLE,
             UserError::Persist(_) => StatusCode::INTERNAL_SERVER_ERROR,
             UserError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,

@@ -2,11 +2,10 @@
 //! `signing.key`, each 0600 and replaced atomically (temporary file, fsync, rename, fsync of the
 //! directory), so a crash leaves the old or the new file, never half of one.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -42,21 +41,27 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], FileError> {
 
 /// Replaces `path` with `bytes`, readable by the owner only.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.{}.tmp", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
-    let written = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    })();
-    if let Err(source) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(FileError::Io { path: tmp, source });
+    crate::storage::durable::replace(path, bytes, 0o600).map_err(|source| {
+        tracing::error!(path = %path.display(), error = %source, "auth file not saved");
+        FileError::Io { path: path.into(), source }
+    })
+}
+
+impl FileError {
+    /// What failed, without the server's paths: for answers to clients (the log has the path).
+    pub fn reason(&self) -> String {
+        match self {
+            FileError::Io { source, .. } => source.to_string(),
+            FileError::Json { source, .. } => format!("not valid: {source}"),
+            FileError::KeyLength { found, .. } => format!("signing key of {found} bytes"),
+            FileError::Random => self.to_string(),
+        }
     }
-    fs::rename(&tmp, path).map_err(io_err(path))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+
+    /// The disk is full: the change can be retried once space is freed.
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, FileError::Io { source, .. } if crate::storage::durable::is_out_of_space(source))
+    }
 }
 
 /// Reads `path` if it exists, tightening its mode to 0600 (a file restored from a backup may

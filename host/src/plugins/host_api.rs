@@ -8,11 +8,6 @@ use super::caps;
 use super::state::CallState;
 use types::{BlobInfo, FetchedDocument, FetchedFile, HostError, Level, Repository, UpstreamRequest, UpstreamResponse};
 
-/// Imports declared by the contract that this host does not carry out yet.
-fn not_yet(what: &str) -> HostError {
-    HostError::Internal(format!("{what} is not supported by this host yet"))
-}
-
 impl types::Host for CallState {}
 
 impl log::Host for CallState {
@@ -87,19 +82,24 @@ impl uploads::Host for CallState {
         timed!(self, caps::uploads::cancel(&self.scope(), id).await)
     }
 
-    async fn read(&mut self, _id: String, _offset: u64, _length: u64) -> Result<Vec<u8>, HostError> {
+    async fn read(&mut self, id: String, offset: u64, length: u64) -> Result<Vec<u8>, HostError> {
         self.only_read = false;
-        Err(not_yet("uploads.read"))
+        let read = timed!(self, caps::uploads::read(&self.scope(), id, offset, length).await);
+        if let Ok(bytes) = &read {
+            self.credit_bytes(bytes.len());
+        }
+        read
     }
 
-    async fn append(&mut self, _id: String, _data: Vec<u8>) -> Result<u64, HostError> {
+    async fn append(&mut self, id: String, data: Vec<u8>) -> Result<u64, HostError> {
         self.only_read = false;
-        Err(not_yet("uploads.append"))
+        self.credit_bytes(data.len());
+        timed!(self, caps::uploads::append(&self.scope(), id, data).await)
     }
 
-    async fn commit(&mut self, _id: String, _expected: Option<String>) -> Result<FetchedFile, HostError> {
+    async fn commit(&mut self, id: String, expected: Option<String>) -> Result<FetchedFile, HostError> {
         self.only_read = false;
-        Err(not_yet("uploads.commit"))
+        timed!(self, caps::uploads::commit(&self.scope(), id, expected).await)
     }
 }
 
@@ -111,14 +111,19 @@ impl blobs::Host for CallState {
     async fn read(&mut self, digest: String) -> Result<Vec<u8>, HostError> {
         let read = timed!(self, caps::blobs::read(&self.scope(), digest).await);
         if let Ok(bytes) = &read {
+            self.credit_bytes(bytes.len());
             self.seen.remember(bytes);
         }
         read
     }
 
-    async fn read_range(&mut self, _digest: String, _offset: u64, _length: u64) -> Result<Vec<u8>, HostError> {
-        self.only_read = false;
-        Err(not_yet("blobs.read-range"))
+    async fn read_range(&mut self, digest: String, offset: u64, length: u64) -> Result<Vec<u8>, HostError> {
+        let read = timed!(self, caps::blobs::read_range(&self.scope(), digest, offset, length).await);
+        if let Ok(bytes) = &read {
+            self.credit_bytes(bytes.len());
+            self.seen.remember(bytes);
+        }
+        read
     }
 
     async fn write(&mut self, data: Vec<u8>, expected: Option<String>) -> Result<String, HostError> {
@@ -140,9 +145,16 @@ impl upstream::Host for CallState {
         resp
     }
 
-    async fn fetch(&mut self, _key: String, _request: UpstreamRequest, _max_bytes: u64) -> Result<FetchedDocument, HostError> {
+    async fn fetch(&mut self, key: String, request: UpstreamRequest, max_bytes: u64) -> Result<FetchedDocument, HostError> {
         self.only_read = false;
-        Err(not_yet("upstream.fetch"))
+        let doc = timed!(self, caps::upstream::fetch(&self.scope(), key, request, max_bytes).await);
+        // The body's origins count once the plugin reads it (`blobs.read-range`); the headers now.
+        if let Ok(doc) = &doc {
+            for (_, v) in &doc.headers {
+                self.seen.remember(v.as_bytes());
+            }
+        }
+        doc
     }
 
     async fn allow_origin(&mut self, origin: String) -> Result<(), HostError> {

@@ -105,6 +105,19 @@ impl Instance {
         }
     }
 
+    pub async fn merge(
+        &self,
+        store: &mut Store<CallState>,
+        req: &types::Request,
+        answers: &[types::MemberAnswer],
+    ) -> wasmtime::Result<types::Plan> {
+        match self {
+            Instance::V0_3(i) => i.binaryrepo_plugin_format().call_merge(store, req, answers).await,
+            // 0.2 declares no merged paths, so the host never asks
+            Instance::V0_2(_) => Err(wasmtime::Error::msg("a 0.2 plugin cannot merge")),
+        }
+    }
+
     pub async fn render_failure(
         &self,
         store: &mut Store<CallState>,
@@ -121,6 +134,21 @@ impl Instance {
                     .map(|r| Rendered::Plugin(compat::response(r))),
                 None => Ok(Rendered::Unrenderable),
             },
+        }
+    }
+
+    /// Applies a local repository's cleanup rules. A 0.2 plugin has no such export: it cleans
+    /// nothing, and its repository keeps everything (the safe reading of "no rules applied").
+    pub async fn cleanup(
+        &self,
+        store: &mut Store<CallState>,
+        repo: &types::Repository,
+        rules: &types::CleanupRules,
+        now: u64,
+    ) -> wasmtime::Result<Result<types::CleanupReport, String>> {
+        match self {
+            Instance::V0_3(i) => i.binaryrepo_plugin_format().call_cleanup(store, repo, rules, now).await,
+            Instance::V0_2(_) => Ok(Ok(types::CleanupReport { tags_removed: 0, manifests_removed: 0 })),
         }
     }
 

@@ -1,7 +1,8 @@
-//! The plugin runtime: loads every component in the plugin directory once, and runs each
-//! request in an instance bounded in memory and CPU: an idle one that finished its last call
-//! cleanly (`warm`, `plugin_instance_reuse`), else a fresh store from the pre-instantiated
-//! component. A plan the plugin offers for reuse answers later requests without a call (`reuse`).
+//! The plugin runtime: loads the components in the plugin directory, loads them again when the
+//! directory changes (`reload`, `registry`), and runs each request in an instance bounded in
+//! memory and CPU: an idle one that finished its last call cleanly (`warm`,
+//! `plugin_instance_reuse`), else a fresh store from the pre-instantiated component. A plan the
+//! plugin offers for reuse answers later requests without a call (`reuse`).
 
 /// A host call's time, taken off the plugin's CPU budget (host calls of every contract version).
 macro_rules! timed {
@@ -20,15 +21,17 @@ mod compiled;
 mod epoch;
 mod host_api;
 pub mod instance;
+pub mod registry;
+pub mod reload;
 pub mod reuse;
 mod share;
 pub mod state;
 mod warm;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Semaphore;
@@ -47,6 +50,7 @@ use caps::Readable;
 use caps::scratch::Scratch;
 use epoch::Ticker;
 use instance::{Instance, Pre, Rendered};
+use registry::Registry;
 use state::CallState;
 use warm::{Warm, WarmPool};
 
@@ -69,7 +73,8 @@ macro_rules! call {
             let $f = &warm.instance;
             let $store = &mut warm.store;
             let result = $call.await.map_err(|e| Self::trapped($plugin, e));
-            if result.is_ok() {
+            // An instance of a plugin replaced meanwhile is not kept for the new one's requests.
+            if result.is_ok() && $self.is_current($plugin) {
                 $self.warm.give_back(warm);
             }
             result
@@ -116,12 +121,10 @@ pub fn wit_repository(r: &Repository) -> types::Repository {
 pub enum PluginError {
     #[error("plugin directory {path}: {source}")]
     Dir { path: PathBuf, source: std::io::Error },
-    #[error("plugin {path}: {message}")]
-    Load { path: PathBuf, message: String },
-    #[error("plugins {a} and {b} both provide format {format:?}")]
-    Duplicate { format: String, a: PathBuf, b: PathBuf },
     #[error("no plugins in {0}: build them with `make` (or pass --plugin-dir)")]
     None(PathBuf),
+    #[error("no plugin in {dir} loads: {reasons}")]
+    NoneLoads { dir: PathBuf, reasons: String },
     /// The plugin trapped, ran out of time or memory: the plugin's fault, this request only.
     /// `detail` (the wasm backtrace, for the log) is not part of the message clients get.
     #[error("plugin {format} failed: {message}")]
@@ -155,22 +158,46 @@ pub struct PluginMeta {
     /// the world it is linked against (older ones through adapters)
     pub world: World,
     pub roots: Vec<String>,
+    /// Path suffixes whose reads a virtual repository merges over its members (`merge`).
+    pub merged: Vec<String>,
     pub file: PathBuf,
+}
+
+impl PluginMeta {
+    /// Whether a read of `path` in a virtual repository is merged over its members.
+    pub fn merges(&self, path: &str) -> bool {
+        self.merged.iter().any(|m| path.ends_with(m.as_str()))
+    }
 }
 
 pub struct LoadedPlugin {
     pub meta: PluginMeta,
+    /// Unique per load: what instances and cached decisions of this very build are kept under.
+    id: u64,
+    /// of the file's bytes, hex
+    pub sha256: String,
+    pub loaded_at: SystemTime,
+    stamp: registry::FileStamp,
     pre: Pre,
     /// `binaryrepo_plugin_calls_total` of each of `EXPORTS`, "ok" then "failed"
     calls: Vec<Counter<u64, AtomicU64>>,
 }
 
 /// The exports a call is counted under.
-const EXPORTS: [&str; 6] = ["handle", "handle-body", "upload-complete", "file-fetched", "render-failure", "live-blobs"];
+const EXPORTS: [&str; 8] = ["handle", "handle-body", "upload-complete", "file-fetched", "merge", "render-failure", "live-blobs", "cleanup"];
 
 pub struct Plugins {
     engine: Engine,
-    by_format: HashMap<String, Arc<LoadedPlugin>>,
+    linker: Linker<CallState>,
+    dir: PathBuf,
+    /// where compiled plugins are kept between starts
+    cache: Option<PathBuf>,
+    /// The plugins serving now. A read lock is held only to clone an `Arc` out (no await under
+    /// it), and a reload takes the write lock once to swap: no contention worth a lock-free swap.
+    registry: RwLock<Arc<Registry>>,
+    /// One reload at a time; holds the files seen changing at the previous poll.
+    reloading: tokio::sync::Mutex<registry::Settling>,
+    next_id: AtomicU64,
     limits: PluginLimits,
     caps: Arc<Capabilities>,
     /// Plugin instances in use at once (`plugin_instances`); more calls wait for a slot.
@@ -218,7 +245,8 @@ fn engine(limits: &PluginLimits) -> Result<Engine, PluginError> {
 }
 
 impl Plugins {
-    /// Loads every `.wasm` in `dir`; `cache` keeps their compiled code between starts.
+    /// Loads every `.wasm` in `dir`; `cache` keeps their compiled code between starts. A file that
+    /// does not load is refused (see `refused`) and the others serve; none loading is an error.
     pub async fn load(
         dir: &Path,
         cache: Option<&Path>,
@@ -237,51 +265,85 @@ impl Plugins {
         let warm = WarmPool::new(limits.instance_reuse);
         let (permits, shares) = (Semaphore::new(limits.instances as usize), share::Shares::new(limits.instances_per_repository));
         let plans = reuse::PlanCache::new(limits.plan_cache_bytes);
-        let mut plugins = Plugins { engine, by_format: HashMap::new(), limits, caps, permits, shares, warm, ticker, plans, metrics };
-        let entries = std::fs::read_dir(dir).map_err(|source| PluginError::Dir { path: dir.into(), source })?;
-        let mut files: Vec<PathBuf> =
-            entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "wasm")).collect();
-        files.sort();
-        for file in files {
-            let loaded = plugins.load_one(&linker, &file, cache).await?;
-            if let Some(other) = plugins.by_format.get(&loaded.meta.format) {
-                return Err(PluginError::Duplicate { format: loaded.meta.format.clone(), a: other.meta.file.clone(), b: file });
-            }
-            tracing::info!(format = %loaded.meta.format, contract = %loaded.meta.contract, roots = ?loaded.meta.roots, file = %file.display(), "plugin loaded");
-            plugins.by_format.insert(loaded.meta.format.clone(), Arc::new(loaded));
-        }
-        if plugins.by_format.is_empty() {
-            return Err(PluginError::None(dir.into()));
+        let plugins = Plugins {
+            engine,
+            linker,
+            dir: dir.into(),
+            cache: cache.map(Path::to_path_buf),
+            registry: RwLock::new(Arc::new(Registry::default())),
+            reloading: Default::default(),
+            next_id: AtomicU64::new(1),
+            limits,
+            caps,
+            permits,
+            shares,
+            warm,
+            ticker,
+            plans,
+            metrics,
+        };
+        std::fs::read_dir(dir).map_err(|source| PluginError::Dir { path: dir.into(), source })?;
+        plugins.reload(reload::Wait::No).await;
+        let loaded = plugins.registry();
+        if loaded.plugins().next().is_none() {
+            let reasons: Vec<String> = loaded.refused().iter().map(|r| format!("{}: {}", r.file.display(), r.reason)).collect();
+            return Err(if reasons.is_empty() {
+                PluginError::None(dir.into())
+            } else {
+                PluginError::NoneLoads { dir: dir.into(), reasons: reasons.join("; ") }
+            });
         }
         Ok(plugins)
     }
 
-    async fn load_one(&self, linker: &Linker<CallState>, file: &Path, cache: Option<&Path>) -> Result<LoadedPlugin, PluginError> {
-        let load_err = |message: String| PluginError::Load { path: file.into(), message };
+    /// The plugins serving now: a request resolves its plugin from one snapshot.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn is_current(&self, plugin: &LoadedPlugin) -> bool {
+        self.registry().get(&plugin.meta.format).is_some_and(|p| p.id == plugin.id)
+    }
+
+    /// Compiles, instantiates and asks `info` of one file; only a plugin that passed all of it
+    /// is ever offered to requests.
+    async fn load_one(&self, file: &Path, stamp: registry::FileStamp) -> Result<LoadedPlugin, String> {
         let started = std::time::Instant::now();
-        let wasm = std::fs::read(file).map_err(|e| load_err(e.to_string()))?;
-        let component = match cache {
-            Some(cache) => compiled::load(&self.engine, file, &wasm, cache),
-            None => Component::new(&self.engine, &wasm),
-        }
-        .map_err(|e| load_err(format!("{e:#}")))?;
-        let pre = Pre::new(linker, &component).map_err(load_err)?;
+        let wasm = tokio::fs::read(file).await.map_err(|e| e.to_string())?;
+        let sha256 = crate::digest::Digest::of(crate::digest::Algorithm::Sha256, &wasm).hex().to_owned();
+        // Compiling takes seconds of CPU: off the async threads.
+        let (engine, cache, path) = (self.engine.clone(), self.cache.clone(), file.to_path_buf());
+        let component = tokio::task::spawn_blocking(move || match cache {
+            Some(cache) => compiled::load(&engine, &path, &wasm, &cache),
+            None => Component::new(&engine, &wasm),
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{e:#}"))?;
+        let pre = Pre::new(&self.linker, &component)?;
+        // The trial instance takes a slot like a request does, so it never finds the pool full.
+        let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
         let _running = self.ticker.running();
-        let (mut store, instance) = self.instantiate(&pre, None).await.map_err(|e| load_err(e.to_string()))?;
-        let info = instance.info(&mut store).await.map_err(|e| load_err(format!("info(): {e:#}")))?;
+        let (mut store, instance) = self.instantiate(&pre, None).await.map_err(|e| e.to_string())?;
+        let info = instance.info(&mut store).await.map_err(|e| format!("info(): {e:#}"))?;
         if World::of(&info.contract) != Some(pre.world()) {
-            return Err(load_err(format!(
+            return Err(format!(
                 "says it was built for contract {:?} but implements the {} world; this host implements {CONTRACT} and 0.2.x",
                 info.contract,
                 pre.world().name()
-            )));
+            ));
         }
-        let format_ok = !info.format.is_empty() && info.format.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        let format_ok = !info.format.is_empty()
+            && info.format.len() <= 64
+            && info.format.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !format_ok {
-            return Err(load_err(format!("invalid format name {:?}", info.format)));
+            return Err(format!("invalid format name {:?}", info.format));
         }
         if let Some(bad) = info.roots.iter().find(|r| !r.starts_with('/') || !r.ends_with('/')) {
-            return Err(load_err(format!("root {bad:?} must start and end with '/'")));
+            return Err(format!("root {bad:?} must start and end with '/'"));
+        }
+        if let Some(bad) = info.merged.iter().find(|m| !m.starts_with('/') || m.len() < 2) {
+            return Err(format!("merged suffix {bad:?} must start with '/' and name something"));
         }
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "compiled {}", file.display());
         let calls = EXPORTS
@@ -289,21 +351,30 @@ impl Plugins {
             .flat_map(|export| ["ok", "failed"].map(|outcome| (export, outcome)))
             .map(|(export, outcome)| self.metrics.plugin_call_counter(&info.format, export, outcome))
             .collect();
-        let meta = PluginMeta { format: info.format, contract: info.contract, world: pre.world(), roots: info.roots, file: file.into() };
-        Ok(LoadedPlugin { meta, pre, calls })
+        let meta = PluginMeta {
+            format: info.format,
+            contract: info.contract,
+            world: pre.world(),
+            roots: info.roots,
+            merged: info.merged,
+            file: file.into(),
+        };
+        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(LoadedPlugin { meta, id, sha256, loaded_at: SystemTime::now(), stamp, pre, calls })
     }
 
     /// A fresh store and instance; the repository is set per call (`CallState::begin`).
     async fn instantiate(&self, pre: &Pre, format: Option<&str>) -> wasmtime::Result<(Store<CallState>, Instance)> {
-        let mut store = Store::new(&self.engine, CallState::new(self.caps.clone(), format.map(str::to_owned), self.limits.memory_bytes));
+        let state = CallState::new(self.caps.clone(), format.map(str::to_owned), self.limits.memory_bytes, self.limits.cpu);
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(1);
-        let budget = self.limits.cpu;
         store.epoch_deadline_callback(move |ctx| {
-            let spent = ctx.data().guest_time();
-            Ok(if spent > budget {
+            let state = ctx.data();
+            let spent = state.guest_time();
+            Ok(if spent > state.cpu_budget {
                 UpdateDeadline::Interrupt
-            } else if spent > epoch::LONG_CALL {
+            } else if !state.collection && spent > epoch::LONG_CALL {
                 // A call this long is abnormal (a request takes microseconds): it runs on, but
                 // pauses between ticks, so a few looping plugins cannot fill every worker thread
                 // and stall the requests queued behind them until their budget runs out.
@@ -319,11 +390,11 @@ impl Plugins {
     /// An instance ready for one call for `repo`: reused if one is idle, else fresh.
     async fn checkout(&self, plugin: &LoadedPlugin, repo: Option<Arc<Repository>>, readable: Readable) -> wasmtime::Result<Warm> {
         let name = repo.as_ref().map(|r| r.name.as_str());
-        let mut warm = match self.warm.take(&plugin.meta.format, name) {
+        let mut warm = match self.warm.take(plugin.id, name) {
             Some(w) => w,
             None => {
                 let (store, instance) = self.instantiate(&plugin.pre, Some(&plugin.meta.format)).await?;
-                Warm::new(store, instance, &plugin.meta.format, name)
+                Warm::new(store, instance, plugin.id, name)
             }
         };
         warm.store.data_mut().begin(repo, readable);
@@ -332,33 +403,24 @@ impl Plugins {
     }
 
     pub fn formats(&self) -> Vec<String> {
-        let mut f: Vec<String> = self.by_format.keys().cloned().collect();
+        let mut f: Vec<String> = self.registry().plugins().map(|p| p.meta.format.clone()).collect();
         f.sort();
         f
     }
 
     pub fn all(&self) -> Vec<PluginMeta> {
-        let mut v: Vec<PluginMeta> = self.by_format.values().map(|p| p.meta.clone()).collect();
+        let mut v: Vec<PluginMeta> = self.registry().plugins().map(|p| p.meta.clone()).collect();
         v.sort_by(|a, b| a.format.cmp(&b.format));
         v
     }
 
     pub fn get(&self, format: &str) -> Option<Arc<LoadedPlugin>> {
-        self.by_format.get(format).cloned()
+        self.registry().get(format).cloned()
     }
 
     /// The plugin whose root the path starts under, with that root.
     pub fn by_root(&self, path: &str) -> Option<(Arc<LoadedPlugin>, String)> {
-        let mut best: Option<(Arc<LoadedPlugin>, String)> = None;
-        for p in self.by_format.values() {
-            for root in &p.meta.roots {
-                let matches = path.starts_with(root.as_str()) || path == root.trim_end_matches('/');
-                if matches && best.as_ref().is_none_or(|(_, r)| root.len() > r.len()) {
-                    best = Some((p.clone(), root.clone()));
-                }
-            }
-        }
-        best
+        self.registry().by_root(path)
     }
 
     fn count_call(plugin: &LoadedPlugin, export: &str, ok: bool) {
@@ -386,16 +448,18 @@ impl Plugins {
         readable: Readable,
         req: &types::Request,
     ) -> Result<(types::Plan, Option<reuse::Offer>), PluginError> {
-        call!(self, plugin, "handle", repo, readable, |f, store| async {
+        let (plan, offer) = call!(self, plugin, "handle", repo, readable, |f, store| async {
             let plan = f.handle(&mut *store, req).await?;
             Ok((plan, store.data_mut().take_offer()))
-        })
+        })?;
+        // A plan decided by a build replaced during the call is not kept (see `PlanCache::clear`).
+        Ok((plan, offer.filter(|_| self.is_current(plugin))))
     }
 
     /// What a plan decided now for `repo` depends on, to be checked when it is reused.
     pub fn snapshot(&self, repo: Option<Arc<Repository>>) -> reuse::Snapshot {
         let generation = self.caps.meta.generation(repo.as_ref().map_or("", |r| r.name.as_str()));
-        reuse::Snapshot::take(repo, generation, self.caps.store.removals())
+        reuse::Snapshot::take(repo, generation, self.caps.store.removals()).during(self.plans.epoch())
     }
 
     pub fn blob_removals(&self) -> u64 {
@@ -438,6 +502,18 @@ impl Plugins {
         recorded.map_err(|e| Self::failed(plugin, format!("file-fetched: {e:?}")))
     }
 
+    /// The plan for a merged read of a virtual repository, from its members' answers.
+    pub async fn merge(
+        &self,
+        plugin: &LoadedPlugin,
+        repo: Option<Arc<Repository>>,
+        readable: Readable,
+        req: &types::Request,
+        answers: &[types::MemberAnswer],
+    ) -> Result<types::Plan, PluginError> {
+        call!(self, plugin, "merge", repo, readable, |f, store| f.merge(store, req, answers))
+    }
+
     /// The plugin's rendering of a failure, or none when its contract version has no shape for
     /// this kind of failure (a 0.2 plugin and a refused login).
     pub async fn render_failure(
@@ -455,10 +531,37 @@ impl Plugins {
         })
     }
 
-    /// The digests `repo` still needs, for garbage collection.
-    pub async fn live_blobs(&self, plugin: &LoadedPlugin, repo: Arc<Repository>) -> Result<Vec<String>, PluginError> {
+    /// Applies `repo`'s cleanup rules, for garbage collection before the mark: a call with
+    /// `budget` of CPU, like `live_blobs` (it reads the repository's tags and manifests).
+    pub async fn cleanup(
+        &self,
+        plugin: &LoadedPlugin,
+        repo: Arc<Repository>,
+        rules: &crate::repos::CleanupRules,
+        now: u64,
+        budget: Duration,
+    ) -> Result<types::CleanupReport, PluginError> {
         let wit = wit_repository(&repo);
-        let listed = call!(self, plugin, "live-blobs", Some(repo), Readable::all(), |f, store| f.live_blobs(store, &wit))?;
+        let rules = types::CleanupRules {
+            keep_last: rules.keep_last,
+            matching: rules.matching.as_ref().map(|m| m.as_str().to_owned()),
+            untagged_after_seconds: rules.untagged_after_seconds(),
+        };
+        let report = call!(self, plugin, "cleanup", Some(repo), Readable::all(), |f, store| {
+            store.data_mut().for_collection(budget);
+            f.cleanup(store, &wit, &rules, now)
+        })?;
+        report.map_err(|e| Self::failed(plugin, format!("cleanup: {e}")))
+    }
+
+    /// The digests `repo` still needs, for garbage collection: a call with `budget` of CPU (it
+    /// reads all of the repository's metadata, so it takes as long as there is of that).
+    pub async fn live_blobs(&self, plugin: &LoadedPlugin, repo: Arc<Repository>, budget: Duration) -> Result<Vec<String>, PluginError> {
+        let wit = wit_repository(&repo);
+        let listed = call!(self, plugin, "live-blobs", Some(repo), Readable::all(), |f, store| {
+            store.data_mut().for_collection(budget);
+            f.live_blobs(store, &wit)
+        })?;
         listed.map_err(|e| Self::failed(plugin, format!("live-blobs: {e:?}")))
     }
 }

@@ -99,12 +99,21 @@ pub struct Snapshot {
     generation: Generation,
     seen: u64,
     removals: u64,
+    /// `PlanCache::epoch` when the call began: a plan decided by a plugin that was replaced
+    /// meanwhile is never kept.
+    epoch: u64,
 }
 
 impl Snapshot {
     pub fn take(repo: Option<Arc<Repository>>, generation: Generation, removals: u64) -> Snapshot {
         let seen = generation.load(Ordering::Acquire);
-        Snapshot { repo, generation, seen, removals }
+        Snapshot { repo, generation, seen, removals, epoch: 0 }
+    }
+
+    /// Notes the plan cache's epoch (see `PlanCache::clear`).
+    pub fn during(mut self, epoch: u64) -> Snapshot {
+        self.epoch = epoch;
+        self
     }
 
     /// No write to the repository's metadata since the snapshot.
@@ -178,19 +187,32 @@ fn weigh(plan: &Plan, vary: &[(HeaderName, Vec<HeaderValue>)]) -> u64 {
 /// use; keys longer than `MAX_KEY` (a long query, an odd `Host`) are not kept at all.
 pub struct PlanCache {
     entries: quick_cache::sync::Cache<String, Arc<Kept>, ByBytes>,
+    /// Moves on at every `clear`; an entry decided in an earlier epoch is not served.
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 impl PlanCache {
     /// A cache holding up to `bytes` of plans and keys.
     pub fn new(bytes: u64) -> PlanCache {
         let estimated_items = (bytes / 1024).clamp(16, 1 << 20) as usize;
-        PlanCache { entries: quick_cache::sync::Cache::with_weighter(estimated_items, bytes.max(1), ByBytes) }
+        PlanCache { entries: quick_cache::sync::Cache::with_weighter(estimated_items, bytes.max(1), ByBytes), epoch: Default::default() }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Forgets every plan: a plugin was replaced or removed, and its plans were its decisions.
+    /// A call still running on the old plugin took the old epoch, so its plan is not kept either.
+    pub fn clear(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.entries.clear();
     }
 
     /// A plan that answers this request, if one is kept and still holds.
     pub fn lookup(&self, key: &Key, repo: Option<&Arc<Repository>>, headers: &HeaderMap, removals: u64) -> Option<Plan> {
         let kept = self.entries.get(key.0.as_str())?;
-        if !kept.entry.valid(Instant::now(), repo, removals) {
+        if kept.entry.decided.epoch != self.epoch() || !kept.entry.valid(Instant::now(), repo, removals) {
             self.entries.remove(key.0.as_str());
             return None;
         }
@@ -200,7 +222,7 @@ impl PlanCache {
     /// Keeps `plan` for the request it answered, when the plugin offered it and the plan can be
     /// reused (a response or a stored blob; never a fetch or anything that reads a body).
     pub fn insert(&self, key: Key, decided: Snapshot, offer: Offer, plan: &Plan, headers: &HeaderMap) {
-        if !matches!(plan, Plan::Respond(_) | Plan::ServeBlob(_)) || key.0.len() > MAX_KEY {
+        if !matches!(plan, Plan::Respond(_) | Plan::ServeBlob(_)) || key.0.len() > MAX_KEY || decided.epoch != self.epoch() {
             return;
         }
         let now = Instant::now();
@@ -261,6 +283,26 @@ mod tests {
             Some(Plan::Respond(r)) => Some(String::from_utf8_lossy(&r.body).into_owned()),
             _ => None,
         }
+    }
+
+    #[test]
+    fn a_plugin_swap_forgets_plans_and_refuses_those_decided_before_it() {
+        let cache = PlanCache::new(1 << 20);
+        let generation = Generation::default();
+        let repo = Arc::new(local());
+        let h = HeaderMap::new();
+        let offer = || Offer { seconds: 60, vary: vec![] };
+        let snap = Snapshot::take(Some(repo.clone()), generation.clone(), 0).during(cache.epoch());
+        cache.insert(key("/a"), snap, offer(), &plan("old"), &h);
+        // a call on the old plugin began before the swap and ends after it
+        let late = Snapshot::take(Some(repo.clone()), generation.clone(), 0).during(cache.epoch());
+        cache.clear();
+        assert!(cache.lookup(&key("/a"), Some(&repo), &h, 0).is_none());
+        cache.insert(key("/a"), late, offer(), &plan("old, late"), &h);
+        assert!(cache.lookup(&key("/a"), Some(&repo), &h, 0).is_none(), "decided by the replaced plugin");
+        let fresh = Snapshot::take(Some(repo.clone()), generation.clone(), 0).during(cache.epoch());
+        cache.insert(key("/a"), fresh, offer(), &plan("new"), &h);
+        assert_eq!(body(cache.lookup(&key("/a"), Some(&repo), &h, 0)).as_deref(), Some("new"));
     }
 
     #[test]

@@ -33,6 +33,12 @@ pub struct CallState {
     /// Origins named in what upstreams answered (and blobs read) in this call: what `allow-origin`
     /// may allow.
     pub seen: SeenOrigins,
+    /// CPU time this call may take (`plugin_cpu_ms`; garbage collection's calls get more).
+    pub cpu_budget: Duration,
+    default_budget: Duration,
+    /// Garbage collection's call: long by nature and alone, so a long call is not paused
+    /// between ticks (it only yields), and the blobs it looks at are not references.
+    pub collection: bool,
 }
 
 /// `scheme://host[:port]` origins that appeared in documents a call received, so a plugin may
@@ -44,6 +50,13 @@ pub struct SeenOrigins {
 }
 
 const MAX_SEEN: usize = 4096;
+
+/// Time a call earns per MiB it reads or writes through the host (`credit_bytes`): several times
+/// what rewriting a chart index line by line takes, as a long call also pauses between ticks
+/// (`epoch::LONG_CALL_PAUSE`, which counts: the budget bounds how long a request is held).
+const CPU_PER_MIB: Duration = Duration::from_millis(200);
+/// The most a call earns that way (a 50 MB index read and written again).
+const MAX_CREDIT: Duration = Duration::from_secs(20);
 
 impl SeenOrigins {
     pub fn remember(&mut self, bytes: &[u8]) {
@@ -82,7 +95,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 impl CallState {
-    pub fn new(caps: Arc<Capabilities>, format: Option<String>, memory_bytes: usize) -> CallState {
+    pub fn new(caps: Arc<Capabilities>, format: Option<String>, memory_bytes: usize, cpu_budget: Duration) -> CallState {
         CallState {
             caps,
             format,
@@ -97,6 +110,9 @@ impl CallState {
             only_read: true,
             readable: super::caps::Readable::all(),
             seen: SeenOrigins::default(),
+            cpu_budget,
+            default_budget: cpu_budget,
+            collection: false,
         }
     }
 
@@ -110,6 +126,14 @@ impl CallState {
         self.host_time = Duration::ZERO;
         self.offer = None;
         self.only_read = true;
+        self.cpu_budget = self.default_budget;
+        self.collection = false;
+    }
+
+    /// This call is garbage collection's: `budget` of CPU, not throttled.
+    pub fn for_collection(&mut self, budget: Duration) {
+        self.cpu_budget = budget;
+        self.collection = true;
     }
 
     /// The offer of the call that just returned, if the call only read.
@@ -123,11 +147,20 @@ impl CallState {
             format: self.format.clone(),
             repo: self.repo.clone(),
             readable: self.readable.clone(),
+            collection: self.collection,
         }
     }
 
     pub fn guest_time(&self) -> Duration {
         self.started.elapsed().saturating_sub(self.host_time)
+    }
+
+    /// A call that moves `bytes` of a document or upload across the boundary earns CPU in
+    /// proportion: work on a 50 MB index is not a runaway. Capped, so a plugin cannot buy
+    /// itself unbounded time by reading the same blob in a loop.
+    pub fn credit_bytes(&mut self, bytes: usize) {
+        let ceiling = self.cpu_budget.max(self.default_budget + MAX_CREDIT);
+        self.cpu_budget = (self.cpu_budget + CPU_PER_MIB.mul_f64(bytes as f64 / (1024.0 * 1024.0))).min(ceiling);
     }
 
     pub fn add_host_time(&mut self, d: Duration) {

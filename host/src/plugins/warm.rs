@@ -5,6 +5,10 @@
 //! which are most of a small request's plugin cost. An instance is dropped, never reused, after a
 //! trap, a timeout or a cancelled call (the future owning it is dropped), after `reuse` requests,
 //! or once its memory grew past `KEEP_MEMORY`, so neither state nor memory piles up.
+//!
+//! Instances are kept by the loaded plugin they came from (`LoadedPlugin::id`), not by format:
+//! after a plugin is replaced, an instance of the old build is never handed to a request that
+//! resolved the new one, and the old build's idle instances are dropped at the swap.
 
 use std::sync::Mutex;
 
@@ -23,13 +27,13 @@ pub struct Warm {
     pub store: Store<CallState>,
     pub instance: Instance,
     served: u32,
-    format: String,
+    plugin: u64,
     repo: Option<String>,
 }
 
 impl Warm {
-    pub fn new(store: Store<CallState>, instance: Instance, format: &str, repo: Option<&str>) -> Warm {
-        Warm { store, instance, served: 0, format: format.to_owned(), repo: repo.map(str::to_owned) }
+    pub fn new(store: Store<CallState>, instance: Instance, plugin: u64, repo: Option<&str>) -> Warm {
+        Warm { store, instance, served: 0, plugin, repo: repo.map(str::to_owned) }
     }
 }
 
@@ -44,13 +48,24 @@ impl WarmPool {
     }
 
     /// The most recently used idle instance of this plugin for this repository.
-    pub fn take(&self, format: &str, repo: Option<&str>) -> Option<Warm> {
+    pub fn take(&self, plugin: u64, repo: Option<&str>) -> Option<Warm> {
         if self.reuse <= 1 {
             return None;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let i = idle.iter().rposition(|w| w.format == format && w.repo.as_deref() == repo)?;
+        let i = idle.iter().rposition(|w| w.plugin == plugin && w.repo.as_deref() == repo)?;
         Some(idle.remove(i))
+    }
+
+    /// Drops the idle instances of a plugin that was replaced or removed.
+    pub fn forget(&self, plugin: u64) {
+        let dropped: Vec<Warm> = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let (gone, kept) = std::mem::take(&mut *idle).into_iter().partition(|w| w.plugin == plugin);
+            *idle = kept;
+            gone
+        };
+        drop(dropped);
     }
 
     /// Keeps an instance whose call just succeeded, unless it has served its share.

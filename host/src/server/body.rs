@@ -186,15 +186,16 @@ mod tests {
             recent.push((i * MIB) as u64, Bytes::copy_from_slice(chunk));
         }
         let len = blob.len() as u64;
-        let progress = Progress { started: true, total: Some(len), written: len, received: true, outcome: None };
+        let progress = Progress { started: true, total: Some(len), written: len, received: true, outcome: None, stored: None };
         let (_tx, rx) = tokio::sync::watch::channel(progress);
         let fill = Fill {
-            digest: format!("sha256:{}", "0".repeat(64)).parse().unwrap(),
+            digest: Some(format!("sha256:{}", "0".repeat(64)).parse().unwrap()),
             reader: Arc::new(std::fs::File::open(&path).unwrap()),
             recent: Arc::new(recent),
             mapped: std::sync::OnceLock::new(),
             progress: rx,
             hold_last_byte: false,
+            max_bytes: None,
         };
         (Arc::new(fill), blob)
     }

@@ -4,6 +4,8 @@
 pub mod body;
 pub mod forwarded;
 pub mod gate;
+mod merge;
+pub mod range;
 pub mod resolve;
 pub mod respond;
 pub mod tls;
@@ -128,6 +130,8 @@ async fn run_plan(
         range: parts.headers.get(http::header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned),
         content_length: parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()),
     };
+    // Garbage collection waits for requests that began before it (see `storage::touch`).
+    let _in_flight = app.caps.store.touches().enter();
     let repo_name = repo.as_ref().map(|r| r.name.as_str());
     let query = parts.uri.query();
     let key = reuse::Key::of(
@@ -181,6 +185,9 @@ async fn run_virtual(
         let target = virt.default_local.as_ref().and_then(|d| app.repos.get(d.as_str())).unwrap_or_else(|| virt.clone());
         return run_plan(app, &resolved.plugin, Some(target), parts, resolved, caller, Some(body)).await;
     }
+    if resolved.plugin.meta.merges(&resolved.path) {
+        return run_merged(app, virt, members().collect(), parts, resolved, caller).await;
+    }
     let mut last = None;
     for member in members() {
         let Some(plugin) = app.plugins.get(&member.format) else { continue };
@@ -194,6 +201,52 @@ async fn run_virtual(
         Some(resp) => resp,
         None => run_plan(app, &resolved.plugin, Some(virt.clone()), parts, resolved, caller, None).await,
     }
+}
+
+/// A read the plugin merges over the members (`merged` paths): every member's plan is carried
+/// out into an answer (a fetch into the store first), then the virtual repository's plugin
+/// turns the answers into one plan.
+async fn run_merged(
+    app: &App,
+    virt: &Arc<Repository>,
+    members: Vec<Arc<Repository>>,
+    parts: &http::request::Parts,
+    resolved: &resolve::Resolved,
+    caller: &Caller,
+) -> Response<Body> {
+    let plugin = &resolved.plugin;
+    let mut answers = Vec::with_capacity(members.len());
+    for member in members {
+        // A member of another format cannot answer in this format's terms.
+        if member.format != virt.format {
+            continue;
+        }
+        let request = wit_request(parts, resolved, Some(&member), &caller.wit);
+        let plan = match app.plugins.handle(plugin, Some(member.clone()), caller.readable.clone(), &request).await {
+            Ok((plan, _)) => plan,
+            Err(e) => return respond::plugin_failed(&plugin.meta.format, &e),
+        };
+        answers.push(merge::answer(app, plugin, &member, &request, plan).await);
+    }
+    let exchange = Exchange {
+        app,
+        plugin,
+        repo: Some(virt.clone()),
+        caller,
+        request: PluginRequest::new(parts, resolved, Some(virt), &caller.wit),
+        head: parts.method == http::Method::HEAD,
+        range: parts.headers.get(http::header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned),
+        content_length: None,
+    };
+    let plan = match app.plugins.merge(plugin, Some(virt.clone()), caller.readable.clone(), exchange.request.get(), &answers).await {
+        Ok(plan) => plan,
+        Err(e) => return respond::plugin_failed(&plugin.meta.format, &e),
+    };
+    if matches!(plan, types::Plan::ReadBody(_) | types::Plan::ReceiveUpload(_)) {
+        return respond::plugin_fault(&plugin.meta.format, "merge answered a read with a plan for a request body");
+    }
+    app.metrics.series(Some(virt.name.as_str())).plan(&plan, false);
+    exchange.execute(plan, None).await
 }
 
 /// Where the token service answers, on every listener and under every mount, so that the realm
@@ -235,6 +288,21 @@ async fn refuse(
     access: Option<crate::auth::Access>,
     message: String,
 ) -> Response<Body> {
+    let content_length = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let resp = render_failure(app, resolved, parts, caller, kind, access, message).await;
+    respond::discard_unread(body, content_length, resp).await
+}
+
+/// A failure in the format's shape, rendered by the resolved repository's plugin.
+async fn render_failure(
+    app: &App,
+    resolved: &resolve::Resolved,
+    parts: &http::request::Parts,
+    caller: &Caller,
+    kind: types::FailureKind,
+    access: Option<crate::auth::Access>,
+    message: String,
+) -> Response<Body> {
     let exchange = Exchange {
         app,
         plugin: &resolved.plugin,
@@ -243,11 +311,16 @@ async fn refuse(
         request: PluginRequest::new(parts, resolved, resolved.repo.as_deref(), &caller.wit),
         head: parts.method == http::Method::HEAD,
         range: None,
-        content_length: parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()),
+        content_length: None,
     };
     let failure = types::Failure { kind, status: None, message, access: access.map(gate::wit_access) };
-    let resp = exchange.render(failure).await;
-    respond::discard_unread(body, exchange.content_length, resp).await
+    exchange.render(failure).await
+}
+
+/// Why writes are refused now (a full disk, a failed metadata store), if they are.
+fn storage_down(app: &App) -> Option<String> {
+    let health = app.caps.store.health();
+    health.degraded(&app.caps.meta).then(|| format!("storage unavailable: {}", health.reasons(&app.caps.meta).join("; ")))
 }
 
 async fn dispatch(
@@ -296,10 +369,33 @@ async fn dispatch(
         };
         return refuse(app, &resolved, &parts, &caller, body, kind, Some(access), message).await;
     }
-    match resolved.repo.clone() {
+    // While storage does not take writes, they are refused in the format's shape (503) until it
+    // recovers by itself; reads go on, and so do deletes, which free space.
+    if access == crate::auth::Access::Write
+        && let Some(reason) = storage_down(app)
+    {
+        return refuse(app, &resolved, &parts, &caller, body, types::FailureKind::Unavailable, None, reason).await;
+    }
+    let resp = match resolved.repo.clone() {
         Some(repo) if repo.repo_type == RepoType::Virtual => run_virtual(app, &repo, &parts, &resolved, &caller, body).await,
         repo => run_plan(app, &resolved.plugin, repo, &parts, &resolved, &caller, Some(body)).await,
+    };
+    // A write that failed inside the plugin's handling because the disk filled up (or the
+    // metadata store failed) is the server's unavailability, not a bug: 503, not 500.
+    if resp.status() == StatusCode::INTERNAL_SERVER_ERROR && access != crate::auth::Access::Read {
+        let layout = app.caps.store.layout().clone();
+        let health = app.caps.store.health().clone();
+        let _ = tokio::task::spawn_blocking(move || health.suspect(&layout)).await;
+        if let Some(reason) = storage_down(app) {
+            let mut unavailable = render_failure(app, &resolved, &parts, &caller, types::FailureKind::Unavailable, None, reason).await;
+            // The body may have been left unread: keep the decision to close the connection.
+            if let Some(close) = resp.headers().get(http::header::CONNECTION) {
+                unavailable.headers_mut().insert(http::header::CONNECTION, close.clone());
+            }
+            return unavailable;
+        }
     }
+    resp
 }
 
 /// `peer`: the TCP peer (a proxy's address behind one: `resolve::client_addr` gives the client's).
@@ -311,18 +407,27 @@ async fn handle(app: Arc<App>, main_listener: bool, local_port: u16, peer: Socke
     let uri = req.uri().clone();
     let path = uri.path();
     let api = main_listener && (path == "/api" || path.starts_with("/api/") || path == "/metrics");
+    // The web page: `/ui/` on the main listener, and `/` there when no repository answers it.
+    let page = main_listener && crate::ui::owns(path);
     // Resolved before the span exists, so that the span is made with its repository: recording a
     // field afterwards costs the log formatter a second pass.
-    let resolved = (!api).then(|| resolve::resolve(&app, main_listener, local_port, forwarded, (req.uri(), req.headers())));
+    let resolved = (!api && !page).then(|| resolve::resolve(&app, main_listener, local_port, forwarded, (req.uri(), req.headers())));
+    let page = page
+        || (main_listener
+            && path == "/"
+            && matches!(method, http::Method::GET | http::Method::HEAD)
+            && !matches!(&resolved, Some(Ok(r)) if r.repo.is_some()));
     let client = forwarded::client_addr(peer, req.headers(), &app.config.trusted_proxies);
     let repo = resolved.as_ref().and_then(|r| r.as_ref().ok()).and_then(|r| r.repo.clone());
     let repo_name = repo.as_ref().map(|r| r.name.as_str());
     let span = tracing::info_span!("request", method = %method, path = %path, repo = repo_name);
-    async {
+    let resp = async {
         // The token endpoint checks its own credentials; everything else is checked here, once.
         let token = api && path == TOKEN_PATH;
-        let identity = if token { None } else { Some(app.auth.authenticate(req.headers().get(http::header::AUTHORIZATION), client).await) };
+        let identity =
+            if token || page { None } else { Some(app.auth.authenticate(req.headers().get(http::header::AUTHORIZATION), client).await) };
         let resp = match (resolved, &identity) {
+            _ if page => crate::ui::serve(&method, path),
             (None, _) if token => token_endpoint(&app, req, client).await,
             (None, Some(identity)) => crate::api::handle(&app, req, identity).await,
             (Some(resolved), Some(identity)) => dispatch(&app, resolved, req, identity, client).await,
@@ -338,13 +443,19 @@ async fn handle(app: Arc<App>, main_listener: bool, local_port: u16, peer: Socke
             status: resp.status().as_u16(),
             bytes: body_length(&resp),
             elapsed: started.elapsed(),
+            client,
+            user: match identity.as_ref().and_then(|i| i.as_ref().ok()) {
+                Some(Identity::User(u)) => Some(u.name.as_str()),
+                _ => None,
+            },
         };
         app.metrics.request(&app.metrics.series(repo_name), &method, access.status, access.bytes, access.elapsed);
         logging::access(&access);
         resp
     }
-    .instrument(span)
-    .await
+    .instrument(span);
+    // Upstream answers asked for after this moment may serve the request (upstream/shared.rs).
+    crate::upstream::shared::ARRIVED.scope(started, resp).await
 }
 
 /// The body's length as the client will get it: exact for small bodies, Content-Length for
@@ -480,6 +591,7 @@ pub async fn run(app: Arc<App>) -> std::io::Result<()> {
         tokio::spawn(tls.clone().watch(app.config.tls_reload));
     }
     tokio::spawn(sweep_uploads(app.clone()));
+    tokio::spawn(crate::gc::scheduled(app.clone()));
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = app.shutdown.send(true);

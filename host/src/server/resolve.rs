@@ -2,7 +2,7 @@
 //!
 //! In order: a repository bound to the listener's port; a virtual host; the path prefix
 //! `/repo/<name>/` (the original project's nginx set-up); the path method (the segment right
-//! after a format root names a repository: `/v2/<name>/...`); the default repository.
+//! after a format root names a repository whose name has a `-`, `_` or `.`); the default repository.
 //! `X-Forwarded-Host`/`-Proto`/`-Prefix` count only from a trusted proxy (`forwarded`).
 
 use std::sync::Arc;
@@ -69,6 +69,14 @@ fn base_url(headers: &HeaderMap, forwarded: bool, uri_authority: Option<&str>, m
 }
 
 /// `forwarded`: the request came from a trusted proxy (`TrustedProxies::contains` of the peer).
+/// Whether the path method may take `segment` as a repository name: only names with a `-`, `_`
+/// or `.`. The namespaces of the big public registries are lowercase letters and digits only, so
+/// a mirror request for `<namespace>/<image>` sent to the root always reaches the default
+/// repository, even when a repository happens to be called like that namespace.
+fn path_method_name(segment: &str) -> bool {
+    segment.contains(['-', '_', '.'])
+}
+
 pub fn resolve(
     app: &App,
     main_listener: bool,
@@ -114,6 +122,7 @@ pub fn resolve(
     let (plugin, root) = app.plugins.by_root(path).ok_or_else(|| ResolveError::NoRoute(path.to_owned()))?;
     if let Some(after) = path.strip_prefix(root.as_str())
         && let Some((segment, tail)) = after.split_once('/')
+        && path_method_name(segment)
         && let Some(repo) = app.repos.get(segment).filter(|r| r.format == plugin.meta.format)
     {
         return Ok(Resolved {
@@ -140,6 +149,16 @@ pub fn resolve(
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn path_method_names() {
+        for taken in ["images-remote", "team_images", "quay.io", "a-b"] {
+            assert!(path_method_name(taken), "{taken}");
+        }
+        for left in ["library", "bitnami", "team", "r", "ci2"] {
+            assert!(!path_method_name(left), "{left}");
+        }
+    }
 
     #[test]
     fn hosts() {

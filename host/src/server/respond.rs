@@ -7,16 +7,16 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use tokio::io::AsyncWriteExt;
 
 use super::body::{self, Body};
+use super::range::parse_range;
 use crate::App;
 use crate::digest::Digest;
 use crate::plugins::bindings::types::{self, Failure, FailureKind, Plan, UploadDone, UploadOutcome};
 use crate::plugins::{LoadedPlugin, PluginError};
 use crate::repos::Repository;
 use crate::storage::blobs::{BlobError, Opened};
-use crate::storage::uploads::{UploadError, UploadId};
+use crate::storage::uploads::{Appender, UploadError, UploadId};
 use crate::upstream::fill::{FillError, Joined, Progress};
 use crate::upstream::{UpstreamError, parse_request};
 
@@ -159,38 +159,6 @@ fn range_not_satisfiable(len: u64) -> Response<Body> {
     resp
 }
 
-/// A single `bytes=` range against a blob of `len` bytes: Some(Ok((start, len))), Some(Err)
-/// when unsatisfiable, None to serve it whole (absent, malformed or multi-range).
-fn parse_range(header: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
-    // An empty blob has no byte a range could name: it is served whole (200, no body), as a
-    // server may ignore Range; a suffix range would otherwise come out as a 0-byte 206.
-    if len == 0 {
-        return None;
-    }
-    let spec = header.trim().strip_prefix("bytes=")?;
-    if spec.contains(',') {
-        return None;
-    }
-    let (a, b) = spec.split_once('-')?;
-    let (a, b) = (a.trim(), b.trim());
-    let range = if a.is_empty() {
-        let n: u64 = b.parse().ok()?;
-        if n == 0 {
-            return Some(Err(()));
-        }
-        let n = n.min(len);
-        (len - n, n)
-    } else {
-        let start: u64 = a.parse().ok()?;
-        let end = if b.is_empty() { len.saturating_sub(1) } else { b.parse::<u64>().ok()?.min(len.saturating_sub(1)) };
-        if start >= len || end < start {
-            return Some(Err(()));
-        }
-        (start, end - start + 1)
-    };
-    Some(Ok(range))
-}
-
 impl Exchange<'_> {
     pub async fn execute(&self, plan: Plan, body: Option<Incoming>) -> Response<Body> {
         let resp = match plan {
@@ -287,30 +255,39 @@ impl Exchange<'_> {
             let (caps, repo_name, id) = (caps.clone(), repo_name.clone(), id.clone());
             tokio::task::spawn_blocking(move || caps.uploads.open_append(&repo_name, &id, expect_offset)).await
         };
-        let (file, start) = match opened {
-            Ok(Ok(f)) => f,
+        let appender = match opened {
+            Ok(Ok(a)) => a,
             Ok(Err(UploadError::Unknown)) => return UploadOutcome::UnknownSession,
             Ok(Err(UploadError::OffsetMismatch(size))) => return UploadOutcome::OffsetMismatch(size),
             Ok(Err(e)) => return UploadOutcome::Internal(e.to_string()),
             Err(e) => return UploadOutcome::Internal(e.to_string()),
         };
-        let mut size = start;
-        if let Some(body) = body.take() {
-            match append(file, body).await {
-                Ok(n) => size += n,
-                Err(AppendError::Body(e, n)) => {
-                    tracing::info!(error = %e, appended = n, "upload body ended early");
+        let (appender, body_error) = match body.take() {
+            Some(body) => match append(appender, body).await {
+                Ok(appended) => appended,
+                Err(e) => return UploadOutcome::Internal(e),
+            },
+            None => (appender, None),
+        };
+        let digest = match (commit, body_error) {
+            (Some(digest), None) => digest,
+            (_, body_error) => {
+                // The chunk is acknowledged (or, cut short, kept for a resume): durable first.
+                let size = match tokio::task::spawn_blocking(move || appender.finish()).await {
+                    Ok(Ok(size)) => size,
+                    Ok(Err(e)) => return UploadOutcome::Internal(e.to_string()),
+                    Err(e) => return UploadOutcome::Internal(e.to_string()),
+                };
+                if let Some(e) = body_error {
+                    tracing::info!(error = %e, size, "upload body ended early");
                     return UploadOutcome::BodyError(e);
                 }
-                Err(AppendError::Io(e)) => return UploadOutcome::Internal(e),
+                return UploadOutcome::Done(UploadDone { size, committed: None });
             }
-        }
-        let Some(digest) = commit else {
-            return UploadOutcome::Done(UploadDone { size, committed: None });
         };
         let committed = {
             let (id, digest) = (id.clone(), digest.clone());
-            tokio::task::spawn_blocking(move || caps.uploads.commit(&repo_name, &id, &digest)).await
+            tokio::task::spawn_blocking(move || caps.uploads.commit_appended(&repo_name, &id, appender, &digest)).await
         };
         match committed {
             Ok(Ok(size)) => UploadOutcome::Done(UploadDone { size, committed: Some(digest.to_string()) }),
@@ -355,10 +332,37 @@ impl Exchange<'_> {
         }
     }
 
-    /// `fetch-file`: not yet carried out by this host; the plugin hears so in its own shape.
+    /// `fetch-file`: like `fetch-blob`, but the digest is learnt by hashing the file as it arrives
+    /// (upstream/fill.rs); the request that started the fill has the plugin record it once it is
+    /// stored, in a task of its own so that a client that leaves does not lose the record.
     async fn fetch_file(&self, plan: types::FetchFile) -> Response<Body> {
-        tracing::warn!(key = %plan.key, "fetch-file plans are not supported by this host yet");
-        self.failure(FailureKind::Internal, None, "this server cannot fetch files of unknown digest yet".into()).await
+        let format = &self.plugin.meta.format;
+        let Some(repo) = self.repo.clone() else {
+            return plugin_fault(format, "fetch-file for a request with no repository");
+        };
+        let r = &plan.request;
+        let request = match parse_request(&r.method, &r.url, &r.headers, r.with_credentials) {
+            Ok(req) => req,
+            Err(e) => return plugin_fault(format, format!("fetch-file: {e}")),
+        };
+        let (fill, started) = match self.app.fills.join_or_start_file(repo.clone(), plan.key.clone(), request, plan.max_bytes) {
+            Ok((Joined::StoredAs(digest, _), _)) => return self.serve_blob(&digest.to_string(), plan.headers).await,
+            Ok((Joined::Stored, _)) => return self.failure(FailureKind::Internal, None, "file fill found no file".into()).await,
+            Ok((Joined::Filling(fill), started)) => (fill, started),
+            Err(e) => return self.fill_failure(e).await,
+        };
+        if started {
+            let (plugins, plugin, request) = (self.app.plugins.clone(), self.plugin.clone(), self.request.get().clone());
+            let (progress, key) = (fill.progress.clone(), plan.key.clone());
+            tokio::spawn(async move {
+                let Ok((digest, size)) = wait_stored(&progress).await else { return };
+                let file = types::FetchedFile { digest: digest.to_string(), size };
+                if let Err(e) = plugins.file_fetched(&plugin, Some(repo), &request, &key, &file).await {
+                    tracing::warn!(key, digest = %digest, error = %e.detail(), "the plugin did not record a fetched file");
+                }
+            });
+        }
+        self.stream_fill(fill, plan.headers).await
     }
 
     async fn serve_blob(&self, digest: &str, headers: Vec<(String, String)>) -> Response<Body> {
@@ -367,6 +371,10 @@ impl Exchange<'_> {
             Err(e) => return plugin_fault(&self.plugin.meta.format, format!("serve-blob: {e}")),
         };
         let store = self.app.caps.store.clone();
+        // Before the look-up, so a collection running now either keeps the blob or has removed
+        // it already (see `storage::touch`).
+        store.touches().touch(&digest);
+        self.pulled(&digest);
         let opened = match store.cached(&digest) {
             Some(bytes) => Ok(Ok(Opened::Small(bytes))),
             None => {
@@ -392,6 +400,11 @@ impl Exchange<'_> {
             Some(Ok((start, count))) => (StatusCode::PARTIAL_CONTENT, start, count),
             Some(Err(())) => return range_not_satisfiable(len),
         };
+        if !self.head
+            && let Some(repo) = &self.repo
+        {
+            self.app.metrics.served_from_store(repo.name.as_str(), count);
+        }
         let body = match opened {
             _ if self.head => body::empty(),
             Opened::Small(b) => body::full(b.slice(start as usize..(start + count) as usize)),
@@ -413,6 +426,13 @@ impl Exchange<'_> {
         resp
     }
 
+    /// A remote's blob was pulled: what its cache limits evict by.
+    fn pulled(&self, digest: &Digest) {
+        if let Some(repo) = self.repo.as_deref().filter(|r| r.repo_type == crate::repos::RepoType::Remote) {
+            self.app.gc.pulled(repo.name.as_str(), digest);
+        }
+    }
+
     async fn fetch_blob(&self, plan: types::FetchBlob) -> Response<Body> {
         let format = &self.plugin.meta.format;
         let Some(repo) = self.repo.clone() else {
@@ -427,11 +447,18 @@ impl Exchange<'_> {
             Ok(req) => req,
             Err(e) => return plugin_fault(format, format!("fetch-blob: {e}")),
         };
+        self.pulled(&digest);
         let fill = match self.app.fills.join_or_start(repo, digest.clone(), request) {
-            Ok(Joined::Stored) => return self.serve_blob(&plan.digest, plan.headers).await,
+            Ok(Joined::Stored | Joined::StoredAs(..)) => return self.serve_blob(&plan.digest, plan.headers).await,
             Ok(Joined::Filling(fill)) => fill,
             Err(e) => return self.fill_failure(e).await,
         };
+        self.stream_fill(fill, plan.headers).await
+    }
+
+    /// A fill's bytes to this client as they arrive (a range of them from the growing file too).
+    async fn stream_fill(&self, fill: Arc<crate::upstream::fill::Fill>, headers: Vec<(String, String)>) -> Response<Body> {
+        let format = &self.plugin.meta.format;
         let total = match wait_started(&fill.progress).await {
             Ok(total) => total,
             Err(e) => return self.fill_failure(e).await,
@@ -449,7 +476,7 @@ impl Exchange<'_> {
         let end = if status == StatusCode::PARTIAL_CONTENT { count.map(|c| start + c) } else { None };
         let mut resp = Response::new(if self.head { body::empty() } else { body::follow(fill, start, end) });
         *resp.status_mut() = status;
-        if let Err(e) = apply_headers(&mut resp, plan.headers) {
+        if let Err(e) = apply_headers(&mut resp, headers) {
             return plugin_fault(format, e);
         }
         if let Some(count) = count {
@@ -474,50 +501,66 @@ impl Exchange<'_> {
             FillError::Upstream(UpstreamError::NotAllowed(m) | UpstreamError::Invalid(m)) => {
                 return plugin_fault(&self.plugin.meta.format, format!("fetch-blob: {m}"));
             }
+            // A full disk is the server's unavailability (503 until space is freed), not a bug.
+            FillError::NoRoom(_) => (FailureKind::Unavailable, None),
+            FillError::Storage(_) if self.app.caps.store.health().suspect(self.app.caps.store.layout()) => (FailureKind::Unavailable, None),
             FillError::Upstream(UpstreamError::TooLarge(_)) | FillError::Storage(_) => (FailureKind::Internal, None),
+            FillError::TooLarge { .. } => (FailureKind::TooLarge, None),
             FillError::DigestMismatch { .. } => (FailureKind::DigestMismatch, None),
         };
         self.failure(kind, status, e.to_string()).await
     }
 }
 
-enum AppendError {
-    /// The client's body failed (it went away): its fault; that many bytes were appended.
-    Body(String, u64),
-    Io(String),
-}
-
-/// Streams a request body onto the end of an upload session file. Frames are gathered into
-/// large pieces so each blocking write (tokio's file does the thread hop) is worth it; what
-/// arrived before a body error is kept.
-async fn append(file: std::fs::File, mut body: Incoming) -> Result<u64, AppendError> {
-    let io = |e: std::io::Error| AppendError::Io(e.to_string());
-    let mut file = tokio::fs::File::from_std(file);
+/// Streams a request body onto the end of an upload session, hashing it as it goes. Frames are
+/// gathered into large pieces so each blocking write (and hash) is worth the thread hop. Returns
+/// the appender (not yet made durable: the caller finishes or commits it) and the body's error
+/// when the client went away, what arrived before it appended.
+async fn append(mut appender: Appender, mut body: Incoming) -> Result<(Appender, Option<String>), String> {
     let mut buf = BytesMut::with_capacity(APPEND_CHUNK);
-    let mut total = 0u64;
-    let body_error = loop {
-        match body.frame().await {
-            None => break None,
-            Some(Err(e)) => break Some(e.to_string()),
+    loop {
+        let end = match body.frame().await {
+            None => Some(None),
+            Some(Err(e)) => Some(Some(e.to_string())),
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     buf.extend_from_slice(&data);
                 }
+                None
+            }
+        };
+        if buf.len() >= APPEND_CHUNK || (end.is_some() && !buf.is_empty()) {
+            let piece = buf.split().freeze();
+            let (a, wrote) = tokio::task::spawn_blocking(move || {
+                let wrote = appender.write(&piece);
+                (appender, wrote)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            wrote.map_err(|e| e.to_string())?;
+            appender = a;
+        }
+        if let Some(body_error) = end {
+            return Ok((appender, body_error));
+        }
+    }
+}
+
+/// Waits until the fill's content is stored; its digest and size.
+pub(crate) async fn wait_stored(rx: &tokio::sync::watch::Receiver<Progress>) -> Result<(Digest, u64), FillError> {
+    let mut rx = rx.clone();
+    loop {
+        {
+            let p = rx.borrow_and_update();
+            match (&p.outcome, &p.stored) {
+                (Some(Err(e)), _) => return Err(e.clone()),
+                (Some(Ok(size)), Some(d)) => return Ok((d.clone(), *size)),
+                _ => {}
             }
         }
-        if buf.len() >= APPEND_CHUNK {
-            file.write_all(&buf).await.map_err(io)?;
-            total += buf.len() as u64;
-            buf.clear();
+        if rx.changed().await.is_err() {
+            return Err(FillError::Storage("fill ended without an outcome".into()));
         }
-    };
-    file.write_all(&buf).await.map_err(io)?;
-    total += buf.len() as u64;
-    // The last write is only known to be done (or failed) after a flush.
-    file.flush().await.map_err(io)?;
-    match body_error {
-        Some(e) => Err(AppendError::Body(e, total)),
-        None => Ok(total),
     }
 }
 
@@ -537,24 +580,5 @@ async fn wait_started(rx: &tokio::sync::watch::Receiver<Progress>) -> Result<Opt
         if rx.changed().await.is_err() {
             return Err(FillError::Storage("fill ended without an outcome".into()));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_range;
-
-    #[test]
-    fn ranges() {
-        assert_eq!(parse_range("bytes=0-9", 100), Some(Ok((0, 10))));
-        assert_eq!(parse_range("bytes=90-", 100), Some(Ok((90, 10))));
-        assert_eq!(parse_range("bytes=-5", 100), Some(Ok((95, 5))));
-        assert_eq!(parse_range("bytes=50-1000", 100), Some(Ok((50, 50))));
-        assert_eq!(parse_range("bytes=100-", 100), Some(Err(())));
-        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
-        assert_eq!(parse_range("items=0-1", 100), None);
-        // a zero-length blob: served whole, whatever the range
-        assert_eq!(parse_range("bytes=-5", 0), None);
-        assert_eq!(parse_range("bytes=0-", 0), None);
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! Why: a blob GET otherwise costs two copies in the kernel per byte (page cache to a buffer,
 //! buffer to the socket); `sendfile` hands the page cache pages to the socket (the peer's
-//! receive then copies them once, as from nginx). Measured: see README, "warm GET".
+//! receive then copies them once, as from nginx). Measured: docs/performance.md, "warm GET".
 //!
 //! Over TLS the bytes are encrypted in user space, so there is nothing for `sendfile` to do
 //! (kTLS aside): a request on a TLS connection runs with `sendfile_available()` false, and its

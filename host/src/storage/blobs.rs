@@ -12,8 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 
 use crate::digest::{Algorithm, Digest, Hasher};
-use crate::storage::Layout;
+use crate::storage::health::Health;
 use crate::storage::small_cache::{self, SmallCache};
+use crate::storage::touch::Touches;
+use crate::storage::{Layout, durable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -23,12 +25,23 @@ pub enum BlobError {
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("blob is {size} bytes, more than the {limit} byte limit")]
     TooLarge { size: u64, limit: u64 },
-    #[error("storage I/O on {path}: {source}")]
+    /// Said without the path (this reaches clients); `io_err` logs it.
+    #[error("storage I/O failed: {source}")]
     Io { path: PathBuf, source: io::Error },
 }
 
+impl BlobError {
+    /// The disk is full: the server is unavailable for writes until space is freed.
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, BlobError::Io { source, .. } if durable::is_out_of_space(source))
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BlobError + '_ {
-    move |source| BlobError::Io { path: path.to_owned(), source }
+    move |source| {
+        tracing::warn!(path = %path.display(), error = %source, "blob storage I/O failed");
+        BlobError::Io { path: path.to_owned(), source }
+    }
 }
 
 #[derive(Clone)]
@@ -37,6 +50,9 @@ pub struct BlobStore {
     small: Arc<SmallCache>,
     /// Advanced whenever blobs were removed: what was decided knowing a blob present is stale.
     removals: Arc<AtomicU64>,
+    health: Arc<Health>,
+    /// References garbage collection must see (see `touch`).
+    touches: Arc<Touches>,
 }
 
 /// A stored blob opened for serving: small ones whole from memory, others as a file.
@@ -56,11 +72,26 @@ impl BlobStore {
         for dir in [layout.blobs(), staging] {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
-        Ok(BlobStore { layout, small: Arc::new(SmallCache::new()), removals: Arc::default() })
+        Ok(BlobStore {
+            layout,
+            small: Arc::new(SmallCache::new()),
+            removals: Arc::default(),
+            health: Arc::new(Health::new()),
+            touches: Arc::default(),
+        })
     }
 
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// Whether the data volume takes writes (shared by every clone of the store).
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    pub fn touches(&self) -> &Arc<Touches> {
+        &self.touches
     }
 
     pub fn path(&self, digest: &Digest) -> PathBuf {
@@ -131,6 +162,20 @@ impl BlobStore {
         Ok(bytes.to_vec())
     }
 
+    /// Up to `length` bytes of a blob of any size from `offset`: shorter at its end, empty past it.
+    pub fn read_range(&self, digest: &Digest, offset: u64, length: u64) -> Result<Vec<u8>, BlobError> {
+        if let Some(b) = self.small.get(digest) {
+            let from = (offset.min(b.len() as u64)) as usize;
+            let to = (offset.saturating_add(length).min(b.len() as u64)) as usize;
+            return Ok(b[from..to].to_vec());
+        }
+        let (file, len) = self.open_blob(digest)?;
+        let want = length.min(len.saturating_sub(offset)) as usize;
+        let mut buf = vec![0u8; want];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, offset).map_err(io_err(&self.path(digest)))?;
+        Ok(buf)
+    }
+
     fn read_whole(&self, digest: &Digest, file: File, len: u64) -> Result<Bytes, BlobError> {
         let mut buf = Vec::with_capacity(len as usize);
         // Never more than the size seen at open, even if the file were replaced meanwhile.
@@ -160,20 +205,27 @@ impl BlobStore {
     /// A staging file to write a blob into.
     pub fn stage(&self, algorithm: Algorithm) -> Result<StagedBlob, BlobError> {
         let path = self.layout.staged();
-        let file = File::create(&path).map_err(io_err(&path))?;
+        let file = File::create(&path).inspect_err(|e| _ = self.health.note(e)).map_err(io_err(&path))?;
         Ok(StagedBlob { store: self.clone(), path, file: Some(file), hasher: Some(Hasher::new(algorithm)), len: 0 })
     }
 
-    /// Moves a staged file whose digest the caller has verified into place.
+    /// Moves a staged file whose digest the caller has verified into place, durably: the data,
+    /// then the name, then any directory made for it reach the disk before this returns.
     pub fn commit_verified(&self, staged: &Path, digest: &Digest) -> Result<(), BlobError> {
         let dest = self.path(digest);
-        if let Some(parent) = dest.parent() {
+        if let Some(parent) = dest.parent()
+            && !parent.is_dir()
+        {
             fs::create_dir_all(parent).map_err(io_err(parent))?;
+            // The new directory's own name lives in its parent (blobs/<algorithm>/).
+            if let Some(grandparent) = parent.parent() {
+                durable::sync_dir(grandparent).map_err(io_err(grandparent))?;
+            }
         }
-        // Data reaches the disk before the name does, so a crash cannot leave a named blob
-        // with unwritten content.
         File::open(staged).and_then(|f| f.sync_all()).map_err(io_err(staged))?;
-        fs::rename(staged, &dest).map_err(io_err(&dest))?;
+        // What a client just stored is about to be referenced: a collection running now keeps it.
+        self.touches.touch(digest);
+        durable::rename(staged, &dest).map_err(io_err(&dest))?;
         Ok(())
     }
 
@@ -220,7 +272,7 @@ impl StagedBlob {
             return Err(BlobError::DigestMismatch { expected: expected.clone(), actual });
         }
         if let Some(file) = self.file.take() {
-            file.sync_all().map_err(io_err(&self.path))?;
+            file.sync_all().inspect_err(|e| _ = self.store.health.note(e)).map_err(io_err(&self.path))?;
         }
         self.store.commit_verified(&self.path, &actual)?;
         Ok(actual)
@@ -230,7 +282,7 @@ impl StagedBlob {
 impl Write for StagedBlob {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let file = self.file.as_mut().ok_or_else(|| io::Error::other("staged blob already committed"))?;
-        let n = file.write(buf)?;
+        let n = file.write(buf).inspect_err(|e| _ = self.store.health.note(e))?;
         if let Some(h) = self.hasher.as_mut() {
             h.update(&buf[..n]);
         }
@@ -270,6 +322,20 @@ mod tests {
         assert_eq!(s.read_small(&d, 10).unwrap(), b"hello");
         assert_eq!(s.stat(&d).unwrap(), Some(5));
         assert!(matches!(s.read_small(&d, 2), Err(BlobError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn ranges_of_a_blob_are_shorter_at_its_end() {
+        let (_d, s) = store();
+        let d = s.write_small(b"0123456789", None).unwrap();
+        s.forget_cached();
+        assert_eq!(s.read_range(&d, 2, 3).unwrap(), b"234");
+        assert_eq!(s.read_range(&d, 8, 100).unwrap(), b"89");
+        assert!(s.read_range(&d, 10, 5).unwrap().is_empty() && s.read_range(&d, u64::MAX, u64::MAX).unwrap().is_empty());
+        s.read_small(&d, 100).unwrap();
+        assert_eq!(s.read_range(&d, 8, u64::MAX).unwrap(), b"89", "from the small cache too");
+        let absent = Digest::of(Algorithm::Sha256, b"absent");
+        assert!(matches!(s.read_range(&absent, 0, 1), Err(BlobError::Unknown(_))));
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub enum MetaError {
     Store(Box<redb::Error>),
     #[error("metadata key {0:?} contains a NUL byte")]
     BadKey(String),
+    /// The store failed a write and is being reopened: retry later.
+    #[error("metadata store unavailable: {0}")]
+    Unavailable(String),
 }
 
 fn db_err<E: Into<redb::Error>>(e: E) -> MetaError {
@@ -94,22 +97,131 @@ impl ReadCache {
 /// what was decided from that metadata (a plugin's reusable plan) can tell it is out of date.
 pub type Generation = Arc<AtomicU64>;
 
+type Opener = Box<dyn Fn() -> Result<Database, redb::Error> + Send + Sync>;
+
+/// The open database, and how to open it again. redb latches the first I/O error of a commit (a
+/// full disk) and refuses every later write until the database is reopened, which needs the old
+/// handle gone first (redb locks the file): so the handle is swapped here, and a failed write
+/// marks the store failed until `recover` succeeds.
+struct Handle {
+    current: RwLock<Option<Arc<Database>>>,
+    /// Why the last write failed, while the store has not taken a write since.
+    failed: Mutex<Option<String>>,
+    open: Opener,
+}
+
 #[derive(Clone)]
 pub struct MetaStore {
-    db: Arc<Database>,
+    db: Arc<Handle>,
     cache: Arc<ReadCache>,
     generations: Arc<RwLock<HashMap<String, Generation>>>,
 }
 
+/// The host's own key (no repository may be named "api"): probe writes go there.
+const PROBE: (&str, &str) = ("api", "ready");
+
 impl MetaStore {
+    /// Opens (or creates) the store at `path`. Commits use redb's default durability
+    /// (`Immediate`: synced before `commit` returns), so an acknowledged tag survives a crash.
     pub fn open(path: &Path) -> Result<MetaStore, MetaError> {
-        let db = Database::create(path).map_err(db_err)?;
+        let path = path.to_owned();
+        Self::open_with(Box::new(move || Database::create(&path).map_err(Into::into)))
+    }
+
+    fn open_with(open: Opener) -> Result<MetaStore, MetaError> {
+        let db = open().map_err(db_err)?;
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(META).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
         let values = Cache::with_weighter((CACHE_TOTAL / 512) as usize, CACHE_TOTAL, ByLength);
         let cache = Arc::new(ReadCache { values, writes: Mutex::new(0) });
-        Ok(MetaStore { db: Arc::new(db), cache, generations: Default::default() })
+        let handle = Handle { current: RwLock::new(Some(Arc::new(db))), failed: Mutex::new(None), open };
+        Ok(MetaStore { db: Arc::new(handle), cache, generations: Default::default() })
+    }
+
+    fn db(&self) -> Result<Arc<Database>, MetaError> {
+        self.db.current.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or_else(|| MetaError::Unavailable("being reopened".into()))
+    }
+
+    /// Why the store does not take writes, while it does not.
+    pub fn failing(&self) -> Option<String> {
+        self.db.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records the outcome of a write: a failure marks the store failed (for readiness, and for
+    /// `recover`), a success clears that.
+    fn outcome<T>(&self, result: Result<T, MetaError>) -> Result<T, MetaError> {
+        let mut failed = self.db.failed.lock().unwrap_or_else(|p| p.into_inner());
+        match &result {
+            Ok(_) => *failed = None,
+            Err(MetaError::Store(e)) => {
+                if failed.is_none() {
+                    tracing::error!(error = %e, "metadata store write failed; it is reopened until writes work again");
+                }
+                *failed = Some(e.to_string());
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Makes a failed store take writes again: a probe write on the open database (the error
+    /// may have been transient), else the database is closed and opened again, which also
+    /// repairs it. True when writes work. Blocking; called by the health watch.
+    pub fn recover(&self) -> bool {
+        if let Ok(db) = self.db()
+            && Self::probe(&db).is_ok()
+        {
+            *self.db.failed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            return true;
+        }
+        let mut slot = self.db.current.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(db) = slot.take() {
+            match Arc::try_unwrap(db) {
+                Ok(db) => drop(db),
+                // A reader still holds it (briefly): put it back, try again next time.
+                Err(db) => {
+                    *slot = Some(db);
+                    return false;
+                }
+            }
+        }
+        let reopened = (self.db.open)().map_err(db_err).and_then(|db| Self::probe(&db).map(|()| db));
+        let ok = match reopened {
+            Ok(db) => {
+                *slot = Some(Arc::new(db));
+                tracing::info!("metadata store reopened: writes are accepted");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metadata store could not be reopened yet");
+                false
+            }
+        };
+        drop(slot);
+        // What was cached may predate a commit whose outcome was unknown.
+        self.cache.written(None);
+        let mut failed = self.db.failed.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            *failed = None;
+        }
+        ok
+    }
+
+    fn probe(db: &Database) -> Result<(), MetaError> {
+        let k = Self::key(PROBE.0, PROBE.1)?;
+        let txn = db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(META).map_err(db_err)?;
+            table.insert(k.as_str(), &b"1"[..]).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// The database, for host records kept in their own tables (`access`). Take it for each
+    /// transaction: a failed write reopens it.
+    pub fn database(&self) -> Result<Arc<Database>, MetaError> {
+        self.db()
     }
 
     /// The write counter of `repo`'s metadata (one per name, created on first use).
@@ -146,7 +258,7 @@ impl MetaStore {
             return Ok(v);
         }
         let seen = self.cache.writes();
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.db()?.begin_read().map_err(db_err)?;
         let table = txn.open_table(META).map_err(db_err)?;
         let value = table.get(k.as_str()).map_err(db_err)?.map(|v| v.value().to_vec());
         self.cache.insert_if_unchanged(k, &value, seen);
@@ -155,35 +267,39 @@ impl MetaStore {
 
     pub fn put(&self, repo: &str, key: &str, value: &[u8]) -> Result<(), MetaError> {
         let k = Self::key(repo, key)?;
-        let txn = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut table = txn.open_table(META).map_err(db_err)?;
-            table.insert(k.as_str(), value).map_err(db_err)?;
-        }
-        let committed = txn.commit().map_err(db_err);
+        let committed = self.db().and_then(|db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut table = txn.open_table(META).map_err(db_err)?;
+                table.insert(k.as_str(), value).map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)
+        });
         // Dropped even after a failed commit: whether it landed is not known.
         self.cache.written(Some(&k));
         self.advance(repo);
-        committed
+        self.outcome(committed)
     }
 
     pub fn delete(&self, repo: &str, key: &str) -> Result<(), MetaError> {
         let k = Self::key(repo, key)?;
-        let txn = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut table = txn.open_table(META).map_err(db_err)?;
-            table.remove(k.as_str()).map_err(db_err)?;
-        }
-        let committed = txn.commit().map_err(db_err);
+        let committed = self.db().and_then(|db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut table = txn.open_table(META).map_err(db_err)?;
+                table.remove(k.as_str()).map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)
+        });
         self.cache.written(Some(&k));
         self.advance(repo);
-        committed
+        self.outcome(committed)
     }
 
     /// The repository's keys starting with `prefix`, in lexical order.
     pub fn list(&self, repo: &str, prefix: &str) -> Result<Vec<String>, MetaError> {
         let start = Self::key(repo, prefix)?;
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.db()?.begin_read().map_err(db_err)?;
         let table = txn.open_table(META).map_err(db_err)?;
         let skip = repo.len() + SEP.len_utf8();
         let mut out = Vec::new();
@@ -201,18 +317,20 @@ impl MetaStore {
     /// Removes everything a repository stored (the repository was deleted).
     pub fn delete_repository(&self, repo: &str) -> Result<(), MetaError> {
         let keys = self.list(repo, "")?;
-        let txn = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut table = txn.open_table(META).map_err(db_err)?;
-            for key in keys {
-                let k = Self::key(repo, &key)?;
-                table.remove(k.as_str()).map_err(db_err)?;
+        let committed = self.db().and_then(|db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut table = txn.open_table(META).map_err(db_err)?;
+                for key in keys {
+                    let k = Self::key(repo, &key)?;
+                    table.remove(k.as_str()).map_err(db_err)?;
+                }
             }
-        }
-        let committed = txn.commit().map_err(db_err);
+            txn.commit().map_err(db_err)
+        });
         self.cache.written(None);
         self.advance(repo);
-        committed
+        self.outcome(committed)
     }
 }
 
@@ -253,5 +371,67 @@ mod tests {
         assert!(m.get("a", "tag/x:2").unwrap().is_some());
         m.delete_repository("a").unwrap();
         assert_eq!(m.get("a", "tag/x:2").unwrap(), None);
+    }
+
+    /// A file backend whose writes and syncs fail while `fail` is set, as on a full disk.
+    #[derive(Debug)]
+    struct Flaky {
+        inner: redb::backends::FileBackend,
+        fail: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Flaky {
+        fn check(&self) -> std::io::Result<()> {
+            if self.fail.load(Ordering::SeqCst) { Err(std::io::Error::from_raw_os_error(libc::ENOSPC)) } else { Ok(()) }
+        }
+    }
+
+    impl redb::StorageBackend for Flaky {
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+            self.inner.read(offset, len)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self, eventual: bool) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.sync_data(eventual)
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.write(offset, data)
+        }
+    }
+
+    #[test]
+    fn a_failed_write_is_recovered_by_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.redb");
+        let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f = fail.clone();
+        let m = MetaStore::open_with(Box::new(move || {
+            let file =
+                std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(redb::Error::Io)?;
+            let inner = redb::backends::FileBackend::new(file).map_err(redb::Error::from)?;
+            Database::builder().create_with_backend(Flaky { inner, fail: f.clone() }).map_err(Into::into)
+        }))
+        .unwrap();
+        m.put("a", "tag/x:1", b"one").unwrap();
+        fail.store(true, Ordering::SeqCst);
+        assert!(m.put("a", "tag/x:2", b"two").is_err());
+        assert!(m.failing().is_some(), "a failed write marks the store failed");
+        fail.store(false, Ordering::SeqCst);
+        // redb latched the error: writes keep failing although the disk is fine again...
+        assert!(m.put("a", "tag/x:3", b"three").is_err());
+        // ...until the store is reopened
+        assert!(m.recover());
+        assert!(m.failing().is_none());
+        m.put("a", "tag/x:4", b"four").unwrap();
+        assert_eq!(m.get("a", "tag/x:1").unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(m.get("a", "tag/x:4").unwrap().as_deref(), Some(&b"four"[..]));
     }
 }

@@ -1,11 +1,16 @@
 //! Storage: the content-addressed blob store and per-repository metadata, both under one data
 //! directory whose layout is written down in `layout`.
 
+pub mod access;
 pub mod blobs;
+pub mod durable;
+pub mod health;
 pub mod layout;
 pub mod mapped;
 pub mod meta;
+pub mod resumable;
 pub mod small_cache;
+pub mod touch;
 pub mod uploads;
 
 pub use blobs::{BlobStore, StagedBlob};

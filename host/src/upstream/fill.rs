@@ -77,6 +77,12 @@ pub enum FillError {
     /// Our fault: staging or committing failed.
     #[error("storage: {0}")]
     Storage(String),
+    /// A file of unknown digest was larger than the plugin allowed: nothing is stored.
+    #[error("upstream file over {max} bytes ({seen} seen)")]
+    TooLarge { max: u64, seen: u64 },
+    /// The disk has no room for this blob: unavailable (503), not a bug.
+    #[error("storage: {0}")]
+    NoRoom(String),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -91,12 +97,16 @@ pub struct Progress {
     pub received: bool,
     /// Set once: the verified, committed size, or why the fill failed.
     pub outcome: Option<Result<u64, FillError>>,
+    /// With a successful outcome: the digest the content was stored under.
+    pub stored: Option<Digest>,
 }
 
 /// One fill in flight; readers share the staging file through `reader` (positional reads,
 /// so the file can be renamed into place under them).
 pub struct Fill {
-    pub digest: Digest,
+    /// The digest the content must have; none for a file whose digest is learnt by hashing it
+    /// (stored under its sha256).
+    pub digest: Option<Digest>,
     pub reader: Arc<File>,
     /// The bytes last written, for readers that keep up where there is no map, and for a held
     /// fill's hasher.
@@ -107,6 +117,8 @@ pub struct Fill {
     pub progress: watch::Receiver<Progress>,
     /// Readers wait for verification before the last byte (`upstream_hold_last_byte`).
     pub hold_last_byte: bool,
+    /// The fill fails, storing nothing, past this many bytes (a file's `max-bytes`).
+    pub max_bytes: Option<u64>,
 }
 
 impl Progress {
@@ -165,22 +177,37 @@ impl Recent {
 pub enum Joined {
     /// The blob was committed meanwhile: serve it from the store.
     Stored,
+    /// A file fill of the same key committed moments ago, under this digest.
+    StoredAs(Digest, u64),
     Filling(Arc<Fill>),
 }
 
-/// A fill in flight is found by its repository and digest, never by digest alone.
-type FillKey = (RepoName, Digest);
+/// What a fill fetches: a blob of known digest, or a file under the plugin's key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    Digest(Digest),
+    File(String),
+}
+
+/// A fill in flight is found by its repository and target, never by digest alone.
+type FillKey = (RepoName, Target);
+
+/// File fills committed recently, remembered so that a request arriving between the commit and
+/// the plugin recording it (`file-fetched`) is served the stored file instead of fetching again.
+const RECENT_FILES: usize = 1024;
+const RECENT_FILE_TTL: Duration = Duration::from_secs(60);
 
 pub struct Fills {
     store: BlobStore,
     upstream: Arc<Upstream>,
     limits: FillLimits,
     inflight: Mutex<HashMap<FillKey, Arc<Fill>>>,
+    recent_files: Mutex<HashMap<FillKey, (Digest, u64, Instant)>>,
 }
 
 impl Fills {
     pub fn new(store: BlobStore, upstream: Arc<Upstream>, limits: FillLimits) -> Arc<Fills> {
-        Arc::new(Fills { store, upstream, limits, inflight: Mutex::new(HashMap::new()) })
+        Arc::new(Fills { store, upstream, limits, inflight: Mutex::new(HashMap::new()), recent_files: Mutex::new(HashMap::new()) })
     }
 
     /// Why a new fill for `repo` may not start now, if it may not.
@@ -199,26 +226,70 @@ impl Fills {
 
     /// Joins `repo`'s fill for `digest`, or starts it.
     pub fn join_or_start(self: &Arc<Self>, repo: Arc<Repository>, digest: Digest, request: UpstreamRequest) -> Result<Joined, FillError> {
+        self.join_or_start_target(repo, Target::Digest(digest), request, None).map(|(joined, _)| joined)
+    }
+
+    /// Joins `repo`'s fill of the file under `key`, or starts it (then the bool is true: the
+    /// caller is the one to have the plugin record it).
+    pub fn join_or_start_file(
+        self: &Arc<Self>,
+        repo: Arc<Repository>,
+        key: String,
+        request: UpstreamRequest,
+        max_bytes: u64,
+    ) -> Result<(Joined, bool), FillError> {
+        self.join_or_start_target(repo, Target::File(key), request, Some(max_bytes))
+    }
+
+    fn join_or_start_target(
+        self: &Arc<Self>,
+        repo: Arc<Repository>,
+        target: Target,
+        request: UpstreamRequest,
+        max_bytes: Option<u64>,
+    ) -> Result<(Joined, bool), FillError> {
         let count = |result| self.upstream.metrics().blob_fetch(repo.name.as_str(), result);
-        let key: FillKey = (repo.name.clone(), digest.clone());
+        let key: FillKey = (repo.name.clone(), target.clone());
         let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(fill) = inflight.get(&key) {
             count("joined");
-            return Ok(Joined::Filling(fill.clone()));
+            return Ok((Joined::Filling(fill.clone()), false));
         }
         // Checked under the lock: a fill commits before it leaves the map, so a blob is
         // either in flight or stored here, never fetched twice.
-        if self.store.stat(&digest).map_err(|e| FillError::Storage(e.to_string()))?.is_some() {
-            count("stored");
-            return Ok(Joined::Stored);
-        }
+        let digest = match &target {
+            Target::Digest(d) => {
+                if self.store.stat(d).map_err(|e| FillError::Storage(e.to_string()))?.is_some() {
+                    count("stored");
+                    return Ok((Joined::Stored, false));
+                }
+                Some(d.clone())
+            }
+            Target::File(_) => {
+                let mut recent = self.recent_files.lock().unwrap_or_else(|e| e.into_inner());
+                recent.retain(|_, (_, _, at)| at.elapsed() < RECENT_FILE_TTL);
+                if let Some((d, size, _)) = recent.get(&key)
+                    && self.store.stat(d).ok().flatten().is_some()
+                {
+                    count("stored");
+                    return Ok((Joined::StoredAs(d.clone(), *size), false));
+                }
+                None
+            }
+        };
         if let Some(refused) = self.over_limit(&inflight, &repo.name) {
             count("refused");
             return Err(refused);
         }
         let path = self.store.layout().staged();
-        let writer = File::create(&path).map_err(|e| FillError::Storage(format!("{}: {e}", path.display())))?;
-        let reader = File::open(&path).map_err(|e| FillError::Storage(format!("{}: {e}", path.display())))?;
+        // The path goes to the log only: the error reaches clients.
+        let staging = |e: std::io::Error| {
+            tracing::warn!(path = %path.display(), error = %e, "cannot create a staging file");
+            self.store.health().note(&e);
+            FillError::Storage(format!("cannot stage the blob: {e}"))
+        };
+        let writer = File::create(&path).map_err(staging)?;
+        let reader = File::open(&path).map_err(staging)?;
         let (tx, rx) = watch::channel(Progress::default());
         let hold_last_byte = self.upstream.config().hold_last_byte;
         let fill = Arc::new(Fill {
@@ -228,6 +299,7 @@ impl Fills {
             mapped: std::sync::OnceLock::new(),
             progress: rx,
             hold_last_byte,
+            max_bytes,
         });
         inflight.insert(key.clone(), fill.clone());
         drop(inflight);
@@ -235,7 +307,10 @@ impl Fills {
 
         let fills = self.clone();
         let this_fill = fill.clone();
-        let span = tracing::info_span!("fill", digest = %digest, repo = %repo.name);
+        let span = match &target {
+            Target::Digest(d) => tracing::info_span!("fill", digest = %d, repo = %repo.name),
+            Target::File(k) => tracing::info_span!("fill", file = %k, repo = %repo.name),
+        };
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let started = std::time::Instant::now();
@@ -244,24 +319,44 @@ impl Fills {
                 // Verified bytes may be completed to clients now; the durable commit (fsync and
                 // rename) follows, and the fill leaves the map only after it, so a newcomer
                 // either joins this fill or finds the blob stored.
-                tx.send_modify(|p| {
-                    if let Ok(size) = &outcome {
+                tx.send_modify(|p| match &outcome {
+                    Ok((size, _)) => {
                         p.written = *size;
+                        p.outcome = Some(Ok(*size));
                     }
-                    p.outcome = Some(outcome.clone());
+                    Err(e) => p.outcome = Some(Err(e.clone())),
                 });
                 let committed = match outcome {
-                    Ok(size) => {
+                    Ok((size, digest)) => {
                         let store = fills.store.clone();
-                        let (path, digest) = (path.clone(), digest.clone());
-                        match tokio::task::spawn_blocking(move || store.commit_verified(&path, &digest)).await {
-                            Ok(Ok(())) => Ok(size),
+                        let path = path.clone();
+                        let stored = digest.clone();
+                        match tokio::task::spawn_blocking(move || store.commit_verified(&path, &stored)).await {
+                            Ok(Ok(())) => Ok((size, digest)),
                             Ok(Err(e)) => Err(e.to_string()),
                             Err(e) => Err(e.to_string()),
                         }
                     }
                     Err(e) => Err(e.to_string()),
                 };
+                if let Ok((size, digest)) = &committed {
+                    if matches!(key.1, Target::File(_)) {
+                        let mut recent = fills.recent_files.lock().unwrap_or_else(|e| e.into_inner());
+                        if recent.len() >= RECENT_FILES {
+                            recent.clear();
+                        }
+                        recent.insert(key.clone(), (digest.clone(), *size, Instant::now()));
+                    }
+                    tx.send_modify(|p| p.stored = Some(digest.clone()));
+                } else if let Err(e) = &committed {
+                    // the commit itself failed after a good transfer: readers waiting for the digest hear so
+                    tx.send_modify(|p| {
+                        if p.outcome.as_ref().is_some_and(|o| o.is_ok()) {
+                            p.outcome = Some(Err(FillError::Storage(e.clone())));
+                        }
+                    });
+                }
+                let committed = committed.map(|(size, _)| size);
                 fills.upstream.metrics().fill_ended(repo.name.as_str(), committed.is_ok());
                 match committed {
                     Ok(size) => tracing::info!(size, ms = started.elapsed().as_millis() as u64, "fill committed"),
@@ -274,7 +369,7 @@ impl Fills {
             },
             span,
         ));
-        Ok(Joined::Filling(fill))
+        Ok((Joined::Filling(fill), true))
     }
 
     async fn run(
@@ -285,14 +380,23 @@ impl Fills {
         writer: File,
         path: PathBuf,
         tx: Arc<watch::Sender<Progress>>,
-    ) -> Result<u64, FillError> {
+    ) -> Result<(u64, Digest), FillError> {
+        let max_bytes = fill.max_bytes;
         let recent = fill.recent.clone();
         let mut resp = self.upstream.send(repo, request).await?;
         if !resp.status().is_success() {
             return Err(FillError::Status(resp.status().as_u16()));
         }
-        let digest = &fill.digest;
+        let algorithm = fill.digest.as_ref().map_or(crate::digest::Algorithm::Sha256, Digest::algorithm);
         let total = resp.content_length();
+        // Refused before any client gets a status: nothing is staged.
+        if let (Some(max), Some(len)) = (max_bytes, total)
+            && len > max
+        {
+            return Err(FillError::TooLarge { max, seen: len });
+        }
+        let max = max_bytes.unwrap_or(u64::MAX);
+        let mut seen = 0u64;
         if let Some(len) = total {
             preallocate(&writer, len)?;
             // Where the reservation did not take (no fallocate), the file grows as it is written
@@ -324,7 +428,7 @@ impl Fills {
         let hash_task = {
             let shared = shared.clone();
             let reader = File::open(&path).map_err(|e| FillError::Storage(e.to_string()))?;
-            let hasher = Hasher::new(digest.algorithm());
+            let hasher = Hasher::new(algorithm);
             // Streamed fills verify behind the clients: the hasher starts once every byte is in
             // and yields the CPU to other transfers. Hashing alongside the transfer made a cold
             // 500 MiB GET ~10% slower on 2 cores even at the lowest priority (0.81 s → 0.72 s
@@ -352,6 +456,10 @@ impl Fills {
                     Ok(Err(e)) => return Err(UpstreamError::Unreachable(e.to_string()).into()),
                     Ok(Ok(None)) => return Ok(()),
                     Ok(Ok(Some(chunk))) => {
+                        seen += chunk.len() as u64;
+                        if seen > max {
+                            return Err(FillError::TooLarge { max, seen });
+                        }
                         last_byte = Instant::now();
                         floor.record(chunk.len() as u64, last_byte)?;
                         received_bytes.inc_by(chunk.len() as u64);
@@ -363,10 +471,12 @@ impl Fills {
             }
         }
         .await;
-        drop(chunks_tx);
+        // Failed before the writer learns the body ended, so it never reports a cut body as
+        // whole: without a Content-Length, readers would take that for the end.
         if received.is_err() {
             shared.fail();
         }
+        drop(chunks_tx);
         let written = write_task.await.map_err(|e| FillError::Storage(e.to_string()))?;
         let hashed = hash_task.await.map_err(|_| FillError::Storage("hashing thread died".into()))?;
         received?;
@@ -375,10 +485,10 @@ impl Fills {
             return Err(FillError::Length { announced, actual: written });
         }
         let actual = hashed.ok_or_else(|| FillError::Storage("hashing stopped".into()))?;
-        if actual != *digest {
+        if let Some(digest) = fill.digest.as_ref().filter(|d| **d != actual) {
             return Err(FillError::DigestMismatch { expected: digest.to_string(), actual: actual.to_string() });
         }
-        Ok(written)
+        Ok((written, actual))
     }
 }
 
@@ -492,6 +602,7 @@ fn write_loop(
         Ok(written)
     })();
     match &result {
+        Ok(_) if shared.state.lock().unwrap_or_else(|e| e.into_inner()).failed => {}
         Ok(_) => {
             tracing::debug!(bytes = written, chunks = count, "staged");
             tx.send_modify(|p| {
@@ -518,7 +629,7 @@ fn preallocate(file: &File, len: u64) -> Result<(), FillError> {
     match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
         Ok(()) => Ok(()),
         Err(e) if [Errno::NOSPC, Errno::DQUOT, Errno::FBIG].contains(&e) => {
-            Err(FillError::Storage(format!("no room to stage the {len}-byte blob: {e}")))
+            Err(FillError::NoRoom(format!("no room to stage the {len}-byte blob: {e}")))
         }
         // Filesystems without fallocate: blocks are found as the bytes are written.
         Err(e) => {
@@ -646,11 +757,11 @@ mod tests {
         super::preallocate(&file, 0).unwrap();
         // more than any disk here holds (and more than a file may be): the fill fails at once
         let err = super::preallocate(&file, i64::MAX as u64).unwrap_err();
-        assert!(matches!(err, FillError::Storage(ref m) if m.contains("no room")), "{err:?}");
+        assert!(matches!(err, FillError::NoRoom(ref m) if m.contains("no room")), "{err:?}");
     }
 
     fn progress(written: u64, total: Option<u64>, received: bool) -> Progress {
-        Progress { started: true, total, written, received, outcome: None }
+        Progress { started: true, total, written, received, outcome: None, stored: None }
     }
 
     #[test]

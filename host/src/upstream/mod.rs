@@ -3,9 +3,11 @@
 //! rules for realms and redirects (egress.rs), fail-fast while an upstream is down, and the
 //! single-flight blob fill.
 
+pub mod document;
 pub mod egress;
 pub mod fill;
 pub mod health;
+pub mod shared;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -35,7 +37,7 @@ pub struct UpstreamRequest {
     pub with_credentials: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SmallResponse {
     pub status: StatusCode,
     pub headers: HeaderMap,
@@ -84,6 +86,10 @@ pub struct Upstream {
     /// Origins each remote (repository name, remote origin) named as auth realms.
     realms: Mutex<HashMap<(String, String), HashSet<String>>>,
     metrics: Arc<Metrics>,
+    /// `upstream.fetch` calls in flight (single-flight by repository and key).
+    documents: document::Documents,
+    /// `upstream.send` reads in flight, and misses remembered.
+    shared: shared::Shared,
 }
 
 /// Origins one repository may have named (realms and `allow-origin`).
@@ -155,6 +161,8 @@ impl Upstream {
             config,
             realms: Mutex::new(HashMap::new()),
             metrics,
+            documents: Default::default(),
+            shared: Default::default(),
         })
     }
 

@@ -1,8 +1,9 @@
-//! A host and an upstream registry in memory, for native tests of whole request flows.
+//! An upstream registry in memory behind the SDK's fake host, for native tests of whole
+//! request flows.
 
 use crate::contract::*;
-use sha2::{Digest as _, Sha256, Sha512};
-use std::cell::{Cell, RefCell};
+pub use binaryrepo_plugin_sdk::fake_host::{FakeUpstream, sha256, sha512};
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 
 /// The repository the fake host's own `meta-*` belong to.
@@ -16,27 +17,6 @@ pub enum UpstreamAuth {
     Open,
     Bearer,
     Basic,
-}
-
-pub fn sha256(data: &[u8]) -> String {
-    let h = Sha256::digest(data);
-    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
-}
-
-pub fn sha512(data: &[u8]) -> String {
-    let h = Sha512::digest(data);
-    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha512:{hex}")
-}
-
-/// `data` hashed with the algorithm `like` names.
-fn digest_like(like: &str, data: &[u8]) -> String {
-    if like.starts_with("sha512:") {
-        sha512(data)
-    } else {
-        sha256(data)
-    }
 }
 
 /// One upstream registry: manifests by digest, tags, blob sizes.
@@ -87,7 +67,7 @@ impl Registry {
         digest
     }
 
-    fn respond(&self, req: &UpstreamRequest) -> UpstreamResponse {
+    fn answer(&self, req: &UpstreamRequest) -> UpstreamResponse {
         let resp = |status: u16, headers: Vec<(&str, String)>, body: Vec<u8>| UpstreamResponse {
             status,
             headers: headers
@@ -220,226 +200,18 @@ impl Registry {
     }
 }
 
-pub struct FakeHost {
-    /// metadata of the request's repository (`OWN`)
-    pub meta: RefCell<BTreeMap<String, Vec<u8>>>,
-    /// metadata of the other repositories, readable through `meta-*-in`
-    pub others: RefCell<BTreeMap<String, BTreeMap<String, Vec<u8>>>>,
-    /// what `repositories()` answers
-    pub repos: RefCell<Vec<Repository>>,
-    /// upload sessions of the request's repository
-    pub uploads: RefCell<BTreeMap<String, Vec<u8>>>,
-    pub upload_counter: Cell<u32>,
-    pub scratch: RefCell<HashMap<String, (Vec<u8>, u64)>>,
-    pub blobs: RefCell<HashMap<String, Vec<u8>>>,
-    pub registry: RefCell<Registry>,
-    pub down: Cell<bool>,
-    pub sent: RefCell<Vec<UpstreamRequest>>,
-    pub logs: RefCell<Vec<(Level, String)>>,
-    /// the last `reusable` offer: (seconds, vary)
-    pub offer: RefCell<Option<(u64, Vec<String>)>>,
+/// The fake host with this registry as its upstream, its own metadata `OWN`'s.
+pub type FakeHost = binaryrepo_plugin_sdk::fake_host::FakeHost<Registry>;
+
+pub fn fake_host(registry: Registry) -> FakeHost {
+    FakeHost::new(OWN, registry)
 }
 
-impl FakeHost {
-    pub fn new(registry: Registry) -> FakeHost {
-        FakeHost {
-            meta: RefCell::default(),
-            others: RefCell::default(),
-            repos: RefCell::default(),
-            uploads: RefCell::default(),
-            upload_counter: Cell::new(0),
-            scratch: RefCell::default(),
-            blobs: RefCell::default(),
-            registry: RefCell::new(registry),
-            down: Cell::new(false),
-            sent: RefCell::default(),
-            logs: RefCell::default(),
-            offer: RefCell::default(),
-        }
+impl FakeUpstream for Registry {
+    fn reaches(&self, url: &str) -> bool {
+        url.starts_with(&self.base) || url.starts_with(REALM)
     }
-
-    /// The seconds of the reuse offer made since the last call, if any.
-    pub fn take_offer(&self) -> Option<u64> {
-        self.offer.borrow_mut().take().map(|(s, _)| s)
-    }
-
-    /// "METHOD url" of every upstream request since the last call.
-    pub fn take_sent(&self) -> Vec<String> {
-        self.sent
-            .borrow_mut()
-            .drain(..)
-            .map(|r| format!("{} {}", r.method, r.url))
-            .collect()
-    }
-
-    /// What the host does for a `receive-upload` plan with `body` as the request body.
-    pub fn receive(&self, plan: &ReceiveUpload, body: &[u8]) -> UploadOutcome {
-        let mut uploads = self.uploads.borrow_mut();
-        let Some(data) = uploads.get_mut(&plan.id) else {
-            return UploadOutcome::UnknownSession;
-        };
-        if let Some(offset) = plan.expect_offset
-            && offset != data.len() as u64
-        {
-            return UploadOutcome::OffsetMismatch(data.len() as u64);
-        }
-        data.extend_from_slice(body);
-        let size = data.len() as u64;
-        let Some(expected) = &plan.commit else {
-            return UploadOutcome::Done(UploadDone {
-                size,
-                committed: None,
-            });
-        };
-        let content = uploads.remove(&plan.id).unwrap_or_default();
-        let actual = digest_like(expected, &content);
-        if &actual != expected {
-            return UploadOutcome::DigestMismatch(actual);
-        }
-        self.blobs.borrow_mut().insert(actual.clone(), content);
-        UploadOutcome::Done(UploadDone {
-            size,
-            committed: Some(actual),
-        })
-    }
-
-    /// Another repository's metadata, for mounts and catalogs.
-    pub fn put_in(&self, repository: &str, key: &str, value: &[u8]) {
-        self.others
-            .borrow_mut()
-            .entry(repository.to_owned())
-            .or_default()
-            .insert(key.to_owned(), value.to_vec());
-    }
-
-    fn with_meta_of<T>(
-        &self,
-        repository: &str,
-        f: impl FnOnce(&BTreeMap<String, Vec<u8>>) -> T,
-    ) -> Result<T, HostError> {
-        if repository == OWN {
-            return Ok(f(&self.meta.borrow()));
-        }
-        match self.others.borrow().get(repository) {
-            Some(m) => Ok(f(m)),
-            None if self.repos.borrow().iter().any(|r| r.name == repository) => {
-                Ok(f(&BTreeMap::new()))
-            }
-            None => Err(HostError::NotAllowed(format!("no repository {repository}"))),
-        }
-    }
-
-    pub fn logged(&self, level: Level, needle: &str) -> bool {
-        self.logs
-            .borrow()
-            .iter()
-            .any(|(l, m)| *l == level && m.contains(needle))
-    }
-}
-
-impl Host for FakeHost {
-    fn log(&self, level: Level, message: &str) {
-        self.logs.borrow_mut().push((level, message.to_owned()));
-    }
-    fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, HostError> {
-        Ok(self.meta.borrow().get(key).cloned())
-    }
-    fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), HostError> {
-        self.meta
-            .borrow_mut()
-            .insert(key.to_owned(), value.to_vec());
-        Ok(())
-    }
-    fn meta_delete(&self, key: &str) -> Result<(), HostError> {
-        self.meta.borrow_mut().remove(key);
-        Ok(())
-    }
-    fn meta_list(&self, prefix: &str) -> Result<Vec<String>, HostError> {
-        Ok(self
-            .meta
-            .borrow()
-            .keys()
-            .filter(|k| k.starts_with(prefix))
-            .cloned()
-            .collect())
-    }
-    fn scratch_get(&self, key: &str) -> Option<Vec<u8>> {
-        self.scratch.borrow().get(key).map(|(v, _)| v.clone())
-    }
-    fn scratch_put(&self, key: &str, value: &[u8], ttl_seconds: u64) {
-        self.scratch
-            .borrow_mut()
-            .insert(key.to_owned(), (value.to_vec(), ttl_seconds));
-    }
-    fn meta_get_in(&self, repository: &str, key: &str) -> Result<Option<Vec<u8>>, HostError> {
-        self.with_meta_of(repository, |m| m.get(key).cloned())
-    }
-    fn meta_list_in(&self, repository: &str, prefix: &str) -> Result<Vec<String>, HostError> {
-        self.with_meta_of(repository, |m| {
-            m.keys()
-                .filter(|k| k.starts_with(prefix))
-                .cloned()
-                .collect()
-        })
-    }
-    fn repositories(&self) -> Vec<Repository> {
-        self.repos.borrow().clone()
-    }
-    fn upload_start(&self) -> Result<String, HostError> {
-        let n = self.upload_counter.get() + 1;
-        self.upload_counter.set(n);
-        let id = format!("{n:032x}");
-        self.uploads.borrow_mut().insert(id.clone(), Vec::new());
-        Ok(id)
-    }
-    fn upload_size(&self, id: &str) -> Result<Option<u64>, HostError> {
-        Ok(self.uploads.borrow().get(id).map(|d| d.len() as u64))
-    }
-    fn upload_cancel(&self, id: &str) -> Result<(), HostError> {
-        self.uploads.borrow_mut().remove(id);
-        Ok(())
-    }
-    fn blob_stat(&self, digest: &str) -> Result<Option<BlobInfo>, HostError> {
-        Ok(self.blobs.borrow().get(digest).map(|b| BlobInfo {
-            size: b.len() as u64,
-        }))
-    }
-    fn blob_read(&self, digest: &str) -> Result<Vec<u8>, HostError> {
-        self.blobs
-            .borrow()
-            .get(digest)
-            .cloned()
-            .ok_or_else(|| HostError::Internal("no such blob".into()))
-    }
-    fn blob_write(&self, data: &[u8], expected: Option<&str>) -> Result<String, HostError> {
-        let actual = expected.map_or_else(|| sha256(data), |e| digest_like(e, data));
-        if let Some(e) = expected.filter(|e| *e != actual) {
-            return Err(HostError::DigestMismatch(format!(
-                "expected {e}, got {actual}"
-            )));
-        }
-        self.blobs
-            .borrow_mut()
-            .insert(actual.clone(), data.to_vec());
-        Ok(actual)
-    }
-    fn reusable(&self, seconds: u64, vary: &[&str]) {
-        *self.offer.borrow_mut() = Some((seconds, vary.iter().map(|v| (*v).to_owned()).collect()));
-    }
-
-    fn upstream(&self, request: &UpstreamRequest) -> Result<UpstreamResponse, HostError> {
-        self.sent.borrow_mut().push(request.clone());
-        if self.down.get() {
-            return Err(HostError::UpstreamUnreachable("connection refused".into()));
-        }
-        let registry = self.registry.borrow();
-        if !request.url.starts_with(&registry.base) && !request.url.starts_with(REALM) {
-            return Err(HostError::NotAllowed(format!(
-                "{} is outside the remote",
-                request.url
-            )));
-        }
-        drop(registry);
-        Ok(self.registry.borrow().respond(request))
+    fn respond(&self, request: &UpstreamRequest) -> UpstreamResponse {
+        self.answer(request)
     }
 }

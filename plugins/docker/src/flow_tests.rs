@@ -1,7 +1,7 @@
 //! Whole requests through `handler` against the in-memory host and upstream.
 
 use crate::contract::*;
-use crate::fake_host::{FakeHost, REALM, Registry, UPSTREAM, UpstreamAuth, sha256};
+use crate::fake_host::{FakeHost, REALM, Registry, UPSTREAM, UpstreamAuth, fake_host, sha256};
 use crate::handler::{handle, render_failure};
 use serde_json::Value;
 
@@ -48,7 +48,7 @@ fn remote() -> Option<Repository> {
 fn setup(auth: UpstreamAuth) -> (FakeHost, String) {
     let mut reg = Registry::new(UPSTREAM, auth);
     let d = reg.push("library/redis", "7", MANIFEST);
-    (FakeHost::new(reg), d)
+    (fake_host(reg), d)
 }
 
 fn respond(plan: Plan) -> Response {
@@ -227,7 +227,7 @@ fn moved_tag_is_refetched_by_digest() {
     );
     h.take_sent();
     let d2 = h
-        .registry
+        .upstream
         .borrow_mut()
         .push("library/redis", "7", MANIFEST_2);
     assert_ne!(d1, d2);
@@ -252,7 +252,7 @@ fn tag_moving_to_a_stored_manifest_needs_no_get() {
         &h,
         &req("GET", "/v2/library/redis/manifests/7", remote(), 1000),
     );
-    h.registry
+    h.upstream
         .borrow_mut()
         .tags
         .insert(("library/redis".into(), "latest".into()), d.clone());
@@ -271,7 +271,7 @@ fn tag_moving_to_a_stored_manifest_needs_no_get() {
 #[test]
 fn head_without_digest_falls_back_to_get_by_tag() {
     let (h, d) = setup(UpstreamAuth::Open);
-    h.registry.borrow_mut().head_without_digest = true;
+    h.upstream.borrow_mut().head_without_digest = true;
     let p = handle(
         &h,
         &req("HEAD", "/v2/library/redis/manifests/7", remote(), 1000),
@@ -302,7 +302,7 @@ fn stale_tag_is_served_when_the_upstream_is_down() {
     assert!(h.logged(Level::Warn, "stale"));
     // throttling counts as unavailable too
     h.down.set(false);
-    h.registry.borrow_mut().status_override = Some(429);
+    h.upstream.borrow_mut().status_override = Some(429);
     let p = handle(
         &h,
         &req("GET", "/v2/library/redis/manifests/7", remote(), 6000),
@@ -335,7 +335,7 @@ fn unknown_tag_is_manifest_unknown_and_unlinked() {
         &h,
         &req("GET", "/v2/library/redis/manifests/7", remote(), 1000),
     );
-    h.registry.borrow_mut().tags.clear();
+    h.upstream.borrow_mut().tags.clear();
     let r = respond(handle(
         &h,
         &req("GET", "/v2/library/redis/manifests/7", remote(), 9000),
@@ -366,7 +366,7 @@ fn digests_never_go_upstream_once_stored() {
 #[test]
 fn tampered_manifest_is_refused() {
     let (h, d) = setup(UpstreamAuth::Open);
-    h.registry.borrow_mut().tamper = Some(b"{\"schemaVersion\":2}".to_vec());
+    h.upstream.borrow_mut().tamper = Some(b"{\"schemaVersion\":2}".to_vec());
     let r = respond(handle(
         &h,
         &req(
@@ -385,7 +385,7 @@ fn docker_hub_names_get_library() {
     let hub = "https://registry-1.docker.io";
     let mut reg = Registry::new(hub, UpstreamAuth::Open);
     let d = reg.push("library/redis", "7", MANIFEST);
-    let h = FakeHost::new(reg);
+    let h = fake_host(reg);
     let repo = Some(repo(RepoType::Remote, Some(hub), false));
     let p = handle(&h, &req("GET", "/v2/redis/manifests/7", repo, 0));
     assert_eq!(served(&p).0, d);
@@ -567,7 +567,7 @@ fn blobs_served_fetched_or_headed() {
     assert!(h.take_sent().is_empty());
 
     let missing = sha256(b"upstream-layer");
-    h.registry.borrow_mut().blobs.insert(missing.clone(), 1234);
+    h.upstream.borrow_mut().blobs.insert(missing.clone(), 1234);
     let r = respond(handle(
         &h,
         &req(
@@ -585,7 +585,7 @@ fn blobs_served_fetched_or_headed() {
     );
     assert!(r.body.is_empty());
 
-    h.registry.borrow_mut().redirect_blobs = true;
+    h.upstream.borrow_mut().redirect_blobs = true;
     let r = respond(handle(
         &h,
         &req(
@@ -601,7 +601,7 @@ fn blobs_served_fetched_or_headed() {
         None,
         "no length rather than a wrong one"
     );
-    h.registry.borrow_mut().redirect_blobs = false;
+    h.upstream.borrow_mut().redirect_blobs = false;
 
     let unknown = sha256(b"nothing");
     let r = respond(handle(
@@ -624,7 +624,7 @@ fn tag_list_is_proxied_with_the_client_name_and_falls_back() {
         &h,
         &req("GET", "/v2/library/redis/manifests/7", remote(), 0),
     );
-    h.registry
+    h.upstream
         .borrow_mut()
         .push("library/redis", "8", MANIFEST_2);
     let mut q = req("GET", "/v2/library/redis/tags/list", remote(), 0);
@@ -848,7 +848,7 @@ fn a_remote_serves_a_stored_blob_only_to_names_the_upstream_lets_see_it() {
     h.take_sent();
 
     // the upstream has it for this name: one HEAD, then linked and served from the store
-    h.registry.borrow_mut().blobs.insert(d.clone(), 28);
+    h.upstream.borrow_mut().blobs.insert(d.clone(), 28);
     let p = handle(&h, &req("GET", &path, remote(), 0));
     assert_eq!(served(&p).0, d);
     assert_eq!(

@@ -4,8 +4,8 @@
 //!   layers, child manifests). A manifest deleted by digest is gone from the records, so
 //!   neither it nor what only it referenced stays live. Blobs uploaded but never referenced
 //!   are not live: they go once the host's grace period has passed, like distribution's GC.
-//! - remote: everything cached: manifests, blobs linked when fetched, and tag targets. Held
-//!   links to blobs not stored are dropped (see `drop_dangling_held_links`).
+//! - remote: everything cached: manifests, blobs linked when fetched, and tag targets. Links
+//!   to blobs not stored are dropped (see `drop_dangling_remote_links`).
 //! - virtual: nothing of its own.
 //!
 //! A host error must not shrink the answer: a partial list would let the host delete blobs
@@ -40,6 +40,9 @@ pub fn live_blobs(host: &impl Host, repo: &Repository) -> Result<Vec<String>, Ho
             }
         }
         RepoType::Remote => {
+            if let Err(e) = drop_dangling_remote_links(host) {
+                host.log(Level::Warn, &format!("gc: dangling blob links kept: {e}"));
+            }
             live.extend(
                 meta::all_manifest_records(host)?
                     .iter()
@@ -51,9 +54,6 @@ pub fn live_blobs(host: &impl Host, repo: &Repository) -> Result<Vec<String>, Ho
                     .map(|(d, _)| d.to_string()),
             );
             live.extend(tag_targets(host)?);
-            if let Err(e) = drop_dangling_held_links(host) {
-                host.log(Level::Warn, &format!("gc: dangling blob links kept: {e}"));
-            }
         }
     }
     // only well-formed digests go back: the host would drop anything else anyway
@@ -70,19 +70,23 @@ fn tag_targets(host: &impl Host) -> Result<Vec<String>, HostError> {
         .collect())
 }
 
-/// A remote's held link to a blob that is not stored: written by a version that linked before
-/// its fetch, for a fetch that failed. Were the digest stored later for someone else, the link
-/// would let this name see it without asking the upstream. Held links are written only once
-/// their blob is stored, so none of an in-flight fetch is dropped (those are pending, and a
-/// pending link is checked before it is trusted).
-fn drop_dangling_held_links(host: &impl Host) -> Result<(), HostError> {
+/// A remote's links to blobs that are not stored. A held one was written by a version that
+/// linked before its fetch, for a fetch that failed, or its blob was collected or evicted:
+/// were the digest stored later for someone else, the link would let this name see it
+/// without asking the upstream. A pending one belongs to a fetch that failed (a GET of a
+/// digest the upstream does not have) or is still running: it is marked the first time and
+/// dropped the next, so a fetch in flight is not cut short while failed ones do not pile up.
+fn drop_dangling_remote_links(host: &impl Host) -> Result<(), HostError> {
     for (digest, key) in meta::all_blob_links(host)? {
-        if host.blob_stat(digest.as_str())?.is_none()
-            && host
-                .meta_get(&key)?
-                .is_some_and(|v| meta::BlobLink::from_value(&v) == meta::BlobLink::Held)
-        {
-            host.meta_delete(&key)?;
+        if host.blob_stat(digest.as_str())?.is_some() {
+            continue;
+        }
+        let Some(value) = host.meta_get(&key)? else {
+            continue;
+        };
+        match meta::dangling(&value) {
+            meta::Dangling::Drop => host.meta_delete(&key)?,
+            meta::Dangling::MarkMissing => meta::mark_missing(host, &key)?,
         }
     }
     Ok(())

@@ -3,8 +3,8 @@
 use crate::access;
 use crate::catalog;
 use crate::contract::{
-    Failure, FailureKind, Host, HostError, Level, Plan, RepoType, Repository, Request, Response,
-    UploadOutcome, header,
+    CleanupReport, CleanupRules, Failure, FailureKind, Host, HostError, Level, Plan, PluginInfo,
+    RepoType, Repository, Request, Response, UploadOutcome, header,
 };
 use crate::error::{API_VERSION, API_VERSION_HEADER, ErrorCode, RegistryError};
 use crate::gc;
@@ -20,8 +20,48 @@ use crate::upload::{self, Session};
 use serde_json::json;
 
 pub const FORMAT: &str = "docker";
-pub const CONTRACT: &str = "0.3.0";
 pub const ROOTS: &[&str] = &["/v2/"];
+
+/// The format as the component exports it.
+pub struct Docker;
+
+impl binaryrepo_plugin_sdk::Format for Docker {
+    const INFO: PluginInfo = PluginInfo {
+        format: FORMAT,
+        roots: ROOTS,
+        // virtual repositories resolve every read member by member: nothing is merged
+        merged: &[],
+    };
+
+    fn handle(host: &impl Host, req: &Request) -> Plan {
+        handle(host, req)
+    }
+    fn handle_body(host: &impl Host, req: &Request, body: &[u8]) -> Plan {
+        handle_body(host, req, body)
+    }
+    fn upload_complete(
+        host: &impl Host,
+        req: &Request,
+        id: &str,
+        outcome: &UploadOutcome,
+    ) -> Response {
+        upload_complete(host, req, id, outcome)
+    }
+    fn render_failure(req: &Request, failure: &Failure) -> Response {
+        render_failure(req, failure)
+    }
+    fn live_blobs(host: &impl Host, repo: &Repository) -> Result<Vec<String>, HostError> {
+        live_blobs(host, repo)
+    }
+    fn cleanup(
+        host: &impl Host,
+        repo: &Repository,
+        rules: &CleanupRules,
+        now: u64,
+    ) -> Result<CleanupReport, String> {
+        crate::cleanup::cleanup(host, repo, rules, now)
+    }
+}
 
 pub fn handle(host: &impl Host, req: &Request) -> Plan {
     let plan = dispatch(host, req).unwrap_or_else(|e| Plan::Respond(error_response(host, req, &e)));
@@ -382,7 +422,8 @@ fn finish(plan: Plan, method: &str) -> Plan {
             Plan::FetchBlob(f)
         }
         // the response comes from handle-body or upload-complete, which finish it there
-        p @ (Plan::ReadBody(_) | Plan::ReceiveUpload(_)) => p,
+        // fetch-file is not planned by this format (content is addressed by digest)
+        p @ (Plan::ReadBody(_) | Plan::ReceiveUpload(_) | Plan::FetchFile(_)) => p,
     }
 }
 

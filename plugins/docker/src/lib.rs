@@ -1,12 +1,12 @@
 //! binaryrepo's Docker / OCI Distribution format plugin.
 //!
-//! Everything but `guest` is plain Rust against `contract`, so the format logic is unit
-//! tested natively; `guest` binds it to the WIT world `plugin` when built for wasm32.
+//! The format logic is plain Rust against the SDK's `contract`, unit tested natively with the
+//! SDK's fake host; `binaryrepo_plugin_sdk::export_format!` binds it to the WIT world `plugin`.
 
 pub mod access;
 pub mod catalog;
 pub mod challenge;
-pub mod contract;
+pub mod cleanup;
 pub mod error;
 pub mod freshness;
 pub mod gc;
@@ -23,14 +23,16 @@ pub mod reference;
 pub mod referrers;
 pub mod remote;
 pub mod route;
+pub mod sibling;
 pub mod store;
 pub mod tags;
 pub mod upload;
 pub mod upstream;
 pub mod url;
 
-#[cfg(target_arch = "wasm32")]
-mod guest;
+pub use binaryrepo_plugin_sdk::contract;
+
+binaryrepo_plugin_sdk::export_format!(handler::Docker);
 
 #[cfg(test)]
 mod fake_host;

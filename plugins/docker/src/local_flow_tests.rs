@@ -3,7 +3,9 @@
 //! real host does: read-body, receive-upload, serve-blob).
 
 use crate::contract::*;
-use crate::fake_host::{FakeHost, OWN, Registry, UPSTREAM, UpstreamAuth, sha256, sha512};
+use crate::fake_host::{
+    FakeHost, OWN, Registry, UPSTREAM, UpstreamAuth, fake_host, sha256, sha512,
+};
 use crate::handler::{handle, handle_body, live_blobs, render_failure, upload_complete};
 use crate::push;
 use serde_json::{Value, json};
@@ -26,7 +28,7 @@ fn repository(name: &str, repo_type: RepoType, delete_enabled: bool) -> Reposito
 }
 
 fn host() -> FakeHost {
-    let h = FakeHost::new(Registry::new(UPSTREAM, UpstreamAuth::Open));
+    let h = fake_host(Registry::new(UPSTREAM, UpstreamAuth::Open));
     h.repos
         .borrow_mut()
         .push(repository(OWN, RepoType::Local, true));
@@ -122,6 +124,7 @@ impl Client<'_> {
                 upload_complete(self.h, req, &u.id, &outcome)
             }
             Plan::FetchBlob(f) => panic!("a local repository fetched upstream: {f:?}"),
+            Plan::FetchFile(f) => panic!("a local repository fetched upstream: {f:?}"),
         }
     }
 
@@ -1268,7 +1271,7 @@ fn live_blobs_of_a_remote_repository_and_its_blob_links() {
     let mut reg = Registry::new(UPSTREAM, UpstreamAuth::Open);
     let manifest = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#;
     let m = reg.push("library/redis", "7", manifest);
-    let h = FakeHost::new(reg);
+    let h = fake_host(reg);
     let remote = repository("docker-remote", RepoType::Remote, false);
     let mut c = client(&h);
     c.repo = remote.clone();
@@ -1287,7 +1290,7 @@ fn live_blobs_of_a_remote_repository_and_its_blob_links() {
     // a blob cached before links existed gets one when served, once the upstream confirms
     // the name may see it
     let old = h.blob_write(b"cached by 0.1.0", None).unwrap();
-    h.registry.borrow_mut().blobs.insert(old.clone(), 15);
+    h.upstream.borrow_mut().blobs.insert(old.clone(), 15);
     h.take_sent();
     let req = c.request("GET", &format!("/v2/library/redis/blobs/{old}"), &[]);
     assert!(matches!(handle(&h, &req), Plan::ServeBlob(_)));
@@ -1311,10 +1314,10 @@ fn live_blobs_of_a_remote_repository_and_its_blob_links() {
 }
 
 #[test]
-fn a_remote_collection_drops_held_links_to_nothing_and_keeps_pending_ones() {
-    // guards gc::drop_dangling_held_links: an old version linked before its fetch, so a failed
+fn a_remote_collection_drops_held_links_to_nothing_and_pending_ones_at_the_second_miss() {
+    // guards gc::drop_dangling_remote_links: an old version linked before its fetch, so a failed
     // fetch left a held link that would let the name see the digest once stored for another
-    let h = FakeHost::new(Registry::new(UPSTREAM, UpstreamAuth::Open));
+    let h = fake_host(Registry::new(UPSTREAM, UpstreamAuth::Open));
     let remote = repository("docker-remote", RepoType::Remote, false);
     let failed = sha256(b"fetch failed before pending links");
     let in_flight = sha256(b"being fetched");
@@ -1325,10 +1328,40 @@ fn a_remote_collection_drops_held_links_to_nothing_and_keeps_pending_ones() {
     h.meta_put(&format!("blob/{stored}/app"), b"{}").unwrap();
     let live = live_blobs(&h, &remote).unwrap();
     assert!(live.contains(&in_flight) && live.contains(&stored));
+    {
+        let meta = h.meta.borrow();
+        assert!(!meta.contains_key(&format!("blob/{failed}/evil")));
+        assert!(meta.contains_key(&format!("blob/{in_flight}/app")));
+        assert!(meta.contains_key(&format!("blob/{stored}/app")));
+    }
+    // still missing at the next collection: the fetch failed (a digest the upstream lacks),
+    // and the link goes, so GETs of random digests leave nothing behind
+    live_blobs(&h, &remote).unwrap();
     let meta = h.meta.borrow();
-    assert!(!meta.contains_key(&format!("blob/{failed}/evil")));
-    assert!(meta.contains_key(&format!("blob/{in_flight}/app")));
+    assert!(!meta.contains_key(&format!("blob/{in_flight}/app")));
     assert!(meta.contains_key(&format!("blob/{stored}/app")));
+}
+
+#[test]
+fn a_fetch_started_again_renews_a_pending_link_marked_missing() {
+    let h = fake_host(Registry::new(UPSTREAM, UpstreamAuth::Open));
+    let remote = repository("docker-remote", RepoType::Remote, false);
+    let layer = sha256(b"slow layer");
+    let key = format!("blob/{layer}/app");
+    h.meta_put(&key, br#"{"pending":true}"#).unwrap();
+    live_blobs(&h, &remote).unwrap();
+    assert_eq!(
+        h.meta.borrow().get(&key).map(Vec::as_slice),
+        Some(br#"{"pending":true,"missing":true}"#.as_slice())
+    );
+    let mut c = client(&h);
+    c.repo = remote.clone();
+    let req = c.request("GET", &format!("/v2/app/blobs/{layer}"), &[]);
+    assert!(matches!(handle(&h, &req), Plan::FetchBlob(_)));
+    assert_eq!(
+        h.meta.borrow().get(&key).map(Vec::as_slice),
+        Some(br#"{"pending":true}"#.as_slice())
+    );
 }
 
 #[test]
@@ -1398,4 +1431,305 @@ fn pulls_of_what_the_repository_holds_are_offered_for_reuse_and_misses_are_not()
     assert_eq!(h.take_offer(), Some(crate::plan::HELD_SECONDS));
     assert_eq!(c.get(&format!("/v2/other/blobs/{layer}")).status, 404);
     assert_eq!(h.take_offer(), None);
+}
+
+#[test]
+fn manifest_push_takes_blobs_a_sibling_member_of_a_pushing_virtual_holds() {
+    // guards sibling::holds: the layers of a push through a virtual repository may be held by
+    // its remote member only (the client's blob HEAD was answered from there)
+    let h = host();
+    let c = client(&h);
+    let config = c.push_blob("team/app", b"{\"architecture\":\"amd64\"}");
+    let layer = h.blob_write(b"cached base layer", None).unwrap();
+    h.repos
+        .borrow_mut()
+        .push(repository("docker-remote", RepoType::Remote, false));
+    let m = image_manifest((&config, 24), &[(&layer, 17)], json!({}));
+    // a pending link (a fetch that may have failed) is not holding it
+    h.put_in(
+        "docker-remote",
+        &format!("blob/{layer}/library/base"),
+        br#"{"pending":true}"#,
+    );
+    let mut virt = repository("docker", RepoType::Virtual, false);
+    virt.members = vec![OWN.into(), "docker-remote".into()];
+    h.repos.borrow_mut().push(virt.clone());
+    let r = c.put_manifest("team/app", "2", OCI, &m);
+    assert_eq!(
+        status_code(&r),
+        (400, "MANIFEST_BLOB_UNKNOWN".into()),
+        "a virtual that does not push here"
+    );
+    h.repos.borrow_mut().retain(|r| r.name != "docker");
+    virt.default_local = Some(OWN.into());
+    h.repos.borrow_mut().push(virt);
+    let r = c.put_manifest("team/app", "2", OCI, &m);
+    assert_eq!(
+        status_code(&r),
+        (400, "MANIFEST_BLOB_UNKNOWN".into()),
+        "pending"
+    );
+    h.put_in(
+        "docker-remote",
+        &format!("blob/{layer}/library/base"),
+        b"{}",
+    );
+    assert_eq!(c.put_manifest("team/app", "2", OCI, &m).status, 201);
+    // linked into the image: served from this repository from now on
+    assert_eq!(c.get(&format!("/v2/team/app/blobs/{layer}")).status, 200);
+}
+
+// ---- cleanup rules (tag retention) ----
+
+fn rules(
+    keep_last: Option<u32>,
+    matching: Option<&str>,
+    untagged_after: Option<u64>,
+) -> CleanupRules {
+    CleanupRules {
+        keep_last,
+        matching: matching.map(str::to_owned),
+        untagged_after_seconds: untagged_after,
+    }
+}
+
+/// Pretends the tag was last pushed at `at`.
+fn tag_pushed_at(h: &FakeHost, name: &str, tag: &str, at: u64) {
+    let (name, tag) = (
+        crate::reference::Name::parse(name).unwrap(),
+        crate::reference::Tag::parse(tag).unwrap(),
+    );
+    let mut link = crate::meta::get_tag(h, &name, &tag).unwrap().unwrap();
+    link.checked = at;
+    crate::meta::put_tag(h, &name, &tag, &link).unwrap();
+}
+
+/// Pretends the manifest was pushed at `at` (none: recorded before push times were kept).
+fn manifest_pushed_at(h: &FakeHost, name: &str, digest: &str, at: Option<u64>) {
+    let (name, digest) = (
+        crate::reference::Name::parse(name).unwrap(),
+        crate::reference::Digest::parse(digest).unwrap(),
+    );
+    let mut record = crate::meta::get_image_manifest(h, &name, &digest)
+        .unwrap()
+        .unwrap();
+    record.pushed = at;
+    crate::meta::put_image_manifest(h, &name, &digest, &record).unwrap();
+}
+
+fn tag_names(c: &Client<'_>, name: &str) -> Vec<String> {
+    let r = c.get(&format!("/v2/{name}/tags/list"));
+    assert_eq!(r.status, 200);
+    json_body(&r)["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn manifest_status(c: &Client<'_>, name: &str, reference: &str) -> u16 {
+    c.get(&format!("/v2/{name}/manifests/{reference}")).status
+}
+
+#[test]
+fn keep_last_keeps_the_newest_matching_tags_and_never_touches_others() {
+    let h = host();
+    let c = client(&h);
+    let v1 = push_image(&c, "app", "v1", b"layer one");
+    let v2 = push_image(&c, "app", "v2", b"layer two");
+    let v3 = push_image(&c, "app", "v3", b"layer three");
+    let dev = push_image(&c, "app", "dev", b"layer dev");
+    // v0 shares v3's manifest: removing the tag must not take the manifest v3 keeps
+    let body = String::from_utf8(h.blobs.borrow()[&v3].clone()).unwrap();
+    assert_eq!(c.put_manifest("app", "v0", OCI, &body).status, 201);
+    let other = push_image(&c, "other", "v1", b"other layer");
+    for (tag, at) in [
+        ("v0", 10),
+        ("v1", 100),
+        ("v2", 300),
+        ("v3", 200),
+        ("dev", 5),
+    ] {
+        tag_pushed_at(&h, "app", tag, at);
+    }
+
+    let report =
+        crate::cleanup::cleanup(&h, &c.repo, &rules(Some(2), Some("^v\\d+"), None), 1000).unwrap();
+    assert_eq!(
+        report,
+        CleanupReport {
+            tags_removed: 2,
+            manifests_removed: 1
+        }
+    );
+    assert_eq!(tag_names(&c, "app"), ["dev", "v2", "v3"]);
+    assert_eq!(manifest_status(&c, "app", &v1), 404);
+    for kept in [&v2, &v3, &dev] {
+        assert_eq!(manifest_status(&c, "app", kept), 200);
+    }
+    // each image counts its own tags
+    assert_eq!(tag_names(&c, "other"), ["v1"]);
+    assert_eq!(manifest_status(&c, "other", &other), 200);
+    // what only v1 used is no longer live
+    let live = live_blobs(&h, &c.repo).unwrap();
+    assert!(!live.contains(&v1) && !live.contains(&sha256(b"layer one")));
+    assert!(live.contains(&v3) && live.contains(&sha256(b"layer two")));
+
+    // a second run finds nothing more to do
+    let again =
+        crate::cleanup::cleanup(&h, &c.repo, &rules(Some(2), Some("^v\\d+"), None), 1000).unwrap();
+    assert_eq!(again, CleanupReport::default());
+}
+
+#[test]
+fn untagged_manifests_go_after_the_delay_but_not_what_kept_ones_reference() {
+    let h = host();
+    let c = client(&h);
+    let config = c.push_blob("app", b"{\"architecture\":\"amd64\"}");
+    let manifest = |layer: &[u8]| {
+        let l = c.push_blob("app", layer);
+        image_manifest((&config, 24), &[(&l, layer.len())], json!({}))
+    };
+    let by_digest = |body: &str| {
+        let d = sha256(body.as_bytes());
+        assert_eq!(c.put_manifest("app", &d, OCI, body).status, 201);
+        d
+    };
+    // an index tagged "multi" over an untagged child
+    let child_body = manifest(b"child");
+    let child = by_digest(&child_body);
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI, "digest": child, "size": child_body.len()}],
+    })
+    .to_string();
+    assert_eq!(
+        c.put_manifest("app", "multi", OCI_INDEX, &index).status,
+        201
+    );
+    let index_digest = sha256(index.as_bytes());
+    let old = by_digest(&manifest(b"old"));
+    let young = by_digest(&manifest(b"young"));
+    let legacy = by_digest(&manifest(b"legacy"));
+    // a signature of the tagged index: untagged, old, kept with its subject
+    let sig_body = image_manifest(
+        (&config, 24),
+        &[],
+        json!({"subject": {"mediaType": OCI_INDEX, "digest": index_digest, "size": index.len()}}),
+    );
+    let sig = by_digest(&sig_body);
+    for d in [&child, &old, &index_digest, &sig] {
+        manifest_pushed_at(&h, "app", d, Some(100));
+    }
+    manifest_pushed_at(&h, "app", &young, Some(900));
+    manifest_pushed_at(&h, "app", &legacy, None);
+
+    let r = rules(None, None, Some(500));
+    let report = crate::cleanup::cleanup(&h, &c.repo, &r, 1000).unwrap();
+    assert_eq!(
+        report,
+        CleanupReport {
+            tags_removed: 0,
+            manifests_removed: 1
+        }
+    );
+    assert_eq!(manifest_status(&c, "app", &old), 404);
+    for kept in [&child, &index_digest, &young, &legacy, &sig] {
+        assert_eq!(manifest_status(&c, "app", kept), 200, "{kept}");
+    }
+    assert_eq!(tag_names(&c, "app"), ["multi"]);
+
+    // the record without a push time got the first run's time: it goes one delay later
+    let report = crate::cleanup::cleanup(&h, &c.repo, &r, 1400).unwrap();
+    assert_eq!(
+        report,
+        CleanupReport {
+            tags_removed: 0,
+            manifests_removed: 1
+        }
+    );
+    assert_eq!(manifest_status(&c, "app", &young), 404);
+    assert_eq!(manifest_status(&c, "app", &legacy), 200);
+    let report = crate::cleanup::cleanup(&h, &c.repo, &r, 1500).unwrap();
+    assert_eq!(
+        report,
+        CleanupReport {
+            tags_removed: 0,
+            manifests_removed: 1
+        }
+    );
+    assert_eq!(manifest_status(&c, "app", &legacy), 404);
+    assert_eq!(manifest_status(&c, "app", &child), 200);
+}
+
+#[test]
+fn a_removed_index_tag_takes_its_children_but_not_ones_a_kept_tag_needs() {
+    let h = host();
+    let c = client(&h);
+    let shared = push_image(&c, "app", "v2", b"shared");
+    let shared_body = String::from_utf8(h.blobs.borrow()[&shared].clone()).unwrap();
+    let config = c.push_blob("app", b"{\"architecture\":\"amd64\"}");
+    let l = c.push_blob("app", b"arm only");
+    let arm_body = image_manifest((&config, 24), &[(&l, 8)], json!({}));
+    let arm = sha256(arm_body.as_bytes());
+    assert_eq!(c.put_manifest("app", &arm, OCI, &arm_body).status, 201);
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            {"mediaType": OCI, "digest": shared, "size": shared_body.len()},
+            {"mediaType": OCI, "digest": arm, "size": arm_body.len()},
+        ],
+    })
+    .to_string();
+    assert_eq!(c.put_manifest("app", "v1", OCI_INDEX, &index).status, 201);
+    let index_digest = sha256(index.as_bytes());
+    tag_pushed_at(&h, "app", "v1", 100);
+    tag_pushed_at(&h, "app", "v2", 200);
+
+    let report = crate::cleanup::cleanup(&h, &c.repo, &rules(Some(1), None, None), 1000).unwrap();
+    assert_eq!(
+        report,
+        CleanupReport {
+            tags_removed: 1,
+            manifests_removed: 2
+        }
+    );
+    assert_eq!(tag_names(&c, "app"), ["v2"]);
+    assert_eq!(manifest_status(&c, "app", &index_digest), 404);
+    assert_eq!(manifest_status(&c, "app", &arm), 404);
+    assert_eq!(manifest_status(&c, "app", &shared), 200);
+}
+
+#[test]
+fn keep_last_zero_removes_every_matching_tag() {
+    let h = host();
+    let c = client(&h);
+    let pr = push_image(&c, "app", "pr-1", b"pr");
+    push_image(&c, "app", "main", b"main");
+    let report =
+        crate::cleanup::cleanup(&h, &c.repo, &rules(Some(0), Some("^pr-"), None), 1000).unwrap();
+    assert_eq!(
+        report,
+        CleanupReport {
+            tags_removed: 1,
+            manifests_removed: 1
+        }
+    );
+    assert_eq!(tag_names(&c, "app"), ["main"]);
+    assert_eq!(manifest_status(&c, "app", &pr), 404);
+}
+
+#[test]
+fn cleanup_refuses_what_it_cannot_apply() {
+    let h = host();
+    let c = client(&h);
+    push_image(&c, "app", "v1", b"one");
+    let bad = crate::cleanup::cleanup(&h, &c.repo, &rules(Some(0), Some("v(("), None), 1000);
+    assert!(bad.unwrap_err().contains("matching"));
+    let remote = repository("hub", RepoType::Remote, true);
+    assert!(crate::cleanup::cleanup(&h, &remote, &rules(Some(0), None, None), 1000).is_err());
+    assert_eq!(tag_names(&c, "app"), ["v1"]);
 }

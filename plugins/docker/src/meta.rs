@@ -38,6 +38,11 @@ const PRESENT: &[u8] = b"{}";
 /// A remote's link written before its fetch: the name asked the upstream for the blob, but
 /// the fetch may have failed, so a stored copy may have come from elsewhere.
 const PENDING: &[u8] = br#"{"pending":true}"#;
+/// A pending link whose blob a garbage collection found missing: the next collection that
+/// still finds it missing drops it (its fetch failed, e.g. a GET of a digest the upstream does
+/// not have), so such links do not pile up. Two collections apart, so a fetch in flight
+/// during one collection has the whole interval to finish.
+const PENDING_MISSING: &[u8] = br#"{"pending":true,"missing":true}"#;
 
 /// What a `blob/` link says about the image and the blob.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,7 +57,7 @@ impl BlobLink {
     /// Any value but the pending marker is a held link: links written before pending ones
     /// existed are `{}`.
     pub fn from_value(value: &[u8]) -> BlobLink {
-        if value == PENDING {
+        if value == PENDING || value == PENDING_MISSING {
             BlobLink::Pending
         } else {
             BlobLink::Held
@@ -85,6 +90,10 @@ pub struct ImageManifest {
     pub manifests: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// when it was last pushed (unix seconds), for cleanup rules; none in records written
+    /// before it was kept
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed: Option<u64>,
 }
 
 /// A referrer as the referrers API lists it: an OCI descriptor.
@@ -175,10 +184,31 @@ pub fn link_blob(host: &impl Host, name: &Name, digest: &Digest) -> Result<(), H
 /// pending one too: its blob is gone (collected) or the fetch would not be needed, and what
 /// is fetched now must be confirmed again.
 pub fn link_pending(host: &impl Host, name: &Name, digest: &Digest) -> Result<(), HostError> {
-    if blob_link(host, name, digest)? != Some(BlobLink::Pending) {
-        host.meta_put(&blob_key(digest, name), PENDING)?;
+    let key = blob_key(digest, name);
+    // a link a collection marked missing is renewed: this fetch may still succeed
+    if host.meta_get(&key)?.as_deref() != Some(PENDING) {
+        host.meta_put(&key, PENDING)?;
     }
     Ok(())
+}
+
+/// What a collection does with a remote's link whose blob is not stored (see `PENDING_MISSING`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Dangling {
+    Drop,
+    MarkMissing,
+}
+
+pub fn dangling(value: &[u8]) -> Dangling {
+    if value == PENDING {
+        Dangling::MarkMissing
+    } else {
+        Dangling::Drop
+    }
+}
+
+pub fn mark_missing(host: &impl Host, key: &str) -> Result<(), HostError> {
+    host.meta_put(key, PENDING_MISSING)
 }
 
 pub fn blob_link(

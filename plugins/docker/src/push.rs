@@ -12,6 +12,7 @@ use crate::manifest::{self, Descriptor, Manifest};
 use crate::meta::{self, ImageManifest, Referrer, TagLink};
 use crate::plan::{self, DIGEST_HEADER, SUBJECT_HEADER};
 use crate::reference::{Digest, Name, Reference, Tag};
+use crate::sibling;
 use crate::store;
 use crate::url;
 use serde_json::json;
@@ -73,8 +74,11 @@ pub fn put(
     let params = tag_params(req, reference)?;
     let doc = manifest::parse(header(&req.headers, "content-type"), body)
         .map_err(|e| RegistryError::new(ErrorCode::ManifestInvalid, e.0))?;
-    check_references(host, name, &doc)?;
+    let adopted = check_references(host, req, name, &doc)?;
     let digest = store_bytes(host, reference, body)?;
+    for blob in &adopted {
+        meta::link_blob(host, name, blob)?;
+    }
     let tags = match reference {
         Reference::Tag(tag) => vec![tag.clone()],
         Reference::Digest(_) => params,
@@ -118,7 +122,16 @@ pub fn too_large() -> RegistryError {
 
 /// Every blob must be in the image and stored; every child of an index must be a manifest of
 /// the image. The subject is deliberately not checked: referrers may arrive before it.
-fn check_references(host: &impl Host, name: &Name, doc: &Manifest) -> Result<(), RegistryError> {
+///
+/// A blob the image lacks is still accepted when a sibling member of a virtual repository
+/// pushing here holds it (`sibling`); those are returned, to be linked once the manifest is
+/// stored.
+fn check_references(
+    host: &impl Host,
+    req: &Request,
+    name: &Name,
+    doc: &Manifest,
+) -> Result<Vec<Digest>, RegistryError> {
     let missing = |d: &Descriptor, what: &str| {
         RegistryError::new(
             ErrorCode::ManifestBlobUnknown,
@@ -126,9 +139,19 @@ fn check_references(host: &impl Host, name: &Name, doc: &Manifest) -> Result<(),
         )
         .with_detail(json!({ "digest": d.digest.as_str() }))
     };
+    let mut adopted = Vec::new();
     for blob in doc.blobs() {
         if !meta::blob_linked(host, name, &blob.digest)? {
-            return Err(missing(blob, "blob"));
+            let held = match &req.repository {
+                Some(own) => sibling::holds(host, own, &blob.digest)?,
+                None => false,
+            };
+            if !held {
+                return Err(missing(blob, "blob"));
+            }
+            if !adopted.contains(&blob.digest) {
+                adopted.push(blob.digest.clone());
+            }
         }
         match host.blob_stat(blob.digest.as_str())? {
             None => return Err(missing(blob, "blob")),
@@ -154,7 +177,7 @@ fn check_references(host: &impl Host, name: &Name, doc: &Manifest) -> Result<(),
             return Err(missing(child, "manifest"));
         }
     }
-    Ok(())
+    Ok(adopted)
 }
 
 /// Store the bytes as sent; by digest, the host verifies they hash to it.
@@ -202,6 +225,7 @@ fn record(
         blobs: doc.blobs().map(|d| d.digest.to_string()).collect(),
         manifests: doc.manifests.iter().map(|d| d.digest.to_string()).collect(),
         subject: doc.subject.as_ref().map(|s| s.digest.to_string()),
+        pushed: Some(req.now),
     };
     meta::put_image_manifest(host, name, digest, &entry)?;
     if let Some(subject) = &doc.subject {

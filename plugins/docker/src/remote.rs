@@ -279,8 +279,13 @@ impl<'a, H: Host> Remote<'a, H> {
     }
 
     /// The upstream says the tag is gone: a later outage must not resurrect it.
+    /// Only a link that exists is deleted: a storm of misses must not write metadata each time.
     fn forget_tag(&self, tag: &Tag) {
-        if let Err(e) = self.host.meta_delete(&meta::tag_key(self.up.name(), tag)) {
+        let key = meta::tag_key(self.up.name(), tag);
+        if matches!(self.host.meta_get(&key), Ok(None)) {
+            return;
+        }
+        if let Err(e) = self.host.meta_delete(&key) {
             self.host.log(
                 Level::Error,
                 &format!("could not unlink tag {}:{tag}: {e}", self.name),

@@ -2,6 +2,7 @@
 //! clients, and which host an upstream base URL names.
 
 use crate::contract::Request;
+pub use binaryrepo_plugin_sdk::http::{decode, encode, query_param, query_values, with_query};
 
 /// A registry URL for the client, through the mount the request came in by:
 /// `{base-url}/v2/{path-repo/}{tail}`. The path method's repository segment goes back in,
@@ -12,79 +13,6 @@ pub fn client_url(req: &Request, tail: &str) -> String {
         Some(repo) => format!("{base}/v2/{repo}/{tail}"),
         None => format!("{base}/v2/{tail}"),
     }
-}
-
-/// The decoded value of the first `key` parameter in a raw query string.
-pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
-    query_values(query, key).next()
-}
-
-/// The decoded values of every `key` parameter, in order (`?tag=a&tag=b`).
-pub fn query_values<'a>(query: Option<&'a str>, key: &'a str) -> impl Iterator<Item = String> + 'a {
-    query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .filter_map(move |pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(k) == key).then(|| decode(v))
-        })
-}
-
-/// Percent-decoding with '+' as space (form encoding, which is what clients send).
-pub fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// Percent-encoding of a query component: everything but RFC 3986 unreserved characters.
-pub fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// `base` with `params` appended as a query, respecting a query `base` already has.
-pub fn with_query(base: &str, params: &[(&str, &str)]) -> String {
-    if params.is_empty() {
-        return base.to_owned();
-    }
-    let q: Vec<String> = params
-        .iter()
-        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-        .collect();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}{}", q.join("&"))
 }
 
 /// The lowercase host of an absolute URL, without port or user-info.
@@ -111,54 +39,6 @@ pub fn is_docker_hub(remote_url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn query_params() {
-        let q = Some("n=10&last=v1%2E2&x");
-        assert_eq!(query_param(q, "n").as_deref(), Some("10"));
-        assert_eq!(query_param(q, "last").as_deref(), Some("v1.2"));
-        assert_eq!(query_param(q, "x").as_deref(), Some(""));
-        assert_eq!(query_param(q, "y"), None);
-        assert_eq!(query_param(None, "n"), None);
-        assert_eq!(query_param(Some("n=1&n=2"), "n").as_deref(), Some("1"));
-    }
-
-    #[test]
-    fn repeated_query_params() {
-        let q = Some("tag=a&n=1&tag=b%2Ec&tag=");
-        let tags: Vec<String> = query_values(q, "tag").collect();
-        assert_eq!(tags, vec!["a", "b.c", ""]);
-        assert_eq!(query_values(Some("n=1"), "tag").count(), 0);
-        assert_eq!(query_values(None, "tag").count(), 0);
-    }
-
-    #[test]
-    fn decoding_is_lenient() {
-        assert_eq!(decode("a%"), "a%");
-        assert_eq!(decode("a%4"), "a%4");
-        assert_eq!(decode("a%zz"), "a%zz");
-        assert_eq!(decode("a+b%20c"), "a b c");
-    }
-
-    #[test]
-    fn encoding_and_query_building() {
-        assert_eq!(
-            encode("repository:library/redis:pull"),
-            "repository%3Alibrary%2Fredis%3Apull"
-        );
-        assert_eq!(
-            with_query(
-                "https://auth.docker.io/token",
-                &[("service", "registry.docker.io"), ("scope", "a b")]
-            ),
-            "https://auth.docker.io/token?service=registry.docker.io&scope=a%20b"
-        );
-        assert_eq!(
-            with_query("http://x/t?a=1", &[("b", "2")]),
-            "http://x/t?a=1&b=2"
-        );
-        assert_eq!(with_query("http://x/t", &[]), "http://x/t");
-    }
 
     #[test]
     fn client_urls() {

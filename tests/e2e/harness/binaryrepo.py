@@ -192,8 +192,9 @@ class BinaryRepo:
         return self.create(name=name, type="virtual", format="docker", members=members, **extra)
 
     def gc(self, repo: str = "docker-local", grace_seconds: int | None = 0, timeout: float = 300) -> dict:
-        """POST /api/repositories/<repo>/gc[?grace_seconds=N] -> {"removed", "removed_bytes", "kept"}"""
-        q = "" if grace_seconds is None else f"?grace_seconds={grace_seconds}"
+        """POST /api/repositories/<repo>/gc?wait=true[&grace_seconds=N]: a background run, waited for ->
+        {"state": "finished", "removed", "removed_bytes", "kept", "evicted", ...}"""
+        q = "?wait=true" + ("" if grace_seconds is None else f"&grace_seconds={grace_seconds}")
         r = request("POST", f"{self.url}/api/repositories/{repo}/gc{q}", timeout=timeout,
                     headers={"Authorization": basic(*ADMIN)})
         assert r.status == 200, f"POST /api/repositories/{repo}/gc{q} -> {r!r}\n{self.log_tail(10)}"

@@ -22,6 +22,11 @@ fn err(e: BlobError) -> HostError {
 
 pub async fn stat(state: &Scope, digest: String) -> Result<Option<BlobInfo>, HostError> {
     let digest = parse(&digest)?;
+    // Before the look-up: a plugin asks whether a blob exists because it is about to reference
+    // it (a layer of a push, a mount, a manifest's layers), and garbage collection must know.
+    if !state.collection {
+        state.caps.store.touches().touch(&digest);
+    }
     if let Some(b) = state.caps.store.cached(&digest) {
         return Ok(Some(BlobInfo { size: b.len() as u64 }));
     }
@@ -31,6 +36,9 @@ pub async fn stat(state: &Scope, digest: String) -> Result<Option<BlobInfo>, Hos
 
 pub async fn read(state: &Scope, digest: String) -> Result<Vec<u8>, HostError> {
     let digest = parse(&digest)?;
+    if !state.collection {
+        state.caps.store.touches().touch(&digest);
+    }
     if let Some(b) = state.caps.store.cached(&digest).filter(|b| b.len() as u64 <= SMALL_LIMIT) {
         return Ok(b.to_vec());
     }
@@ -45,4 +53,21 @@ pub async fn write(state: &Scope, data: Vec<u8>, expected: Option<String>) -> Re
     let expected = expected.as_deref().map(parse).transpose()?;
     let store = state.caps.store.clone();
     blocking(move || Ok(store.write_small(&data, expected.as_ref()).map_err(err)?.to_string())).await
+}
+
+/// `read-range`: a piece of a blob of any size; an absent blob is the plugin's mistake (it
+/// should have asked `stat`), not the host's failure.
+pub async fn read_range(state: &Scope, digest: String, offset: u64, length: u64) -> Result<Vec<u8>, HostError> {
+    let digest = parse(&digest)?;
+    if length > SMALL_LIMIT {
+        return Err(HostError::TooLarge(length));
+    }
+    let store = state.caps.store.clone();
+    blocking(move || {
+        store.read_range(&digest, offset, length).map_err(|e| match e {
+            BlobError::Unknown(d) => HostError::NotAllowed(format!("blob {d} is not stored")),
+            e => err(e),
+        })
+    })
+    .await
 }

@@ -23,6 +23,8 @@ pub struct Scope {
     pub repo: Option<Arc<Repository>>,
     /// The other repositories the caller may read.
     pub readable: Readable,
+    /// The call is garbage collection's own: what it looks at is not a reference to keep.
+    pub collection: bool,
 }
 
 /// Which repositories the request's caller may read: views of other repositories

@@ -1,7 +1,8 @@
 //! `upstream`: requests to the repository's remote (or a realm it named), small bodies only.
 
 use super::Scope;
-use crate::plugins::bindings::types::{HostError, UpstreamRequest, UpstreamResponse};
+use crate::plugins::bindings::types::{FetchedDocument, FetchedFile, HostError, UpstreamRequest, UpstreamResponse};
+use crate::upstream::document::DocumentError;
 use crate::upstream::{UpstreamError, parse_request};
 
 pub fn to_host_error(e: UpstreamError) -> HostError {
@@ -17,16 +18,25 @@ pub fn to_host_error(e: UpstreamError) -> HostError {
 pub async fn request(state: &Scope, req: UpstreamRequest) -> Result<UpstreamResponse, HostError> {
     let repo = state.repo()?;
     let typed = parse_request(&req.method, &req.url, &req.headers, req.with_credentials).map_err(to_host_error)?;
-    // A small document must arrive whole within the idle timeout: an upstream that sends a byte now
-    // and then resets any idle timer, and would hold this plugin instance (and its client) for ever.
     let deadline = state.caps.upstream.config().idle_timeout;
-    let resp = tokio::time::timeout(deadline, state.caps.upstream.small(&repo, &typed))
-        .await
-        .map_err(|_| HostError::UpstreamUnreachable(format!("no complete answer from upstream in {} s", deadline.as_secs())))?
-        .map_err(to_host_error)?;
-    tracing::debug!(method = %typed.method, url = %typed.url, status = resp.status.as_u16(), "upstream");
+    let (method, url) = (typed.method.clone(), typed.url.clone());
+    let resp = state.caps.upstream.small_shared(repo, typed, deadline).await.map_err(to_host_error)?;
+    tracing::debug!(method = %method, url = %url, status = resp.status.as_u16(), "upstream");
     let headers = resp.headers.iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned()))).collect();
     Ok(UpstreamResponse { status: resp.status.as_u16(), headers, body: resp.body.to_vec() })
+}
+
+/// `fetch`: a document of any size into the blob store (upstream/document.rs).
+pub async fn fetch(state: &Scope, key: String, req: UpstreamRequest, max_bytes: u64) -> Result<FetchedDocument, HostError> {
+    let repo = state.repo()?;
+    let typed = parse_request(&req.method, &req.url, &req.headers, req.with_credentials).map_err(to_host_error)?;
+    let doc = state.caps.upstream.fetch_document(&state.caps.store, repo, key, typed, max_bytes).await.map_err(|e| match e {
+        DocumentError::Upstream(e) => to_host_error(e),
+        DocumentError::TooLarge { seen, .. } => HostError::TooLarge(seen),
+        DocumentError::Storage(m) => HostError::Internal(m),
+    })?;
+    let file = doc.file.map(|(digest, size)| FetchedFile { digest: digest.to_string(), size });
+    Ok(FetchedDocument { status: doc.status, headers: doc.headers, file })
 }
 
 /// `allow-origin`: lets this repository reach an origin its remote named in a document the

@@ -27,6 +27,9 @@ mod guest;
 pub const FORMAT: &str = "misbehave";
 pub const CONTRACT: &str = "0.2.1";
 pub const ROOTS: &[&str] = &["/misbehave/"];
+/// Patched to `info=trap` in a copy of the built file by tests/e2e/test_28_plugin_reload.py:
+/// that copy traps in `info` (a plugin the host must refuse to load).
+pub static INFO_MARK: &str = "info=keep";
 
 /// The last non-empty segment of a path: the action.
 pub fn action(path: &str) -> &str {

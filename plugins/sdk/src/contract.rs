@@ -1,4 +1,5 @@
-//! The shapes of the WIT contract (`binaryrepo:plugin@0.3.0`, interface `types`) as plain Rust.
+//! The shapes of the WIT contract (`binaryrepo:plugin@0.3.0`, interface `types`) as plain Rust,
+//! and the `Host` trait over the imported interfaces.
 //!
 //! The format logic is written against these rather than the wit-bindgen types so that it
 //! builds and is tested natively; `guest` converts at the component boundary.
@@ -112,6 +113,16 @@ pub struct FetchBlob {
     pub headers: Headers,
 }
 
+/// Fetch a file whose digest is not known in advance; the host calls `file_fetched` with `key`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchFile {
+    pub key: String,
+    pub request: UpstreamRequest,
+    pub headers: Headers,
+    /// refuse (and store nothing) past this many bytes
+    pub max_bytes: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReceiveUpload {
     pub id: String,
@@ -124,6 +135,7 @@ pub enum Plan {
     Respond(Response),
     ServeBlob(ServeBlob),
     FetchBlob(FetchBlob),
+    FetchFile(FetchFile),
     /// read the request body (at most this many bytes) and call `handle_body`
     ReadBody(u64),
     ReceiveUpload(ReceiveUpload),
@@ -147,6 +159,51 @@ pub enum UploadOutcome {
     BodyError(String),
     Internal(String),
 }
+
+/// A file the host stored (by `FetchFile`, `upstream_fetch` or `upload_commit`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchedFile {
+    pub digest: String,
+    pub size: u64,
+}
+
+/// What `upstream_fetch` got: the final answer, its body (2xx only) in the blob store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchedDocument {
+    pub status: u16,
+    pub headers: Headers,
+    pub file: Option<FetchedFile>,
+}
+
+/// The body of a member's answer, handed to `merge`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberBody {
+    None,
+    Inline(Vec<u8>),
+    /// a stored blob: read it with `blob_read_range`
+    Blob(FetchedFile),
+}
+
+/// One member's answer to a read a virtual repository merges.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberAnswer {
+    pub repository: String,
+    pub status: u16,
+    pub headers: Headers,
+    pub body: MemberBody,
+}
+
+/// What a plugin tells the host about itself (`info`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginInfo {
+    pub format: &'static str,
+    pub roots: &'static [&'static str],
+    /// path suffixes whose reads a virtual repository merges over its members
+    pub merged: &'static [&'static str],
+}
+
+/// The contract version this SDK binds.
+pub const CONTRACT: &str = "0.3.0";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostError {
@@ -213,6 +270,24 @@ pub enum Level {
     Error,
 }
 
+/// A local repository's cleanup rules, as the host validated them (see the WIT `cleanup-rules`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CleanupRules {
+    /// keep this many of the most recently pushed matching tags of each image; none: keep all
+    pub keep_last: Option<u32>,
+    /// the tags `keep_last` counts (a regular expression); none: every tag
+    pub matching: Option<String>,
+    /// remove unreferenced manifests pushed at least this long ago; none: never
+    pub untagged_after_seconds: Option<u64>,
+}
+
+/// What a cleanup removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CleanupReport {
+    pub tags_removed: u64,
+    pub manifests_removed: u64,
+}
+
 /// The capabilities the host grants (the imported interfaces), so the logic can run against a fake.
 pub trait Host {
     fn log(&self, level: Level, message: &str);
@@ -232,26 +307,27 @@ pub trait Host {
     fn blob_stat(&self, digest: &str) -> Result<Option<BlobInfo>, HostError>;
     fn blob_read(&self, digest: &str) -> Result<Vec<u8>, HostError>;
     fn blob_write(&self, data: &[u8], expected: Option<&str>) -> Result<String, HostError>;
+    /// up to `length` bytes of an upload session from `offset`
+    fn upload_read(&self, id: &str, offset: u64, length: u64) -> Result<Vec<u8>, HostError>;
+    /// append bytes the plugin made; the session's size
+    fn upload_append(&self, id: &str, data: &[u8]) -> Result<u64, HostError>;
+    /// commit the session to the blob store (verified against `expected` when given); it ends
+    fn upload_commit(&self, id: &str, expected: Option<&str>) -> Result<FetchedFile, HostError>;
+    /// up to `length` bytes of a blob of any size from `offset`
+    fn blob_read_range(&self, digest: &str, offset: u64, length: u64)
+    -> Result<Vec<u8>, HostError>;
     fn upstream(&self, request: &UpstreamRequest) -> Result<UpstreamResponse, HostError>;
+    /// fetch a document of any size into the blob store (shared by concurrent calls with `key`)
+    fn upstream_fetch(
+        &self,
+        key: &str,
+        request: &UpstreamRequest,
+        max_bytes: u64,
+    ) -> Result<FetchedDocument, HostError>;
+    /// let upstream requests reach `origin`, which an upstream answer of this call named
+    fn allow_origin(&self, origin: &str) -> Result<(), HostError>;
     /// the plan this call returns may answer the same request for `seconds` (see the WIT)
     fn reusable(&self, seconds: u64, vary: &[&str]);
 }
 
-/// First value of a header, names compared case-insensitively.
-pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
-/// Every value of a header, in order.
-pub fn header_values<'a>(
-    headers: &'a [(String, String)],
-    name: &'a str,
-) -> impl Iterator<Item = &'a str> + 'a {
-    headers
-        .iter()
-        .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
+pub use crate::http::{header, header_values};

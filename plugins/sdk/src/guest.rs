@@ -1,83 +1,91 @@
-//! The component boundary: wit-bindgen bindings for world `plugin`, and conversions between
-//! the generated types and `contract`.
+//! The component boundary: wit-bindgen bindings for world `plugin`, the `Host` trait over the
+//! imported interfaces, and conversions between the generated types and `contract`.
 
 use crate::contract as c;
-use crate::handler;
+use crate::format::Format;
 
 wit_bindgen::generate!({
     path: "../../wit",
     world: "plugin",
+    pub_export_macro: true,
+    default_bindings_module: "binaryrepo_plugin_sdk::guest",
 });
 
-use binaryrepo::plugin::types as wit;
+pub use binaryrepo::plugin::types as wit;
 use binaryrepo::plugin::{blobs, log, meta, repositories, reuse, scratch, uploads, upstream};
-use exports::binaryrepo::plugin::format::{Guest, PluginInfo};
+use exports::binaryrepo::plugin::format::PluginInfo;
 
-struct Component;
-
-impl Guest for Component {
-    fn info() -> PluginInfo {
-        PluginInfo {
-            format: handler::FORMAT.to_owned(),
-            contract: handler::CONTRACT.to_owned(),
-            roots: handler::ROOTS.iter().map(|r| (*r).to_owned()).collect(),
-            merged: Vec::new(),
-        }
-    }
-
-    fn handle(request: wit::Request) -> wit::Plan {
-        plan_out(handler::handle(&WitHost, &request_in(request)))
-    }
-
-    fn handle_body(request: wit::Request, body: Vec<u8>) -> wit::Plan {
-        plan_out(handler::handle_body(&WitHost, &request_in(request), &body))
-    }
-
-    fn upload_complete(
-        request: wit::Request,
-        id: String,
-        outcome: wit::UploadOutcome,
-    ) -> wit::Response {
-        response_out(handler::upload_complete(
-            &WitHost,
-            &request_in(request),
-            &id,
-            &outcome_in(outcome),
-        ))
-    }
-
-    fn live_blobs(repository: wit::Repository) -> Result<Vec<String>, wit::HostError> {
-        // An error makes the host collect nothing: an incomplete list would delete live blobs.
-        handler::live_blobs(&WitHost, &repository_in(repository)).map_err(host_error_out)
-    }
-
-    fn merge(
-        request: wit::Request,
-        _answers: Vec<exports::binaryrepo::plugin::format::MemberAnswer>,
-    ) -> wit::Plan {
-        // `merged` is empty: virtual repositories resolve every read member by member, so the
-        // host never asks for a merge.
-        <Component as Guest>::handle(request)
-    }
-
-    fn file_fetched(
-        _request: wit::Request,
-        _key: String,
-        _file: wit::FetchedFile,
-    ) -> Result<(), wit::HostError> {
-        // Registry content is addressed by digest: this plugin never plans a fetch-file.
-        Ok(())
-    }
-
-    fn render_failure(request: wit::Request, failure: wit::Failure) -> wit::Response {
-        response_out(handler::render_failure(
-            &request_in(request),
-            &failure_in(failure),
-        ))
+pub fn info<F: Format>() -> PluginInfo {
+    PluginInfo {
+        format: F::INFO.format.to_owned(),
+        contract: c::CONTRACT.to_owned(),
+        roots: F::INFO.roots.iter().map(|r| (*r).to_owned()).collect(),
+        merged: F::INFO.merged.iter().map(|r| (*r).to_owned()).collect(),
     }
 }
 
-export!(Component);
+pub fn handle<F: Format>(request: wit::Request) -> wit::Plan {
+    plan_out(F::handle(&WitHost, &request_in(request)))
+}
+
+pub fn handle_body<F: Format>(request: wit::Request, body: Vec<u8>) -> wit::Plan {
+    plan_out(F::handle_body(&WitHost, &request_in(request), &body))
+}
+
+pub fn upload_complete<F: Format>(
+    request: wit::Request,
+    id: String,
+    outcome: wit::UploadOutcome,
+) -> wit::Response {
+    response_out(F::upload_complete(
+        &WitHost,
+        &request_in(request),
+        &id,
+        &outcome_in(outcome),
+    ))
+}
+
+pub fn merge<F: Format>(request: wit::Request, answers: Vec<wit::MemberAnswer>) -> wit::Plan {
+    let answers: Vec<c::MemberAnswer> = answers.into_iter().map(member_answer_in).collect();
+    plan_out(F::merge(&WitHost, &request_in(request), &answers))
+}
+
+pub fn file_fetched<F: Format>(
+    request: wit::Request,
+    key: String,
+    file: wit::FetchedFile,
+) -> Result<(), wit::HostError> {
+    F::file_fetched(&WitHost, &request_in(request), &key, &fetched_file_in(file))
+        .map_err(host_error_out)
+}
+
+pub fn render_failure<F: Format>(request: wit::Request, failure: wit::Failure) -> wit::Response {
+    response_out(F::render_failure(
+        &request_in(request),
+        &failure_in(failure),
+    ))
+}
+
+pub fn live_blobs<F: Format>(repository: wit::Repository) -> Result<Vec<String>, wit::HostError> {
+    // An error makes the host collect nothing: an incomplete list would delete live blobs.
+    F::live_blobs(&WitHost, &repository_in(repository)).map_err(host_error_out)
+}
+
+pub fn cleanup<F: Format>(
+    repository: wit::Repository,
+    rules: wit::CleanupRules,
+    now: u64,
+) -> Result<wit::CleanupReport, String> {
+    let rules = c::CleanupRules {
+        keep_last: rules.keep_last,
+        matching: rules.matching,
+        untagged_after_seconds: rules.untagged_after_seconds,
+    };
+    F::cleanup(&WitHost, &repository_in(repository), &rules, now).map(|r| wit::CleanupReport {
+        tags_removed: r.tags_removed,
+        manifests_removed: r.manifests_removed,
+    })
+}
 
 /// The imported interfaces behind the `contract::Host` trait.
 struct WitHost;
@@ -159,6 +167,53 @@ impl c::Host for WitHost {
 
     fn upload_cancel(&self, id: &str) -> Result<(), c::HostError> {
         uploads::cancel(id).map_err(host_error_in)
+    }
+
+    fn upload_read(&self, id: &str, offset: u64, length: u64) -> Result<Vec<u8>, c::HostError> {
+        uploads::read(id, offset, length).map_err(host_error_in)
+    }
+
+    fn upload_append(&self, id: &str, data: &[u8]) -> Result<u64, c::HostError> {
+        uploads::append(id, data).map_err(host_error_in)
+    }
+
+    fn upload_commit(
+        &self,
+        id: &str,
+        expected: Option<&str>,
+    ) -> Result<c::FetchedFile, c::HostError> {
+        uploads::commit(id, expected)
+            .map(fetched_file_in)
+            .map_err(host_error_in)
+    }
+
+    fn blob_read_range(
+        &self,
+        digest: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<Vec<u8>, c::HostError> {
+        blobs::read_range(digest, offset, length).map_err(host_error_in)
+    }
+
+    fn upstream_fetch(
+        &self,
+        key: &str,
+        request: &c::UpstreamRequest,
+        max_bytes: u64,
+    ) -> Result<c::FetchedDocument, c::HostError> {
+        let request = upstream_request_out(request.clone());
+        upstream::fetch(key, &request, max_bytes)
+            .map(|d| c::FetchedDocument {
+                status: d.status,
+                headers: d.headers,
+                file: d.file.map(fetched_file_in),
+            })
+            .map_err(host_error_in)
+    }
+
+    fn allow_origin(&self, origin: &str) -> Result<(), c::HostError> {
+        upstream::allow_origin(origin).map_err(host_error_in)
     }
 
     fn upstream(&self, request: &c::UpstreamRequest) -> Result<c::UpstreamResponse, c::HostError> {
@@ -310,11 +365,37 @@ fn plan_out(p: c::Plan) -> wit::Plan {
             request: upstream_request_out(f.request),
             headers: f.headers,
         }),
+        c::Plan::FetchFile(f) => wit::Plan::FetchFile(wit::FetchFile {
+            key: f.key,
+            request: upstream_request_out(f.request),
+            headers: f.headers,
+            max_bytes: f.max_bytes,
+        }),
         c::Plan::ReadBody(max) => wit::Plan::ReadBody(max),
         c::Plan::ReceiveUpload(u) => wit::Plan::ReceiveUpload(wit::ReceiveUpload {
             id: u.id,
             expect_offset: u.expect_offset,
             commit: u.commit,
         }),
+    }
+}
+
+fn fetched_file_in(f: wit::FetchedFile) -> c::FetchedFile {
+    c::FetchedFile {
+        digest: f.digest,
+        size: f.size,
+    }
+}
+
+fn member_answer_in(a: wit::MemberAnswer) -> c::MemberAnswer {
+    c::MemberAnswer {
+        repository: a.repository,
+        status: a.status,
+        headers: a.headers,
+        body: match a.body {
+            wit::MemberBody::None => c::MemberBody::None,
+            wit::MemberBody::Inline(b) => c::MemberBody::Inline(b),
+            wit::MemberBody::Blob(f) => c::MemberBody::Blob(fetched_file_in(f)),
+        },
     }
 }

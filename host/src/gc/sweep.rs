@@ -1,0 +1,55 @@
+//! The sweep: every stored blob that no repository needs, that nobody referenced during the
+//! run, and whose grace period is over, is removed.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use super::run::{Counters, Run};
+use crate::digest::Digest;
+use crate::storage::BlobStore;
+
+/// `blobs/<algorithm>/<xx>/<hex>`. The grace period counts from the later of the file's mtime
+/// and the blob's last reference: a push that found its layers already stored (or mounted
+/// them) refreshes no file, and its manifest may follow minutes later.
+pub fn sweep(store: &BlobStore, live: &HashSet<Digest>, grace: Duration, run: &Run) -> std::io::Result<()> {
+    let now = SystemTime::now();
+    let touches = store.touches();
+    let c = &run.counters;
+    let root = store.layout().blobs();
+    for algo in std::fs::read_dir(root)?.flatten() {
+        for shard in std::fs::read_dir(algo.path())?.flatten() {
+            for entry in std::fs::read_dir(shard.path())?.flatten() {
+                let name = format!("{}:{}", algo.file_name().to_string_lossy(), entry.file_name().to_string_lossy());
+                let Ok(digest) = name.parse::<Digest>() else { continue };
+                Counters::add(&c.blobs_scanned, 1);
+                if live.contains(&digest) {
+                    Counters::add(&c.kept, 1);
+                    continue;
+                }
+                let Ok(meta) = entry.metadata() else { continue };
+                let used = meta.modified().unwrap_or(now).max(touches.last_reference(&digest).unwrap_or(SystemTime::UNIX_EPOCH));
+                if now.duration_since(used).is_ok_and(|age| age >= grace) && remove_unless_touched(store, &digest)? {
+                    Counters::add(&c.removed, 1);
+                    Counters::add(&c.removed_bytes, meta.len());
+                } else {
+                    Counters::add(&c.kept, 1);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes the blob unless a request referenced it since the run began; the decision and the
+/// removal happen under the lock a reference takes first. Nothing is removed once references
+/// went unrecorded.
+pub fn remove_unless_touched(store: &BlobStore, digest: &Digest) -> std::io::Result<bool> {
+    let sweeping = store.touches().sweeping();
+    if sweeping.overflowed() || sweeping.touched(digest) {
+        return Ok(false);
+    }
+    match store.remove(digest) {
+        Ok(removed) => Ok(removed),
+        Err(e) => Err(std::io::Error::other(e)),
+    }
+}

@@ -1,0 +1,127 @@
+//! When each blob was last pulled through each remote repository: what cache eviction goes by
+//! (least recently used first, and an age limit for what nobody pulled).
+//!
+//! Recorded in memory on every blob served or fetched, and written to the metadata database
+//! in one transaction per batch (`flush`: every minute, and before a collection reads it).
+//! Times are in whole seconds: an LRU needs no more, and a blob pulled many times a second
+//! costs one map update each.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use redb::TableDefinition;
+
+use crate::digest::Digest;
+use crate::storage::meta::{MetaError, MetaStore};
+
+/// `<repository>\0<digest>` → unix seconds of the last pull.
+const ACCESS: TableDefinition<&str, u64> = TableDefinition::new("access");
+const SEP: char = '\u{0}';
+/// Past this many unwritten records the next record writes the batch at once: memory stays
+/// bounded whatever the request rate.
+const PENDING_MAX: usize = 50_000;
+
+fn db_err<E: Into<redb::Error>>(e: E) -> MetaError {
+    MetaError::Store(Box::new(e.into()))
+}
+
+pub struct AccessLog {
+    /// Its table lives in the metadata store's database, which is reopened after a failed write.
+    meta: MetaStore,
+    pending: Mutex<HashMap<(String, Digest), u64>>,
+}
+
+impl AccessLog {
+    pub fn new(meta: MetaStore) -> AccessLog {
+        AccessLog { meta, pending: Mutex::default() }
+    }
+
+    pub fn record(&self, repo: &str, digest: &Digest, now: u64) {
+        let full = {
+            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            p.insert((repo.to_owned(), digest.clone()), now);
+            p.len() >= PENDING_MAX
+        };
+        if full && let Err(e) = self.flush() {
+            tracing::warn!(error = %e, "blob access times not recorded");
+        }
+    }
+
+    /// Writes what was recorded since the last flush.
+    pub fn flush(&self) -> Result<usize, MetaError> {
+        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let txn = self.meta.database()?.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(ACCESS).map_err(db_err)?;
+            for ((repo, digest), at) in &batch {
+                let key = format!("{repo}{SEP}{digest}");
+                table.insert(key.as_str(), *at).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(batch.len())
+    }
+
+    /// Last pull of every blob of `repo` that has one recorded.
+    pub fn of_repository(&self, repo: &str) -> Result<HashMap<Digest, u64>, MetaError> {
+        self.flush()?;
+        let txn = self.meta.database()?.begin_read().map_err(db_err)?;
+        let table = match txn.open_table(ACCESS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(HashMap::new()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let start = format!("{repo}{SEP}");
+        let mut out = HashMap::new();
+        for entry in table.range(start.as_str()..).map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            let Some(d) = k.value().strip_prefix(start.as_str()) else { break };
+            if let Ok(d) = d.parse::<Digest>() {
+                out.insert(d, v.value());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drops the records of blobs evicted from `repo`.
+    pub fn forget(&self, repo: &str, digests: &[Digest]) -> Result<(), MetaError> {
+        if digests.is_empty() {
+            return Ok(());
+        }
+        let txn = self.meta.database()?.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(ACCESS).map_err(db_err)?;
+            for d in digests {
+                table.remove(format!("{repo}{SEP}{d}").as_str()).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Algorithm;
+
+    #[test]
+    fn recorded_flushed_and_scoped() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = crate::storage::MetaStore::open(&dir.path().join("m.redb")).unwrap();
+        let log = AccessLog::new(meta.clone());
+        let a = Digest::of(Algorithm::Sha256, b"a");
+        assert!(log.of_repository("r").unwrap().is_empty());
+        log.record("r", &a, 10);
+        log.record("r", &a, 20);
+        log.record("rr", &a, 30);
+        let seen = log.of_repository("r").unwrap();
+        assert_eq!(seen.get(&a), Some(&20));
+        assert_eq!(seen.len(), 1);
+        log.forget("r", std::slice::from_ref(&a)).unwrap();
+        assert!(log.of_repository("r").unwrap().is_empty());
+        assert_eq!(log.of_repository("rr").unwrap().get(&a), Some(&30));
+    }
+}

@@ -1,0 +1,212 @@
+//! What garbage collection must know about blobs in use that no metadata shows yet.
+//!
+//! A push references blobs before its manifest is written: the client asks whether a layer
+//! exists (a blob stat), mounts one from another image, or the manifest PUT checks its
+//! layers. A collection that decided "not live" from the metadata read before that write
+//! must not then remove the blob. Three records close the gaps:
+//!
+//! - `last`: when each blob was last referenced, so the grace period counts from the later of
+//!   the file's mtime and its last reference (a mount or an existing layer does not change
+//!   the mtime). In memory only: after a restart the grace counts from the file's mtime.
+//! - `collecting`: while a collection runs, every blob referenced since it began; the sweep
+//!   keeps those whatever their age. The sweep checks and removes under the same lock that
+//!   a reference takes *before* it looks at the blob, so a reference either comes first (and
+//!   the blob is kept) or finds the blob gone (and the client is told so).
+//! - the fence: a collection starts marking only after every request that began before it
+//!   started recording has finished, so no write decided before the recording lands after
+//!   the mark read the metadata.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::digest::Digest;
+
+/// References remembered for the grace period. Past this, the oldest are forgotten (their
+/// grace then counts from the file's mtime): a client asking for random digests cannot grow
+/// this without bound.
+const LAST_MAX: usize = 200_000;
+/// Blobs recorded during one collection. Past this the collection removes nothing: it cannot
+/// tell any more what the requests meanwhile referenced.
+const COLLECT_MAX: usize = 1_000_000;
+
+#[derive(Default)]
+struct Inner {
+    last: HashMap<Digest, SystemTime>,
+    collecting: Option<HashSet<Digest>>,
+    overflowed: bool,
+}
+
+pub struct Touches {
+    inner: Mutex<Inner>,
+    /// Requests in flight, by the parity of the fence epoch they entered in.
+    epoch: AtomicUsize,
+    inflight: [AtomicUsize; 2],
+}
+
+impl Default for Touches {
+    fn default() -> Self {
+        Touches { inner: Mutex::default(), epoch: AtomicUsize::new(0), inflight: [AtomicUsize::new(0), AtomicUsize::new(0)] }
+    }
+}
+
+/// Held for the duration of a request (see the fence above).
+pub struct Entered<'a> {
+    touches: &'a Touches,
+    slot: usize,
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        self.touches.inflight[self.slot].fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The requests that began before a collection did were still running after the wait.
+#[derive(Debug, thiserror::Error)]
+#[error("requests that began before the collection were still running after {0:?}")]
+pub struct FenceTimeout(pub Duration);
+
+/// A collection in progress: what it may remove is decided under this lock.
+pub struct Sweeping<'a>(MutexGuard<'a, Inner>);
+
+impl Sweeping<'_> {
+    /// Referenced since the collection began.
+    pub fn touched(&self, digest: &Digest) -> bool {
+        self.0.collecting.as_ref().is_none_or(|c| c.contains(digest))
+    }
+
+    /// Whether references went unrecorded: nothing may be removed then.
+    pub fn overflowed(&self) -> bool {
+        self.0.overflowed || self.0.collecting.is_none()
+    }
+}
+
+impl Touches {
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A request is about to reference `digest` (check it exists, serve it, link it): called
+    /// before it looks at the blob.
+    pub fn touch(&self, digest: &Digest) {
+        let now = SystemTime::now();
+        let mut inner = self.inner();
+        if let Some(c) = inner.collecting.as_mut() {
+            if c.len() < COLLECT_MAX {
+                c.insert(digest.clone());
+            } else if !c.contains(digest) {
+                inner.overflowed = true;
+            }
+        }
+        if inner.last.len() >= LAST_MAX && !inner.last.contains_key(digest) {
+            forget_oldest(&mut inner.last);
+        }
+        inner.last.insert(digest.clone(), now);
+    }
+
+    /// When `digest` was last referenced as far as this process knows.
+    pub fn last_reference(&self, digest: &Digest) -> Option<SystemTime> {
+        self.inner().last.get(digest).copied()
+    }
+
+    /// Starts recording references for a collection.
+    pub fn begin_collecting(&self) {
+        let mut inner = self.inner();
+        inner.collecting = Some(HashSet::new());
+        inner.overflowed = false;
+    }
+
+    pub fn end_collecting(&self) {
+        let mut inner = self.inner();
+        inner.collecting = None;
+        inner.overflowed = false;
+    }
+
+    /// Lock for deciding about (and removing) one blob; held briefly, per blob.
+    pub fn sweeping(&self) -> Sweeping<'_> {
+        Sweeping(self.inner())
+    }
+
+    /// Forgets references older than `age` (a collection with that grace no longer needs them).
+    pub fn forget_older_than(&self, age: Duration) {
+        let Some(cutoff) = SystemTime::now().checked_sub(age) else { return };
+        self.inner().last.retain(|_, t| *t >= cutoff);
+    }
+
+    /// Counts a request in flight for the fence.
+    pub fn enter(&self) -> Entered<'_> {
+        loop {
+            let e = self.epoch.load(Ordering::SeqCst);
+            let slot = e & 1;
+            self.inflight[slot].fetch_add(1, Ordering::SeqCst);
+            if self.epoch.load(Ordering::SeqCst) == e {
+                return Entered { touches: self, slot };
+            }
+            self.inflight[slot].fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Waits until every request that entered before this call has finished; requests entering
+    /// meanwhile are not waited for. One caller at a time (the collection).
+    pub async fn wait_for_earlier_requests(&self, timeout: Duration) -> Result<(), FenceTimeout> {
+        let old = self.epoch.fetch_add(1, Ordering::SeqCst) & 1;
+        let deadline = Instant::now() + timeout;
+        while self.inflight[old].load(Ordering::SeqCst) > 0 {
+            if Instant::now() >= deadline {
+                return Err(FenceTimeout(timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+}
+
+/// Drops the older half of the references: rare (only past `LAST_MAX`), so a sort is fine.
+fn forget_oldest(last: &mut HashMap<Digest, SystemTime>) {
+    let mut times: Vec<SystemTime> = last.values().copied().collect();
+    times.sort_unstable();
+    let Some(&cutoff) = times.get(times.len() / 2) else { return };
+    last.retain(|_, t| *t > cutoff);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Algorithm;
+    use std::sync::Arc;
+
+    #[test]
+    fn references_during_a_collection_are_recorded() {
+        let t = Touches::default();
+        let a = Digest::of(Algorithm::Sha256, b"a");
+        let b = Digest::of(Algorithm::Sha256, b"b");
+        t.touch(&a);
+        t.begin_collecting();
+        t.touch(&b);
+        {
+            let s = t.sweeping();
+            assert!(!s.touched(&a) && s.touched(&b) && !s.overflowed());
+        }
+        t.end_collecting();
+        assert!(t.sweeping().overflowed(), "outside a collection nothing may be decided");
+        assert!(t.last_reference(&b) >= t.last_reference(&a) && t.last_reference(&a).is_some());
+    }
+
+    #[tokio::test]
+    async fn the_fence_waits_for_earlier_requests_only() {
+        let t = Arc::new(Touches::default());
+        let early = t.enter();
+        let waiter = {
+            let t = t.clone();
+            tokio::spawn(async move { t.wait_for_earlier_requests(Duration::from_secs(5)).await.is_ok() })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _late = t.enter();
+        assert!(!waiter.is_finished());
+        drop(early);
+        assert!(waiter.await.unwrap());
+        assert!(t.wait_for_earlier_requests(Duration::from_millis(30)).await.is_err(), "the late request still runs");
+    }
+}

@@ -1,0 +1,224 @@
+//! A remote repository: a caching proxy of an upstream GOPROXY (and of the checksum databases
+//! it proxies). The files of a canonical version and checksum-database tiles never change, so
+//! they are fetched once and kept; `list`, `@latest`, version queries and the database's
+//! `latest` change, so they are kept for the check window, revalidated, and served stale
+//! while the upstream is down.
+
+use crate::contract::{
+    FetchFile, FetchedFile, Host, HostError, Level, Plan, Request, ServeBlob, UpstreamRequest,
+    header,
+};
+use crate::error::GoError;
+use crate::module::Route;
+use binaryrepo_plugin_sdk::{http, meta};
+use serde::{Deserialize, Serialize};
+
+/// metadata: a stored immutable file, by its path in the protocol
+const FILE_PREFIX: &str = "file/";
+/// metadata: the last answer for a mutable path
+const DOC_PREFIX: &str = "doc/";
+/// Mutable documents (`list`, `@latest`, `.info` of a query, a checksum database's `latest`).
+const MAX_DOC: u64 = 16 << 20;
+/// A checksum database lookup answer or tile.
+const MAX_SUMDB: u64 = 1 << 20;
+/// How long an immutable answer may be reused without asking the plugin again.
+const IMMUTABLE_REUSE: u64 = 86_400;
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// An immutable file fetched into the store.
+#[derive(Serialize, Deserialize)]
+struct CachedFile {
+    digest: String,
+}
+
+/// The last upstream document for a mutable path.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct CachedDoc {
+    digest: String,
+    /// unix seconds of the last upstream check
+    checked: u64,
+    etag: Option<String>,
+    last_modified: Option<String>,
+}
+
+fn remote_url(req: &Request) -> Result<String, GoError> {
+    req.repository
+        .as_ref()
+        .and_then(|r| r.remote_url.clone())
+        .map(|u| u.trim_end_matches('/').to_owned())
+        .ok_or_else(|| GoError::internal("remote repository without an upstream URL"))
+}
+
+/// The protocol path of a route, escaped as it travels upstream.
+fn upstream_path(route: &Route) -> String {
+    match route {
+        Route::List(m) => format!("{}/@v/list", m.escaped()),
+        Route::Latest(m) => format!("{}/@latest", m.escaped()),
+        Route::File(m, v, ext) => format!("{}/@v/{}.{}", m.escaped(), v.escaped(), ext.as_str()),
+        Route::Sumdb { name, rest } => format!("sumdb/{name}/{rest}"),
+    }
+}
+
+/// GET/HEAD of any protocol path.
+pub fn read(host: &impl Host, req: &Request, route: &Route) -> Result<Plan, GoError> {
+    let path = upstream_path(route);
+    match route {
+        Route::File(_, v, ext) if v.canonical().is_some() => {
+            immutable(host, req, &path, ext.content_type(), ext.max_bytes())
+        }
+        Route::File(_, _, ext) => mutable(host, req, &path, ext.content_type()),
+        Route::List(_) => mutable(host, req, &path, TEXT),
+        Route::Latest(_) => mutable(host, req, &path, "application/json"),
+        // a lookup answer and a tile never change; `latest` and `supported` may
+        Route::Sumdb { rest, .. } if rest.starts_with("lookup/") || rest.starts_with("tile/") => {
+            immutable(host, req, &path, TEXT, MAX_SUMDB)
+        }
+        Route::Sumdb { rest, .. } if rest == "latest" || rest == "supported" => {
+            mutable(host, req, &path, TEXT)
+        }
+        Route::Sumdb { .. } => Err(GoError::not_found(format!("/{path} not found"))),
+    }
+}
+
+fn serve(digest: &str, content_type: &str) -> Plan {
+    Plan::ServeBlob(ServeBlob {
+        digest: digest.to_owned(),
+        headers: http::headers(&[("Content-Type", content_type)]),
+    })
+}
+
+/// A file fetched once (one upstream request however many ask at once) and kept.
+fn immutable(
+    host: &impl Host,
+    req: &Request,
+    path: &str,
+    content_type: &str,
+    max_bytes: u64,
+) -> Result<Plan, GoError> {
+    if let Some(f) = meta::get_json::<CachedFile>(host, &format!("{FILE_PREFIX}{path}"))?
+        && host.blob_stat(&f.digest)?.is_some()
+    {
+        host.reusable(IMMUTABLE_REUSE, &[]);
+        return Ok(serve(&f.digest, content_type));
+    }
+    Ok(Plan::FetchFile(FetchFile {
+        key: path.to_owned(),
+        request: UpstreamRequest {
+            method: "GET".into(),
+            url: format!("{}/{path}", remote_url(req)?),
+            headers: Vec::new(),
+            with_credentials: true,
+        },
+        headers: http::headers(&[("Content-Type", content_type)]),
+        max_bytes,
+    }))
+}
+
+/// After a fetch-file: the file's digest under its protocol path.
+pub fn file_fetched(host: &impl Host, key: &str, file: &FetchedFile) -> Result<(), HostError> {
+    let value = serde_json::to_vec(&CachedFile {
+        digest: file.digest.clone(),
+    })
+    .map_err(|e| HostError::Internal(e.to_string()))?;
+    host.meta_put(&format!("{FILE_PREFIX}{key}"), &value)
+}
+
+/// A document that changes upstream: the last one within the check window, else revalidated.
+/// A 404 or 410 is passed on and remembered for the window in memory only (the host's bounded
+/// scratch space), so that `go get`'s probes of path prefixes are answered at once while no
+/// request for a path that does not exist can grow the repository's metadata.
+fn mutable(
+    host: &impl Host,
+    req: &Request,
+    path: &str,
+    content_type: &str,
+) -> Result<Plan, GoError> {
+    let window = req.repository.as_ref().map_or(0, |r| r.tag_check_seconds);
+    let key = format!("{DOC_PREFIX}{path}");
+    let cached = match meta::get_json::<CachedDoc>(host, &key)? {
+        Some(c) if host.blob_stat(&c.digest)?.is_some() => Some(c),
+        _ => None,
+    };
+    if let Some(c) = &cached
+        && req.now < c.checked.saturating_add(window)
+    {
+        host.reusable(c.checked + window - req.now, &[]);
+        return Ok(serve(&c.digest, content_type));
+    }
+    let missing = format!("missing/{path}");
+    if let Some(status) = host.scratch_get(&missing) {
+        return Err(not_found(if status == b"410" { 410 } else { 404 }));
+    }
+    let mut headers = Vec::new();
+    if let Some(c) = &cached {
+        if let Some(e) = &c.etag {
+            headers.push(("If-None-Match".to_owned(), e.clone()));
+        }
+        if let Some(m) = &c.last_modified {
+            headers.push(("If-Modified-Since".to_owned(), m.clone()));
+        }
+    }
+    let request = UpstreamRequest {
+        method: "GET".into(),
+        url: format!("{}/{path}", remote_url(req)?),
+        headers,
+        with_credentials: true,
+    };
+    let stale = |c: &CachedDoc, why: String| {
+        host.log(Level::Warn, &format!("serving the cached /{path}: {why}"));
+        Ok(serve(&c.digest, content_type))
+    };
+    let store = |doc: CachedDoc| -> Result<Plan, GoError> {
+        meta::put_json(host, &key, &doc)?;
+        Ok(serve(&doc.digest, content_type))
+    };
+    match (host.upstream_fetch(path, &request, MAX_DOC), cached) {
+        (Ok(d), _) if (200..300).contains(&d.status) => {
+            let file = d.file.ok_or_else(|| {
+                GoError::bad_gateway(format!("upstream answered /{path} without a body"))
+            })?;
+            store(CachedDoc {
+                digest: file.digest,
+                checked: req.now,
+                etag: header(&d.headers, "etag").map(str::to_owned),
+                last_modified: header(&d.headers, "last-modified").map(str::to_owned),
+            })
+        }
+        (Ok(d), Some(c)) if d.status == 304 => store(CachedDoc {
+            checked: req.now,
+            ..c
+        }),
+        (Ok(d), cached) if d.status == 404 || d.status == 410 => {
+            host.scratch_put(&missing, d.status.to_string().as_bytes(), window);
+            if cached.is_some() {
+                host.meta_delete(&key)?;
+            }
+            Err(not_found(d.status))
+        }
+        (Ok(d), Some(c)) if d.status >= 500 || d.status == 429 => {
+            stale(&c, format!("upstream answered {}", d.status))
+        }
+        (Ok(d), _) => Err(GoError::bad_gateway(format!(
+            "upstream answered {} for /{path}",
+            d.status
+        ))),
+        (Err(HostError::UpstreamUnreachable(m)), Some(c)) => stale(&c, m),
+        (Err(e), _) => Err(e.into()),
+    }
+}
+
+fn not_found(status: u16) -> GoError {
+    GoError::new(status, "not found upstream")
+}
+
+/// Garbage collection: every immutable file and the last answer of every mutable path.
+pub fn live_blobs(host: &impl Host) -> Result<Vec<String>, HostError> {
+    let files: Vec<CachedFile> = meta::records(host, FILE_PREFIX)?;
+    let docs: Vec<CachedDoc> = meta::records(host, DOC_PREFIX)?;
+    Ok(files
+        .into_iter()
+        .map(|f| f.digest)
+        .chain(docs.into_iter().map(|d| d.digest))
+        .collect())
+}

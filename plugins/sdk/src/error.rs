@@ -1,0 +1,113 @@
+//! Errors for formats whose clients print the body of an error answer (Helm, Go): a status and
+//! a message, and what the host's errors and failures mean for the client.
+
+use crate::contract::{Failure, FailureKind, HostError, Response};
+use crate::http;
+use crate::meta::MetaError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl HttpError {
+    pub fn new(status: u16, message: impl Into<String>) -> HttpError {
+        HttpError {
+            status,
+            message: message.into(),
+        }
+    }
+    /// the client sent something unusable
+    pub fn bad_request(message: impl Into<String>) -> HttpError {
+        HttpError::new(400, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> HttpError {
+        HttpError::new(404, message)
+    }
+    /// the upstream failed us
+    pub fn bad_gateway(message: impl Into<String>) -> HttpError {
+        HttpError::new(502, message)
+    }
+    /// our fault
+    pub fn internal(message: impl Into<String>) -> HttpError {
+        HttpError::new(500, message)
+    }
+
+    /// A plain-text answer.
+    pub fn text(&self) -> Response {
+        http::text(self.status, &self.message)
+    }
+
+    /// A JSON answer: `{"error": "<message>"}`.
+    pub fn json(&self) -> Response {
+        http::json(self.status, &serde_json::json!({ "error": self.message }))
+    }
+
+    /// What a failure the host met while carrying out a plan (or a request it refused) means
+    /// for the client. An upstream's 404 stays "not found"; its other errors are 502.
+    pub fn from_failure(failure: &Failure) -> HttpError {
+        let (status, message) = match failure.kind {
+            FailureKind::BlobUnknown => (404, "not found".to_owned()),
+            FailureKind::UpstreamStatus if failure.status == Some(404) => {
+                (404, "not found upstream".to_owned())
+            }
+            FailureKind::UpstreamStatus => (
+                502,
+                format!("upstream answered {}", failure.status.unwrap_or(0)),
+            ),
+            FailureKind::UpstreamUnreachable => {
+                (502, format!("upstream unreachable: {}", failure.message))
+            }
+            FailureKind::DigestMismatch => (
+                502,
+                "the upstream's file does not match its digest".to_owned(),
+            ),
+            FailureKind::Internal => (500, "internal error".to_owned()),
+            FailureKind::TooLarge => (413, "too large".to_owned()),
+            FailureKind::Unauthenticated => (401, "authentication required".to_owned()),
+            FailureKind::Denied => (403, "access denied".to_owned()),
+            FailureKind::TooManyRequests => (429, "too many requests: try again later".to_owned()),
+            FailureKind::BadRequest => (400, format!("bad request: {}", failure.message)),
+            FailureKind::Unavailable => (503, "unavailable: try again later".to_owned()),
+        };
+        HttpError::new(status, message)
+    }
+}
+
+/// `response` with a Basic challenge when it is a 401: the clients of plain formats (helm, go)
+/// send Basic credentials.
+pub fn with_challenge(response: Response) -> Response {
+    if response.status == 401 {
+        response.with_header("WWW-Authenticate", r#"Basic realm="binaryrepo""#)
+    } else {
+        response
+    }
+}
+
+impl From<HostError> for HttpError {
+    fn from(e: HostError) -> HttpError {
+        match e {
+            HostError::UpstreamUnreachable(m) => {
+                HttpError::bad_gateway(format!("upstream unreachable: {m}"))
+            }
+            HostError::DigestMismatch(m) => HttpError::bad_gateway(format!("digest mismatch: {m}")),
+            HostError::TooLarge(n) => {
+                HttpError::new(413, format!("document too large ({n} bytes)"))
+            }
+            HostError::Limit(m) => HttpError::new(429, format!("try again later: {m}")),
+            e @ (HostError::NotAllowed(_)
+            | HostError::InvalidDigest(_)
+            | HostError::Internal(_)) => HttpError::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<MetaError> for HttpError {
+    fn from(e: MetaError) -> HttpError {
+        match e {
+            MetaError::Host(h) => h.into(),
+            c @ MetaError::Corrupt { .. } => HttpError::internal(c.to_string()),
+        }
+    }
+}
