@@ -519,6 +519,7 @@ fn gc_status(app: &Arc<App>) -> Response<Body> {
 
 async fn create(app: &Arc<App>, input: RepositoryInput) -> Result<Response<Body>, ApiError> {
     let repo = input.validate(None, &app.plugins.formats())?;
+    app.plugins.check_settings(&repo)?;
     if app.repos.get(repo.name.as_str()).is_some() {
         return Err(ApiError::Conflict(format!("repository {} already exists", repo.name)));
     }
@@ -554,6 +555,7 @@ async fn bind(app: &Arc<App>, port: u16) -> Result<bool, ApiError> {
 
 async fn put(app: &Arc<App>, name: &str, input: RepositoryInput) -> Result<Response<Body>, ApiError> {
     let repo = input.validate(Some(name), &app.plugins.formats())?;
+    app.plugins.check_settings(&repo)?;
     let new_port = repo.port;
     let old_port = app.repos.get(name).and_then(|r| r.port);
     let bound_new = match new_port {

@@ -110,7 +110,9 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
         .seed_repositories
         .iter()
         .cloned()
-        .map(|input| input.validate(None, &formats).map_err(|e| StartError::Seed(e.to_string())))
+        .map(|input| {
+            input.validate(None, &formats).and_then(|r| plugins.check_settings(&r).map(|()| r)).map_err(|e| StartError::Seed(e.to_string()))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     repos.load_or_seed(seed.clone())?;
     let live = config::Live::new(&config);

@@ -151,7 +151,7 @@ async fn reconcile(app: &Arc<App>, config: &Config, changed: bool) {
         config.seed_repositories.iter().cloned().partition(|r| r.repo_type.as_deref() == Some("virtual"));
     for input in others.into_iter().chain(virtuals) {
         let name = input.name.clone().unwrap_or_default();
-        let repo = match input.clone().validate(None, &formats) {
+        let repo = match input.clone().validate(None, &formats).and_then(|r| app.plugins.check_settings(&r).map(|()| r)) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(repo = %name, error = %e, "repository in the configuration file not applied");

@@ -97,6 +97,64 @@ pub struct Repository {
     /// Local only: what each garbage collection run removes (tag retention).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleanup: Option<CleanupRules>,
+    /// Format settings, handed to the format's plugin as they are (`Settings`).
+    #[serde(default, skip_serializing_if = "Settings::is_empty")]
+    pub settings: Settings,
+}
+
+/// Per-repository settings of a format (`{"checksum_databases": "sum.golang.org"}` for Go):
+/// the host checks their shape and that the format's plugin declares each name; what a value
+/// means is the plugin's to say.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "BTreeMap<String, String>", into = "BTreeMap<String, String>")]
+pub struct Settings(BTreeMap<String, String>);
+
+impl Settings {
+    /// Bounds that keep a definition (and every plugin call that carries it) small.
+    const MAX_ENTRIES: usize = 32;
+    const MAX_NAME: usize = 64;
+    const MAX_VALUE: usize = 4096;
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Name and value pairs, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The first name not in `declared`, if any.
+    pub fn undeclared<'a>(&'a self, declared: &[String]) -> Option<&'a str> {
+        self.0.keys().map(String::as_str).find(|k| !declared.iter().any(|d| d == k))
+    }
+}
+
+impl TryFrom<BTreeMap<String, String>> for Settings {
+    type Error = RepoError;
+    fn try_from(map: BTreeMap<String, String>) -> Result<Self, RepoError> {
+        if map.len() > Self::MAX_ENTRIES {
+            return invalid(format!("at most {} settings", Self::MAX_ENTRIES));
+        }
+        for (name, value) in &map {
+            let name_ok = !name.is_empty()
+                && name.len() <= Self::MAX_NAME
+                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !name_ok {
+                return invalid(format!("invalid setting name {name:?}: use 1-{} of a-z 0-9 _", Self::MAX_NAME));
+            }
+            if value.len() > Self::MAX_VALUE {
+                return invalid(format!("setting {name}: at most {} bytes", Self::MAX_VALUE));
+            }
+        }
+        Ok(Settings(map))
+    }
+}
+
+impl From<Settings> for BTreeMap<String, String> {
+    fn from(s: Settings) -> Self {
+        s.0
+    }
 }
 
 /// How much a remote repository may cache: enforced by each garbage collection run, which
@@ -151,6 +209,7 @@ pub struct RepositoryView<'a> {
     pub cache_max_age_days: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cleanup: Option<&'a CleanupRules>,
+    pub settings: &'a Settings,
 }
 
 impl Repository {
@@ -184,6 +243,7 @@ impl Repository {
             cache_max_bytes: self.cache.and_then(|c| c.max_bytes),
             cache_max_age_days: self.cache.and_then(|c| c.max_age_days),
             cleanup: self.cleanup.as_ref(),
+            settings: &self.settings,
         }
     }
 
@@ -226,6 +286,8 @@ pub struct RepositoryInput {
     pub cache_max_age_days: Option<u64>,
     /// local only: `{"keep_last": N, "matching": "regex", "untagged_after_days": D}`
     pub cleanup: Option<CleanupInput>,
+    /// the format's own settings, `{"name": "value"}` (names the format's plugin declares)
+    pub settings: Option<BTreeMap<String, String>>,
 }
 
 pub const DEFAULT_TAG_CHECK_SECONDS: u64 = 300;
@@ -361,6 +423,7 @@ impl RepositoryInput {
             Some(_) if repo_type != RepoType::Local => return invalid("\"cleanup\" only applies to local repositories"),
             rules => rules,
         };
+        let settings = Settings::try_from(self.settings.unwrap_or_default())?;
         Ok(Repository {
             name,
             repo_type,
@@ -379,6 +442,7 @@ impl RepositoryInput {
             access: self.access,
             cache,
             cleanup,
+            settings,
         })
     }
 }

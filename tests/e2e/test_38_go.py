@@ -5,7 +5,9 @@ checksum database that the tests start on 127.0.0.1 (harness/goproxy.py):
   immutable files fetched once (10 concurrent cold clients too) and served while the upstream is down; list cached
   for the check window, revalidated after it, served stale when the upstream is down; 404/410 passed on so that
   `GOPROXY=a,b` falls back; bad paths refused with a plain-text 400 and nothing fetched;
-- checksum database: GOSUMDB verification through binaryrepo as the only route, a tampered zip refused;
+- checksum database: GOSUMDB verification through binaryrepo as the only route, a tampered zip refused; only the
+  databases a repository's `checksum_databases` setting names are proxied (another answers a plain-text 404 without
+  reaching the upstream), an undeclared setting refused by the API;
 - local: PUT publishing (same bytes again fine, other bytes 409, bad zips refused, nothing stored), generated list,
   a go build against it;
 - virtual: list merged over a local and a remote member, a build resolving modules from both."""
@@ -56,8 +58,9 @@ def gohome(tmp_path):
         clean(h)
 
 
-def remote(name, url, window=300):
-    return {"name": name, "type": "remote", "format": "go", "url": url, "tag_check_seconds": window}
+def remote(name, url, window=300, **settings):
+    r = {"name": name, "type": "remote", "format": "go", "url": url, "tag_check_seconds": window}
+    return {**r, "settings": settings} if settings else r
 
 
 def proxy_url(br, name):
@@ -296,9 +299,16 @@ def test_checksum_database_through_the_proxy(make_binaryrepo, goproxy, gohome, t
         up = goproxy()
         three_modules(up.root)
         up.sumdbs[db.name] = db.url
-        br = make_binaryrepo(repositories=[remote("go-remote", up.url)])
+        up.sumdbs["other.test"] = db.url  # the upstream proxies it, the repository is not configured to
+        # a second database next to the default one (set in the configuration file)
+        br = make_binaryrepo(repositories=[remote("go-remote", up.url, checksum_databases=f"sum.golang.org,{db.name}")])
         proxy = proxy_url(br, "go-remote")
         assert request("GET", f"{proxy}/sumdb/{db.name}/supported").status == 200
+        for path in ("supported", "latest", "lookup/example.com/alpha@v1.0.0"):
+            r = request("GET", f"{proxy}/sumdb/other.test/{path}")
+            assert r.status == 404 and (r.header("content-type") or "").startswith("text/plain"), r
+            assert b"not proxied" in r.body, r.body
+        assert not [p for p in up.hits if p.startswith("/sumdb/other.test/")], up.hits
         env = go_env(gohome("s"), proxy, sumdb=db.vkey)
         out, gosum = build_program(env, env_home(env), *GETS)
         assert f"hello from {BETA} v0.2.0" in out
@@ -318,3 +328,27 @@ def test_checksum_database_through_the_proxy(make_binaryrepo, goproxy, gohome, t
         assert p.returncode != 0 and "SECURITY ERROR" in err, err
     finally:
         db.stop()
+
+
+def test_checksum_databases_setting_through_the_api(make_binaryrepo, goproxy):
+    up = goproxy()
+    up.sumdbs["sum.golang.org"] = up.sumdbs["sum.example.com"] = "http://127.0.0.1:9"  # only `supported` is asked
+    br = make_binaryrepo(repositories=[])
+    # the default: sum.golang.org only
+    assert br.api("POST", "/api/repositories", json_body=remote("go-default", up.url)).status == 201
+    assert request("GET", f"{proxy_url(br, 'go-default')}/sumdb/sum.golang.org/supported").status == 200
+    assert request("GET", f"{proxy_url(br, 'go-default')}/sumdb/sum.example.com/supported").status == 404
+    r = br.api("POST", "/api/repositories",
+               json_body=remote("go-two", up.url, checksum_databases="sum.golang.org sum.example.com"))
+    assert r.status == 201 and json.loads(r.body)["settings"] == {"checksum_databases": "sum.golang.org sum.example.com"}
+    assert request("GET", f"{proxy_url(br, 'go-two')}/sumdb/sum.example.com/supported").status == 200
+    # a setting the format does not declare, or one on another format, is a client error that stores nothing
+    for bad in (remote("go-typo", up.url, checksum_database="x"),
+                {"name": "d", "type": "local", "format": "docker", "settings": {"checksum_databases": "x"}},
+                remote("go-bad", up.url, **{"Bad-Name": "x"})):
+        r = br.api("POST", "/api/repositories", json_body=bad)
+        assert r.status == 400, r
+    assert b"unknown setting" in br.api("POST", "/api/repositories",
+                                        json_body=remote("go-typo", up.url, checksum_database="x")).body
+    for name in ("go-typo", "d", "go-bad"):
+        assert br.api("GET", f"/api/repositories/{name}").status == 404, name

@@ -18,6 +18,7 @@ fn repo(repo_type: RepoType) -> Repository {
         members: vec![],
         delete_enabled: true,
         default_local: None,
+        settings: vec![],
     }
 }
 

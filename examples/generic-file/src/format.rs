@@ -169,6 +169,7 @@ impl Format for Generic {
         roots: &[ROOT],
         // virtual repositories are resolved by the host, member by member
         merged: &[],
+        settings: &[],
     };
 
     fn handle(host: &impl Host, req: &Request) -> Plan {

@@ -141,7 +141,7 @@ pub fn host_error_back(e: old::HostError) -> now::HostError {
 }
 
 pub fn info(i: bindings::v0_2::exports::binaryrepo::plugin::format::PluginInfo) -> bindings::PluginInfo {
-    bindings::PluginInfo { format: i.format, contract: i.contract, roots: i.roots, merged: Vec::new() }
+    bindings::PluginInfo { format: i.format, contract: i.contract, roots: i.roots, merged: Vec::new(), settings: Vec::new() }
 }
 
 /// 0.2's `host`: the same capabilities, the same accounting, as the current interfaces.

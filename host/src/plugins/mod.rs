@@ -114,6 +114,7 @@ pub fn wit_repository(r: &Repository) -> types::Repository {
         members: r.members.iter().map(|m| m.to_string()).collect(),
         delete_enabled: r.delete_enabled,
         default_local: r.default_local.as_ref().map(|d| d.to_string()),
+        settings: r.settings.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
     }
 }
 
@@ -160,6 +161,8 @@ pub struct PluginMeta {
     pub roots: Vec<String>,
     /// Path suffixes whose reads a virtual repository merges over its members (`merge`).
     pub merged: Vec<String>,
+    /// Names of the per-repository settings the format understands.
+    pub settings: Vec<String>,
     pub file: PathBuf,
 }
 
@@ -345,6 +348,11 @@ impl Plugins {
         if let Some(bad) = info.merged.iter().find(|m| !m.starts_with('/') || m.len() < 2) {
             return Err(format!("merged suffix {bad:?} must start with '/' and name something"));
         }
+        let setting_ok =
+            |s: &String| !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if let Some(bad) = info.settings.iter().find(|s| !setting_ok(s)) {
+            return Err(format!("setting name {bad:?}: use 1-64 of a-z 0-9 _"));
+        }
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "compiled {}", file.display());
         let calls = EXPORTS
             .iter()
@@ -357,6 +365,7 @@ impl Plugins {
             world: pre.world(),
             roots: info.roots,
             merged: info.merged,
+            settings: info.settings,
             file: file.into(),
         };
         let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -406,6 +415,23 @@ impl Plugins {
         let mut f: Vec<String> = self.registry().plugins().map(|p| p.meta.format.clone()).collect();
         f.sort();
         f
+    }
+
+    /// Refuses a repository whose settings name one its format's plugin does not declare, so
+    /// that a misspelt setting is an error rather than silently ignored.
+    pub fn check_settings(&self, repo: &Repository) -> Result<(), crate::repos::RepoError> {
+        let declared = self.get(&repo.format).map(|p| p.meta.settings.clone()).unwrap_or_default();
+        match repo.settings.undeclared(&declared) {
+            None => Ok(()),
+            Some(bad) if declared.is_empty() => {
+                Err(crate::repos::RepoError::Invalid(format!("unknown setting {bad:?}: the {} format takes no settings", repo.format)))
+            }
+            Some(bad) => Err(crate::repos::RepoError::Invalid(format!(
+                "unknown setting {bad:?}: the {} format takes {}",
+                repo.format,
+                declared.join(", ")
+            ))),
+        }
     }
 
     pub fn all(&self) -> Vec<PluginMeta> {

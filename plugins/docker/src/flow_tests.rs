@@ -19,6 +19,7 @@ fn repo(repo_type: RepoType, url: Option<&str>, has_credentials: bool) -> Reposi
         members: vec![],
         delete_enabled: false,
         default_local: None,
+        settings: vec![],
     }
 }
 

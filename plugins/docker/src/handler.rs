@@ -31,6 +31,7 @@ impl binaryrepo_plugin_sdk::Format for Docker {
         roots: ROOTS,
         // virtual repositories resolve every read member by member: nothing is merged
         merged: &[],
+        settings: &[],
     };
 
     fn handle(host: &impl Host, req: &Request) -> Plan {

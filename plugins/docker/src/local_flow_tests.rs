@@ -24,6 +24,7 @@ fn repository(name: &str, repo_type: RepoType, delete_enabled: bool) -> Reposito
         members: vec![],
         delete_enabled,
         default_local: None,
+        settings: vec![],
     }
 }
 

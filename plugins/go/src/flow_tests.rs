@@ -3,36 +3,16 @@
 use crate::contract::*;
 use crate::handler::Go;
 use binaryrepo_plugin_sdk::Format;
-use binaryrepo_plugin_sdk::fake_host::{FakeHost, Files, NoUpstream};
+use binaryrepo_plugin_sdk::fake_host::{self, FakeHost, Files, NoUpstream};
 
 const UP: &str = "http://up.example/proxy";
 
 fn repo(t: RepoType) -> Repository {
-    Repository {
-        name: "go".into(),
-        repo_type: t,
-        remote_url: (t == RepoType::Remote).then(|| UP.to_owned()),
-        has_credentials: false,
-        tag_check_seconds: 60,
-        members: vec![],
-        delete_enabled: true,
-        default_local: None,
-    }
+    fake_host::repository("go", t, UP)
 }
 
 fn req(t: RepoType, method: &str, path: &str, now: u64) -> Request {
-    Request {
-        method: method.into(),
-        path: path.into(),
-        query: None,
-        headers: vec![],
-        base_url: "http://br".into(),
-        path_repo: None,
-        repository: Some(repo(t)),
-        mount: Mount::Prefix,
-        now,
-        caller: Caller::default(),
-    }
+    fake_host::request(repo(t), method, path, now)
 }
 
 /// A stored (uncompressed) zip of `names`, enough for the central-directory checks.
@@ -309,4 +289,32 @@ fn virtual_lists_merge() {
         panic!()
     };
     assert_eq!(p.status, 404);
+}
+
+#[test]
+fn only_configured_checksum_databases_are_proxied() {
+    let mut f = Files::new("http://up.example");
+    for db in ["sum.golang.org", "sum.example.com", "other.example.com"] {
+        f.put(&format!("{UP}/sumdb/{db}/supported"), "");
+    }
+    let h = FakeHost::new("go", f);
+    let ask = |settings: &[(&str, &str)], db: &str| {
+        let mut r = repo(RepoType::Remote);
+        r.settings = settings
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let path = format!("/sumdb/{db}/supported");
+        status(&Go::handle(&h, &fake_host::request(r, "GET", &path, 1000)))
+    };
+    // unset: sum.golang.org only
+    assert_eq!(ask(&[], "sum.golang.org"), 200);
+    assert_eq!(ask(&[], "sum.example.com"), 404);
+    let two = [("checksum_databases", "sum.golang.org, sum.example.com")];
+    assert_eq!(ask(&two, "sum.example.com"), 200);
+    assert_eq!(ask(&two, "other.example.com"), 404);
+    assert_eq!(ask(&[("checksum_databases", "")], "sum.golang.org"), 404);
+    // refused without asking the upstream
+    let other = format!("{UP}/sumdb/other.example.com/supported");
+    assert_eq!(h.upstream.borrow().hits(&other), 0);
 }

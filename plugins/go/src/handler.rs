@@ -72,6 +72,7 @@ impl Format for Go {
         format: FORMAT,
         roots: ROOTS,
         merged: &["/@v/list"],
+        settings: &[remote::CHECKSUM_DATABASES],
     };
 
     fn handle(host: &impl Host, req: &Request) -> Plan {

@@ -2,7 +2,8 @@
 //! it proxies). The files of a canonical version and checksum-database tiles never change, so
 //! they are fetched once and kept; `list`, `@latest`, version queries and the database's
 //! `latest` change, so they are kept for the check window, revalidated, and served stale
-//! while the upstream is down.
+//! while the upstream is down. Only the checksum databases the repository's
+//! `checksum_databases` setting names are proxied (default: `sum.golang.org`).
 
 use crate::contract::{
     FetchFile, FetchedFile, Host, HostError, Level, Plan, Request, ServeBlob, UpstreamRequest,
@@ -25,6 +26,25 @@ const MAX_SUMDB: u64 = 1 << 20;
 const IMMUTABLE_REUSE: u64 = 86_400;
 
 const TEXT: &str = "text/plain; charset=utf-8";
+
+/// The setting naming the checksum databases a remote proxies: names separated by commas or
+/// white space; empty for none.
+pub const CHECKSUM_DATABASES: &str = "checksum_databases";
+/// The checksum databases a remote proxies when its definition does not say.
+const DEFAULT_CHECKSUM_DATABASES: &str = "sum.golang.org";
+
+/// Whether this repository proxies checksum database `name`: a repository is a route out
+/// only to the databases its administrator chose, whatever else its upstream proxies.
+fn proxies_checksum_database(req: &Request, name: &str) -> bool {
+    let names = req
+        .repository
+        .as_ref()
+        .and_then(|r| r.setting(CHECKSUM_DATABASES))
+        .unwrap_or(DEFAULT_CHECKSUM_DATABASES);
+    names
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .any(|n| n == name)
+}
 
 /// An immutable file fetched into the store.
 #[derive(Serialize, Deserialize)]
@@ -64,6 +84,10 @@ fn upstream_path(route: &Route) -> String {
 pub fn read(host: &impl Host, req: &Request, route: &Route) -> Result<Plan, GoError> {
     let path = upstream_path(route);
     match route {
+        // a 404 makes `go` reach the database directly, as for a proxy that does not proxy it
+        Route::Sumdb { name, .. } if !proxies_checksum_database(req, name) => Err(
+            GoError::not_found(format!("checksum database {name} is not proxied here")),
+        ),
         Route::File(_, v, ext) if v.canonical().is_some() => {
             immutable(host, req, &path, ext.content_type(), ext.max_bytes())
         }

@@ -4,37 +4,17 @@ use crate::chart::tests::{chart, tgz};
 use crate::contract::*;
 use crate::handler::Helm;
 use binaryrepo_plugin_sdk::Format;
-use binaryrepo_plugin_sdk::fake_host::{FakeHost, Files, sha256};
+use binaryrepo_plugin_sdk::fake_host::{self, FakeHost, Files, sha256};
 
 const UP: &str = "http://up.example/repo";
 const OTHER: &str = "http://cdn.example";
 
 fn repo(t: RepoType) -> Repository {
-    Repository {
-        name: "helm".into(),
-        repo_type: t,
-        remote_url: (t == RepoType::Remote).then(|| UP.to_owned()),
-        has_credentials: false,
-        tag_check_seconds: 60,
-        members: vec![],
-        delete_enabled: true,
-        default_local: None,
-    }
+    fake_host::repository("helm", t, UP)
 }
 
 fn req(t: RepoType, method: &str, path: &str, now: u64) -> Request {
-    Request {
-        method: method.into(),
-        path: path.into(),
-        query: None,
-        headers: vec![],
-        base_url: "http://br".into(),
-        path_repo: None,
-        repository: Some(repo(t)),
-        mount: Mount::Prefix,
-        now,
-        caller: Caller::default(),
-    }
+    fake_host::request(repo(t), method, path, now)
 }
 
 fn blob_bytes(h: &FakeHost<Files>, p: &Plan) -> Vec<u8> {

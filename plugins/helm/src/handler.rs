@@ -103,6 +103,7 @@ impl Format for Helm {
         format: FORMAT,
         roots: ROOTS,
         merged: &["/index.yaml"],
+        settings: &[],
     };
 
     fn handle(host: &impl Host, req: &Request) -> Plan {

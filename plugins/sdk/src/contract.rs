@@ -24,6 +24,18 @@ pub struct Repository {
     pub members: Vec<String>,
     pub delete_enabled: bool,
     pub default_local: Option<String>,
+    /// the repository's format settings, in name order (only names in `PluginInfo::settings`)
+    pub settings: Vec<(String, String)>,
+}
+
+impl Repository {
+    /// The value of a format setting, when the repository sets it.
+    pub fn setting(&self, name: &str) -> Option<&str> {
+        self.settings
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// How the request named its repository.
@@ -200,6 +212,8 @@ pub struct PluginInfo {
     pub roots: &'static [&'static str],
     /// path suffixes whose reads a virtual repository merges over its members
     pub merged: &'static [&'static str],
+    /// names of the per-repository settings the format understands
+    pub settings: &'static [&'static str],
 }
 
 /// The contract version this SDK binds.

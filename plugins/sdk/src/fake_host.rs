@@ -465,3 +465,37 @@ impl<U: FakeUpstream> Host for FakeHost<U> {
         Ok(())
     }
 }
+
+/// A repository as flow tests configure one: the upstream URL for a remote only, a check
+/// window of 60 seconds, deletes enabled, no members and no settings (set fields on the
+/// result for anything else).
+pub fn repository(name: &str, repo_type: RepoType, upstream: &str) -> Repository {
+    Repository {
+        name: name.to_owned(),
+        repo_type,
+        remote_url: (repo_type == RepoType::Remote).then(|| upstream.to_owned()),
+        has_credentials: false,
+        tag_check_seconds: 60,
+        members: Vec::new(),
+        delete_enabled: true,
+        default_local: None,
+        settings: Vec::new(),
+    }
+}
+
+/// A request as a flow test sends it: through the `/repo/<name>/` prefix of `http://br`, no
+/// query or headers, from an anonymous caller.
+pub fn request(repository: Repository, method: &str, path: &str, now: u64) -> Request {
+    Request {
+        method: method.to_owned(),
+        path: path.to_owned(),
+        query: None,
+        headers: Vec::new(),
+        base_url: "http://br".to_owned(),
+        path_repo: None,
+        repository: Some(repository),
+        mount: Mount::Prefix,
+        now,
+        caller: Caller::default(),
+    }
+}

@@ -21,6 +21,7 @@ pub fn info<F: Format>() -> PluginInfo {
         contract: c::CONTRACT.to_owned(),
         roots: F::INFO.roots.iter().map(|r| (*r).to_owned()).collect(),
         merged: F::INFO.merged.iter().map(|r| (*r).to_owned()).collect(),
+        settings: F::INFO.settings.iter().map(|r| (*r).to_owned()).collect(),
     }
 }
 
@@ -266,6 +267,7 @@ fn repository_in(repo: wit::Repository) -> c::Repository {
         members: repo.members,
         delete_enabled: repo.delete_enabled,
         default_local: repo.default_local,
+        settings: repo.settings,
     }
 }
 

@@ -161,6 +161,7 @@ impl Guest for Component {
             contract: crate::CONTRACT.to_owned(),
             roots: crate::ROOTS.iter().map(|r| (*r).to_owned()).collect(),
             merged: crate::MERGED.iter().map(|r| (*r).to_owned()).collect(),
+            settings: Vec::new(),
         }
     }
 
