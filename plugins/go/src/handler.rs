@@ -8,7 +8,7 @@ use crate::error::GoError;
 use crate::module;
 use crate::{local, merge, remote};
 use binaryrepo_plugin_sdk::Format;
-use binaryrepo_plugin_sdk::error::with_challenge;
+use binaryrepo_plugin_sdk::error::{plan_for, response_for, with_challenge};
 
 pub const FORMAT: &str = "go";
 /// The path method: `GOPROXY=http://host/go/<repository>`.
@@ -26,15 +26,11 @@ fn path(req: &Request) -> &str {
 }
 
 fn respond(req: &Request, r: Result<Response, GoError>) -> Response {
-    r.unwrap_or_else(|e| e.text()).for_method(&req.method)
+    response_for(&req.method, r, GoError::text)
 }
 
 fn plan(req: &Request, r: Result<Plan, GoError>) -> Plan {
-    match r {
-        Ok(Plan::Respond(resp)) => Plan::Respond(resp.for_method(&req.method)),
-        Ok(p) => p,
-        Err(e) => Plan::Respond(e.text().for_method(&req.method)),
-    }
+    plan_for(&req.method, r, GoError::text)
 }
 
 fn dispatch(host: &impl Host, req: &Request) -> Result<Plan, GoError> {

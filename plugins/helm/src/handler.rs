@@ -7,7 +7,7 @@ use crate::contract::{
 use crate::error::{self, HelmError};
 use crate::{local, merge, remote};
 use binaryrepo_plugin_sdk::Format;
-use binaryrepo_plugin_sdk::error::with_challenge;
+use binaryrepo_plugin_sdk::error::{plan_for, response_for, with_challenge};
 
 pub const FORMAT: &str = "helm";
 /// The path method: `/helm/<repository>/index.yaml`.
@@ -33,16 +33,11 @@ fn is_api(req: &Request) -> bool {
 }
 
 fn respond(req: &Request, r: Result<Response, HelmError>) -> Response {
-    r.unwrap_or_else(|e| error::to_response(&e, is_api(req)))
-        .for_method(&req.method)
+    response_for(&req.method, r, |e| error::to_response(e, is_api(req)))
 }
 
 fn plan(req: &Request, r: Result<Plan, HelmError>) -> Plan {
-    match r {
-        Ok(Plan::Respond(resp)) => Plan::Respond(resp.for_method(&req.method)),
-        Ok(p) => p,
-        Err(e) => Plan::Respond(error::to_response(&e, is_api(req)).for_method(&req.method)),
-    }
+    plan_for(&req.method, r, |e| error::to_response(e, is_api(req)))
 }
 
 fn not_allowed(method: &str) -> HelmError {

@@ -1,7 +1,7 @@
 //! Errors for formats whose clients print the body of an error answer (Helm, Go): a status and
 //! a message, and what the host's errors and failures mean for the client.
 
-use crate::contract::{Failure, FailureKind, HostError, Response};
+use crate::contract::{Failure, FailureKind, HostError, Plan, Response};
 use crate::http;
 use crate::meta::MetaError;
 
@@ -77,6 +77,29 @@ impl HttpError {
 
 /// `response` with a Basic challenge when it is a 401: the clients of plain formats (helm, go)
 /// send Basic credentials.
+/// The plan for a handler's result: an error as `render` shapes it, and any answer fitted to
+/// the request's method (no body for HEAD).
+pub fn plan_for(
+    method: &str,
+    r: Result<Plan, HttpError>,
+    render: impl FnOnce(&HttpError) -> Response,
+) -> Plan {
+    match r {
+        Ok(Plan::Respond(resp)) => Plan::Respond(resp.for_method(method)),
+        Ok(p) => p,
+        Err(e) => Plan::Respond(render(&e).for_method(method)),
+    }
+}
+
+/// The response for a handler's result, as `plan_for` makes plans.
+pub fn response_for(
+    method: &str,
+    r: Result<Response, HttpError>,
+    render: impl FnOnce(&HttpError) -> Response,
+) -> Response {
+    r.unwrap_or_else(|e| render(&e)).for_method(method)
+}
+
 pub fn with_challenge(response: Response) -> Response {
     if response.status == 401 {
         response.with_header("WWW-Authenticate", r#"Basic realm="binaryrepo""#)
