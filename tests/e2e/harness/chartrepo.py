@@ -1,96 +1,27 @@
-"""A chart repository upstream for the Helm tests: a real HTTP server on 127.0.0.1 serving a directory
+"""A chart repository upstream for the Helm tests: a static_upstream server on 127.0.0.1 serving a directory
 (index.yaml and charts) with per-path hit counters, ETag/Last-Modified and conditional GETs, and an optional
 delay on chart downloads (so that concurrent cold pulls overlap). Plus chart and index builders that need no
 helm binary: charts are .tgz files with <name>/Chart.yaml, values.yaml and a template."""
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import io
 import tarfile
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from .util import free_port
+from .static_upstream import StaticUpstream
 
 
-class ChartServer:
+class ChartServer(StaticUpstream):
+    """A chart repository directory with validators (conditional index GETs) and an optional chart delay."""
+    delay_suffix = ".tgz"
+    validators = True
+
     def __init__(self, root: Path, port: int | None = None, chart_delay: float = 0.0):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
-        self.chart_delay = chart_delay
-        self.hits: dict[str, int] = {}
-        self.conditional: dict[str, int] = {}  # conditional GETs answered 304, per path
-        self.lock = threading.Lock()
-        self.httpd: ThreadingHTTPServer | None = None
+        super().__init__(root, port, delay=chart_delay)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def hit(self, path: str) -> int:
-        with self.lock:
-            return self.hits.get(path, 0)
-
-    def put(self, rel: str, data: bytes | str) -> Path:
-        p = self.root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data.encode() if isinstance(data, str) else data)
-        return p
-
-    def start(self):
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def do_HEAD(self):
-                self.do_GET(head=True)
-
-            def do_GET(self, head=False):
-                path = self.path.split("?", 1)[0]
-                with server.lock:
-                    server.hits[path] = server.hits.get(path, 0) + 1
-                f = (server.root / path.lstrip("/")).resolve()
-                if server.root.resolve() not in f.parents or not f.is_file():
-                    return self._send(404, b"not found\n", {})
-                st = f.stat()
-                etag = '"%x-%x"' % (st.st_mtime_ns, st.st_size)
-                lm = email.utils.formatdate(st.st_mtime, usegmt=True)
-                if self.headers.get("If-None-Match") == etag:
-                    with server.lock:
-                        server.conditional[path] = server.conditional.get(path, 0) + 1
-                    return self._send(304, b"", {"ETag": etag, "Last-Modified": lm})
-                if path.endswith(".tgz") and server.chart_delay:
-                    time.sleep(server.chart_delay)
-                ctype = "application/x-yaml" if path.endswith(".yaml") else "application/gzip"
-                self._send(200, f.read_bytes(), {"ETag": etag, "Last-Modified": lm, "Content-Type": ctype}, head)
-
-            def _send(self, status, body, headers, head=False):
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if not head and status != 304:
-                    self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self):
-        if self.httpd:
-            self.httpd.shutdown()
-            self.httpd.server_close()
-            self.httpd = None
+    def content_type(self, path: str) -> str:
+        return "application/x-yaml" if path.endswith(".yaml") else "application/gzip"
 
 
 TEMPLATE = """apiVersion: v1

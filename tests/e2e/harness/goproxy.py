@@ -2,7 +2,7 @@
 
 - `make_module` lays out a module version in a static GOPROXY tree (<escaped path>/@v/{list,V.info,V.mod,V.zip},
   @latest), the zip's files under `module@version/` as the go command requires.
-- `GoProxy` serves such a tree over HTTP on 127.0.0.1 with per-path hit counters, an optional delay on .zip
+- `GoProxy` serves such a tree over HTTP on 127.0.0.1 (a static_upstream server) with per-path hit counters, an optional delay on .zip
   downloads (so concurrent cold fetches overlap), per-path overrides (a tampered zip, a 410), and forwards
   `/sumdb/<name>/...` to a checksum database server the way proxy.golang.org proxies sum.golang.org.
 - `SumDB` runs tests/e2e/go/sumdb (golang.org/x/mod/sumdb's server over a signed tree of the modules in a tree),
@@ -21,16 +21,12 @@ import re
 import shutil
 import subprocess
 import tempfile
-import threading
-import time
 import urllib.error
-import urllib.parse
 import urllib.request
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from .util import free_port
+from .static_upstream import StaticUpstream
 
 SUMDB_SRC = Path(__file__).resolve().parent.parent / "go" / "sumdb" / "main.go"
 GOPATH_DEPS = "/usr/share/gocode"
@@ -88,81 +84,30 @@ def make_module(root: Path, mod: str, version: str, requires: dict[str, str] | N
     return out
 
 
-class GoProxy:
-    """A static GOPROXY upstream on 127.0.0.1 with hit counters."""
+class GoProxy(StaticUpstream):
+    """A static GOPROXY upstream on 127.0.0.1 with hit counters; `/sumdb/<name>/...` forwarded to `sumdbs`."""
+    delay_suffix = ".zip"
+    unquote = True  # go sends "!" as %21
 
     def __init__(self, root: Path, port: int | None = None, zip_delay: float = 0.0):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
-        self.zip_delay = zip_delay
-        self.hits: dict[str, int] = {}
-        self.overrides: dict[str, tuple[int, bytes]] = {}  # path -> (status, body)
+        super().__init__(root, port, delay=zip_delay)
         self.sumdbs: dict[str, str] = {}  # name -> base URL of its server
-        self.lock = threading.Lock()
-        self.httpd: ThreadingHTTPServer | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def hit(self, path: str) -> int:
-        with self.lock:
-            return self.hits.get(path, 0)
-
-    def start(self):
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                path = urllib.parse.unquote(self.path.split("?", 1)[0])  # go sends "!" as %21
-                with server.lock:
-                    server.hits[path] = server.hits.get(path, 0) + 1
-                if path in server.overrides:
-                    return self._send(*server.overrides[path])
-                m = re.fullmatch(r"/sumdb/([^/]+)/(.+)", path)
-                if m:
-                    return self._sumdb(m.group(1), m.group(2))
-                f = (server.root / path.lstrip("/")).resolve()
-                if server.root.resolve() not in f.parents or not f.is_file():
-                    return self._send(404, b"not found\n")
-                if path.endswith(".zip") and server.zip_delay:
-                    time.sleep(server.zip_delay)
-                self._send(200, f.read_bytes())
-
-            def _sumdb(self, name, rest):
-                base = server.sumdbs.get(name)
-                if base is None:
-                    return self._send(404, b"unknown checksum database\n")
-                if rest == "supported":
-                    return self._send(200, b"")
-                try:
-                    with urllib.request.urlopen(f"{base}/{rest}", timeout=30) as r:
-                        return self._send(r.status, r.read())
-                except urllib.error.HTTPError as e:
-                    return self._send(e.code, e.read())
-
-            def _send(self, status, body):
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self):
-        if self.httpd:
-            self.httpd.shutdown()
-            self.httpd.server_close()
-            self.httpd = None
+    def special(self, path: str):
+        m = re.fullmatch(r"/sumdb/([^/]+)/(.+)", path)
+        if not m:
+            return None
+        name, rest = m.groups()
+        base = self.sumdbs.get(name)
+        if base is None:
+            return 404, b"unknown checksum database\n", {}
+        if rest == "supported":
+            return 200, b"", {}
+        try:
+            with urllib.request.urlopen(f"{base}/{rest}", timeout=30) as r:
+                return r.status, r.read(), {}
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), {}
 
 
 def cache_dir() -> Path:
