@@ -13,37 +13,17 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import peers
 from harness.binaryrepo import BinaryRepo  # noqa: E402  (peers put tests/e2e on sys.path)
 from harness.goproxy import GoProxy, clean, esc, go, go_available, go_env, make_module, module_zip  # noqa: E402
-from harness.util import Fatal, free_port, request, stop_process, tail, wait_until  # noqa: E402
 
 MODULES = 30
 VERSIONS = ("v1.0.0", "v1.1.0")  # 60 module versions
 PAYLOAD = 48 << 10  # bytes of source per module version (incompressible-ish text)
-
-NGINX_CONF = """user root;
-daemon off;
-worker_processes 2;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log notice;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/tmp;
-  sendfile on;
-  server {{
-    listen 127.0.0.1:{port};
-    root {tree};
-    default_type application/octet-stream;
-  }}
-}}
-"""
-
 
 def module_set(root: Path) -> list[str]:
     """Write the module versions into a GOPROXY tree; returns their `path@version` names."""
@@ -69,30 +49,6 @@ def _payload(seed: str) -> str:
     return "".join(out)
 
 
-class StaticNginx:
-    def __init__(self, work: Path, tree: Path):
-        self.dir = work / "nginx-static"
-        (self.dir / "tmp").mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.conf = self.dir / "nginx.conf"
-        self.conf.write_text(NGINX_CONF.format(dir=self.dir, port=self.port, tree=tree))
-        self.proc = subprocess.Popen(["nginx", "-p", str(self.dir), "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-
-        def up():
-            if self.proc.poll() is not None:
-                raise Fatal(f"nginx exited:\n{tail(self.dir / 'error.log')}")
-            return request("GET", self.url + "/", timeout=2).status in (200, 403, 404)
-        wait_until(up, timeout=15, what="nginx (static GOPROXY tree)")
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self):
-        stop_process(self.proc)
-
-
 def download(home: Path, proxy: str, names: list[str]) -> float:
     clean(home)
     home.mkdir(parents=True)
@@ -111,26 +67,26 @@ def run(bench, Series, verdict, fmt_ratio, log):
     tree = work / "tree"
     names = module_set(tree)
     up = GoProxy(tree, zip_delay=0.05).start()
-    nginx = StaticNginx(work, tree)
+    nginx = peers.NginxStatic(work, "nginx-static", tree, access_log=False).start()
     repos = [{"name": "go-remote", "type": "remote", "format": "go", "url": up.url, "tag_check_seconds": 3600}]
     br = BinaryRepo(work, "br-go", repositories=repos).start()
     try:
-        peers = {"binaryrepo": f"{br.url}/go/go-remote", "nginx": nginx.url}
-        for p, url in peers.items():  # warm-up: binaryrepo's store, the page cache, go's build of itself
+        targets = {"binaryrepo": f"{br.url}/go/go-remote", "nginx": nginx.url}
+        for p, url in targets.items():  # warm-up: binaryrepo's store, the page cache, go's build of itself
             download(work / "home", url, names)
-        res = {p: Series() for p in peers}
+        res = {p: Series() for p in targets}
         # a run takes a fraction of a second and its spread is the go command's own: more runs than
         # the other workloads' so that the mean means something
         for i in range(max(15, bench.args.runs)):
-            for p in (list(peers) if i % 2 == 0 else list(peers)[::-1]):
-                res[p].add(download(work / "home", peers[p], names))
-        log("go warm: " + ", ".join(f"{p} {res[p].fmt(1000, 'ms')}" for p in peers))
-        for p in peers:
+            for p in (list(targets) if i % 2 == 0 else list(targets)[::-1]):
+                res[p].add(download(work / "home", targets[p], names))
+        log("go warm: " + ", ".join(f"{p} {res[p].fmt(1000, 'ms')}" for p in targets))
+        for p in targets:
             warm_row.values[p] = res[p].fmt(1000, "ms")
         r = res["binaryrepo"].mean / res["nginx"].mean
         warm_row.ratios = [fmt_ratio(r, "nginx (static files)")]
         warm_row.verdict = verdict(r <= 1.0)
-        warm_row.raw = {p: res[p].values for p in peers}
+        warm_row.raw = {p: res[p].values for p in targets}
         bench.notes.append(f"G1: {len(names)} module versions ({sum((tree / esc(n.split('@')[0]) / '@v' / (n.split('@')[1] + '.zip')).stat().st_size for n in names):,} bytes of zips); the nginx column is nginx serving the tree from disk, not a cache.")
 
         # cold: a second remote repository with an empty store, `clients` concurrent downloads

@@ -21,7 +21,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import peers
 from harness.chartrepo import entry_yaml, make_chart  # noqa: E402  (peers put tests/e2e on sys.path)
-from harness.util import Fatal, free_port, proc_status, request, stop_process, tail, wait_until  # noqa: E402
+from harness.util import proc_status, request  # noqa: E402
 
 WORKLOAD = "helm"
 
@@ -68,74 +67,9 @@ HOW = """8. Helm (`--only helm`): a static nginx upstream serves a generated ind
 
 # --- peers ------------------------------------------------------------------------------------------------
 
-NGINX_STATIC_CONF = """# nginx serving a directory from disk (upstream chart repository, or the static peer)
-user root;
-daemon off;
-worker_processes 2;
-pid {dir}/nginx.pid;
-error_log {dir}/logs/error.log notice;
-events {{ worker_connections 1024; }}
-http {{
-  access_log {dir}/logs/access.log;
-  client_body_temp_path {dir}/tmp/body;
-  proxy_temp_path {dir}/tmp/proxy;
-  fastcgi_temp_path {dir}/tmp/fastcgi;
-  uwsgi_temp_path {dir}/tmp/uwsgi;
-  scgi_temp_path {dir}/tmp/scgi;
-  sendfile on;
-  tcp_nopush on;
-  types {{ application/x-yaml yaml; application/gzip tgz; }}
-  server {{
-    listen 127.0.0.1:{port};
-    root {root};
-  }}
-}}
-"""
-
-
-class NginxStatic:
-    """nginx serving `root` from disk; `hits(path)` counts GETs of a path in its access log."""
-
-    def __init__(self, workdir: Path, name: str, root: Path):
-        self.dir = Path(workdir) / name
-        self.root = Path(root)
-        self.port = free_port()
-        self.conf = self.dir / "nginx.conf"
-        self.errlog = self.dir / "logs" / "error.log"
-        self.proc = None
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self):
-        for d in ("tmp", "logs"):
-            (self.dir / d).mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(NGINX_STATIC_CONF.format(dir=self.dir, port=self.port, root=self.root))
-        self.proc = subprocess.Popen(["nginx", "-p", str(self.dir), "-c", str(self.conf), "-e", str(self.errlog)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-
-        def up():
-            if self.proc.poll() is not None:
-                raise Fatal(f"nginx exited:\n{tail(self.errlog)}")
-            return request("HEAD", self.url + "/index.yaml", timeout=2).status == 200
-        wait_until(up, timeout=15, what="nginx (static)")
-        return self
-
-    def stop(self):
-        stop_process(self.proc, sig=signal.SIGQUIT)
-        self.proc = None
-
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def hits(self, path: str) -> int:
-        """GET requests for `path` in the access log so far (nginx writes each line as the request ends)"""
-        try:
-            text = (self.dir / "logs" / "access.log").read_text()
-        except OSError:
-            return 0
-        return len(re.findall(rf'"GET {re.escape(path)} HTTP', text))
+def NginxStatic(work: Path, name: str, root: Path) -> peers.NginxStatic:
+    """a static nginx on the chart directory (the upstream, or the static peer)"""
+    return peers.NginxStatic(work, name, root, types={"yaml": "application/x-yaml", "tgz": "application/gzip"})
 
 
 class HelmBinaryrepo(peers.Binaryrepo):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -208,15 +209,16 @@ http {{
 """
 
 
-class NginxCache:
-    """nginx proxy_cache + proxy_cache_lock in front of the upstream; `fresh()` wipes the cache and restarts."""
+class Nginx:
+    """An nginx of the bench in its own directory under the work dir: `conf()` is its configuration, `probe` the
+    path that answers once it is up. Workers run as root: the bench's work dir need not be reachable by `nobody`."""
+    probe = "/"
 
-    def __init__(self, workdir: Path, upstream_host: str):
-        self.dir = Path(workdir) / "nginx"
+    def __init__(self, workdir: Path, name: str):
+        self.dir = Path(workdir) / name
         self.port = free_port()
-        self.conf = self.dir / "nginx.conf"
+        self.conf_path = self.dir / "nginx.conf"
         self.errlog = self.dir / "logs" / "error.log"
-        self.upstream_host = upstream_host
         self.proc = None
 
     @property
@@ -227,31 +229,96 @@ class NginxCache:
     def host(self):
         return f"127.0.0.1:{self.port}"
 
+    def conf(self) -> str:
+        raise NotImplementedError
+
     def start(self):
         for d in ("tmp", "logs", "cache"):
             (self.dir / d).mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(NGINX_CONF.format(dir=self.dir, port=self.port, upstream=self.upstream_host))
-        self.proc = subprocess.Popen(["nginx", "-p", str(self.dir), "-c", str(self.conf), "-e", str(self.errlog)],
+        self.conf_path.write_text(self.conf())
+        self.proc = subprocess.Popen(["nginx", "-p", str(self.dir), "-c", str(self.conf_path), "-e", str(self.errlog)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
 
         def up():
             if self.proc.poll() is not None:
                 raise Fatal(f"nginx exited:\n{tail(self.errlog)}")
-            return request("GET", self.url + "/v2/", timeout=2).status == 200
-        wait_until(up, timeout=15, what="nginx")
+            return request("GET", self.url + self.probe, timeout=2).status in (200, 403, 404)
+        wait_until(up, timeout=15, what=f"nginx ({self.dir.name})")
         return self
 
     def stop(self):
         stop_process(self.proc, sig=signal.SIGQUIT)
         self.proc = None
 
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+class NginxCache(Nginx):
+    """nginx proxy_cache + proxy_cache_lock in front of the upstream; `fresh()` wipes the cache and restarts."""
+    probe = "/v2/"
+
+    def __init__(self, workdir: Path, upstream_host: str):
+        super().__init__(workdir, "nginx")
+        self.upstream_host = upstream_host
+
+    def conf(self) -> str:
+        return NGINX_CONF.format(dir=self.dir, port=self.port, upstream=self.upstream_host)
+
     def fresh(self):
         self.stop()
         shutil.rmtree(self.dir / "cache", ignore_errors=True)
         return self.start()
 
-    def pid(self) -> int:
-        return self.proc.pid
+
+NGINX_STATIC_CONF = """# nginx serving a directory from disk (an upstream of static files, or the static peer)
+user root;
+daemon off;
+worker_processes 2;
+pid {dir}/nginx.pid;
+error_log {dir}/logs/error.log notice;
+events {{ worker_connections 1024; }}
+http {{
+  access_log {access_log};
+  client_body_temp_path {dir}/tmp/body;
+  proxy_temp_path {dir}/tmp/proxy;
+  fastcgi_temp_path {dir}/tmp/fastcgi;
+  uwsgi_temp_path {dir}/tmp/uwsgi;
+  scgi_temp_path {dir}/tmp/scgi;
+  sendfile on;
+  tcp_nopush on;
+  default_type application/octet-stream;
+  types {{ {types} }}
+  server {{
+    listen 127.0.0.1:{port};
+    root {root};
+  }}
+}}
+"""
+
+
+class NginxStatic(Nginx):
+    """nginx serving `root` from disk. `types`: file extension -> Content-Type. With `access_log`, `hits(path)`
+    counts GETs of a path (nginx writes each line as the request ends)."""
+
+    def __init__(self, workdir: Path, name: str, root: Path, types: dict[str, str] | None = None,
+                 access_log: bool = True):
+        super().__init__(workdir, name)
+        self.root = Path(root)
+        self.types = types or {}
+        self.access_log = access_log
+
+    def conf(self) -> str:
+        types = " ".join(f"{ctype} {ext};" for ext, ctype in self.types.items())
+        log = f"{self.dir}/logs/access.log" if self.access_log else "off"
+        return NGINX_STATIC_CONF.format(dir=self.dir, port=self.port, root=self.root, types=types, access_log=log)
+
+    def hits(self, path: str) -> int:
+        try:
+            text = (self.dir / "logs" / "access.log").read_text()
+        except OSError:
+            return 0
+        return len(re.findall(rf'"GET {re.escape(path)} HTTP', text))
 
 
 # --- binaryrepo ----------------------------------------------------------------------------------------
