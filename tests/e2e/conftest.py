@@ -8,6 +8,7 @@ Environment:
 """
 from __future__ import annotations
 
+import itertools
 import shutil
 
 import pytest
@@ -20,7 +21,7 @@ from harness.nginx import Nginx
 from harness.oci import Oci
 from harness.registry import Registry
 from harness.tokenserver import TokenServer
-from harness.util import free_port, tail
+from harness.util import free_port, server_factory, tail
 
 
 def _attach(request, title, path, access_only=False):
@@ -130,15 +131,8 @@ def nginx(request, br, tmp_path):
 
 @pytest.fixture
 def token_server(tmp_path):
-    started = []
-
-    def make(**kw):
-        t = TokenServer(tmp_path / f"token{len(started)}", **kw).start()
-        started.append(t)
-        return t
-    yield make
-    for t in started:
-        t.stop()
+    n = itertools.count()
+    yield from server_factory(lambda **kw: TokenServer(tmp_path / f"token{next(n)}", **kw))
 
 
 @pytest.fixture

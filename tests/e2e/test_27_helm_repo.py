@@ -19,7 +19,7 @@ import yaml
 from harness.binaryrepo import ADMIN, basic, blob_files
 from harness.chartrepo import ChartServer, big_index, entry_yaml, index_yaml, make_chart, sha256_hex
 from harness.helm import Helm
-from harness.util import request, sha256_bytes, wait_until
+from harness.util import request, server_factory, sha256_bytes, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +35,7 @@ def helms(tmp_path_factory):
 
 @pytest.fixture
 def chart_server(tmp_path):
-    started = []
-
-    def make(name="up", **kw):
-        s = ChartServer(tmp_path / name, **kw).start()
-        started.append(s)
-        return s
-    yield make
-    for s in started:
-        s.stop()
+    yield from server_factory(lambda name="up", **kw: ChartServer(tmp_path / name, **kw))
 
 
 def remote(name, url, window=300):

@@ -22,7 +22,7 @@ import pytest
 
 from harness.binaryrepo import ADMIN, basic
 from harness.goproxy import GoProxy, SumDB, clean, esc, go, go_available, go_env, make_module
-from harness.util import request
+from harness.util import request, server_factory
 
 pytestmark = pytest.mark.skipif(not go_available(), reason="go and golang-golang-x-mod-dev are not installed "
                                 "(tests/install-deps.sh installs them)")
@@ -33,15 +33,7 @@ INCOMPATIBLE = "v2.0.0+incompatible"
 
 @pytest.fixture
 def goproxy(tmp_path):
-    started = []
-
-    def make(name="up", **kw):
-        s = GoProxy(tmp_path / name, **kw).start()
-        started.append(s)
-        return s
-    yield make
-    for s in started:
-        s.stop()
+    yield from server_factory(lambda name="up", **kw: GoProxy(tmp_path / name, **kw))
 
 
 @pytest.fixture

@@ -299,3 +299,17 @@ class Blackhole:
         for c in self.fillers:
             c.close()
         self.sock.close()
+
+
+def server_factory(new):
+    """The body of a fixture that starts servers on demand: yields `make(*args, **kw)`, which starts
+    `new(*args, **kw)` and returns it; every server it started is stopped at teardown."""
+    started = []
+
+    def make(*args, **kw):
+        s = new(*args, **kw).start()
+        started.append(s)
+        return s
+    yield make
+    for s in started:
+        s.stop()
