@@ -35,7 +35,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -520,37 +519,23 @@ class Bench:
         idle = proc_status(self.br.pid())
         idle.update(rss_parts(self.br.pid()))
         n = self.args.clients
-        polled = {"max": 0}
-        stop = threading.Event()
-
-        def poll(pid=self.br.pid()):
-            while not stop.wait(0.02):
-                try:
-                    polled["max"] = max(polled["max"], proc_status(pid)["VmRSS"])
-                except OSError:
-                    return
-        th = threading.Thread(target=poll, daemon=True)
-        th.start()
         t0 = time.monotonic()
-        try:
+        with peers.RssPoll(self.br.pid()) as polled:
             with ThreadPoolExecutor(n) as ex:
                 times = list(ex.map(lambda _: curl_get(self.blob_url("binaryrepo", big), size), range(n)))
-        finally:
-            stop.set()
-            th.join()
         wall = time.monotonic() - t0
         after = proc_status(self.br.pid())
         log(f"rss: idle VmRSS {idle['VmRSS'] / 1024:.1f} MiB (VmHWM {idle['VmHWM'] / 1024:.1f}); {n} warm GETs "
-            f"in {wall:.2f} s; VmHWM {after['VmHWM'] / 1024:.1f} MiB, polled max VmRSS {polled['max'] / 1024:.1f} MiB")
+            f"in {wall:.2f} s; VmHWM {after['VmHWM'] / 1024:.1f} MiB, polled max VmRSS {polled.max / 1024:.1f} MiB")
         idle_row.values["binaryrepo"] = f"{idle['VmRSS'] / 1024:.1f} MiB"
         peak_row.values["binaryrepo"] = f"{after['VmHWM'] / 1024:.1f} MiB"
         idle_row.verdict = verdict(idle["VmRSS"] <= 30 * 1024)
         peak_row.verdict = verdict(after["VmHWM"] <= 64 * 1024)
         idle_row.raw = idle
-        peak_row.raw = {**after, "polled_max_vmrss_kib": polled["max"], "wall_s": wall, "per_get_s": times}
+        peak_row.raw = {**after, "polled_max_vmrss_kib": polled.max, "wall_s": wall, "per_get_s": times}
         self.notes.append(f"5: {n} concurrent warm GETs of the 500 MiB blob from binaryrepo took {wall:.2f} s "
                           f"({n * size / wall / 1e6:,.0f} MB/s aggregate); polled max VmRSS "
-                          f"{polled['max'] / 1024:.1f} MiB; idle VmHWM (start-up peak) {idle['VmHWM'] / 1024:.1f} MiB; "
+                          f"{polled.max / 1024:.1f} MiB; idle VmHWM (start-up peak) {idle['VmHWM'] / 1024:.1f} MiB; "
                           f"idle RSS = {idle.get('RssAnon', 0) / 1024:.1f} MiB anonymous + "
                           f"{idle.get('RssFile', 0) / 1024:.1f} MiB file-backed (mapped executable pages).")
 

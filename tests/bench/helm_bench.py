@@ -22,7 +22,6 @@ import random
 import re
 import shutil
 import subprocess
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -223,31 +222,17 @@ class HelmRun:
             pid = self.br.pid()
             idle = proc_status(pid)
             up0 = self.upstream.hits("/index.yaml")
-            polled = {"max": idle["VmRSS"]}
-            stop = threading.Event()
-
-            def poll():
-                while not stop.wait(0.02):
-                    try:
-                        polled["max"] = max(polled["max"], proc_status(pid)["VmRSS"])
-                    except OSError:
-                        return
-            th = threading.Thread(target=poll, daemon=True)
-            th.start()
             t0 = time.monotonic()
-            try:
+            with peers.RssPoll(pid, start=idle["VmRSS"]) as polled:
                 with ThreadPoolExecutor(n) as ex:
                     times = list(ex.map(lambda _: h.curl_get(self.base("binaryrepo") + "/index.yaml", self.index_size,
                                                              timeout=300), range(n)))
-            finally:
-                stop.set()
-                th.join()
             wall = time.monotonic() - t0
             after = proc_status(pid)
-            peak = after["VmHWM"] if after["VmHWM"] > idle["VmHWM"] else polled["max"]
+            peak = after["VmHWM"] if after["VmHWM"] > idle["VmHWM"] else polled.max
             up = self.upstream.hits("/index.yaml") - up0
             runs.append({"idle_vmrss_kib": idle["VmRSS"], "idle_vmhwm_kib": idle["VmHWM"], "after_vmhwm_kib": after["VmHWM"],
-                         "polled_max_vmrss_kib": polled["max"], "peak_kib": peak, "grew_kib": peak - idle["VmRSS"],
+                         "polled_max_vmrss_kib": polled.max, "peak_kib": peak, "grew_kib": peak - idle["VmRSS"],
                          "wall_s": wall, "per_get_s": times, "upstream_index_gets": up})
             h.log(f"helm cold: {n} GETs of the index in {wall:.2f} s; idle VmRSS {idle['VmRSS'] / 1024:.1f} MiB, peak "
                   f"{peak / 1024:.1f} MiB (+{(peak - idle['VmRSS']) / 1024:.1f}); upstream index GETs {up}")

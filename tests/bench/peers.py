@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ sys.path.insert(0, str(REPO_ROOT / "tests" / "e2e"))
 from harness.binaryrepo import BinaryRepo, binary_path, plugin_dir  # noqa: E402
 from harness.images import Image, build_layout, describe, skopeo  # noqa: E402
 from harness.registry import Registry  # noqa: E402
-from harness.util import Fatal, free_port, request, stop_process, tail, wait_until  # noqa: E402
+from harness.util import Fatal, free_port, proc_status, request, stop_process, tail, wait_until  # noqa: E402
 
 KEY = "bench-v1"
 MIB = 1 << 20
@@ -207,6 +208,32 @@ http {{
   }}
 }}
 """
+
+
+class RssPoll:
+    """`with RssPoll(pid) as polled:` polls the process's VmRSS every 20 ms while the block runs; `polled.max` is the
+    highest seen (at least `start`), in KiB."""
+
+    def __init__(self, pid: int, start: int = 0):
+        self.pid = pid
+        self.max = start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self):
+        while not self._stop.wait(0.02):
+            try:
+                self.max = max(self.max, proc_status(self.pid)["VmRSS"])
+            except OSError:
+                return
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
 
 
 class Nginx:

@@ -16,6 +16,7 @@ import pytest
 from harness.accesslog import LINE
 from harness.binaryrepo import BinaryRepo, binary_path
 from harness.clients import Containerd, Dockerd, EgressTrap, Podman
+from harness.helm import Helm
 from harness.images import ensure_images
 from harness.nginx import Nginx
 from harness.oci import Oci
@@ -133,6 +134,18 @@ def nginx(request, br, tmp_path):
 def token_server(tmp_path):
     n = itertools.count()
     yield from server_factory(lambda **kw: TokenServer(tmp_path / f"token{next(n)}", **kw))
+
+
+@pytest.fixture(scope="module")
+def helms(tmp_path_factory):
+    """Helm 3 and Helm 4 clients, each with its own home ({3: Helm, 4: Helm}); skips when one cannot be fetched."""
+    out = {}
+    for major in (3, 4):
+        try:
+            out[major] = Helm(major, tmp_path_factory.mktemp(f"helm{major}"))
+        except RuntimeError as e:
+            pytest.skip(f"helm {major} could not be fetched: {e}")
+    return out
 
 
 @pytest.fixture

@@ -5,24 +5,12 @@ import json
 
 import pytest
 
-from harness.helm import Helm
 from harness.images import ACCEPT_HEADER
 from harness.util import request, sha256_bytes
 
 LOCAL = "docker-local"
 HELM_CONFIG = "application/vnd.cncf.helm.config.v1+json"
 HELM_LAYER = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
-
-
-@pytest.fixture(scope="module")
-def helms(tmp_path_factory):
-    out = {}
-    for major in (3, 4):
-        try:
-            out[major] = Helm(major, tmp_path_factory.mktemp(f"helm{major}"))
-        except RuntimeError as e:
-            pytest.skip(f"helm {major} could not be fetched: {e}")
-    return out
 
 
 def package(helm, workdir, name, version):

@@ -18,19 +18,7 @@ import yaml
 
 from harness.binaryrepo import ADMIN, basic, blob_files
 from harness.chartrepo import ChartServer, big_index, entry_yaml, index_yaml, make_chart, sha256_hex
-from harness.helm import Helm
 from harness.util import request, server_factory, sha256_bytes, wait_until
-
-
-@pytest.fixture(scope="module")
-def helms(tmp_path_factory):
-    out = {}
-    for major in (3, 4):
-        try:
-            out[major] = Helm(major, tmp_path_factory.mktemp(f"helm{major}"))
-        except RuntimeError as e:
-            pytest.skip(f"helm {major} could not be fetched: {e}")
-    return out
 
 
 @pytest.fixture
