@@ -13,6 +13,11 @@
 /// index.yaml just as against the upstream's. Anything else (absolute, `/`-rooted, `..`, a
 /// query) becomes `abs/<scheme>/<host[:port]>/<path>`, which names where it came from.
 pub fn local_path(url: &str, base: &str) -> Option<(String, String)> {
+    // Both paths become fields of a tab-separated sidecar line: a tab or a line break in a URL
+    // would let an upstream index name another upstream URL for a local path.
+    if url.contains(char::is_control) {
+        return None;
+    }
     let clean_relative = !url.contains("://")
         && !url.starts_with('/')
         && !url.contains(['?', '#', '\\'])
@@ -252,6 +257,29 @@ pub fn parse_side(line: &str) -> Option<(&str, &str, Option<&str>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_with_control_characters_are_not_rewritten() {
+        let base = "https://charts.example.com/sub";
+        for url in [
+            "a.tgz\tx",
+            "a\thttp:/10.0.0.1/x",
+            "/x.tgz\n",
+            "https://h/a\r.tgz",
+            "a\u{0}.tgz",
+        ] {
+            assert_eq!(local_path(url, base), None, "{url:?}");
+        }
+        let (out, side) = run(
+            base,
+            "entries:\n  a:\n  - urls:\n    - a\thttp:/10.0.0.1/x\n",
+        );
+        assert!(side.is_empty(), "{side:?}");
+        assert!(
+            out.ends_with("    - a\thttp:/10.0.0.1/x\n"),
+            "kept as it was: {out:?}"
+        );
+    }
 
     fn run(base: &str, text: &str) -> (String, String) {
         let mut r = Rewriter::new(base);
