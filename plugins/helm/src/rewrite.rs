@@ -37,7 +37,8 @@ pub fn local_path(url: &str, base: &str) -> Option<(String, String)> {
     let path_ok = path
         .split('/')
         .all(|s| !s.is_empty() && s != "." && s != "..");
-    if authority.is_empty() || authority.contains('@') || !path_ok {
+    // `\` as in a relative URL: some clients read it as `/`, and a local path must mean one thing
+    if authority.is_empty() || authority.contains('@') || path.contains('\\') || !path_ok {
         return None;
     }
     Some((
@@ -265,6 +266,7 @@ mod tests {
             "a.tgz\tx",
             "a\thttp:/10.0.0.1/x",
             "/x.tgz\n",
+            "a//b\\c.tgz",
             "https://h/a\r.tgz",
             "a\u{0}.tgz",
         ] {
