@@ -38,7 +38,7 @@ pub fn local_path(url: &str, base: &str) -> Option<(String, String)> {
         .split('/')
         .all(|s| !s.is_empty() && s != "." && s != "..");
     // `\` as in a relative URL: some clients read it as `/`, and a local path must mean one thing
-    if authority.is_empty() || authority.contains('@') || path.contains('\\') || !path_ok {
+    if authority.is_empty() || authority.contains(['@', '\\']) || path.contains('\\') || !path_ok {
         return None;
     }
     Some((
@@ -267,6 +267,7 @@ mod tests {
             "a\thttp:/10.0.0.1/x",
             "/x.tgz\n",
             "a//b\\c.tgz",
+            "http://h\\i/c.tgz",
             "https://h/a\r.tgz",
             "a\u{0}.tgz",
         ] {
