@@ -189,7 +189,13 @@ impl Rewriter {
             .is_some_and(|c| content_col == c + 2 || (item && Some(indent) == self.entry_col));
         if let (true, Some((key, value))) = (entry_key, kv) {
             match key {
-                "digest" => self.digest = Some(unquote(value).0.to_owned()),
+                // a field of the tab-separated sidecar: a digest with a tab or a control
+                // character in it is no digest
+                "digest" => {
+                    self.digest = Some(unquote(value).0)
+                        .filter(|d| !d.is_empty() && !d.contains(char::is_control))
+                        .map(str::to_owned)
+                }
                 "urls" if value.is_empty() => self.urls_col = Some(content_col),
                 "urls" if value.starts_with('[') && value.ends_with(']') => {
                     let inner = &value[1..value.len() - 1];
@@ -278,6 +284,11 @@ mod tests {
             "entries:\n  a:\n  - urls:\n    - a\thttp:/10.0.0.1/x\n",
         );
         assert!(side.is_empty(), "{side:?}");
+        let (_, side) = run(
+            base,
+            "entries:\n  a:\n  - digest: \"x\ty\"\n    urls:\n    - a.tgz\n",
+        );
+        assert_eq!(side, format!("a.tgz\t{base}/a.tgz\t-\n"));
         assert!(
             out.ends_with("    - a\thttp:/10.0.0.1/x\n"),
             "kept as it was: {out:?}"
