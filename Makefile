@@ -8,7 +8,7 @@ TEST_PLUGIN_OUT := $(RELEASE)/test-plugins
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: all build host plugins test-plugins run test test-unit test-e2e fmt fmt-check deps deps-test clean bench fuzz-build fuzz
+.PHONY: all build host plugins test-plugins run test test-unit test-fuzz test-e2e fmt fmt-check deps deps-test clean bench fuzz-build fuzz
 
 all: build
 
@@ -34,7 +34,7 @@ deps-test: deps
 run: deps build
 	$(RELEASE)/binaryrepo serve
 
-test: deps-test build test-unit test-e2e
+test: deps-test build test-unit test-fuzz test-e2e
 
 test-unit: fmt-check
 	cargo test --release -p binaryrepo
@@ -66,7 +66,13 @@ bench: deps-test build
 	BINARYREPO_BIN=$(CURDIR)/$(RELEASE)/binaryrepo BINARYREPO_PLUGINS=$(CURDIR)/$(PLUGIN_OUT) \
 		.venv/bin/python tests/bench/bench.py $(BENCH_ARGS)
 
-# Fuzz targets (docs/fuzzing.md): nightly and cargo-fuzz, not part of `make test`.
+# Every fuzz target for FUZZ_TEST_SECONDS on its committed corpus (docs/fuzzing.md); installs cargo-fuzz once
+# into the tests' cache; skipped, saying so, without a nightly toolchain.
+FUZZ_TEST_SECONDS ?= 10
+test-fuzz:
+	tests/fuzz-smoke.sh $(FUZZ_TEST_SECONDS)
+
+# Longer fuzzing by hand: `make fuzz FUZZ_SECONDS=600` (each target in turn; cargo-fuzz on the PATH).
 FUZZ_SECONDS ?= 60
 fuzz-build:
 	cd fuzz && cargo +nightly fuzz build -s none

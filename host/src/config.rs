@@ -423,14 +423,15 @@ impl Config {
                 ca_file: file.upstream_ca_file,
             },
             plugins: PluginLimits {
-                memory_bytes: (file.plugin_memory_mib.unwrap_or(64) * 1024 * 1024) as usize,
+                // Saturating: a huge value means "no limit", never a product that wraps to a tiny one.
+                memory_bytes: usize::try_from(file.plugin_memory_mib.unwrap_or(64).saturating_mul(1024 * 1024)).unwrap_or(usize::MAX),
                 cpu: Duration::from_millis(file.plugin_cpu_ms.unwrap_or(2000)),
                 instance_reuse: file.plugin_instance_reuse.unwrap_or(1024).max(1),
                 instances,
                 instances_per_repository: file.plugin_instances_per_repository.unwrap_or(instances / 4).clamp(1, instances),
-                plan_cache_bytes: file.plan_cache_mib.unwrap_or(32) * 1024 * 1024,
+                plan_cache_bytes: file.plan_cache_mib.unwrap_or(32).saturating_mul(1024 * 1024),
             },
-            upload_expiry: Duration::from_secs(file.upload_expiry_hours.unwrap_or(24) * 3600),
+            upload_expiry: Duration::from_secs(file.upload_expiry_hours.unwrap_or(24).saturating_mul(3600)),
             gc_grace: Duration::from_secs(file.gc_grace_seconds.unwrap_or(3600)),
             // Daily by default: cache limits are enforced by these runs. 0 turns it off.
             gc_interval: Duration::try_from_secs_f64(file.gc_interval_hours.unwrap_or(24.0) * 3600.0).ok().filter(|d| !d.is_zero()),
@@ -537,6 +538,18 @@ pub fn default_repositories() -> Vec<RepositoryInput> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_sizes_and_periods_saturate() {
+        let file: FileConfig = toml::from_str(
+            "plugin_memory_mib = 9007199254740993\nplan_cache_mib = 9007199254740993\nupload_expiry_hours = 9007199254740993\n",
+        )
+        .unwrap();
+        let config = Config::resolve(file, Overrides::default());
+        assert_eq!(config.plugins.memory_bytes, usize::MAX);
+        assert_eq!(config.plugins.plan_cache_bytes, u64::MAX);
+        assert_eq!(config.upload_expiry, Duration::from_secs(u64::MAX));
+    }
 
     #[test]
     fn the_default_repositories_parse() {

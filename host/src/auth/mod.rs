@@ -16,6 +16,7 @@ mod cache;
 mod endpoint;
 mod error;
 mod files;
+mod header;
 mod identity;
 mod names;
 mod password;
@@ -31,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 pub use access::{Access, Grant, Principal, PrincipalError, permits};
 pub use api_tokens::{TokenSecret, TokenView};
@@ -270,25 +271,10 @@ impl Auth {
     }
 
     async fn check(&self, header: &[u8]) -> Result<Identity, Refused> {
-        let (scheme, rest) = match header.iter().position(|&b| b == b' ') {
-            Some(i) => (&header[..i], header[i + 1..].trim_ascii()),
-            None => (header, &b""[..]),
-        };
-        if scheme.eq_ignore_ascii_case(b"basic") {
-            let decoded = STANDARD.decode(rest).map_err(|_| AuthFailure::Malformed("Basic credentials are not base64"))?;
-            let colon = decoded.iter().position(|&b| b == b':').ok_or(AuthFailure::Malformed("Basic credentials have no ':'"))?;
-            let user = std::str::from_utf8(&decoded[..colon]).map_err(|_| AuthFailure::Malformed("user name is not UTF-8"))?;
-            // Clients without credentials answer a Basic challenge with an empty pair (skopeo and
-            // podman send `Basic Og==`): that is an anonymous request, not a failed login.
-            if user.is_empty() && colon + 1 == decoded.len() {
-                return Ok(Identity::Anonymous);
-            }
-            self.basic(user, &decoded[colon + 1..]).await
-        } else if scheme.eq_ignore_ascii_case(b"bearer") {
-            let token = std::str::from_utf8(rest).map_err(|_| AuthFailure::Malformed("Bearer token is not text"))?;
-            self.bearer(token).map_err(Refused::from)
-        } else {
-            Err(AuthFailure::Malformed("unsupported scheme: use Basic or Bearer").into())
+        match header::parse(header).map_err(AuthFailure::Malformed)? {
+            header::Credentials::Anonymous => Ok(Identity::Anonymous),
+            header::Credentials::Basic { user, password } => self.basic(&user, &password).await,
+            header::Credentials::Bearer(token) => self.bearer(token).map_err(Refused::from),
         }
     }
 

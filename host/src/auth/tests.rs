@@ -10,6 +10,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 use super::*;
 use crate::config::{AuthConfig, ConfigUser};
+use base64::engine::general_purpose::STANDARD;
 
 const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
 

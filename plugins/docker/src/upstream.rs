@@ -268,7 +268,7 @@ struct TokenResponse {
 }
 
 /// `token` (or the OAuth2 `access_token`) and its lifetime in seconds.
-fn parse_token(body: &[u8]) -> Option<(String, u64)> {
+pub(crate) fn parse_token(body: &[u8]) -> Option<(String, u64)> {
     let r: TokenResponse = serde_json::from_slice(body).ok()?;
     let token = r
         .token
@@ -283,7 +283,7 @@ fn parse_token(body: &[u8]) -> Option<(String, u64)> {
 
 /// How long to keep a token: its lifetime less a margin, but a short-lived token is still
 /// kept a few seconds so that one pull does not fetch a token per layer.
-fn token_ttl(lifetime: u64) -> u64 {
+pub(crate) fn token_ttl(lifetime: u64) -> u64 {
     lifetime.saturating_sub(TOKEN_MARGIN).max(lifetime.min(5))
 }
 

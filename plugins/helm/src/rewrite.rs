@@ -13,6 +13,11 @@
 /// index.yaml just as against the upstream's. Anything else (absolute, `/`-rooted, `..`, a
 /// query) becomes `abs/<scheme>/<host[:port]>/<path>`, which names where it came from.
 pub fn local_path(url: &str, base: &str) -> Option<(String, String)> {
+    // Both paths become fields of a tab-separated sidecar line: a tab or a line break in a URL
+    // would let an upstream index name another upstream URL for a local path.
+    if url.contains(char::is_control) {
+        return None;
+    }
     let clean_relative = !url.contains("://")
         && !url.starts_with('/')
         && !url.contains(['?', '#', '\\'])
@@ -32,7 +37,8 @@ pub fn local_path(url: &str, base: &str) -> Option<(String, String)> {
     let path_ok = path
         .split('/')
         .all(|s| !s.is_empty() && s != "." && s != "..");
-    if authority.is_empty() || authority.contains('@') || !path_ok {
+    // `\` as in a relative URL: some clients read it as `/`, and a local path must mean one thing
+    if authority.is_empty() || authority.contains(['@', '\\']) || path.contains('\\') || !path_ok {
         return None;
     }
     Some((
@@ -183,7 +189,13 @@ impl Rewriter {
             .is_some_and(|c| content_col == c + 2 || (item && Some(indent) == self.entry_col));
         if let (true, Some((key, value))) = (entry_key, kv) {
             match key {
-                "digest" => self.digest = Some(unquote(value).0.to_owned()),
+                // a field of the tab-separated sidecar: a digest with a tab or a control
+                // character in it is no digest
+                "digest" => {
+                    self.digest = Some(unquote(value).0)
+                        .filter(|d| !d.is_empty() && !d.contains(char::is_control))
+                        .map(str::to_owned)
+                }
                 "urls" if value.is_empty() => self.urls_col = Some(content_col),
                 "urls" if value.starts_with('[') && value.ends_with(']') => {
                     let inner = &value[1..value.len() - 1];
@@ -252,6 +264,36 @@ pub fn parse_side(line: &str) -> Option<(&str, &str, Option<&str>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_with_control_characters_are_not_rewritten() {
+        let base = "https://charts.example.com/sub";
+        for url in [
+            "a.tgz\tx",
+            "a\thttp:/10.0.0.1/x",
+            "/x.tgz\n",
+            "a//b\\c.tgz",
+            "http://h\\i/c.tgz",
+            "https://h/a\r.tgz",
+            "a\u{0}.tgz",
+        ] {
+            assert_eq!(local_path(url, base), None, "{url:?}");
+        }
+        let (out, side) = run(
+            base,
+            "entries:\n  a:\n  - urls:\n    - a\thttp:/10.0.0.1/x\n",
+        );
+        assert!(side.is_empty(), "{side:?}");
+        let (_, side) = run(
+            base,
+            "entries:\n  a:\n  - digest: \"x\ty\"\n    urls:\n    - a.tgz\n",
+        );
+        assert_eq!(side, format!("a.tgz\t{base}/a.tgz\t-\n"));
+        assert!(
+            out.ends_with("    - a\thttp:/10.0.0.1/x\n"),
+            "kept as it was: {out:?}"
+        );
+    }
 
     fn run(base: &str, text: &str) -> (String, String) {
         let mut r = Rewriter::new(base);

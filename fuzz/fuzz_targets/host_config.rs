@@ -1,0 +1,95 @@
+//! The configuration file and `BINARYREPO_*` environment (`host/src/config.rs`), compiled
+//! unchanged. The input is a TOML document, then after a line `#env`, `NAME=value` lines.
+//! Checked on every input: reading, merging and resolving never panic (arithmetic on the values
+//! included), what resolves keeps the limits' relations, and a variable that is not a key is
+//! reported, never applied.
+//!
+//! `repositories` entries are parsed as tables here: their own checks are the repository API's
+//! (`host/src/repos.rs`, which needs the whole server). Allowed upstream networks are parsed as
+//! in `host/src/upstream/egress.rs` (whose resolver needs the HTTP client).
+#![no_main]
+
+use std::path::PathBuf;
+
+use libfuzzer_sys::fuzz_target;
+
+#[allow(dead_code)]
+mod repos {
+    #[derive(Debug, Clone, serde::Deserialize)]
+    pub struct RepositoryInput {
+        pub name: Option<String>,
+        #[serde(flatten)]
+        pub rest: toml::Table,
+    }
+}
+
+#[allow(dead_code)]
+mod upstream {
+    pub mod egress {
+        use std::net::IpAddr;
+
+        use ipnet::IpNet;
+        use serde::Deserialize;
+
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+        #[serde(try_from = "String")]
+        pub struct AllowedNetwork(IpNet);
+
+        impl TryFrom<String> for AllowedNetwork {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                let s = s.trim();
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                    .map(|n| AllowedNetwork(n.trunc()))
+                    .map_err(|_| format!("{s:?} is not a network"))
+            }
+        }
+
+        impl AllowedNetwork {
+            pub fn net(&self) -> IpNet {
+                self.0
+            }
+        }
+    }
+}
+
+// `crate::server::…` as in the host (the files are at the root: a `#[path]` inside an inline
+// module would name a directory that does not exist).
+#[path = "../../host/src/server/forwarded.rs"]
+#[allow(dead_code, unused_imports)]
+pub mod forwarded;
+
+mod server {
+    pub use super::forwarded;
+}
+
+#[path = "../../host/src/config.rs"]
+#[allow(dead_code, unused_imports)]
+mod config;
+
+use config::{Config, ENV_PREFIX, Loaded, Overrides};
+
+thread_local! {
+    static FILE: PathBuf = std::env::temp_dir().join(format!("binaryrepo-fuzz-config-{}.toml", std::process::id()));
+}
+
+fuzz_target!(|input: &str| {
+    let (toml_text, env_text) = input.split_once("\n#env\n").unwrap_or((input, ""));
+    let env: Vec<(String, String)> =
+        env_text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+    let loaded = FILE.with(|path| {
+        std::fs::write(path, toml_text).expect("the fuzzer's temporary file");
+        Loaded::read_with(Some(path), env.clone())
+    });
+    let Ok(loaded) = loaded else { return };
+    for name in &loaded.unknown_env {
+        assert!(name.starts_with(ENV_PREFIX) && env.iter().any(|(k, _)| k == name), "{name:?}");
+    }
+    let Ok(file) = loaded.file_config() else { return };
+    let config = Config::resolve(file, Overrides::default());
+    let limits = &config.plugins;
+    assert!(limits.instances >= 1 && (1..=limits.instances).contains(&limits.instances_per_repository));
+    assert!(config.fills.per_repository >= 1 && config.fills.per_repository <= config.fills.total);
+    assert!(!config.log_level.is_empty() || toml_text.contains("log_level") || env_text.contains("LOG_LEVEL"));
+});
