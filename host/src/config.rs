@@ -26,6 +26,7 @@ pub struct FileConfig {
     pub plugin_dir: Option<PathBuf>,
     pub upstream_connect_timeout_ms: Option<u64>,
     pub upstream_idle_timeout_seconds: Option<u64>,
+    pub upstream_response_timeout_seconds: Option<u64>,
     pub upstream_down_seconds: Option<u64>,
     pub upstream_hold_last_byte: Option<bool>,
     /// Networks a remote's realms and redirects may reach though they are not public.
@@ -237,6 +238,10 @@ pub struct UpstreamConfig {
     /// No bytes for this long aborts an upstream transfer; there is no total limit, so
     /// layers of any size stream.
     pub idle_timeout: Duration,
+    /// An upstream that accepted the connection must answer (status and headers) within this
+    /// long; past it the request counts as the upstream being unreachable, so what is cached is
+    /// served instead of waiting for the idle timeout. Bodies are held to `idle_timeout` only.
+    pub response_timeout: Duration,
     /// After a connection failure an upstream is not tried again for this long, so cached
     /// content is served at once while it is down.
     pub down_for: Duration,
@@ -417,6 +422,7 @@ impl Config {
             upstream: UpstreamConfig {
                 connect_timeout: Duration::from_millis(file.upstream_connect_timeout_ms.unwrap_or(3000)),
                 idle_timeout: Duration::from_secs(file.upstream_idle_timeout_seconds.unwrap_or(120)),
+                response_timeout: Duration::from_secs(file.upstream_response_timeout_seconds.unwrap_or(10).max(1)),
                 down_for: Duration::from_secs(file.upstream_down_seconds.unwrap_or(30)),
                 hold_last_byte: file.upstream_hold_last_byte.unwrap_or(false),
                 allow_networks: file.upstream_allow_networks.unwrap_or_default(),
