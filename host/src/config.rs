@@ -50,6 +50,9 @@ pub struct FileConfig {
     pub upstream_fills_total: Option<usize>,
     pub upstream_min_bytes_per_second: Option<u64>,
     pub upstream_rate_window_seconds: Option<u64>,
+    pub request_body_idle_seconds: Option<u64>,
+    pub request_min_bytes_per_second: Option<u64>,
+    pub request_rate_window_seconds: Option<u64>,
     /// PEM certificate chain and private key: with both, every listener speaks TLS (re-read when
     /// the files change or on SIGHUP).
     pub tls_cert: Option<PathBuf>,
@@ -291,6 +294,15 @@ pub struct FillLimits {
     pub rate_window: Duration,
 }
 
+/// How slowly a client may send a request body before it is cut: no bytes for `idle`, or fewer
+/// than `min_bytes_per_second` × `rate_window` in any window.
+#[derive(Debug, Clone)]
+pub struct BodyLimits {
+    pub idle: Duration,
+    pub min_bytes_per_second: u64,
+    pub rate_window: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -320,6 +332,7 @@ pub struct Config {
     pub trusted_proxies: TrustedProxies,
     pub uploads: UploadLimits,
     pub fills: FillLimits,
+    pub request_body: BodyLimits,
     pub log_format: LogFormat,
     pub log_level: String,
     pub repositories_mode: RepositoriesMode,
@@ -470,6 +483,11 @@ impl Config {
                 total: fills_total,
                 min_bytes_per_second: file.upstream_min_bytes_per_second.unwrap_or(1024),
                 rate_window: Duration::from_secs(file.upstream_rate_window_seconds.unwrap_or(30).max(1)),
+            },
+            request_body: BodyLimits {
+                idle: Duration::from_secs(file.request_body_idle_seconds.unwrap_or(30).max(1)),
+                min_bytes_per_second: file.request_min_bytes_per_second.unwrap_or(1024),
+                rate_window: Duration::from_secs(file.request_rate_window_seconds.unwrap_or(30).max(1)),
             },
             log_format: file.log_format.unwrap_or_default(),
             log_level: file.log_level.unwrap_or_else(|| "info".into()),

@@ -151,3 +151,106 @@ def test_a_mute_chart_repository_is_given_up_on_and_the_cached_index_served(make
         assert took < 6, f"a cold index took {took:.1f}s"
     finally:
         mute.close()
+
+
+# --- 2. request bodies that trickle ---------------------------------------------------------------------------
+
+def trickle(port, head: bytes, body: bytes, every: float, limit: float):
+    """Sends `head` then `body` one byte every `every` seconds; returns (seconds until the server answered or
+    closed, the bytes it answered)"""
+    s = socket.create_connection(("127.0.0.1", port), timeout=limit)
+    s.sendall(head)
+    start = time.monotonic()
+    answer = b""
+    s.setblocking(False)
+    try:
+        for b in body:
+            try:
+                s.send(bytes([b]))
+            except (BrokenPipeError, ConnectionResetError, BlockingIOError):
+                break
+            deadline = time.monotonic() + every
+            while time.monotonic() < deadline:
+                try:
+                    chunk = s.recv(65536)
+                except BlockingIOError:
+                    time.sleep(0.02)
+                    continue
+                except ConnectionResetError:
+                    chunk = b""
+                if not chunk:
+                    return time.monotonic() - start, answer
+                answer += chunk
+            if answer and b"\r\n\r\n" in answer:
+                break
+            if time.monotonic() - start > limit:
+                break
+        s.settimeout(2)
+        try:
+            while chunk := s.recv(65536):
+                answer += chunk
+        except OSError:
+            pass
+        return time.monotonic() - start, answer
+    finally:
+        s.close()
+
+
+def test_a_trickling_upload_is_cut_and_left_resumable(make_binaryrepo):
+    """Guards Paced (request_min_bytes_per_second over request_rate_window_seconds): a PATCH sending 2 bytes a
+    second into an upload session is cut after the 2 s window; the bytes that arrived stay in the session (a
+    client may resume), and a monolithic PUT cut the same way commits nothing."""
+    br = make_binaryrepo(config={"request_body_idle_seconds": 2, "request_min_bytes_per_second": 100,
+                                 "request_rate_window_seconds": 2})
+    br.create_local(LOCAL)
+    oci = Oci(br.url, LOCAL)
+    loc = oci.upload_url("slow/app")
+    path = loc[len(br.url):]
+    data = bytes(range(256)) * 4
+    head = (f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1:{br.port}\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n").encode()
+    took, answer = trickle(br.port, head, data, every=0.5, limit=20)
+    assert took < 8, f"a 2 B/s PATCH stayed open {took:.1f}s (window 2 s)"
+    assert answer.startswith(b"HTTP/1.1 4"), answer[:300]
+    # what arrived is kept for a resume, and the session still takes the rest
+    r = request("GET", loc)
+    assert r.status == 204, r
+    end = int(r.header("Range").split("-")[1]) + 1 if r.header("Range") else 0
+    assert 0 < end < len(data), r.headers
+    r = request("PUT", oci.with_query(loc, digest=sha256(data)), body=data[end:],
+                headers={"Content-Type": "application/octet-stream"})
+    assert r.status == 201, r
+    assert oci.get_blob("slow/app", sha256(data)).body == data
+
+    # a monolithic PUT cut short commits nothing
+    other = bytes(reversed(data))
+    loc = oci.upload_url("slow/app")
+    path = oci.with_query(loc, digest=sha256(other))[len(br.url):]
+    head = (f"PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{br.port}\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {len(other)}\r\n\r\n").encode()
+    took, answer = trickle(br.port, head, other, every=0.5, limit=20)
+    assert took < 8 and answer.startswith(b"HTTP/1.1 4"), (took, answer[:300])
+    assert oci.head_blob("slow/app", sha256(other)).status == 404
+
+
+def test_a_stalled_helm_upload_is_cut(make_binaryrepo):
+    """The same guard on a body read whole (a chart upload): a body that stops is cut at the idle timeout with
+    a clear error, and no chart appears."""
+    br = make_binaryrepo(config={"request_body_idle_seconds": 2}, repositories=[
+        {"name": "helm-local", "type": "local", "format": "helm"}])
+    tgz = make_chart("stalled", "1.0.0")
+    head = (f"POST /repo/helm-local/api/charts HTTP/1.1\r\nHost: 127.0.0.1:{br.port}\r\n"
+            f"Content-Length: {len(tgz)}\r\n\r\n").encode()
+    s = socket.create_connection(("127.0.0.1", br.port), timeout=20)
+    try:
+        s.sendall(head + tgz[:100])
+        start = time.monotonic()
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+        took = time.monotonic() - start
+    finally:
+        s.close()
+    assert took < 8, f"a stalled chart upload stayed open {took:.1f}s (idle limit 2 s)"
+    assert answer.startswith(b"HTTP/1.1 4"), answer[:300]
+    assert b"stalled" not in request("GET", f"{br.url}/repo/helm-local/index.yaml").body

@@ -5,6 +5,7 @@ pub mod body;
 pub mod forwarded;
 pub mod gate;
 mod merge;
+pub mod pace;
 pub mod range;
 pub mod resolve;
 pub mod respond;
