@@ -254,3 +254,47 @@ def test_a_stalled_helm_upload_is_cut(make_binaryrepo):
     assert took < 8, f"a stalled chart upload stayed open {took:.1f}s (idle limit 2 s)"
     assert answer.startswith(b"HTTP/1.1 4"), answer[:300]
     assert b"stalled" not in request("GET", f"{br.url}/repo/helm-local/index.yaml").body
+
+
+# --- 3. oversized header blocks -------------------------------------------------------------------------------
+
+def raw_exchange(port, data: bytes) -> bytes:
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        try:
+            s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = b""
+        try:
+            while chunk := s.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+        return answer
+    finally:
+        s.close()
+
+
+def test_an_oversized_header_block_gets_a_431_that_says_so(make_binaryrepo):
+    """Guards server/oversized.rs: hyper answers a header block over its limit with a bare 431; binaryrepo's
+    answer has a body, in the OCI shape on /v2/ paths and plain text elsewhere."""
+    br = make_binaryrepo()
+    br.create_local(LOCAL)
+    many = "".join(f"X-Pad-{i}: {'x' * 100}\r\n" for i in range(150))      # over 100 fields
+    large = "".join(f"X-Pad-{i}: {'x' * 12000}\r\n" for i in range(90))    # over 1 MiB
+    manifest = f"/v2/{LOCAL}/app/manifests/1"
+    for path, headers, oci_shape in ((manifest, many, True), (manifest, large, True),
+                                     ("/repo/anything/index.yaml", many, False), ("/api/repositories", many, False)):
+        answer = raw_exchange(br.port, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode())
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 431"), answer[:300]
+        assert body, f"a bare 431: {head!r}"
+        if oci_shape:
+            doc = json.loads(body)
+            assert doc["errors"][0]["code"] and "header" in doc["errors"][0]["message"].lower(), doc
+            assert b"application/json" in head.lower()
+        else:
+            assert b"header" in body.lower() and b"text/plain" in head.lower(), answer[:400]
+    # the server is fine afterwards
+    assert request("GET", br.url + "/v2/").status in (200, 401)
