@@ -298,3 +298,32 @@ def test_an_oversized_header_block_gets_a_431_that_says_so(make_binaryrepo):
             assert b"header" in body.lower() and b"text/plain" in head.lower(), answer[:400]
     # the server is fine afterwards
     assert request("GET", br.url + "/v2/").status in (200, 401)
+
+
+# --- 6. a fill that dies ----------------------------------------------------------------------------------------
+
+def test_a_fill_whose_upstream_dies_mid_body_is_fetched_again(make_binaryrepo, images):
+    """Guards the fill's release of its single-flight entry on failure: the upstream hangs up half-way through a
+    layer once; that pull fails, and the next one fetches again (one more upstream GET) and gets the whole blob."""
+    small = images["small"]
+    layer, size = small.largest_layer()
+    fake = FakeRegistry()
+    fake.add_layout(small.layout, small.repo)
+    fake.cut[layer] = size // 2
+    fake.start()
+    try:
+        br = make_binaryrepo()
+        br.create_remote("docker-remote", fake.url)
+        url = br.v2("docker-remote", f"{small.repo}/blobs/{layer}")
+        got = stream_get(url, timeout=30)
+        assert not got.complete or got.digest != layer, got
+        assert fake.count("GET", f"/blobs/{layer}") == 1
+        del fake.cut[layer]
+        got = stream_get(url, timeout=30)
+        assert got.status == 200 and got.complete and got.digest == layer and got.nbytes == size, got
+        assert fake.count("GET", f"/blobs/{layer}") == 2
+        # and from the cache now
+        got = stream_get(url, timeout=30)
+        assert got.digest == layer and fake.count("GET", f"/blobs/{layer}") == 2
+    finally:
+        fake.stop()
