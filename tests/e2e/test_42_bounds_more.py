@@ -300,6 +300,72 @@ def test_an_oversized_header_block_gets_a_431_that_says_so(make_binaryrepo):
     assert request("GET", br.url + "/v2/").status in (200, 401)
 
 
+# --- 4. descriptor sizes ----------------------------------------------------------------------------------------
+
+def test_a_manifest_stating_another_size_than_the_stored_blob_is_refused(make_binaryrepo):
+    """A layer or config descriptor whose size is not the stored blob's: 400 MANIFEST_INVALID or SIZE_INVALID,
+    and no tag is made."""
+    br = make_binaryrepo()
+    br.create_local(LOCAL)
+    oci = Oci(br.url, LOCAL)
+    img = build_image("sizes")
+    for d, b in img.blobs.items():
+        oci.push_blob("sizes/app", b, d)
+    doc = json.loads(img.manifest)
+    for where in ("layers", "config"):
+        bad = json.loads(json.dumps(doc))
+        desc = bad["layers"][0] if where == "layers" else bad["config"]
+        for delta in (1, -1):
+            d2 = json.loads(json.dumps(bad))
+            (d2["layers"][0] if where == "layers" else d2["config"])["size"] = desc["size"] + delta
+            r = oci.put_manifest("sizes/app", f"bad-{where}", json.dumps(d2).encode())
+            assert r.status == 400 and set(errors_of(r)) & {"MANIFEST_INVALID", "SIZE_INVALID"}, (where, delta, r)
+            assert oci.get_manifest("sizes/app", f"bad-{where}").status == 404
+    assert oci.put_manifest("sizes/app", "good", img.manifest).status == 201
+
+
+# --- 5. a refused repository change changes nothing --------------------------------------------------------------
+
+def test_a_port_conflict_is_refused_and_the_holder_keeps_serving(make_binaryrepo):
+    """Guards api.rs `create`/`put`: only a listener the failing call started is stopped again. Before, the
+    refused create stopped the listener of the repository that held the port."""
+    br = make_binaryrepo()
+    port = free_port()
+    br.create_local(LOCAL, port=port)
+    img = build_image("ports")
+    Oci(f"http://127.0.0.1:{port}").push_image("ports/app", img, tag="1")
+
+    def pull_through_port():
+        r = Oci(f"http://127.0.0.1:{port}").get_manifest("ports/app", "1")
+        assert r.status == 200 and r.body == img.manifest, r
+
+    r = br.api("POST", "/api/repositories", json_body={"name": "other", "type": "local", "format": "docker",
+                                                        "port": port})
+    assert r.status in (400, 409) and str(port) in r.text(), r
+    assert br.api("GET", "/api/repositories/other").status == 404
+    pull_through_port()
+
+    br.create_local("second")
+    r = br.api("PUT", "/api/repositories/second", json_body={"name": "second", "type": "local", "format": "docker",
+                                                              "port": port})
+    assert r.status in (400, 409) and str(port) in r.text(), r
+    pull_through_port()
+
+    # a port some other process holds: refused, and the repository keeps its own port and listener
+    busy = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    busy.bind(("0.0.0.0", 0))
+    busy.listen(1)
+    try:
+        taken = busy.getsockname()[1]
+        r = br.api("PUT", f"/api/repositories/{LOCAL}", json_body={"name": LOCAL, "type": "local",
+                                                                   "format": "docker", "port": taken})
+        assert r.status in (400, 409) and str(taken) in r.text(), r
+        assert br.api("GET", f"/api/repositories/{LOCAL}").json()["port"] == port
+        pull_through_port()
+    finally:
+        busy.close()
+
+
 # --- 6. a fill that dies ----------------------------------------------------------------------------------------
 
 def test_a_fill_whose_upstream_dies_mid_body_is_fetched_again(make_binaryrepo, images):
