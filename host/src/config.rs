@@ -26,6 +26,7 @@ pub struct FileConfig {
     pub plugin_dir: Option<PathBuf>,
     pub upstream_connect_timeout_ms: Option<u64>,
     pub upstream_idle_timeout_seconds: Option<u64>,
+    pub upstream_response_timeout_seconds: Option<u64>,
     pub upstream_down_seconds: Option<u64>,
     pub upstream_hold_last_byte: Option<bool>,
     /// Networks a remote's realms and redirects may reach though they are not public.
@@ -49,6 +50,9 @@ pub struct FileConfig {
     pub upstream_fills_total: Option<usize>,
     pub upstream_min_bytes_per_second: Option<u64>,
     pub upstream_rate_window_seconds: Option<u64>,
+    pub request_body_idle_seconds: Option<u64>,
+    pub request_min_bytes_per_second: Option<u64>,
+    pub request_rate_window_seconds: Option<u64>,
     /// PEM certificate chain and private key: with both, every listener speaks TLS (re-read when
     /// the files change or on SIGHUP).
     pub tls_cert: Option<PathBuf>,
@@ -237,6 +241,10 @@ pub struct UpstreamConfig {
     /// No bytes for this long aborts an upstream transfer; there is no total limit, so
     /// layers of any size stream.
     pub idle_timeout: Duration,
+    /// An upstream that accepted the connection must answer (status and headers) within this
+    /// long; past it the request counts as the upstream being unreachable, so what is cached is
+    /// served instead of waiting for the idle timeout. Bodies are held to `idle_timeout` only.
+    pub response_timeout: Duration,
     /// After a connection failure an upstream is not tried again for this long, so cached
     /// content is served at once while it is down.
     pub down_for: Duration,
@@ -286,6 +294,15 @@ pub struct FillLimits {
     pub rate_window: Duration,
 }
 
+/// How slowly a client may send a request body before it is cut: no bytes for `idle`, or fewer
+/// than `min_bytes_per_second` × `rate_window` in any window.
+#[derive(Debug, Clone)]
+pub struct BodyLimits {
+    pub idle: Duration,
+    pub min_bytes_per_second: u64,
+    pub rate_window: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -315,6 +332,7 @@ pub struct Config {
     pub trusted_proxies: TrustedProxies,
     pub uploads: UploadLimits,
     pub fills: FillLimits,
+    pub request_body: BodyLimits,
     pub log_format: LogFormat,
     pub log_level: String,
     pub repositories_mode: RepositoriesMode,
@@ -417,6 +435,7 @@ impl Config {
             upstream: UpstreamConfig {
                 connect_timeout: Duration::from_millis(file.upstream_connect_timeout_ms.unwrap_or(3000)),
                 idle_timeout: Duration::from_secs(file.upstream_idle_timeout_seconds.unwrap_or(120)),
+                response_timeout: Duration::from_secs(file.upstream_response_timeout_seconds.unwrap_or(10).max(1)),
                 down_for: Duration::from_secs(file.upstream_down_seconds.unwrap_or(30)),
                 hold_last_byte: file.upstream_hold_last_byte.unwrap_or(false),
                 allow_networks: file.upstream_allow_networks.unwrap_or_default(),
@@ -465,6 +484,11 @@ impl Config {
                 total: fills_total,
                 min_bytes_per_second: file.upstream_min_bytes_per_second.unwrap_or(1024),
                 rate_window: Duration::from_secs(file.upstream_rate_window_seconds.unwrap_or(30).max(1)),
+            },
+            request_body: BodyLimits {
+                idle: Duration::from_secs(file.request_body_idle_seconds.unwrap_or(30).max(1)),
+                min_bytes_per_second: file.request_min_bytes_per_second.unwrap_or(1024),
+                rate_window: Duration::from_secs(file.request_rate_window_seconds.unwrap_or(30).max(1)),
             },
             log_format: file.log_format.unwrap_or_default(),
             log_level: file.log_level.unwrap_or_else(|| "info".into()),

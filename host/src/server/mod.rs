@@ -5,6 +5,8 @@ pub mod body;
 pub mod forwarded;
 pub mod gate;
 mod merge;
+pub mod oversized;
+pub mod pace;
 pub mod range;
 pub mod resolve;
 pub mod respond;
@@ -294,7 +296,7 @@ async fn refuse(
 }
 
 /// A failure in the format's shape, rendered by the resolved repository's plugin.
-async fn render_failure(
+pub(crate) async fn render_failure(
     app: &App,
     resolved: &resolve::Resolved,
     parts: &http::request::Parts,
@@ -504,6 +506,7 @@ async fn accept_loop_inner(app: Arc<App>, listener: TcpListener, main_listener: 
         let mut stop = app.shutdown.subscribe();
         let tls = app.tls.clone();
         let sendfile = tls.is_none();
+        let listener = oversized::Listener { app: app.clone(), main_listener, local_port, peer };
         let app = app.clone();
         let service = service_fn(move |req| {
             let app = app.clone();
@@ -514,10 +517,13 @@ async fn accept_loop_inner(app: Arc<App>, listener: TcpListener, main_listener: 
         tokio::spawn(async move {
             let _open = open;
             match tls {
-                None => serve_connection(zero_copy::ZeroCopyStream::new(stream), service, &mut stop, peer).await,
+                None => {
+                    let stream = oversized::Oversized::new(zero_copy::ZeroCopyStream::new(stream), listener);
+                    serve_connection(stream, service, &mut stop, peer).await
+                }
                 Some(tls) => {
                     if let Some(stream) = tls_handshake(&tls, stream, peer).await {
-                        serve_connection(stream, service, &mut stop, peer).await
+                        serve_connection(oversized::Oversized::new(stream, listener), service, &mut stop, peer).await
                     }
                 }
             }

@@ -9,6 +9,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::body::{self, Body};
+use super::pace::Paced;
 use super::range::parse_range;
 use crate::App;
 use crate::digest::Digest;
@@ -81,6 +82,12 @@ pub(crate) async fn discard_unread(body: Incoming, content_length: Option<u64>, 
             return resp;
         }
     }
+    resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// A body cut short is not read further: the connection cannot carry another request.
+fn with_close(mut resp: Response<Body>) -> Response<Body> {
     resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     resp
 }
@@ -184,14 +191,15 @@ impl Exchange<'_> {
             let resp = self.failure(FailureKind::TooLarge, None, format!("request body over {max} bytes")).await;
             return discard_unread(body, self.content_length, resp).await;
         }
-        let bytes = match Limited::new(body, max as usize).collect().await {
+        let paced = Paced::new(body, &self.app.config.request_body);
+        let bytes = match Limited::new(paced, max as usize).collect().await {
             Ok(c) => c.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 return self.failure(FailureKind::TooLarge, None, format!("request body over {max} bytes")).await;
             }
             Err(e) => {
-                let msg = serde_json::json!({"error": {"code": "BAD_BODY", "message": format!("cannot read the request body: {e}")}});
-                return json(StatusCode::BAD_REQUEST, &msg);
+                let resp = self.failure(FailureKind::BadRequest, None, format!("cannot read the request body: {e}")).await;
+                return with_close(resp);
             }
         };
         let plan = match self
@@ -263,7 +271,7 @@ impl Exchange<'_> {
             Err(e) => return UploadOutcome::Internal(e.to_string()),
         };
         let (appender, body_error) = match body.take() {
-            Some(body) => match append(appender, body).await {
+            Some(body) => match append(appender, Paced::new(body, &self.app.config.request_body)).await {
                 Ok(appended) => appended,
                 Err(e) => return UploadOutcome::Internal(e),
             },
@@ -516,7 +524,7 @@ impl Exchange<'_> {
 /// gathered into large pieces so each blocking write (and hash) is worth the thread hop. Returns
 /// the appender (not yet made durable: the caller finishes or commits it) and the body's error
 /// when the client went away, what arrived before it appended.
-async fn append(mut appender: Appender, mut body: Incoming) -> Result<(Appender, Option<String>), String> {
+async fn append(mut appender: Appender, mut body: Paced<Incoming>) -> Result<(Appender, Option<String>), String> {
     let mut buf = BytesMut::with_capacity(APPEND_CHUNK);
     loop {
         let end = match body.frame().await {

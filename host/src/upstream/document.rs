@@ -197,6 +197,7 @@ mod tests {
         let config = UpstreamConfig {
             connect_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(2),
             down_for: Duration::from_secs(1),
             hold_last_byte: false,
             allow_networks: Vec::new(),

@@ -203,11 +203,45 @@ pub struct Fills {
     limits: FillLimits,
     inflight: Mutex<HashMap<FillKey, Arc<Fill>>>,
     recent_files: Mutex<HashMap<FillKey, (Digest, u64, Instant)>>,
+    #[cfg(test)]
+    panic_in_run: std::sync::atomic::AtomicBool,
+}
+
+/// A fill's place in the single-flight map, and its staging file until it is committed. Given
+/// back on drop, so a fill that ends in any way (an error, a panic in its task, the task dropped)
+/// lets the next request start a fill again instead of joining one that never finishes (the
+/// model: pingora-cache's lock, where a dropped writer hands over). Only its own entry is removed:
+/// a later fill under the same key is left alone.
+struct Slot {
+    fills: Arc<Fills>,
+    key: FillKey,
+    fill: Arc<Fill>,
+    staged: Option<PathBuf>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(path) = self.staged.take() {
+            let _ = std::fs::remove_file(path);
+        }
+        let mut inflight = self.fills.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if inflight.get(&self.key).is_some_and(|f| Arc::ptr_eq(f, &self.fill)) {
+            inflight.remove(&self.key);
+        }
+    }
 }
 
 impl Fills {
     pub fn new(store: BlobStore, upstream: Arc<Upstream>, limits: FillLimits) -> Arc<Fills> {
-        Arc::new(Fills { store, upstream, limits, inflight: Mutex::new(HashMap::new()), recent_files: Mutex::new(HashMap::new()) })
+        Arc::new(Fills {
+            store,
+            upstream,
+            limits,
+            inflight: Mutex::new(HashMap::new()),
+            recent_files: Mutex::new(HashMap::new()),
+            #[cfg(test)]
+            panic_in_run: Default::default(),
+        })
     }
 
     /// Why a new fill for `repo` may not start now, if it may not.
@@ -305,6 +339,8 @@ impl Fills {
         drop(inflight);
         count("started");
 
+        // From here the map entry is the slot's: released when the task ends, however it ends.
+        let slot = Slot { fills: self.clone(), key: key.clone(), fill: fill.clone(), staged: Some(path.clone()) };
         let fills = self.clone();
         let this_fill = fill.clone();
         let span = match &target {
@@ -313,6 +349,7 @@ impl Fills {
         };
         tokio::spawn(tracing::Instrument::instrument(
             async move {
+                let mut slot = slot;
                 let started = std::time::Instant::now();
                 let tx = Arc::new(tx);
                 let outcome = fills.run(&repo, &this_fill, &request, writer, path.clone(), tx.clone()).await;
@@ -340,6 +377,7 @@ impl Fills {
                     Err(e) => Err(e.to_string()),
                 };
                 if let Ok((size, digest)) = &committed {
+                    slot.staged = None;
                     if matches!(key.1, Target::File(_)) {
                         let mut recent = fills.recent_files.lock().unwrap_or_else(|e| e.into_inner());
                         if recent.len() >= RECENT_FILES {
@@ -360,16 +398,21 @@ impl Fills {
                 fills.upstream.metrics().fill_ended(repo.name.as_str(), committed.is_ok());
                 match committed {
                     Ok(size) => tracing::info!(size, ms = started.elapsed().as_millis() as u64, "fill committed"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "fill failed; nothing stored");
-                        let _ = std::fs::remove_file(&path);
-                    }
+                    Err(e) => tracing::warn!(error = %e, "fill failed; nothing stored"),
                 }
-                fills.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                drop(slot);
             },
             span,
         ));
         Ok((Joined::Filling(fill), true))
+    }
+
+    /// Where a test makes the fill's task panic.
+    #[cfg(test)]
+    fn fault(&self) {
+        if self.panic_in_run.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            panic!("a fault injected into the fill");
+        }
     }
 
     async fn run(
@@ -387,6 +430,8 @@ impl Fills {
         if !resp.status().is_success() {
             return Err(FillError::Status(resp.status().as_u16()));
         }
+        #[cfg(test)]
+        self.fault();
         let algorithm = fill.digest.as_ref().map_or(crate::digest::Algorithm::Sha256, Digest::algorithm);
         let total = resp.content_length();
         // Refused before any client gets a status: nothing is staged.
@@ -782,5 +827,131 @@ mod tests {
         assert_eq!(p.readable(true).unwrap(), (100, true));
         p.outcome = Some(Err(FillError::DigestMismatch { expected: "a".into(), actual: "b".into() }));
         assert!(p.readable(true).is_err() && p.readable(false).is_err());
+    }
+}
+
+/// A fill that dies at any step gives its single-flight entry back (`Slot`): the next request
+/// for the blob fetches it again instead of joining a fill that never ends.
+#[cfg(test)]
+mod slot_tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::{FillError, Fills, Joined};
+    use crate::config::{FillLimits, UpstreamConfig};
+    use crate::digest::{Algorithm, Digest};
+    use crate::storage::{BlobStore, Layout};
+    use crate::upstream::{Upstream, parse_request};
+
+    #[derive(Clone, Copy, Debug)]
+    enum Answer {
+        /// the connection closes before a status line
+        HangUp,
+        /// half the body, then the connection closes
+        Cut,
+        /// the whole length, other bytes
+        Wrong,
+        Good,
+    }
+
+    /// A loopback upstream answering each request with the next of `answers` (then `Good`).
+    async fn upstream(blob: Arc<Vec<u8>>, answers: Vec<Answer>) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counted = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                let answer = answers.get(n).copied().unwrap_or(Answer::Good);
+                let blob = blob.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let status = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", blob.len());
+                    let body: Vec<u8> = match answer {
+                        Answer::HangUp => return,
+                        Answer::Cut => blob[..blob.len() / 2].to_vec(),
+                        Answer::Wrong => blob.iter().map(|b| b ^ 1).collect(),
+                        Answer::Good => blob.to_vec(),
+                    };
+                    let _ = conn.write_all(status.as_bytes()).await;
+                    let _ = conn.write_all(&body).await;
+                });
+            }
+        });
+        (url, hits)
+    }
+
+    fn fills(dir: &std::path::Path) -> Arc<Fills> {
+        let store = BlobStore::open(Layout::new(dir)).unwrap();
+        let config = UpstreamConfig {
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(2),
+            // a failure must not mark the upstream down: the next request is to reach it
+            down_for: Duration::ZERO,
+            hold_last_byte: false,
+            allow_networks: Vec::new(),
+            ca_file: None,
+        };
+        let up = Arc::new(Upstream::new(config, Default::default()).unwrap());
+        let limits = FillLimits { per_repository: 4, total: 4, min_bytes_per_second: 0, rate_window: Duration::from_secs(30) };
+        Fills::new(store, up, limits)
+    }
+
+    fn repo(url: &str) -> Arc<crate::repos::Repository> {
+        let input = crate::repos::RepositoryInput {
+            name: Some("r".into()),
+            repo_type: Some("remote".into()),
+            format: Some("docker".into()),
+            url: Some(url.into()),
+            ..Default::default()
+        };
+        Arc::new(input.validate(None, &["docker".to_string()]).unwrap())
+    }
+
+    /// Starts (never joins) a fill of `digest` and waits for its end.
+    async fn fill_once(fills: &Arc<Fills>, url: &str, digest: &Digest) -> Result<(Digest, u64), FillError> {
+        let request = parse_request("GET", &format!("{url}/v2/x/blobs/{digest}"), &[], false).unwrap();
+        match fills.join_or_start(repo(url), digest.clone(), request).unwrap() {
+            Joined::Filling(fill) => crate::server::respond::wait_stored(&fill.progress).await,
+            _ => panic!("the blob was not fetched again"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fill_that_fails_at_any_step_is_fetched_again_by_the_next_request() {
+        let blob: Arc<Vec<u8>> = Arc::new((0..3 * 1024 * 1024).map(|i| (i % 253) as u8).collect());
+        let digest = Digest::of(Algorithm::Sha256, &blob);
+        for (answer, panics) in [(Answer::HangUp, false), (Answer::Cut, false), (Answer::Wrong, false), (Answer::Good, true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let fills = fills(dir.path());
+            let (url, hits) = upstream(blob.clone(), vec![answer]).await;
+            fills.panic_in_run.store(panics, Ordering::SeqCst);
+            let failed = fill_once(&fills, &url, &digest).await;
+            assert!(failed.is_err(), "{answer:?} (panic: {panics}): {failed:?}");
+            // the task has ended: its entry is gone and nothing is staged
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while fills.in_flight() > 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{answer:?} (panic: {panics}): the failed fill kept its entry"));
+            assert_eq!(std::fs::read_dir(dir.path().join("staging")).unwrap().count(), 0, "{answer:?}: a staged file left");
+            let stored = fill_once(&fills, &url, &digest).await;
+            assert_eq!(stored.unwrap(), (digest.clone(), blob.len() as u64), "{answer:?} (panic: {panics})");
+            assert_eq!(hits.load(Ordering::SeqCst), 2, "{answer:?}: one more upstream request");
+        }
     }
 }

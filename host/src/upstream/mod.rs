@@ -256,10 +256,22 @@ impl Upstream {
                 tracing::debug!(repo = %repo.name, target, "credentials withheld from a redirect to another origin");
             }
         }
-        let resp = client.request(req.method.clone(), url.clone()).headers(headers).send().await.map_err(|e| {
-            self.metrics.upstream_error(repo.name.as_str());
-            self.classify(url, e)
-        })?;
+        let sent = client.request(req.method.clone(), url.clone()).headers(headers).send();
+        // An upstream that accepts and then says nothing is as good as down: the caller serves
+        // what is cached rather than waiting for the (longer) idle timeout.
+        let resp = match tokio::time::timeout(self.config.response_timeout, sent).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                self.metrics.upstream_error(repo.name.as_str());
+                return Err(self.classify(url, e));
+            }
+            Err(_) => {
+                self.metrics.upstream_error(repo.name.as_str());
+                self.health.mark_down(&target);
+                let waited = self.config.response_timeout.as_secs();
+                return Err(UpstreamError::Unreachable(format!("{}: no response within {waited} s", url.as_str())));
+            }
+        };
         self.metrics.upstream_response(repo.name.as_str(), &req.method, resp.status().as_u16());
         self.health.mark_up(&target);
         Ok(resp)
@@ -381,6 +393,7 @@ mod tests {
             UpstreamConfig {
                 connect_timeout: Duration::from_secs(1),
                 idle_timeout: Duration::from_secs(2),
+                response_timeout: Duration::from_secs(2),
                 down_for: Duration::from_secs(1),
                 hold_last_byte: false,
                 allow_networks: allow.iter().map(|a| egress::AllowedNetwork::try_from(a.to_string()).unwrap()).collect(),
