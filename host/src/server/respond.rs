@@ -393,7 +393,7 @@ impl Exchange<'_> {
         };
         let len = match &opened {
             Opened::Small(b) => b.len() as u64,
-            Opened::File(_, len) => *len,
+            Opened::File(_, len) | Opened::Object(len) => *len,
         };
         let (status, start, count) = match self.range.as_deref().and_then(|r| parse_range(r, len)) {
             None => (StatusCode::OK, 0, len),
@@ -409,6 +409,7 @@ impl Exchange<'_> {
             _ if self.head => body::empty(),
             Opened::Small(b) => body::full(b.slice(start as usize..(start + count) as usize)),
             Opened::File(file, _) => body::file_range(Arc::new(file), start, count),
+            Opened::Object(_) => body::stream(self.app.caps.store.stream(&digest, start, count)),
         };
         let mut resp = Response::new(body);
         *resp.status_mut() = status;
