@@ -97,6 +97,10 @@ pub struct Repository {
     /// Local only: what each garbage collection run removes (tag retention).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleanup: Option<CleanupRules>,
+    /// Blob GETs answered with a redirect to a short-lived presigned URL of the object store
+    /// (where the storage backend has them), so the bytes do not flow through binaryrepo.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub blob_redirect: bool,
 }
 
 /// How much a remote repository may cache: enforced by each garbage collection run, which
@@ -151,6 +155,8 @@ pub struct RepositoryView<'a> {
     pub cache_max_age_days: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cleanup: Option<&'a CleanupRules>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub blob_redirect: bool,
 }
 
 impl Repository {
@@ -184,6 +190,7 @@ impl Repository {
             cache_max_bytes: self.cache.and_then(|c| c.max_bytes),
             cache_max_age_days: self.cache.and_then(|c| c.max_age_days),
             cleanup: self.cleanup.as_ref(),
+            blob_redirect: self.blob_redirect,
         }
     }
 
@@ -226,6 +233,8 @@ pub struct RepositoryInput {
     pub cache_max_age_days: Option<u64>,
     /// local only: `{"keep_last": N, "matching": "regex", "untagged_after_days": D}`
     pub cleanup: Option<CleanupInput>,
+    /// blob GETs redirected to presigned URLs of the object store (S3 storage only)
+    pub blob_redirect: Option<bool>,
 }
 
 pub const DEFAULT_TAG_CHECK_SECONDS: u64 = 300;
@@ -379,6 +388,7 @@ impl RepositoryInput {
             access: self.access,
             cache,
             cleanup,
+            blob_redirect: self.blob_redirect.unwrap_or(false),
         })
     }
 }
