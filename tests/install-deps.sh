@@ -4,6 +4,8 @@
 #     containerd + ctr, Docker Engine (docker.io), nginx, htpasswd (apache2-utils), busybox-static, openssl, curl,
 #     go 1.19 and golang.org/x/mod (golang-go golang-golang-x-mod-dev: the Go module tests and their checksum database)
 #   - the Python venv .venv with tests/requirements.txt
+#   - s3s-fs (crates.io, an S3 server on a directory that checks SigV4 and presigned URLs), the S3
+#     endpoint of the storage tests: built once (~9 min) into ~/.cache/binaryrepo-test/s3s-fs
 # Run as root (the tests start dockerd, containerd and nginx themselves; no daemon is enabled here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,4 +31,10 @@ command -v node >/dev/null && command -v npm >/dev/null || web="$web nodejs npm"
 if [ -n "${web// /}" ]; then log "apt-get install" $web; install $web; fi
 if [ ! -f tests/e2e/web/node_modules/playwright-core/package.json ]; then
   log "npm ci in tests/e2e/web"; (cd tests/e2e/web && npm ci --no-audit --no-fund --silent)
+fi
+S3S_FS_ROOT="${BINARYREPO_TEST_CACHE:-$HOME/.cache/binaryrepo-test}/s3s-fs"
+if [ ! -x "$S3S_FS_ROOT/bin/s3s-fs" ]; then
+  log "cargo install s3s-fs@0.14.1 into $S3S_FS_ROOT (once, ~9 min)"
+  cargo install --quiet --locked s3s-fs@0.14.1 --features binary --root "$S3S_FS_ROOT" --target-dir "$S3S_FS_ROOT-build"
+  rm -rf "$S3S_FS_ROOT-build"
 fi

@@ -21,6 +21,8 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:8081";
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// `[storage]`: where blobs live (the data directory unless `backend = "s3"`).
+    pub storage: Option<crate::storage::backend::StorageConfig>,
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub plugin_dir: Option<PathBuf>,
@@ -305,6 +307,7 @@ pub struct BodyLimits {
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub storage: crate::storage::backend::StorageConfig,
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub plugin_dir: PathBuf,
@@ -429,6 +432,7 @@ impl Config {
         let fills_total = file.upstream_fills_total.unwrap_or(128).max(1);
         let fills_per_repository = file.upstream_fills_per_repository.unwrap_or(32).max(1);
         Config {
+            storage: file.storage.unwrap_or_default(),
             listen,
             data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("data")),
             plugin_dir: flags.plugin_dir.or(file.plugin_dir).unwrap_or_else(default_plugin_dir),

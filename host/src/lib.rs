@@ -62,6 +62,8 @@ pub enum StartError {
     Blobs(#[from] storage::blobs::BlobError),
     #[error(transparent)]
     Meta(#[from] storage::meta::MetaError),
+    #[error("storage: {0}")]
+    Backend(#[from] storage::backend::BackendError),
     #[error(transparent)]
     Plugins(#[from] plugins::PluginError),
     #[error(transparent)]
@@ -85,7 +87,9 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
         .map(Arc::new);
     std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
     let layout = Layout::new(&config.data_dir);
-    let store = BlobStore::open(layout.clone())?;
+    let backend = storage::backend::open(&config.storage, &layout)?;
+    tracing::info!(backend = backend.kind(), "blob storage");
+    let store = BlobStore::on(layout.clone(), backend)?;
     let meta = MetaStore::open(&layout.meta_db())?;
     let gc = gc::Gc::new(storage::access::AccessLog::new(meta.clone()));
     let metrics = Arc::new(metrics::Metrics::new());

@@ -115,6 +115,7 @@ pub struct Metrics {
     upstream_bytes: Counters<RepoLabels>,
     store_served: Counters<RepoLabels>,
     store_served_bytes: Counters<RepoLabels>,
+    blob_redirects: Counters<RepoLabels>,
     plugin_calls: Counters<PluginLabels>,
 }
 
@@ -197,6 +198,7 @@ impl Metrics {
                 "Bytes of blob bodies served from the store, without an upstream transfer",
                 Some(Unit::Bytes),
             ),
+            blob_redirects: register(r, "blob_redirects", "Blob GETs redirected to a presigned URL of the object store", None),
             plugin_calls: register(r, "plugin_calls", "Calls into format plugins, by export and outcome", None),
             registry: root,
         }
@@ -259,6 +261,11 @@ impl Metrics {
         let labels = RepoLabels { repository: repository.to_owned() };
         self.store_served.get_or_create(&labels).inc();
         self.store_served_bytes.get_or_create(&labels).inc_by(bytes);
+    }
+
+    /// A blob GET was answered with a redirect to the object store (`blob_redirect`).
+    pub fn blob_redirected(&self, repository: &str) {
+        self.blob_redirects.get_or_create(&RepoLabels { repository: repository.to_owned() }).inc();
     }
 
     /// The cache figures of one repository. Only called for configured repositories, so the

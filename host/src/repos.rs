@@ -100,6 +100,10 @@ pub struct Repository {
     /// Format settings, handed to the format's plugin as they are (`Settings`).
     #[serde(default, skip_serializing_if = "Settings::is_empty")]
     pub settings: Settings,
+    /// Blob GETs answered with a redirect to a short-lived presigned URL of the object store
+    /// (where the storage backend has them), so the bytes do not flow through binaryrepo.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub blob_redirect: bool,
 }
 
 /// Per-repository settings of a format (`{"checksum_databases": "sum.golang.org"}` for Go):
@@ -210,6 +214,8 @@ pub struct RepositoryView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cleanup: Option<&'a CleanupRules>,
     pub settings: &'a Settings,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub blob_redirect: bool,
 }
 
 impl Repository {
@@ -244,6 +250,7 @@ impl Repository {
             cache_max_age_days: self.cache.and_then(|c| c.max_age_days),
             cleanup: self.cleanup.as_ref(),
             settings: &self.settings,
+            blob_redirect: self.blob_redirect,
         }
     }
 
@@ -288,6 +295,8 @@ pub struct RepositoryInput {
     pub cleanup: Option<CleanupInput>,
     /// the format's own settings, `{"name": "value"}` (names the format's plugin declares)
     pub settings: Option<BTreeMap<String, String>>,
+    /// blob GETs redirected to presigned URLs of the object store (S3 storage only)
+    pub blob_redirect: Option<bool>,
 }
 
 pub const DEFAULT_TAG_CHECK_SECONDS: u64 = 300;
@@ -443,6 +452,7 @@ impl RepositoryInput {
             cache,
             cleanup,
             settings,
+            blob_redirect: self.blob_redirect.unwrap_or(false),
         })
     }
 }

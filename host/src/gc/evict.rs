@@ -44,11 +44,18 @@ pub fn evict(
     let pulled = access.of_repository(repo).map_err(std::io::Error::other)?;
     let mut cached: Vec<Cached> = Vec::with_capacity(live.len());
     for digest in live {
-        let Ok(meta) = std::fs::metadata(store.path(digest)) else { continue };
-        // Pulled before access times were recorded: the file's own time stands in.
-        let fallback = meta.modified().unwrap_or(SystemTime::now()).duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let (size, modified) = match std::fs::metadata(store.path(digest)) {
+            Ok(meta) => (meta.len(), meta.modified().unwrap_or(SystemTime::now())),
+            // Not a local file (object storage): its size from the backend.
+            Err(_) => match store.stat(digest) {
+                Ok(Some(size)) => (size, SystemTime::now()),
+                _ => continue,
+            },
+        };
+        // Pulled before access times were recorded: the blob's own time stands in.
+        let fallback = modified.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let last_pulled = pulled.get(digest).copied().unwrap_or(fallback);
-        cached.push(Cached { digest: digest.clone(), size: meta.len(), last_pulled });
+        cached.push(Cached { digest: digest.clone(), size, last_pulled });
     }
     cached.sort_by_key(|c| c.last_pulled);
     let mut out = Evicted { left: cached.iter().map(|c| c.size).sum(), ..Evicted::default() };

@@ -8,33 +8,31 @@ use super::run::{Counters, Run};
 use crate::digest::Digest;
 use crate::storage::BlobStore;
 
-/// `blobs/<algorithm>/<xx>/<hex>`. The grace period counts from the later of the file's mtime
+/// Every blob the backend lists. The grace period counts from the later of the blob's modification time
 /// and the blob's last reference: a push that found its layers already stored (or mounted
 /// them) refreshes no file, and its manifest may follow minutes later.
 pub fn sweep(store: &BlobStore, live: &HashSet<Digest>, grace: Duration, run: &Run) -> std::io::Result<()> {
     let now = SystemTime::now();
     let touches = store.touches();
     let c = &run.counters;
-    let root = store.layout().blobs();
-    for algo in std::fs::read_dir(root)?.flatten() {
-        for shard in std::fs::read_dir(algo.path())?.flatten() {
-            for entry in std::fs::read_dir(shard.path())?.flatten() {
-                let name = format!("{}:{}", algo.file_name().to_string_lossy(), entry.file_name().to_string_lossy());
-                let Ok(digest) = name.parse::<Digest>() else { continue };
-                Counters::add(&c.blobs_scanned, 1);
-                if live.contains(&digest) {
-                    Counters::add(&c.kept, 1);
-                    continue;
-                }
-                let Ok(meta) = entry.metadata() else { continue };
-                let used = meta.modified().unwrap_or(now).max(touches.last_reference(&digest).unwrap_or(SystemTime::UNIX_EPOCH));
-                if now.duration_since(used).is_ok_and(|age| age >= grace) && remove_unless_touched(store, &digest)? {
-                    Counters::add(&c.removed, 1);
-                    Counters::add(&c.removed_bytes, meta.len());
-                } else {
-                    Counters::add(&c.kept, 1);
-                }
+    let mut candidates = Vec::new();
+    store
+        .list(&mut |blob| {
+            Counters::add(&c.blobs_scanned, 1);
+            if live.contains(&blob.digest) {
+                Counters::add(&c.kept, 1);
+            } else {
+                candidates.push(blob);
             }
+        })
+        .map_err(std::io::Error::other)?;
+    for blob in candidates {
+        let used = blob.modified.max(touches.last_reference(&blob.digest).unwrap_or(SystemTime::UNIX_EPOCH));
+        if now.duration_since(used).is_ok_and(|age| age >= grace) && remove_unless_touched(store, &blob.digest)? {
+            Counters::add(&c.removed, 1);
+            Counters::add(&c.removed_bytes, blob.size);
+        } else {
+            Counters::add(&c.kept, 1);
         }
     }
     Ok(())

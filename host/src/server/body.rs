@@ -77,6 +77,17 @@ pub fn file_range(file: Arc<File>, start: u64, len: u64) -> Body {
     StreamBody::new(s).boxed()
 }
 
+/// A blob the storage backend streams (an object in S3): its chunks as they arrive.
+pub fn stream(chunks: futures_util::stream::BoxStream<'static, io::Result<Bytes>>) -> Body {
+    // A body must be `Sync`, a boxed stream is only `Send`: the (never contended) mutex makes it so.
+    let chunks = std::sync::Mutex::new(chunks);
+    let frames = stream::poll_fn(move |cx| {
+        let mut chunks = chunks.lock().unwrap_or_else(|e| e.into_inner());
+        futures_util::StreamExt::poll_next_unpin(&mut *chunks, cx).map(|c| c.map(|c| c.map(Frame::data)))
+    });
+    StreamBody::new(frames).boxed()
+}
+
 /// Bytes `start..end` of a mapped file, as slices of the map.
 fn mapped_range(map: Bytes, start: u64, end: u64) -> Body {
     let frames = (start..end).step_by(MAPPED_CHUNK as usize).map(move |at| {

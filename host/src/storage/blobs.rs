@@ -1,7 +1,7 @@
-//! The content-addressed blob store on the local filesystem.
+//! The content-addressed blob store, on the configured backend (storage/backend).
 //!
-//! A blob is written to a staging file, hashed as it is written, and renamed into place only
-//! when its digest matches: a file under `blobs/` always hashes to its name.
+//! A blob is written to a local staging file, hashed as it is written, and committed to the
+//! backend under its digest only when the digest matches: a stored blob always hashes to its name.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 
 use crate::digest::{Algorithm, Digest, Hasher};
+use crate::storage::backend::{self, Backend, Listed, Stored};
 use crate::storage::health::Health;
 use crate::storage::small_cache::{self, SmallCache};
 use crate::storage::touch::Touches;
@@ -37,6 +38,11 @@ impl BlobError {
     }
 }
 
+/// Errors of the backend are said like the filesystem's (the path is the blob's local name).
+fn backend_err(path: &Path) -> impl FnOnce(io::Error) -> BlobError + '_ {
+    io_err(path)
+}
+
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BlobError + '_ {
     move |source| {
         tracing::warn!(path = %path.display(), error = %source, "blob storage I/O failed");
@@ -47,6 +53,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BlobError + '_ {
 #[derive(Clone)]
 pub struct BlobStore {
     layout: Layout,
+    backend: Arc<dyn Backend>,
     small: Arc<SmallCache>,
     /// Advanced whenever blobs were removed: what was decided knowing a blob present is stale.
     removals: Arc<AtomicU64>,
@@ -55,25 +62,32 @@ pub struct BlobStore {
     touches: Arc<Touches>,
 }
 
-/// A stored blob opened for serving: small ones whole from memory, others as a file.
+/// A stored blob opened for serving: small ones whole from memory, others as a file, or as an
+/// object the backend streams (`BlobStore::stream`).
 pub enum Opened {
     Small(Bytes),
     File(File, u64),
+    Object(u64),
 }
 
 impl BlobStore {
     /// Opens the store, creating its directories and discarding staged files left by a crash
     /// (they were never verified, so they are never served).
     pub fn open(layout: Layout) -> Result<BlobStore, BlobError> {
+        let backend = Arc::new(backend::fs::FsBackend::new(layout.clone()).map_err(io_err(&layout.blobs()))?);
+        BlobStore::on(layout, backend)
+    }
+
+    /// Opens the store on `backend`; staging stays local under `layout`.
+    pub fn on(layout: Layout, backend: Arc<dyn Backend>) -> Result<BlobStore, BlobError> {
         let staging = layout.staging();
         if staging.exists() {
             fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
         }
-        for dir in [layout.blobs(), staging] {
-            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        }
+        fs::create_dir_all(&staging).map_err(io_err(&staging))?;
         Ok(BlobStore {
             layout,
+            backend,
             small: Arc::new(SmallCache::new()),
             removals: Arc::default(),
             health: Arc::new(Health::new()),
@@ -83,6 +97,25 @@ impl BlobStore {
 
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// A URL the blob can be fetched from for `ttl` without binaryrepo, where the backend has one.
+    pub fn presign(&self, digest: &Digest, ttl: std::time::Duration) -> Result<Option<String>, BlobError> {
+        self.backend.presign(digest, ttl).map_err(backend_err(&self.path(digest)))
+    }
+
+    /// Streams `length` bytes from `offset` of a blob opened as `Opened::Object`.
+    pub fn stream(&self, digest: &Digest, offset: u64, length: u64) -> futures_util::stream::BoxStream<'static, io::Result<Bytes>> {
+        self.backend.stream(digest, offset, length)
+    }
+
+    /// Every stored blob.
+    pub fn list(&self, visit: &mut dyn FnMut(Listed)) -> Result<(), BlobError> {
+        self.backend.list(visit).map_err(backend_err(&self.layout.blobs()))
     }
 
     /// Whether the data volume takes writes (shared by every clone of the store).
@@ -109,23 +142,14 @@ impl BlobStore {
         if let Some(b) = self.small.get(digest) {
             return Ok(Some(b.len() as u64));
         }
-        let path = self.path(digest);
-        match fs::metadata(&path) {
-            Ok(m) => Ok(Some(m.len())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(BlobError::Io { path, source: e }),
-        }
+        self.backend.stat(digest).map_err(backend_err(&self.path(digest)))
     }
 
-    pub fn open_blob(&self, digest: &Digest) -> Result<(File, u64), BlobError> {
-        let path = self.path(digest);
-        match File::open(&path) {
-            Ok(f) => {
-                let len = f.metadata().map_err(io_err(&path))?.len();
-                Ok((f, len))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(BlobError::Unknown(digest.clone())),
-            Err(e) => Err(BlobError::Io { path, source: e }),
+    fn open_stored(&self, digest: &Digest) -> Result<Stored, BlobError> {
+        match self.backend.open(digest) {
+            Ok(Some(stored)) => Ok(stored),
+            Ok(None) => Err(BlobError::Unknown(digest.clone())),
+            Err(e) => Err(backend_err(&self.path(digest))(e)),
         }
     }
 
@@ -135,10 +159,12 @@ impl BlobStore {
             return Ok(Opened::Small(b));
         }
         let seen = self.small.generation();
-        let (file, len) = self.open_blob(digest)?;
-        if len > small_cache::ENTRY_MAX {
-            return Ok(Opened::File(file, len));
-        }
+        let (file, len) = match self.open_stored(digest)? {
+            Stored::File(file, len) if len > small_cache::ENTRY_MAX => return Ok(Opened::File(file, len)),
+            Stored::Object(len) if len > small_cache::ENTRY_MAX => return Ok(Opened::Object(len)),
+            Stored::File(file, len) => (Some(file), len),
+            Stored::Object(len) => (None, len),
+        };
         let bytes = self.read_whole(digest, file, len)?;
         self.small.insert_if_unchanged(digest, &bytes, seen);
         Ok(Opened::Small(bytes))
@@ -153,7 +179,10 @@ impl BlobStore {
             };
         }
         let seen = self.small.generation();
-        let (file, len) = self.open_blob(digest)?;
+        let (file, len) = match self.open_stored(digest)? {
+            Stored::File(file, len) => (Some(file), len),
+            Stored::Object(len) => (None, len),
+        };
         if len > limit {
             return Err(BlobError::TooLarge { size: len, limit });
         }
@@ -169,14 +198,18 @@ impl BlobStore {
             let to = (offset.saturating_add(length).min(b.len() as u64)) as usize;
             return Ok(b[from..to].to_vec());
         }
-        let (file, len) = self.open_blob(digest)?;
-        let want = length.min(len.saturating_sub(offset)) as usize;
-        let mut buf = vec![0u8; want];
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, offset).map_err(io_err(&self.path(digest)))?;
-        Ok(buf)
+        match self.backend.read_range(digest, offset, length) {
+            Ok(Some(bytes)) => Ok(bytes),
+            Ok(None) => Err(BlobError::Unknown(digest.clone())),
+            Err(e) => Err(backend_err(&self.path(digest))(e)),
+        }
     }
 
-    fn read_whole(&self, digest: &Digest, file: File, len: u64) -> Result<Bytes, BlobError> {
+    /// A small blob whole: from its open file, else from the backend.
+    fn read_whole(&self, digest: &Digest, file: Option<File>, len: u64) -> Result<Bytes, BlobError> {
+        let Some(file) = file else {
+            return self.read_range(digest, 0, len).map(Bytes::from);
+        };
         let mut buf = Vec::with_capacity(len as usize);
         // Never more than the size seen at open, even if the file were replaced meanwhile.
         io::Read::read_to_end(&mut io::Read::take(file, len), &mut buf).map_err(io_err(&self.path(digest)))?;
@@ -209,35 +242,19 @@ impl BlobStore {
         Ok(StagedBlob { store: self.clone(), path, file: Some(file), hasher: Some(Hasher::new(algorithm)), len: 0 })
     }
 
-    /// Moves a staged file whose digest the caller has verified into place, durably: the data,
-    /// then the name, then any directory made for it reach the disk before this returns.
+    /// Commits a staged file whose digest the caller has verified to the backend, durably and
+    /// atomically (on the filesystem: the data, then the name, then any directory made for it
+    /// reach the disk before this returns). The staged file is consumed.
     pub fn commit_verified(&self, staged: &Path, digest: &Digest) -> Result<(), BlobError> {
-        let dest = self.path(digest);
-        if let Some(parent) = dest.parent()
-            && !parent.is_dir()
-        {
-            fs::create_dir_all(parent).map_err(io_err(parent))?;
-            // The new directory's own name lives in its parent (blobs/<algorithm>/).
-            if let Some(grandparent) = parent.parent() {
-                durable::sync_dir(grandparent).map_err(io_err(grandparent))?;
-            }
-        }
-        File::open(staged).and_then(|f| f.sync_all()).map_err(io_err(staged))?;
         // What a client just stored is about to be referenced: a collection running now keeps it.
         self.touches.touch(digest);
-        durable::rename(staged, &dest).map_err(io_err(&dest))?;
-        Ok(())
+        self.backend.commit(staged, digest).inspect_err(|e| _ = self.health.note(e)).map_err(backend_err(&self.path(digest)))
     }
 
     pub fn remove(&self, digest: &Digest) -> Result<bool, BlobError> {
-        let path = self.path(digest);
-        let removed = fs::remove_file(&path);
+        let removed = self.backend.delete(digest);
         self.small.removed(digest);
-        match removed {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(BlobError::Io { path, source: e }),
-        }
+        removed.map_err(backend_err(&self.path(digest)))
     }
 }
 

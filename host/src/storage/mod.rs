@@ -2,6 +2,7 @@
 //! directory whose layout is written down in `layout`.
 
 pub mod access;
+pub mod backend;
 pub mod blobs;
 pub mod durable;
 pub mod health;

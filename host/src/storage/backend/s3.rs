@@ -1,0 +1,238 @@
+//! The S3 backend: blobs as objects `<prefix>/blobs/<algorithm>/<xx>/<hex>` in one bucket of an
+//! S3-compatible store (AWS S3, MinIO, Ceph, SeaweedFS, s3s), through `object_store`.
+//!
+//! A commit uploads the verified spool file: small ones with one PUT, larger ones as a
+//! multipart upload that is completed only once every part is in (and aborted otherwise), so
+//! a failed commit leaves no object under the final key. Reads are ranged GETs streamed to the
+//! client. The blob store's interface is synchronous (the filesystem's is, and its callers run
+//! on blocking threads); this backend runs each request on the server's runtime and waits.
+
+use std::future::Future;
+use std::io::{self, Read};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as Key;
+use object_store::signer::Signer;
+use object_store::{ClientOptions, GetOptions, GetRange, ObjectStore, PutPayload, WriteMultipart};
+
+use super::{Backend, Listed, StorageConfig, Stored, blob_key};
+use crate::digest::Digest;
+
+/// Parts of a multipart upload; S3 wants at least 5 MiB for every part but the last.
+const PART: usize = 8 * 1024 * 1024;
+/// Parts in flight at once: what a commit holds in memory is at most this many parts.
+const PARTS_IN_FLIGHT: usize = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum S3ConfigError {
+    #[error("[storage] backend = \"s3\" needs a bucket (storage.bucket or AWS_BUCKET)")]
+    NoBucket,
+    #[error("S3 backend: {0}")]
+    Client(#[from] object_store::Error),
+}
+
+pub struct S3Backend {
+    store: Arc<AmazonS3>,
+    prefix: String,
+    runtime: tokio::runtime::Handle,
+}
+
+impl S3Backend {
+    /// Builds the client (no request is made); `runtime` runs its requests.
+    pub fn new(config: &StorageConfig, runtime: tokio::runtime::Handle) -> Result<S3Backend, S3ConfigError> {
+        let mut b = AmazonS3Builder::from_env();
+        if let Some(v) = &config.endpoint {
+            b = b.with_endpoint(v);
+        }
+        if let Some(v) = &config.region {
+            b = b.with_region(v);
+        }
+        match &config.bucket {
+            Some(v) => b = b.with_bucket_name(v),
+            None if std::env::var_os("AWS_BUCKET").is_none() && std::env::var_os("AWS_BUCKET_NAME").is_none() => {
+                return Err(S3ConfigError::NoBucket);
+            }
+            None => {}
+        }
+        if let Some(v) = &config.access_key_id {
+            b = b.with_access_key_id(v);
+        }
+        if let Some(v) = &config.secret_access_key {
+            b = b.with_secret_access_key(&v.0);
+        }
+        if let Some(v) = &config.session_token {
+            b = b.with_token(&v.0);
+        }
+        let endpoint =
+            config.endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok()).or_else(|| std::env::var("AWS_ENDPOINT").ok());
+        let plain_http = endpoint.as_deref().is_some_and(|e| e.starts_with("http://"));
+        b = b
+            .with_virtual_hosted_style_request(config.virtual_hosted_style.unwrap_or(false))
+            .with_client_options(ClientOptions::new().with_allow_http(plain_http));
+        let prefix = config.prefix.as_deref().unwrap_or("").trim_matches('/').to_owned();
+        Ok(S3Backend { store: Arc::new(b.build()?), prefix, runtime })
+    }
+
+    fn key(&self, digest: &Digest) -> Key {
+        self.under_prefix(&blob_key(digest))
+    }
+
+    fn under_prefix(&self, key: &str) -> Key {
+        match self.prefix.as_str() {
+            "" => Key::from(key),
+            prefix => Key::from(format!("{prefix}/{key}")),
+        }
+    }
+
+    /// Runs a request on the runtime and waits for it (callers are on blocking threads, or
+    /// on a runtime thread that may block in place).
+    fn block<F: Future>(&self, f: F) -> F::Output {
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(|| h.block_on(f)),
+            _ => self.runtime.block_on(f),
+        }
+    }
+
+    async fn upload(&self, staged: &Path, key: &Key) -> io::Result<()> {
+        let mut file = std::fs::File::open(staged)?;
+        let len = file.metadata()?.len();
+        if len <= PART as u64 {
+            let mut buf = Vec::with_capacity(len as usize);
+            file.read_to_end(&mut buf)?;
+            self.store.put(key, PutPayload::from(buf)).await.map_err(to_io)?;
+            return Ok(());
+        }
+        let upload = self.store.put_multipart(key).await.map_err(to_io)?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
+        let mut buf = vec![0u8; 1024 * 1024];
+        let sent: io::Result<()> = async {
+            loop {
+                writer.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(to_io)?;
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                writer.write(&buf[..n]);
+            }
+        }
+        .await;
+        match sent {
+            // Completed only now: until here no object exists under the key.
+            Ok(()) => writer.finish().await.map(drop).map_err(to_io),
+            Err(e) => {
+                if let Err(abort) = writer.abort().await {
+                    tracing::warn!(key = %key, error = %abort, "aborting a multipart upload failed; the bucket's lifecycle rule removes its parts");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+fn to_io(e: object_store::Error) -> io::Error {
+    match e {
+        object_store::Error::NotFound { .. } => io::Error::new(io::ErrorKind::NotFound, e.to_string()),
+        e => io::Error::other(e.to_string()),
+    }
+}
+
+fn is_not_found(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::NotFound { .. })
+}
+
+impl Backend for S3Backend {
+    fn kind(&self) -> &'static str {
+        "s3"
+    }
+
+    fn stat(&self, digest: &Digest) -> io::Result<Option<u64>> {
+        match self.block(self.store.head(&self.key(digest))) {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(to_io(e)),
+        }
+    }
+
+    fn open(&self, digest: &Digest) -> io::Result<Option<Stored>> {
+        Ok(self.stat(digest)?.map(Stored::Object))
+    }
+
+    fn read_range(&self, digest: &Digest, offset: u64, length: u64) -> io::Result<Option<Vec<u8>>> {
+        let Some(size) = self.stat(digest)? else { return Ok(None) };
+        let end = offset.saturating_add(length).min(size);
+        if offset >= end {
+            return Ok(Some(Vec::new()));
+        }
+        let options = GetOptions { range: Some(GetRange::Bounded(offset..end)), ..GetOptions::default() };
+        let got = self.block(async { self.store.get_opts(&self.key(digest), options).await?.bytes().await });
+        match got {
+            Ok(bytes) => Ok(Some(bytes.to_vec())),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(to_io(e)),
+        }
+    }
+
+    fn stream(&self, digest: &Digest, offset: u64, length: u64) -> BoxStream<'static, io::Result<Bytes>> {
+        if length == 0 {
+            return stream::empty().boxed();
+        }
+        let (store, key) = (self.store.clone(), self.key(digest));
+        let options = GetOptions { range: Some(GetRange::Bounded(offset..offset + length)), ..GetOptions::default() };
+        stream::once(async move { store.get_opts(&key, options).await.map(|r| r.into_stream()) }).try_flatten().map_err(to_io).boxed()
+    }
+
+    fn commit(&self, staged: &Path, digest: &Digest) -> io::Result<()> {
+        let key = self.key(digest);
+        let uploaded = self.block(self.upload(staged, &key));
+        // The spool file is consumed whether or not the upload went through.
+        let _ = std::fs::remove_file(staged);
+        uploaded
+    }
+
+    fn list(&self, visit: &mut dyn FnMut(Listed)) -> io::Result<()> {
+        let root = self.under_prefix("blobs");
+        let strip = format!("{root}/");
+        self.block(async {
+            let mut objects = self.store.list(Some(&root));
+            while let Some(meta) = objects.next().await {
+                let meta = meta.map_err(to_io)?;
+                let location = meta.location.to_string();
+                // blobs/<algorithm>/<xx>/<hex>
+                let Some(rest) = location.strip_prefix(&strip) else { continue };
+                let mut parts = rest.split('/');
+                let (Some(algo), Some(_), Some(hex), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else { continue };
+                let Ok(digest) = format!("{algo}:{hex}").parse::<Digest>() else { continue };
+                let modified = SystemTime::UNIX_EPOCH + Duration::from_secs(meta.last_modified.timestamp().max(0) as u64);
+                visit(Listed { digest, size: meta.size, modified });
+            }
+            Ok(())
+        })
+    }
+
+    fn delete(&self, digest: &Digest) -> io::Result<bool> {
+        let key = self.key(digest);
+        self.block(async {
+            match self.store.head(&key).await {
+                Err(e) if is_not_found(&e) => return Ok(false),
+                Err(e) => return Err(to_io(e)),
+                Ok(_) => {}
+            }
+            match self.store.delete(&key).await {
+                Ok(()) => Ok(true),
+                Err(e) if is_not_found(&e) => Ok(false),
+                Err(e) => Err(to_io(e)),
+            }
+        })
+    }
+
+    fn presign(&self, digest: &Digest, ttl: Duration) -> io::Result<Option<String>> {
+        let key = self.key(digest);
+        let url = self.block(self.store.signed_url(http::Method::GET, &key, ttl)).map_err(to_io)?;
+        Ok(Some(url.to_string()))
+    }
+}

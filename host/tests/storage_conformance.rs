@@ -1,0 +1,239 @@
+//! One conformance suite for every blob storage backend: the filesystem, and S3 against a
+//! real s3s-fs server started on 127.0.0.1 (it checks SigV4 signatures and presigned URLs).
+//! s3s-fs comes from tests/install-deps.sh (`~/.cache/binaryrepo-test/s3s-fs/bin/s3s-fs`, or
+//! `BINARYREPO_TEST_S3S_FS`); without it the S3 half is skipped, saying so.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use binaryrepo::digest::{Algorithm, Digest};
+use binaryrepo::storage::backend::{BackendKind, Secret, StorageConfig, s3::S3Backend};
+use binaryrepo::storage::blobs::{BlobError, Opened};
+use binaryrepo::storage::{BlobStore, Layout};
+use futures_util::TryStreamExt;
+
+struct Fixture {
+    store: BlobStore,
+    runtime: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+    server: Option<Child>,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+fn filesystem() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(Layout::new(dir.path().join("data"))).unwrap();
+    Fixture { store, runtime: runtime(), _dir: dir, server: None }
+}
+
+fn s3s_fs() -> Option<PathBuf> {
+    let path = std::env::var_os("BINARYREPO_TEST_S3S_FS")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("BINARYREPO_TEST_CACHE").map(|c| PathBuf::from(c).join("s3s-fs/bin/s3s-fs")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/binaryrepo-test/s3s-fs/bin/s3s-fs")))?;
+    path.is_file().then_some(path)
+}
+
+const ACCESS_KEY: &str = "conformance-access";
+const SECRET_KEY: &str = "conformance-secret-key";
+
+/// An S3 store on a fresh s3s-fs; None (the test is skipped) when s3s-fs is not installed.
+fn s3() -> Option<Fixture> {
+    let Some(bin) = s3s_fs() else {
+        eprintln!("s3s-fs not installed (tests/install-deps.sh): S3 conformance skipped");
+        return None;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("s3");
+    std::fs::create_dir_all(root.join("bucket")).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = Command::new(bin)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+        .arg(&root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10), "s3s-fs did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let runtime = runtime();
+    let config = StorageConfig {
+        backend: BackendKind::S3,
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        region: Some("us-east-1".into()),
+        bucket: Some("bucket".into()),
+        prefix: Some("installation".into()),
+        access_key_id: Some(ACCESS_KEY.into()),
+        secret_access_key: Some(Secret(SECRET_KEY.into())),
+        ..StorageConfig::default()
+    };
+    let backend = S3Backend::new(&config, runtime.handle().clone()).unwrap();
+    let store = BlobStore::on(Layout::new(dir.path().join("data")), Arc::new(backend)).unwrap();
+    Some(Fixture { store, runtime, _dir: dir, server: Some(server) })
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| ((i as u64).wrapping_mul(2654435761) >> 7) as u8 ^ seed).collect()
+}
+
+fn put(store: &BlobStore, data: &[u8], expected: Option<&Digest>) -> Result<Digest, BlobError> {
+    let mut staged = store.stage(Algorithm::Sha256)?;
+    for chunk in data.chunks(1 << 20) {
+        staged.write_all(chunk).unwrap();
+    }
+    staged.commit(expected)
+}
+
+fn listed(store: &BlobStore) -> Vec<(Digest, u64)> {
+    let mut all = Vec::new();
+    store.list(&mut |b| all.push((b.digest, b.size))).unwrap();
+    all.sort_by(|a, b| a.0.to_string().cmp(&b.0.to_string()));
+    all
+}
+
+fn whole(f: &Fixture, digest: &Digest) -> Vec<u8> {
+    match f.store.open_for_serving(digest).unwrap() {
+        Opened::Small(b) => b.to_vec(),
+        Opened::File(file, len) => {
+            let mut buf = vec![0; len as usize];
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, 0).unwrap();
+            buf
+        }
+        Opened::Object(len) => {
+            let chunks: Vec<bytes::Bytes> = f.runtime.block_on(f.store.stream(digest, 0, len).try_collect()).unwrap();
+            chunks.concat()
+        }
+    }
+}
+
+/// Write, stat, read whole and in ranges, list, delete.
+fn round_trip(f: Fixture) {
+    let s = &f.store;
+    let small = b"a small document".to_vec();
+    let d = put(s, &small, None).unwrap();
+    assert_eq!(d, Digest::of(Algorithm::Sha256, &small));
+    assert_eq!(s.stat(&d).unwrap(), Some(small.len() as u64));
+    assert_eq!(whole(&f, &d), small);
+    s.forget_cached();
+    assert_eq!(s.read_small(&d, 100).unwrap(), small);
+    assert!(matches!(s.read_small(&d, 3), Err(BlobError::TooLarge { .. })));
+    s.forget_cached();
+    assert_eq!(s.read_range(&d, 2, 5).unwrap(), &small[2..7]);
+    assert_eq!(s.read_range(&d, 10, 1000).unwrap(), &small[10..]);
+    assert!(s.read_range(&d, 1000, 5).unwrap().is_empty());
+    assert_eq!(listed(s), [(d.clone(), small.len() as u64)]);
+    assert!(s.remove(&d).unwrap());
+    assert!(!s.remove(&d).unwrap(), "a second delete finds nothing");
+    assert_eq!(s.stat(&d).unwrap(), None);
+    assert!(matches!(s.open_for_serving(&d), Err(BlobError::Unknown(_))));
+    assert!(matches!(s.read_range(&d, 0, 1), Err(BlobError::Unknown(_))));
+    assert!(listed(s).is_empty());
+}
+
+/// A blob larger than one multipart part (S3) or the small cache: streamed back whole and in
+/// ranges, its end included.
+fn large_blob(f: Fixture) {
+    let data = pattern(21 * 1024 * 1024 + 123, 7);
+    let d = put(&f.store, &data, Some(&Digest::of(Algorithm::Sha256, &data))).unwrap();
+    assert_eq!(f.store.stat(&d).unwrap(), Some(data.len() as u64));
+    assert!(whole(&f, &d) == data, "the blob reads back whole");
+    let end = data.len() as u64;
+    assert_eq!(f.store.read_range(&d, end - 10, 100).unwrap(), &data[data.len() - 10..]);
+    if let Opened::Object(_) = f.store.open_for_serving(&d).unwrap() {
+        let part: Vec<bytes::Bytes> = f.runtime.block_on(f.store.stream(&d, 9 * 1024 * 1024, 5).try_collect()).unwrap();
+        assert_eq!(part.concat(), &data[9 * 1024 * 1024..9 * 1024 * 1024 + 5]);
+    }
+    assert_eq!(listed(&f.store), [(d, data.len() as u64)]);
+}
+
+/// Content that does not hash to the expected digest is not stored under any name; a commit
+/// whose staged file is gone stores nothing either.
+fn failed_writes_store_nothing(f: Fixture) {
+    let wrong = Digest::of(Algorithm::Sha256, b"something else");
+    let data = pattern(9 * 1024 * 1024, 3);
+    assert!(matches!(put(&f.store, &data, Some(&wrong)), Err(BlobError::DigestMismatch { .. })));
+    assert_eq!(f.store.stat(&wrong).unwrap(), None);
+    assert_eq!(f.store.stat(&Digest::of(Algorithm::Sha256, &data)).unwrap(), None);
+    let gone = f.store.layout().staged();
+    let d = Digest::of(Algorithm::Sha256, b"never staged");
+    assert!(f.store.commit_verified(&gone, &d).is_err());
+    assert_eq!(f.store.stat(&d).unwrap(), None);
+    assert!(listed(&f.store).is_empty());
+    assert_eq!(std::fs::read_dir(f.store.layout().staging()).unwrap().count(), 0, "no staged file left");
+}
+
+/// Every stored blob hashes to its name, sha512 ones too.
+fn everything_hashes_to_its_name(f: Fixture) {
+    let mut digests = Vec::new();
+    for (i, len) in [0usize, 1, 4096, 3 * 1024 * 1024].into_iter().enumerate() {
+        digests.push(put(&f.store, &pattern(len, i as u8), None).unwrap());
+    }
+    let d512 = Digest::of(Algorithm::Sha512, b"sha512 content");
+    assert_eq!(put_512(&f.store, b"sha512 content", &d512), d512);
+    digests.push(d512);
+    let all = listed(&f.store);
+    assert_eq!(all.len(), digests.len());
+    f.store.forget_cached();
+    for (d, size) in all {
+        let bytes = whole(&f, &d);
+        assert_eq!(bytes.len() as u64, size);
+        assert_eq!(Digest::of(d.algorithm(), &bytes), d);
+    }
+}
+
+fn put_512(store: &BlobStore, data: &[u8], d: &Digest) -> Digest {
+    store.write_small(data, Some(d)).unwrap()
+}
+
+/// Presigned URLs: the object store serves the blob to a plain HTTP client for their lifetime
+/// and refuses them after; the filesystem has none.
+fn presigned(f: Fixture) {
+    let data = pattern(64 * 1024, 9);
+    let d = put(&f.store, &data, None).unwrap();
+    let url = f.store.presign(&d, Duration::from_secs(60)).unwrap();
+    let Some(url) = url else {
+        assert_eq!(f.store.backend().kind(), "filesystem", "only the filesystem has no presigned URLs");
+        return;
+    };
+    let client = reqwest::blocking::Client::new();
+    let resp = client.get(&url).send().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.bytes().unwrap() == data[..]);
+    let tampered = url.replace("X-Amz-Expires=60", "X-Amz-Expires=61");
+    assert_eq!(client.get(&tampered).send().unwrap().status(), 403, "a changed URL is refused");
+    let short = f.store.presign(&d, Duration::from_secs(1)).unwrap().unwrap();
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(client.get(&short).send().unwrap().status(), 403, "an expired URL is refused");
+}
+
+macro_rules! conformance {
+    ($($name:ident),*) => {
+        mod filesystem {
+            $( #[test] fn $name() { super::$name(super::filesystem()) } )*
+        }
+        mod s3 {
+            $( #[test] fn $name() { if let Some(f) = super::s3() { super::$name(f) } } )*
+        }
+    };
+}
+
+conformance!(round_trip, large_blob, failed_writes_store_nothing, everything_hashes_to_its_name, presigned);

@@ -1,0 +1,128 @@
+"""binaryrepo on S3-compatible object storage ([storage] backend = "s3") against a real s3s-fs on 127.0.0.1:
+a docker remote filling from a registry upstream and a local repository taking pushes keep every blob in the
+bucket (each object hashes to its name, nothing under the data directory's blobs/), pulled back with skopeo
+and ctr; with `blob_redirect`, blob GETs are answered with a 307 to a presigned URL that skopeo, podman and
+ctr follow, so binaryrepo itself sends under 1% of a large blob, and an anonymous caller is refused before
+any redirect."""
+import pytest
+
+from harness.clients import dir_image, skopeo_copy
+from harness.images import skopeo
+from harness.s3 import S3Server
+from harness.util import request, wait_until
+
+LOCAL, REMOTE = "docker-local", "docker-remote"
+
+
+@pytest.fixture
+def s3(tmp_path):
+    s = S3Server(tmp_path).start()
+    yield s
+    s.stop()
+
+
+def on_s3(make_binaryrepo, s3, **storage):
+    # a fresh data directory compiles the plugins first: slow on a busy machine
+    return make_binaryrepo(config={"storage": s3.storage_config(**storage)}, start=False).start(timeout=120)
+
+
+def push_layout(image, dest_ref):
+    skopeo("copy", "--dest-tls-verify=false", f"oci:{image.layout}:{image.tag}", f"docker://{dest_ref}", timeout=300)
+
+
+def local_blob_files(br):
+    d = br.data_dir / "blobs"
+    return [f for f in d.rglob("*") if f.is_file()] if d.exists() else []
+
+
+def test_remote_fill_and_push_store_every_blob_in_the_bucket(make_binaryrepo, upstream, images, s3, containerd, tmp_path):
+    br = on_s3(make_binaryrepo, s3)
+    br.create_remote(REMOTE, upstream.url)
+    br.create_local(LOCAL)
+    big, small = images["big"], images["small"]
+
+    # a cold pull through the remote fills the bucket; a second one is served from it, not upstream
+    m0 = upstream.mark()
+    skopeo_copy(big.ref(br.prefix(REMOTE)), tmp_path / "cold")
+    assert dir_image(tmp_path / "cold") == (big.digest, big.blobs)
+    cold = upstream.stats(m0)
+    assert cold.blob_gets() == {d: [size] for d, size in big.blobs.items()}, cold.listing()
+    m1 = upstream.mark()
+    skopeo_copy(big.ref(br.prefix(REMOTE)), tmp_path / "warm")
+    assert dir_image(tmp_path / "warm") == (big.digest, big.blobs)
+    assert upstream.stats(m1).count(kind_="blob") == 0, "the warm pull went upstream"
+
+    # a push to the local repository, pulled back with skopeo and containerd
+    ref = f"{br.prefix(LOCAL)}/e2e/small:1"
+    push_layout(small, ref)
+    skopeo_copy(ref, tmp_path / "back")
+    assert dir_image(tmp_path / "back") == (small.digest, small.blobs)
+    containerd.ctr("images", "pull", "--plain-http", ref)
+    try:
+        for d in small.blobs:
+            assert containerd.ctr("content", "get", d).stdout == (tmp_path / "back" / d.split(":")[1]).read_bytes()
+    finally:
+        containerd.ctr("images", "rm", ref, check=False)
+
+    stored = s3.blobs()  # every object hashes to its name
+    for d, size in {**big.blobs, **small.blobs}.items():
+        assert stored.get(d) == size, (d, size, stored.get(d))
+    assert local_blob_files(br) == [], "blobs live in the bucket, not under the data directory"
+    assert not list((br.data_dir / "staging").iterdir()), "nothing left staged"
+
+
+def test_a_failed_fill_leaves_no_object(make_binaryrepo, images, s3, tmp_path):
+    """The upstream sends other bytes than the digest names: nothing reaches the bucket."""
+    from harness.fakeregistry import FakeRegistry
+    big = images["big"]
+    layer, size = big.largest_layer()
+    fake = FakeRegistry()
+    fake.add_layout(big.layout, big.repo)
+    fake.corrupt.add(layer)
+    fake.start()
+    try:
+        br = on_s3(make_binaryrepo, s3)
+        br.create_remote(REMOTE, fake.url)
+        request("GET", br.v2(REMOTE, f"{big.repo}/blobs/{layer}"), timeout=120)
+        wait_until(lambda: "fill failed" in br.logfile.read_text(), timeout=60, what="the fill to fail")
+        assert fake.count("GET", f"/blobs/{layer}") >= 1
+        assert layer not in s3.blobs()
+        assert not any(layer.split(":")[1] in k for k in s3.objects()), s3.objects()
+    finally:
+        fake.stop()
+
+
+def test_blob_redirect_sends_clients_to_the_object_store(make_binaryrepo, images, s3, podman, containerd, tmp_path):
+    big = images["big"]
+    layer, size = big.largest_layer()
+    br = on_s3(make_binaryrepo, s3, presigned_redirect_seconds=120)
+    br.create_local(LOCAL, blob_redirect=True)
+    br.create(name="private", type="local", format="docker", blob_redirect=True,
+              access=[{"who": "user:admin", "allow": ["read", "write"]}])
+    ref = f"{br.prefix(LOCAL)}/e2e/big:1"
+    push_layout(big, ref)
+
+    r = request("GET", br.v2(LOCAL, f"e2e/big/blobs/{layer}"))
+    assert r.status == 307, r
+    location = r.header("Location")
+    assert location.startswith(s3.endpoint + "/") and "X-Amz-Signature=" in location and "X-Amz-Expires=120" in location, location
+    assert r.header("Docker-Content-Digest") == layer
+
+    before = br.metrics()
+    skopeo_copy(ref, tmp_path / "skopeo")
+    assert dir_image(tmp_path / "skopeo") == (big.digest, big.blobs)
+    podman("pull", "-q", "--tls-verify=false", ref)
+    assert podman("image", "inspect", "--format", "{{.Digest}}", ref).stdout.decode().strip() == big.digest
+    containerd.ctr("images", "pull", "--plain-http", ref)
+    containerd.ctr("images", "rm", ref, check=False)
+    after = br.metrics()
+    redirects = after.value("binaryrepo_blob_redirects_total", repository=LOCAL) - before.value("binaryrepo_blob_redirects_total", repository=LOCAL)
+    served = (after.value("binaryrepo_store_served_blob_bytes_total", repository=LOCAL)
+              - before.value("binaryrepo_store_served_blob_bytes_total", repository=LOCAL))
+    assert redirects >= 3, redirects
+    assert served < 0.01 * size, f"binaryrepo itself sent {served} bytes of blobs (layer {size})"
+
+    # permissions are checked before any redirect: an anonymous caller gets no URL (the repository is
+    # hidden from callers who may not read it)
+    denied = request("GET", br.v2("private", f"e2e/big/blobs/{layer}"))
+    assert denied.status in (401, 404) and denied.header("Location") is None, denied
