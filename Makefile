@@ -37,7 +37,7 @@ run: deps build
 test: deps-test build test-unit test-fuzz test-e2e
 
 test-unit: fmt-check
-	cargo test --release -p binaryrepo
+	tests/postgres.sh run cargo test --release -p binaryrepo
 	plugins/build.sh test
 	cargo test --quiet --manifest-path examples/generic-file/Cargo.toml --target-dir target/examples
 

@@ -2,7 +2,8 @@
 # Installs what the end-to-end tests need, idempotently (only what is missing):
 #   - Debian packages for the test peers and clients: CNCF distribution (docker-registry), skopeo, podman,
 #     containerd + ctr, Docker Engine (docker.io), nginx, htpasswd (apache2-utils), busybox-static, openssl, curl,
-#     go 1.19 and golang.org/x/mod (golang-go golang-golang-x-mod-dev: the Go module tests and their checksum database)
+#     go 1.19 and golang.org/x/mod (golang-go golang-golang-x-mod-dev: the Go module tests and their checksum database),
+#     postgresql (the shared metadata store of several nodes: tests/postgres.sh starts throw-away clusters)
 #   - the Python venv .venv with tests/requirements.txt
 #   - s3s-fs (crates.io, an S3 server on a directory that checks SigV4 and presigned URLs), the S3
 #     endpoint of the storage tests: built once (~9 min) into ~/.cache/binaryrepo-test/s3s-fs
@@ -17,7 +18,7 @@ install() {  # own archive dir: Debian images' docker-clean hook can delete the 
   [ -n "${UPDATED:-}" ] || { "${APT[@]}" update -qq; UPDATED=1; }
   DEBIAN_FRONTEND=noninteractive "${APT[@]}" install -y -qq "$@" >/dev/null
 }
-pkgs=$(missing docker-registry skopeo podman containerd nginx apache2-utils busybox-static openssl curl golang-go golang-golang-x-mod-dev)
+pkgs=$(missing docker-registry skopeo podman containerd nginx apache2-utils busybox-static openssl curl golang-go golang-golang-x-mod-dev postgresql)
 python3 -c 'import ensurepip' 2>/dev/null || pkgs="$pkgs python3-venv"
 if [ -n "${pkgs// /}" ]; then log "apt-get install" $pkgs; install $pkgs; fi
 engine=$(missing docker.io)

@@ -85,6 +85,33 @@ pub struct FileConfig {
     pub repositories_mode: Option<RepositoriesMode>,
     /// How often the config file's modification time is checked for a reload (0: SIGHUP only).
     pub config_watch_seconds: Option<u64>,
+    /// Where metadata, repository definitions, users and tokens live (docs/scale.md).
+    pub metadata: Option<MetadataFile>,
+}
+
+/// `[metadata]`: `backend = "redb"` (default, embedded in the data directory) or `"postgres"`
+/// with `url` (shared by several nodes) and at most `connections` connections per node.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataFile {
+    pub backend: Option<MetadataBackend>,
+    pub url: Option<String>,
+    pub connections: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetadataBackend {
+    #[default]
+    Redb,
+    Postgres,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct MetadataConfig {
+    pub backend: MetadataBackend,
+    pub url: Option<crate::storage::postgres::DatabaseUrl>,
+    pub connections: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -345,6 +372,7 @@ pub struct Config {
     pub config_watch: Option<Duration>,
     /// Where the configuration was read from, for reloads.
     pub source: ConfigSource,
+    pub metadata: MetadataConfig,
 }
 
 /// Where a reload reads the configuration again: the file (if any), the environment, and the
@@ -497,6 +525,14 @@ impl Config {
             log_format: file.log_format.unwrap_or_default(),
             log_level: file.log_level.unwrap_or_else(|| "info".into()),
             repositories_mode: file.repositories_mode.unwrap_or_default(),
+            metadata: {
+                let m = file.metadata.unwrap_or_default();
+                MetadataConfig {
+                    backend: m.backend.unwrap_or_default(),
+                    url: m.url.map(crate::storage::postgres::DatabaseUrl::new),
+                    connections: m.connections.unwrap_or(16).clamp(1, 256),
+                }
+            },
             config_watch: Some(file.config_watch_seconds.unwrap_or(3)).filter(|&s| s > 0).map(Duration::from_secs),
             source: ConfigSource { path: None, flags: flags_kept, table: toml::Table::new() },
         }

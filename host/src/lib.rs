@@ -76,6 +76,24 @@ pub enum StartError {
     Tls(#[from] server::tls::TlsError),
     #[error("listen on {addr}: {source}")]
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("[metadata]: {0}")]
+    MetadataConfig(&'static str),
+}
+
+/// The embedded store in the data directory, or the shared one the configuration names.
+async fn open_metadata(config: &Config, layout: &Layout) -> Result<MetaStore, StartError> {
+    match config.metadata.backend {
+        config::MetadataBackend::Redb => Ok(MetaStore::open(&layout.meta_db())?),
+        config::MetadataBackend::Postgres => {
+            let url = config.metadata.url.clone().ok_or(StartError::MetadataConfig("backend \"postgres\" needs a url"))?;
+            let connections = config.metadata.connections;
+            let meta = tokio::task::spawn_blocking(move || MetaStore::connect(&url, connections))
+                .await
+                .map_err(|_| StartError::MetadataConfig("connecting to the shared store was interrupted"))??;
+            tracing::info!(connections, "metadata: shared store (PostgreSQL)");
+            Ok(meta)
+        }
+    }
 }
 
 /// Opens the data directory, loads plugins and repositories.
@@ -90,13 +108,13 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
     let backend = storage::backend::open(&config.storage, &layout)?;
     tracing::info!(backend = backend.kind(), "blob storage");
     let store = BlobStore::on(layout.clone(), backend)?;
-    let meta = MetaStore::open(&layout.meta_db())?;
+    let meta = open_metadata(&config, &layout).await?;
     let gc = gc::Gc::new(storage::access::AccessLog::new(meta.clone()));
     let metrics = Arc::new(metrics::Metrics::new());
     let upstream = Arc::new(Upstream::new(config.upstream.clone(), metrics.clone())?);
     let uploads = Uploads::open(layout.uploads(), store.clone(), config.uploads.clone())
         .map_err(|source| StartError::DataDir { path: layout.uploads(), source })?;
-    let repos = Arc::new(Repos::new(layout.repositories(), config.listen.port()));
+    let repos = Arc::new(Repos::new(layout.repositories(), config.listen.port()).shared(meta.clone()));
     let caps = Arc::new(Capabilities {
         store: store.clone(),
         meta,
@@ -127,7 +145,13 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
     // itself once it can.
     tokio::spawn(storage::health::watch(store.health().clone(), layout.clone(), caps.meta.clone()));
     let fills = Fills::new(store, upstream, config.fills.clone());
-    let auth = Arc::new(auth::Auth::open(&config.data_dir, &config.auth)?);
+    let auth = Arc::new(match caps.meta.shared() {
+        Some(_) => auth::Auth::open_shared(&config.data_dir, &config.auth, caps.meta.clone())?,
+        None => auth::Auth::open(&config.data_dir, &config.auth)?,
+    });
+    if caps.meta.shared().is_some() {
+        tokio::spawn(follow_other_nodes(repos.clone(), auth.clone()));
+    }
     let app = Arc::new(App {
         auth,
         config,
@@ -147,6 +171,29 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
     // A plugin copied into the directory serves within seconds, without a restart.
     plugins::reload::watch(Arc::downgrade(&app));
     Ok(app)
+}
+
+/// With a shared metadata store: takes the repository definitions, users and tokens other nodes
+/// saved, within `SHARED_CHECK_WINDOW` of their change.
+async fn follow_other_nodes(repos: Arc<Repos>, auth: Arc<auth::Auth>) {
+    loop {
+        tokio::time::sleep(storage::meta::SHARED_CHECK_WINDOW).await;
+        let (repos, auth) = (repos.clone(), auth.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            match repos.refresh() {
+                Ok(true) => tracing::info!("repository definitions changed on another node: taken"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "shared repository definitions not read"),
+            }
+            if let Err(e) = auth.refresh() {
+                tracing::warn!(error = %e, "shared users and tokens not read");
+            }
+        })
+        .await;
+        if done.is_err() {
+            return;
+        }
+    }
 }
 
 pub async fn serve(config: Config) -> Result<(), StartError> {

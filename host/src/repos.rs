@@ -457,29 +457,88 @@ impl RepositoryInput {
     }
 }
 
-/// All repositories, persisted as one JSON file written atomically.
+/// All repositories, persisted as one JSON document written atomically: a file in the data
+/// directory, or with a shared metadata store, a document there that every node follows.
 pub struct Repos {
     path: PathBuf,
     inner: RwLock<BTreeMap<RepoName, Arc<Repository>>>,
     reserved_port: u16,
+    shared: Option<Shared>,
 }
+
+/// The definitions in the shared metadata store, and the version of them this node holds.
+struct Shared {
+    meta: crate::storage::MetaStore,
+    seen: std::sync::Mutex<Option<i64>>,
+}
+
+/// The shared store's document that holds the definitions (what `repositories.json` holds).
+const DOCUMENT: &str = "repositories.json";
 
 impl Repos {
     /// Repositories persisted at `path`; nothing is read until `load_or_seed`.
     pub fn new(path: PathBuf, reserved_port: u16) -> Repos {
-        Repos { path, inner: RwLock::new(BTreeMap::new()), reserved_port }
+        Repos { path, inner: RwLock::new(BTreeMap::new()), reserved_port, shared: None }
+    }
+
+    /// Repositories kept in the shared metadata store instead of a file (several nodes).
+    pub fn shared(mut self, meta: crate::storage::MetaStore) -> Repos {
+        if meta.shared().is_some() {
+            self.shared = Some(Shared { meta, seen: Default::default() });
+        }
+        self
+    }
+
+    fn read_stored(&self) -> Result<Option<(Vec<u8>, Option<i64>)>, RepoError> {
+        let load = |message: String| RepoError::Load { path: self.path.clone(), message };
+        match &self.shared {
+            Some(shared) => {
+                let pg = shared.meta.shared().ok_or_else(|| load("no shared store".into()))?;
+                Ok(pg.document(DOCUMENT).map_err(|e| load(e.to_string()))?.map(|(body, v)| (body, Some(v))))
+            }
+            None => match std::fs::read(&self.path) {
+                Ok(bytes) => Ok(Some((bytes, None))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(load(e.to_string())),
+            },
+        }
+    }
+
+    /// Takes what another node saved, when the shared document moved past the version this node
+    /// holds; true when the definitions changed. Blocking. Without a shared store, nothing to do.
+    pub fn refresh(&self) -> Result<bool, RepoError> {
+        let Some(shared) = &self.shared else { return Ok(false) };
+        let Some(pg) = shared.meta.shared() else { return Ok(false) };
+        let current = pg.document_version(DOCUMENT).map_err(|e| RepoError::Load { path: self.path.clone(), message: e.to_string() })?;
+        if current == *shared.seen.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Ok(false);
+        }
+        let Some((bytes, version)) = self.read_stored()? else { return Ok(false) };
+        let all = serde_json::from_slice::<Vec<Repository>>(&bytes)
+            .map_err(|e| RepoError::Load { path: self.path.clone(), message: e.to_string() })?;
+        let mut map = self.write();
+        map.clear();
+        for repo in all {
+            map.insert(repo.name.clone(), Arc::new(repo));
+        }
+        *shared.seen.lock().unwrap_or_else(|p| p.into_inner()) = version;
+        Ok(true)
     }
 
     /// Loads the definitions, or seeds them on first start.
     pub fn load_or_seed(&self, seed: Vec<Repository>) -> Result<(), RepoError> {
         let path = self.path.clone();
-        let existing = match std::fs::read(&path) {
-            Ok(bytes) => Some(
-                serde_json::from_slice::<Vec<Repository>>(&bytes)
-                    .map_err(|e| RepoError::Load { path: path.clone(), message: e.to_string() })?,
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(RepoError::Load { path, message: e.to_string() }),
+        let existing = match self.read_stored()? {
+            Some((bytes, version)) => {
+                if let Some(shared) = &self.shared {
+                    *shared.seen.lock().unwrap_or_else(|p| p.into_inner()) = version;
+                }
+                Some(
+                    serde_json::from_slice::<Vec<Repository>>(&bytes)
+                        .map_err(|e| RepoError::Load { path: path.clone(), message: e.to_string() })?,
+                )
+            }
+            None => None,
         };
         let seeded = existing.is_none();
         let mut map = self.write();
@@ -587,7 +646,15 @@ impl Repos {
         Ok(())
     }
 
+    /// Before a change: the definitions another node saved are what it is checked against.
+    fn refresh_before_change(&self) {
+        if let Err(e) = self.refresh() {
+            tracing::warn!(error = %e, "shared repository definitions not re-read");
+        }
+    }
+
     pub fn create(&self, repo: Repository) -> Result<Arc<Repository>, RepoError> {
+        self.refresh_before_change();
         let mut map = self.write();
         if map.contains_key(&repo.name) {
             return Err(RepoError::Conflict(format!("repository {} already exists", repo.name)));
@@ -604,6 +671,7 @@ impl Repos {
 
     /// Creates or replaces; returns the previous definition when there was one.
     pub fn put(&self, repo: Repository) -> Result<(Arc<Repository>, Option<Arc<Repository>>), RepoError> {
+        self.refresh_before_change();
         let mut map = self.write();
         Self::check_against(&map, &repo, Some(&repo.name), self.reserved_port)?;
         let repo = Arc::new(repo);
@@ -619,6 +687,7 @@ impl Repos {
     }
 
     pub fn delete(&self, name: &str) -> Result<Arc<Repository>, RepoError> {
+        self.refresh_before_change();
         let mut map = self.write();
         let key = map.keys().find(|k| k.as_str() == name).cloned().ok_or_else(|| RepoError::NotFound(name.to_owned()))?;
         if let Some(v) = map.values().find(|r| r.members.contains(&key)) {
@@ -641,6 +710,18 @@ impl Repos {
         };
         let list: Vec<&Repository> = map.values().map(|r| r.as_ref()).collect();
         let json = serde_json::to_vec_pretty(&list).map_err(|e| err(std::io::Error::other(e)))?;
+        if let Some(shared) = &self.shared {
+            let Some(pg) = shared.meta.shared() else { return Err(err(std::io::Error::other("no shared store"))) };
+            let mut seen = shared.seen.lock().unwrap_or_else(|p| p.into_inner());
+            return match pg.put_document(DOCUMENT, &json, *seen) {
+                Ok(v) => {
+                    *seen = Some(v);
+                    Ok(())
+                }
+                Err(e @ crate::storage::meta::MetaError::Conflict(_)) => Err(RepoError::Conflict(e.to_string())),
+                Err(e) => Err(err(std::io::Error::other(e))),
+            };
+        }
         crate::storage::durable::replace(&self.path, &json, 0o600).map_err(err)
     }
 }

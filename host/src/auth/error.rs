@@ -99,6 +99,7 @@ impl UserError {
                 StatusCode::CONFLICT
             }
             UserError::Persist(e) if e.is_out_of_space() => StatusCode::SERVICE_UNAVAILABLE,
+            UserError::Persist(e) if e.is_conflict() => StatusCode::CONFLICT,
             UserError::Persist(_) => StatusCode::INTERNAL_SERVER_ERROR,
             UserError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,

@@ -21,6 +21,9 @@ pub enum FileError {
     KeyLength { path: PathBuf, found: usize },
     #[error("no randomness from the operating system")]
     Random,
+    /// The shared metadata store failed, or another node changed the document meanwhile.
+    #[error(transparent)]
+    Shared(crate::storage::meta::MetaError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FileError + '_ {
@@ -54,11 +57,16 @@ impl FileError {
             FileError::Io { source, .. } => source.to_string(),
             FileError::Json { source, .. } => format!("not valid: {source}"),
             FileError::KeyLength { found, .. } => format!("signing key of {found} bytes"),
-            FileError::Random => self.to_string(),
+            FileError::Random | FileError::Shared(_) => self.to_string(),
         }
     }
 
     /// The disk is full: the change can be retried once space is freed.
+    /// Another node changed the same document at the same time: the change can be retried.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, FileError::Shared(crate::storage::meta::MetaError::Conflict(_)))
+    }
+
     pub fn is_out_of_space(&self) -> bool {
         matches!(self, FileError::Io { source, .. } if crate::storage::durable::is_out_of_space(source))
     }

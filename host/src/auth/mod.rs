@@ -21,12 +21,13 @@ mod identity;
 mod names;
 mod password;
 mod signed;
+mod store;
 mod throttle;
 mod users;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -76,7 +77,10 @@ struct UsersState {
 /// Users, API tokens, the signing key, and the state that makes checking them cheap and safe.
 /// Shared by all requests (`Arc<Auth>`).
 pub struct Auth {
-    dir: PathBuf,
+    store: store::AuthStore,
+    /// The users of the configuration and htpasswd files (they win over stored users of the
+    /// same name), kept to rebuild the set when another node changes the stored ones.
+    fixed: Vec<Arc<UserRecord>>,
     users: RwLock<UsersState>,
     /// API tokens by the SHA-256 of their secret; `tokens.json` holds the values.
     tokens: RwLock<HashMap<TokenHash, StoredToken>>,
@@ -139,19 +143,34 @@ impl Auth {
     /// and of `htpasswd_file`. With no users at all, creates `admin` with the password from
     /// `BINARYREPO_ADMIN_PASSWORD`, or a generated one logged once.
     pub fn open(data_dir: &Path, config: &AuthConfig) -> Result<Auth, AuthError> {
-        Auth::open_with(data_dir, config, std::env::var(ADMIN_PASSWORD_ENV).ok().filter(|p| !p.is_empty()))
+        Auth::open_inner(data_dir, config, std::env::var(ADMIN_PASSWORD_ENV).ok().filter(|p| !p.is_empty()), None)
     }
 
+    /// Like `open`, with users, tokens and the signing key in the shared metadata store when
+    /// `meta` is one (several nodes).
+    pub fn open_shared(data_dir: &Path, config: &AuthConfig, meta: crate::storage::MetaStore) -> Result<Auth, AuthError> {
+        Auth::open_inner(data_dir, config, std::env::var(ADMIN_PASSWORD_ENV).ok().filter(|p| !p.is_empty()), Some(meta))
+    }
+
+    #[cfg(test)]
     fn open_with(data_dir: &Path, config: &AuthConfig, admin_password: Option<String>) -> Result<Auth, AuthError> {
-        let dir = data_dir.join("auth");
-        files::private_dir(&dir)?;
-        let key = files::signing_key(&dir.join("signing.key"))?;
+        Auth::open_inner(data_dir, config, admin_password, None)
+    }
+
+    fn open_inner(
+        data_dir: &Path,
+        config: &AuthConfig,
+        admin_password: Option<String>,
+        meta: Option<crate::storage::MetaStore>,
+    ) -> Result<Auth, AuthError> {
+        let store = store::AuthStore::open(data_dir.join("auth"), meta)?;
+        let key = store.signing_key()?;
         let hasher = Hasher::new(config.password_hash_cost);
         let generation = AtomicU64::new(1);
         let next = || generation.fetch_add(1, Ordering::Relaxed);
 
         let mut api = BTreeMap::new();
-        for user in files::read_json::<UsersFile>(&dir.join("users.json"))?.unwrap_or_default().users {
+        for user in store.read_json::<UsersFile>("users.json")?.unwrap_or_default().users {
             api.insert(user.name.clone(), user);
         }
         let mut fixed: Vec<FixedUser> = match &config.htpasswd_file {
@@ -173,24 +192,37 @@ impl Auth {
         if api.is_empty() && fixed.is_empty() {
             let user = first_admin(&hasher, admin_password)?;
             api.insert(user.name.clone(), user);
-            files::write_json(&dir.join("users.json"), &UsersFile { users: api.values().cloned().collect() })?;
+            match store.write_json("users.json", &UsersFile { users: api.values().cloned().collect() }) {
+                Ok(()) => {}
+                // Another node started at the same time and created the first admin: theirs.
+                Err(e) if e.is_conflict() => {
+                    api.clear();
+                    for user in store.read_json::<UsersFile>("users.json")?.unwrap_or_default().users {
+                        api.insert(user.name.clone(), user);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
 
         let mut effective = HashMap::new();
         for u in api.values() {
             effective.insert(u.name.clone(), Arc::new(UserRecord::from_api(u, next())));
         }
+        let mut fixed_records = Vec::new();
         for u in fixed {
             if effective.contains_key(&u.name) {
                 tracing::warn!(user = %u.name, "user defined in users.json is replaced by the {} file's", u.source.as_str());
             }
-            effective.insert(u.name.clone(), Arc::new(UserRecord::from_fixed(u, next())));
+            let record = Arc::new(UserRecord::from_fixed(u, next()));
+            fixed_records.push(record.clone());
+            effective.insert(record.name().clone(), record);
         }
 
         // Tokens whose owner is gone (a config user removed, say) or that have expired are
         // dropped, so that a user of the same name added later does not inherit them.
         let now = unix_now();
-        let stored = files::read_json::<TokensFile>(&dir.join("tokens.json"))?.unwrap_or_default().tokens;
+        let stored = store.read_json::<TokensFile>("tokens.json")?.unwrap_or_default().tokens;
         let before = stored.len();
         let mut tokens = HashMap::new();
         for t in stored {
@@ -200,12 +232,16 @@ impl Auth {
                 tokens.insert(hash, t);
             }
         }
-        if tokens.len() != before {
-            files::write_json(&dir.join("tokens.json"), &TokensFile { tokens: tokens.values().cloned().collect() })?;
+        if tokens.len() != before
+            && let Err(e) = store.write_json("tokens.json", &TokensFile { tokens: tokens.values().cloned().collect() })
+            && !e.is_conflict()
+        {
+            return Err(e.into());
         }
 
         Ok(Auth {
-            dir,
+            store,
+            fixed: fixed_records,
             users: RwLock::new(UsersState { api, effective }),
             tokens: RwLock::new(tokens),
             writer: Mutex::new(()),
@@ -398,7 +434,54 @@ impl Auth {
     }
 
     fn lock_writer(&self) -> MutexGuard<'_, ()> {
-        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        // A change starts from what other nodes saved (with a shared store), so it keeps theirs.
+        if let Err(e) = self.refresh_locked() {
+            tracing::warn!(error = %e, "shared users and tokens not re-read");
+        }
+        writer
+    }
+
+    /// Takes the users and tokens another node saved since this node last read them (with a
+    /// shared store; nothing to do otherwise). Blocking.
+    pub fn refresh(&self) -> Result<(), files::FileError> {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.refresh_locked()
+    }
+
+    fn refresh_locked(&self) -> Result<(), files::FileError> {
+        if self.store.changed("users.json")? {
+            let stored = self.store.read_json::<UsersFile>("users.json")?.unwrap_or_default().users;
+            let mut users = write(&self.users);
+            let mut effective = HashMap::new();
+            let mut api = BTreeMap::new();
+            for u in stored {
+                // An unchanged user keeps its record, and so its cached credentials.
+                let kept = users
+                    .effective
+                    .get(&u.name)
+                    .filter(|r| r.source == Source::Api && users.api.get(&u.name).is_some_and(|old| same_user(old, &u)))
+                    .cloned();
+                let record = kept.unwrap_or_else(|| Arc::new(UserRecord::from_api(&u, self.next_generation())));
+                effective.insert(u.name.clone(), record);
+                api.insert(u.name.clone(), u);
+            }
+            for f in &self.fixed {
+                effective.insert(f.name().clone(), f.clone());
+            }
+            *users = UsersState { api, effective };
+        }
+        if self.store.changed("tokens.json")? {
+            let stored = self.store.read_json::<TokensFile>("tokens.json")?.unwrap_or_default().tokens;
+            let mut tokens = HashMap::new();
+            for t in stored {
+                if let Some(hash) = hex::decode(&t.sha256).ok().and_then(|h| TokenHash::try_from(h.as_slice()).ok()) {
+                    tokens.insert(hash, t);
+                }
+            }
+            *write(&self.tokens) = tokens;
+        }
+        Ok(())
     }
 
     /// Hashes a new password (on the blocking pool) or validates a given hash.
@@ -417,7 +500,7 @@ impl Auth {
     /// Saves `api` as `users.json`, then makes it current (`changed`: the user whose record
     /// is replaced or removed). Called with the writer lock held.
     fn commit_users(&self, api: BTreeMap<UserName, StoredUser>, changed: &UserName) -> Result<(), UserError> {
-        files::write_json(&self.dir.join("users.json"), &UsersFile { users: api.values().cloned().collect() })?;
+        self.store.write_json("users.json", &UsersFile { users: api.values().cloned().collect() })?;
         let record = api.get(changed).map(|u| Arc::new(UserRecord::from_api(u, self.next_generation())));
         let mut users = write(&self.users);
         users.api = api;
@@ -524,7 +607,7 @@ impl Auth {
     fn commit_tokens(&self, tokens: HashMap<TokenHash, StoredToken>) -> Result<(), UserError> {
         let mut list: Vec<StoredToken> = tokens.values().cloned().collect();
         list.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        files::write_json(&self.dir.join("tokens.json"), &TokensFile { tokens: list })?;
+        self.store.write_json("tokens.json", &TokensFile { tokens: list })?;
         *write(&self.tokens) = tokens;
         Ok(())
     }
@@ -588,6 +671,11 @@ impl Auth {
         self.commit_tokens(tokens)?;
         removed.ok_or_else(|| UserError::NoSuchToken(id.into()))
     }
+}
+
+/// Whether two stored versions of a user sign in the same way with the same rights.
+fn same_user(a: &StoredUser, b: &StoredUser) -> bool {
+    serde_json::to_vec(a).ok() == serde_json::to_vec(b).ok()
 }
 
 /// The first admin: the password from the environment, or a generated one logged once (the

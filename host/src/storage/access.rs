@@ -3,7 +3,8 @@
 //!
 //! Recorded in memory on every blob served or fetched, and written to the metadata database
 //! in one transaction per batch (`flush`: every minute, and before a collection reads it).
-//! Times are in whole seconds: an LRU needs no more, and a blob pulled many times a second
+//! With the shared store the records go to its `binaryrepo_access` table, where each node's
+//! batch only ever moves a time forward. Times are in whole seconds: an LRU needs no more, and a blob pulled many times a second
 //! costs one map update each.
 
 use std::collections::HashMap;
@@ -53,6 +54,11 @@ impl AccessLog {
         if batch.is_empty() {
             return Ok(0);
         }
+        if let Some(pg) = self.meta.shared() {
+            let rows: Vec<_> = batch.iter().map(|((repo, digest), at)| (repo.clone(), digest.to_string(), *at)).collect();
+            pg.record_access(&rows)?;
+            return Ok(rows.len());
+        }
         let txn = self.meta.database()?.begin_write().map_err(db_err)?;
         {
             let mut table = txn.open_table(ACCESS).map_err(db_err)?;
@@ -68,6 +74,9 @@ impl AccessLog {
     /// Last pull of every blob of `repo` that has one recorded.
     pub fn of_repository(&self, repo: &str) -> Result<HashMap<Digest, u64>, MetaError> {
         self.flush()?;
+        if let Some(pg) = self.meta.shared() {
+            return Ok(pg.access_of(repo)?.into_iter().filter_map(|(d, at)| Some((d.parse::<Digest>().ok()?, at))).collect());
+        }
         let txn = self.meta.database()?.begin_read().map_err(db_err)?;
         let table = match txn.open_table(ACCESS) {
             Ok(t) => t,
@@ -91,6 +100,10 @@ impl AccessLog {
         if digests.is_empty() {
             return Ok(());
         }
+        if let Some(pg) = self.meta.shared() {
+            let digests: Vec<String> = digests.iter().map(ToString::to_string).collect();
+            return pg.forget_access(repo, &digests);
+        }
         let txn = self.meta.database()?.begin_write().map_err(db_err)?;
         {
             let mut table = txn.open_table(ACCESS).map_err(db_err)?;
@@ -110,18 +123,29 @@ mod tests {
     #[test]
     fn recorded_flushed_and_scoped() {
         let dir = tempfile::tempdir().unwrap();
-        let meta = crate::storage::MetaStore::open(&dir.path().join("m.redb")).unwrap();
-        let log = AccessLog::new(meta.clone());
-        let a = Digest::of(Algorithm::Sha256, b"a");
-        assert!(log.of_repository("r").unwrap().is_empty());
-        log.record("r", &a, 10);
-        log.record("r", &a, 20);
-        log.record("rr", &a, 30);
-        let seen = log.of_repository("r").unwrap();
-        assert_eq!(seen.get(&a), Some(&20));
-        assert_eq!(seen.len(), 1);
-        log.forget("r", std::slice::from_ref(&a)).unwrap();
-        assert!(log.of_repository("r").unwrap().is_empty());
-        assert_eq!(log.of_repository("rr").unwrap().get(&a), Some(&30));
+        let mut stores = vec![(crate::storage::MetaStore::open(&dir.path().join("m.redb")).unwrap(), String::new())];
+        if let Some(url) = crate::storage::meta::tests::postgres_url() {
+            stores.push((crate::storage::MetaStore::connect(&url, 2).unwrap(), format!("t{}-", uuid::Uuid::new_v4().simple())));
+        }
+        for (meta, p) in stores {
+            let (r, rr) = (format!("{p}r"), format!("{p}rr"));
+            let log = AccessLog::new(meta.clone());
+            let a = Digest::of(Algorithm::Sha256, b"a");
+            assert!(log.of_repository(&r).unwrap().is_empty());
+            log.record(&r, &a, 10);
+            log.record(&r, &a, 20);
+            log.record(&rr, &a, 30);
+            let seen = log.of_repository(&r).unwrap();
+            assert_eq!(seen.get(&a), Some(&20));
+            assert_eq!(seen.len(), 1);
+            if meta.shared().is_some() {
+                // Another node's older record does not move the time back.
+                log.record(&r, &a, 15);
+                assert_eq!(log.of_repository(&r).unwrap().get(&a), Some(&20));
+            }
+            log.forget(&r, std::slice::from_ref(&a)).unwrap();
+            assert!(log.of_repository(&r).unwrap().is_empty());
+            assert_eq!(log.of_repository(&rr).unwrap().get(&a), Some(&30));
+        }
     }
 }

@@ -1,10 +1,14 @@
 //! Durable per-repository metadata: small values under string keys, scoped by repository name.
 //! Plugins own the keys (tag links, media types); the host only scopes and stores them.
 //!
-//! Reads are answered from memory when they can: a warm manifest GET by tag reads its tag link
-//! on every request, and a redb read transaction costs more than the rest of the look-up. This
-//! process is the store's only user (redb locks the file), so every write passes here and drops
-//! what it changed from the cache.
+//! Two backends: embedded (redb, one file in the data directory: the default, no service to run)
+//! and shared (PostgreSQL, `postgres`: several nodes serving the same repositories).
+//!
+//! With the embedded store, reads are answered from memory when they can: a warm manifest GET by
+//! tag reads its tag link on every request, and a redb read transaction costs more than the rest
+//! of the look-up. This process is the store's only user (redb locks the file), so every write
+//! passes here and drops what it changed from the cache. The shared store has no such cache:
+//! other nodes write to it too.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,6 +18,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 use redb::{Database, TableDefinition};
+
+use super::postgres::{DatabaseUrl, PgMeta};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -30,6 +36,22 @@ pub enum MetaError {
     /// The store failed a write and is being reopened: retry later.
     #[error("metadata store unavailable: {0}")]
     Unavailable(String),
+    /// The shared store (PostgreSQL) refused or failed a statement.
+    #[error("shared metadata store: {0}")]
+    Postgres(Box<postgres::Error>),
+    /// Another node changed a shared document since this one read it: read again and retry.
+    #[error("{0} was changed by another node at the same time; retry")]
+    Conflict(String),
+    /// No connection to the shared store could be had in time.
+    #[error("shared metadata store: no connection: {0}")]
+    Pool(r2d2::Error),
+}
+
+impl MetaError {
+    /// The store itself failed (not the caller's key): counts against readiness.
+    fn is_store_failure(&self) -> bool {
+        matches!(self, MetaError::Store(_) | MetaError::Postgres(_) | MetaError::Pool(_))
+    }
 }
 
 fn db_err<E: Into<redb::Error>>(e: E) -> MetaError {
@@ -105,14 +127,24 @@ type Opener = Box<dyn Fn() -> Result<Database, redb::Error> + Send + Sync>;
 /// marks the store failed until `recover` succeeds.
 struct Handle {
     current: RwLock<Option<Arc<Database>>>,
-    /// Why the last write failed, while the store has not taken a write since.
-    failed: Mutex<Option<String>>,
     open: Opener,
 }
 
+/// Where the metadata lives.
+enum Backend {
+    Embedded(Handle),
+    Shared(PgMeta),
+}
+
+/// How long a node may keep acting on what it derived from a repository's metadata after
+/// another node wrote it (the shared store's generation poll).
+pub const SHARED_CHECK_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Clone)]
 pub struct MetaStore {
-    db: Arc<Handle>,
+    backend: Arc<Backend>,
+    /// Why the last write failed, while the store has not taken a write since.
+    failed: Arc<Mutex<Option<String>>>,
     cache: Arc<ReadCache>,
     generations: Arc<RwLock<HashMap<String, Generation>>>,
 }
@@ -135,26 +167,93 @@ impl MetaStore {
         txn.commit().map_err(db_err)?;
         let values = Cache::with_weighter((CACHE_TOTAL / 512) as usize, CACHE_TOTAL, ByLength);
         let cache = Arc::new(ReadCache { values, writes: Mutex::new(0) });
-        let handle = Handle { current: RwLock::new(Some(Arc::new(db))), failed: Mutex::new(None), open };
-        Ok(MetaStore { db: Arc::new(handle), cache, generations: Default::default() })
+        let handle = Handle { current: RwLock::new(Some(Arc::new(db))), open };
+        Ok(MetaStore::with_backend(Backend::Embedded(handle), cache))
+    }
+
+    fn with_backend(backend: Backend, cache: Arc<ReadCache>) -> MetaStore {
+        MetaStore { backend: Arc::new(backend), failed: Default::default(), cache, generations: Default::default() }
+    }
+
+    /// Connects to the shared store (PostgreSQL) with at most `connections` connections, and
+    /// starts following the writes of other nodes. Blocking.
+    pub fn connect(url: &DatabaseUrl, connections: u32) -> Result<MetaStore, MetaError> {
+        let pg = PgMeta::connect(url, connections)?;
+        let cache = Arc::new(ReadCache { values: Cache::with_weighter(1, 1, ByLength), writes: Mutex::new(0) });
+        let store = MetaStore::with_backend(Backend::Shared(pg), cache);
+        store.follow_other_nodes();
+        Ok(store)
+    }
+
+    /// The shared store, when this is one.
+    pub fn shared(&self) -> Option<&PgMeta> {
+        match &*self.backend {
+            Backend::Shared(pg) => Some(pg),
+            Backend::Embedded(_) => None,
+        }
+    }
+
+    /// Polls the shared store's write counters and advances ours for what other nodes wrote,
+    /// so that plans reused from a repository's metadata expire within `SHARED_CHECK_WINDOW`.
+    /// The thread ends with the store.
+    fn follow_other_nodes(&self) {
+        let backend = Arc::downgrade(&self.backend);
+        let generations = Arc::downgrade(&self.generations);
+        let spawned = std::thread::Builder::new().name("meta-generations".into()).spawn(move || {
+            let mut seen: HashMap<String, i64> = HashMap::new();
+            loop {
+                std::thread::sleep(SHARED_CHECK_WINDOW);
+                let (Some(backend), Some(generations)) = (backend.upgrade(), generations.upgrade()) else { return };
+                let Backend::Shared(pg) = &*backend else { return };
+                match pg.generations() {
+                    Ok(now) => {
+                        let local = generations.read().unwrap_or_else(|p| p.into_inner());
+                        for (repo, n) in &now {
+                            if seen.get(repo) != Some(n)
+                                && let Some(g) = local.get(repo)
+                            {
+                                g.fetch_add(1, Ordering::Release);
+                            }
+                        }
+                        drop(local);
+                        seen = now;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "shared metadata: write counters not read"),
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "shared metadata: cannot follow other nodes' writes");
+        }
     }
 
     fn db(&self) -> Result<Arc<Database>, MetaError> {
-        self.db.current.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or_else(|| MetaError::Unavailable("being reopened".into()))
+        match &*self.backend {
+            Backend::Embedded(h) => {
+                h.current.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or_else(|| MetaError::Unavailable("being reopened".into()))
+            }
+            Backend::Shared(_) => Err(MetaError::Unavailable("no embedded database with a shared metadata store".into())),
+        }
     }
 
     /// Why the store does not take writes, while it does not.
     pub fn failing(&self) -> Option<String> {
-        self.db.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether a point read may run on an async thread: the embedded store answers from memory
+    /// or its page cache; the shared one goes over the network.
+    pub fn reads_inline(&self) -> bool {
+        matches!(&*self.backend, Backend::Embedded(_))
     }
 
     /// Records the outcome of a write: a failure marks the store failed (for readiness, and for
     /// `recover`), a success clears that.
     fn outcome<T>(&self, result: Result<T, MetaError>) -> Result<T, MetaError> {
-        let mut failed = self.db.failed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
         match &result {
             Ok(_) => *failed = None,
-            Err(MetaError::Store(e)) => {
+            Err(e) if e.is_store_failure() => {
                 if failed.is_none() {
                     tracing::error!(error = %e, "metadata store write failed; it is reopened until writes work again");
                 }
@@ -169,13 +268,23 @@ impl MetaStore {
     /// may have been transient), else the database is closed and opened again, which also
     /// repairs it. True when writes work. Blocking; called by the health watch.
     pub fn recover(&self) -> bool {
+        let handle = match &*self.backend {
+            Backend::Embedded(h) => h,
+            Backend::Shared(pg) => {
+                let ok = pg.probe().is_ok();
+                if ok {
+                    *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                }
+                return ok;
+            }
+        };
         if let Ok(db) = self.db()
             && Self::probe(&db).is_ok()
         {
-            *self.db.failed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = None;
             return true;
         }
-        let mut slot = self.db.current.write().unwrap_or_else(|p| p.into_inner());
+        let mut slot = handle.current.write().unwrap_or_else(|p| p.into_inner());
         if let Some(db) = slot.take() {
             match Arc::try_unwrap(db) {
                 Ok(db) => drop(db),
@@ -186,7 +295,7 @@ impl MetaStore {
                 }
             }
         }
-        let reopened = (self.db.open)().map_err(db_err).and_then(|db| Self::probe(&db).map(|()| db));
+        let reopened = (handle.open)().map_err(db_err).and_then(|db| Self::probe(&db).map(|()| db));
         let ok = match reopened {
             Ok(db) => {
                 *slot = Some(Arc::new(db));
@@ -201,7 +310,7 @@ impl MetaStore {
         drop(slot);
         // What was cached may predate a commit whose outcome was unknown.
         self.cache.written(None);
-        let mut failed = self.db.failed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
         if ok {
             *failed = None;
         }
@@ -254,6 +363,9 @@ impl MetaStore {
 
     pub fn get(&self, repo: &str, key: &str) -> Result<Option<Vec<u8>>, MetaError> {
         let k = Self::key(repo, key)?;
+        if let Some(pg) = self.shared() {
+            return pg.get(repo, key);
+        }
         if let Some(v) = self.cache.values.get(k.as_str()) {
             return Ok(v);
         }
@@ -267,6 +379,11 @@ impl MetaStore {
 
     pub fn put(&self, repo: &str, key: &str, value: &[u8]) -> Result<(), MetaError> {
         let k = Self::key(repo, key)?;
+        if let Some(pg) = self.shared() {
+            let committed = pg.put(repo, key, value);
+            self.advance(repo);
+            return self.outcome(committed);
+        }
         let committed = self.db().and_then(|db| {
             let txn = db.begin_write().map_err(db_err)?;
             {
@@ -283,6 +400,11 @@ impl MetaStore {
 
     pub fn delete(&self, repo: &str, key: &str) -> Result<(), MetaError> {
         let k = Self::key(repo, key)?;
+        if let Some(pg) = self.shared() {
+            let committed = pg.delete(repo, key);
+            self.advance(repo);
+            return self.outcome(committed);
+        }
         let committed = self.db().and_then(|db| {
             let txn = db.begin_write().map_err(db_err)?;
             {
@@ -299,6 +421,9 @@ impl MetaStore {
     /// The repository's keys starting with `prefix`, in lexical order.
     pub fn list(&self, repo: &str, prefix: &str) -> Result<Vec<String>, MetaError> {
         let start = Self::key(repo, prefix)?;
+        if let Some(pg) = self.shared() {
+            return pg.list(repo, prefix);
+        }
         let txn = self.db()?.begin_read().map_err(db_err)?;
         let table = txn.open_table(META).map_err(db_err)?;
         let skip = repo.len() + SEP.len_utf8();
@@ -316,6 +441,12 @@ impl MetaStore {
 
     /// Removes everything a repository stored (the repository was deleted).
     pub fn delete_repository(&self, repo: &str) -> Result<(), MetaError> {
+        Self::key(repo, "")?;
+        if let Some(pg) = self.shared() {
+            let committed = pg.delete_repository(repo);
+            self.advance(repo);
+            return self.outcome(committed);
+        }
         let keys = self.list(repo, "")?;
         let committed = self.db().and_then(|db| {
             let txn = db.begin_write().map_err(db_err)?;
@@ -335,42 +466,143 @@ impl MetaStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The PostgreSQL server the shared store's half of the conformance tests runs against
+    /// (`tests/postgres.sh run cargo test …` starts one); without it those halves are skipped.
+    pub(crate) fn postgres_url() -> Option<DatabaseUrl> {
+        match std::env::var("BINARYREPO_TEST_POSTGRES_URL") {
+            Ok(url) if !url.is_empty() => Some(DatabaseUrl::new(url)),
+            _ => {
+                eprintln!("BINARYREPO_TEST_POSTGRES_URL not set: the PostgreSQL backend is not tested");
+                None
+            }
+        }
+    }
+
+    /// Every backend, each with repository names of its own (the shared database outlives a
+    /// test and serves tests running at once): `name("a")` is this run's repository "a".
+    fn backends() -> Vec<(MetaStore, String, Option<tempfile::TempDir>)> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = vec![(MetaStore::open(&dir.path().join("m.redb")).unwrap(), String::new(), Some(dir))];
+        if let Some(url) = postgres_url() {
+            out.push((MetaStore::connect(&url, 4).unwrap(), format!("t{}-", uuid::Uuid::new_v4().simple()), None));
+        }
+        out
+    }
 
     #[test]
     fn scoped_by_repository() {
-        let dir = tempfile::tempdir().unwrap();
-        let m = MetaStore::open(&dir.path().join("m.redb")).unwrap();
-        m.put("a", "tag/x:1", b"one").unwrap();
-        m.put("a", "tag/x:2", b"two").unwrap();
-        m.put("ab", "tag/x:3", b"three").unwrap();
-        assert_eq!(m.get("a", "tag/x:1").unwrap().as_deref(), Some(&b"one"[..]));
-        assert_eq!(m.get("ab", "tag/x:1").unwrap(), None);
-        assert_eq!(m.list("a", "tag/").unwrap(), vec!["tag/x:1", "tag/x:2"]);
-        m.delete("a", "tag/x:1").unwrap();
-        assert_eq!(m.list("a", "").unwrap(), vec!["tag/x:2"]);
-        m.delete_repository("a").unwrap();
-        assert!(m.list("a", "").unwrap().is_empty());
-        assert_eq!(m.list("ab", "").unwrap().len(), 1);
-        assert!(m.put("a", "bad\0key", b"").is_err());
+        for (m, p, _dir) in backends() {
+            let (a, ab) = (format!("{p}a"), format!("{p}ab"));
+            m.put(&a, "tag/x:1", b"one").unwrap();
+            m.put(&a, "tag/x:2", b"two").unwrap();
+            m.put(&a, "tag/y", b"").unwrap();
+            m.put(&ab, "tag/x:3", b"three").unwrap();
+            assert_eq!(m.get(&a, "tag/x:1").unwrap().as_deref(), Some(&b"one"[..]));
+            assert_eq!(m.get(&a, "tag/y").unwrap().as_deref(), Some(&b""[..]), "an empty value is not an absent one");
+            assert_eq!(m.get(&ab, "tag/x:1").unwrap(), None);
+            assert_eq!(m.list(&a, "tag/x").unwrap(), vec!["tag/x:1", "tag/x:2"]);
+            m.delete(&a, "tag/x:1").unwrap();
+            m.delete(&a, "tag/never").unwrap();
+            assert_eq!(m.list(&a, "").unwrap(), vec!["tag/x:2", "tag/y"]);
+            m.delete_repository(&a).unwrap();
+            assert!(m.list(&a, "").unwrap().is_empty());
+            assert_eq!(m.list(&ab, "").unwrap().len(), 1);
+            assert!(matches!(m.put(&a, "bad\0key", b""), Err(MetaError::BadKey(_))));
+            assert!(m.failing().is_none(), "a caller's bad key is not a store failure");
+        }
+    }
+
+    #[test]
+    fn keys_list_in_byte_order_and_prefixes_are_literal() {
+        for (m, p, _dir) in backends() {
+            let r = format!("{p}r");
+            for k in ["b", "a/2", "a/10", "A", "a%", "a_", "é", "a/1"] {
+                m.put(&r, k, k.as_bytes()).unwrap();
+            }
+            assert_eq!(m.list(&r, "").unwrap(), vec!["A", "a%", "a/1", "a/10", "a/2", "a_", "b", "é"]);
+            // LIKE's wildcards mean nothing in a prefix
+            assert_eq!(m.list(&r, "a%").unwrap(), vec!["a%"]);
+            assert_eq!(m.list(&r, "a_").unwrap(), vec!["a_"]);
+            assert_eq!(m.list(&r, "a/1").unwrap(), vec!["a/1", "a/10"]);
+            let big = vec![7u8; 1024 * 1024];
+            m.put(&r, "big", &big).unwrap();
+            assert_eq!(m.get(&r, "big").unwrap().as_deref(), Some(&big[..]));
+            m.delete_repository(&r).unwrap();
+        }
     }
 
     #[test]
     fn cached_reads_follow_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let m = MetaStore::open(&dir.path().join("m.redb")).unwrap();
-        assert_eq!(m.get("a", "tag/x:1").unwrap(), None);
-        m.put("a", "tag/x:1", b"one").unwrap();
-        assert_eq!(m.get("a", "tag/x:1").unwrap().as_deref(), Some(&b"one"[..]));
-        m.put("a", "tag/x:1", b"two").unwrap();
-        assert_eq!(m.get("a", "tag/x:1").unwrap().as_deref(), Some(&b"two"[..]));
-        m.delete("a", "tag/x:1").unwrap();
-        assert_eq!(m.get("a", "tag/x:1").unwrap(), None);
-        m.put("a", "tag/x:2", b"three").unwrap();
-        assert!(m.get("a", "tag/x:2").unwrap().is_some());
-        m.delete_repository("a").unwrap();
-        assert_eq!(m.get("a", "tag/x:2").unwrap(), None);
+        for (m, p, _dir) in backends() {
+            let a = format!("{p}a");
+            assert_eq!(m.get(&a, "tag/x:1").unwrap(), None);
+            m.put(&a, "tag/x:1", b"one").unwrap();
+            assert_eq!(m.get(&a, "tag/x:1").unwrap().as_deref(), Some(&b"one"[..]));
+            m.put(&a, "tag/x:1", b"two").unwrap();
+            assert_eq!(m.get(&a, "tag/x:1").unwrap().as_deref(), Some(&b"two"[..]));
+            m.delete(&a, "tag/x:1").unwrap();
+            assert_eq!(m.get(&a, "tag/x:1").unwrap(), None);
+            m.put(&a, "tag/x:2", b"three").unwrap();
+            assert!(m.get(&a, "tag/x:2").unwrap().is_some());
+            m.delete_repository(&a).unwrap();
+            assert_eq!(m.get(&a, "tag/x:2").unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn every_write_advances_the_generation() {
+        for (m, p, _dir) in backends() {
+            let a = format!("{p}a");
+            let g = m.generation(&a);
+            let other = m.generation(&format!("{p}b"));
+            let at = |g: &Generation| g.load(Ordering::Acquire);
+            let (g0, o0) = (at(&g), at(&other));
+            m.put(&a, "k", b"v").unwrap();
+            assert!(at(&g) > g0);
+            let g1 = at(&g);
+            m.delete(&a, "k").unwrap();
+            assert!(at(&g) > g1);
+            let g2 = at(&g);
+            m.delete_repository(&a).unwrap();
+            assert!(at(&g) > g2);
+            m.get(&a, "k").unwrap();
+            m.list(&a, "").unwrap();
+            assert_eq!(at(&other), o0, "another repository's counter stays");
+            assert!(m.recover(), "a working store probes fine");
+        }
+    }
+
+    /// Two nodes on one shared store: a write through one is what the other reads next, and its
+    /// counter advances within the check window, so plans reused there expire.
+    #[test]
+    fn shared_store_nodes_see_each_others_writes() {
+        let Some(url) = postgres_url() else { return };
+        let (a, b) = (MetaStore::connect(&url, 2).unwrap(), MetaStore::connect(&url, 2).unwrap());
+        let repo = format!("t{}-r", uuid::Uuid::new_v4().simple());
+        let on_b = b.generation(&repo);
+        let before = on_b.load(Ordering::Acquire);
+        a.put(&repo, "tag/latest", b"sha256:1").unwrap();
+        assert_eq!(b.get(&repo, "tag/latest").unwrap().as_deref(), Some(&b"sha256:1"[..]));
+        a.put(&repo, "tag/latest", b"sha256:2").unwrap();
+        assert_eq!(b.get(&repo, "tag/latest").unwrap().as_deref(), Some(&b"sha256:2"[..]), "a moved tag is never stale");
+        let deadline = std::time::Instant::now() + SHARED_CHECK_WINDOW * 4;
+        while on_b.load(Ordering::Acquire) == before {
+            assert!(std::time::Instant::now() < deadline, "node B's counter did not follow node A's write");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        a.delete_repository(&repo).unwrap();
+        assert!(b.list(&repo, "").unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_unreachable_shared_store_is_a_start_error_not_a_hang() {
+        let started = std::time::Instant::now();
+        let url = DatabaseUrl::new("postgresql://nobody@127.0.0.1:9/none?connect_timeout=1".into());
+        assert!(MetaStore::connect(&url, 1).is_err());
+        assert!(started.elapsed() < std::time::Duration::from_secs(15));
     }
 
     /// A file backend whose writes and syncs fail while `fail` is set, as on a full disk.

@@ -9,6 +9,7 @@ pub mod health;
 pub mod layout;
 pub mod mapped;
 pub mod meta;
+pub mod postgres;
 pub mod resumable;
 pub mod small_cache;
 pub mod touch;

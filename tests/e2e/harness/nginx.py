@@ -22,13 +22,14 @@ def render(example: str, nginx_port: int, binaryrepo_port: int) -> str:
 
 
 class Nginx:
-    def __init__(self, workdir: Path, binaryrepo_port: int, example: Path = EXAMPLE):
+    def __init__(self, workdir: Path, binaryrepo_port: int | None, example: Path = EXAMPLE, site=None):
+        """site: a function of nginx's port returning the server block(s) to use instead of the example's."""
         self.dir = Path(workdir) / "nginx"
         for d in ("tmp", "logs"):
             (self.dir / d).mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.site = self.dir / "binaryrepo.conf"
-        self.site.write_text(render(Path(example).read_text(), self.port, binaryrepo_port))
+        self.site.write_text(site(self.port) if site else render(Path(example).read_text(), self.port, binaryrepo_port))
         self.conf = self.dir / "nginx.conf"
         self.errlog = self.dir / "logs" / "error.log"
         self.accesslog = self.dir / "logs" / "access.log"

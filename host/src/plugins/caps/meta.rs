@@ -21,12 +21,17 @@ fn check_key(key: &str) -> Result<(), HostError> {
     Ok(())
 }
 
-/// Point reads run inline: redb serves them from its page cache without a syscall once warm,
-/// and a hop to the blocking pool would cost more than the read (~20 µs per manifest GET).
+/// Point reads run inline on the embedded store: redb serves them from its page cache without a
+/// syscall once warm, and a hop to the blocking pool would cost more than the read (~20 µs per
+/// manifest GET). The shared store's reads are network round trips, on the blocking pool.
 pub async fn get(state: &Scope, key: String) -> Result<Option<Vec<u8>>, HostError> {
     check_key(&key)?;
     let repo = state.repo()?;
-    state.caps.meta.get(repo.name.as_str(), &key).map_err(err)
+    if state.caps.meta.reads_inline() {
+        return state.caps.meta.get(repo.name.as_str(), &key).map_err(err);
+    }
+    let meta = state.caps.meta.clone();
+    blocking(move || meta.get(repo.name.as_str(), &key).map_err(err)).await
 }
 
 pub async fn put(state: &Scope, key: String, value: Vec<u8>) -> Result<(), HostError> {
@@ -67,7 +72,11 @@ fn sibling(state: &Scope, repository: &str) -> Result<String, HostError> {
 pub async fn get_in(state: &Scope, repository: String, key: String) -> Result<Option<Vec<u8>>, HostError> {
     check_key(&key)?;
     let repo = sibling(state, &repository)?;
-    state.caps.meta.get(&repo, &key).map_err(err)
+    if state.caps.meta.reads_inline() {
+        return state.caps.meta.get(&repo, &key).map_err(err);
+    }
+    let meta = state.caps.meta.clone();
+    blocking(move || meta.get(&repo, &key).map_err(err)).await
 }
 
 pub async fn list_in(state: &Scope, repository: String, prefix: String) -> Result<Vec<String>, HostError> {

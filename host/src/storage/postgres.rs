@@ -1,0 +1,280 @@
+//! The shared metadata store for several nodes: PostgreSQL (`[metadata] backend = "postgres"`).
+//!
+//! Holds what the embedded store (redb) holds on one machine — per-repository keys, blob access
+//! times — plus the documents a single node keeps as files in its data directory (repository
+//! definitions, users, tokens, the token-signing key), so that every node behind a load balancer
+//! serves the same repositories to the same users.
+//!
+//! Nothing is cached in memory here: a read is a query, so a tag moved through one node is what
+//! every node reads next. Each write also advances the repository's row in `generations` in the
+//! same transaction; nodes poll that table to expire what they derived from metadata (reused
+//! plans), which bounds how long a node may act on an old value to the poll interval.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use postgres::NoTls;
+use r2d2_postgres::PostgresConnectionManager;
+
+use super::meta::MetaError;
+
+type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+
+/// How long a caller waits for a free connection before the store counts as failing.
+const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serialises schema creation between nodes that start at once (`CREATE TABLE IF NOT EXISTS`
+/// races on the catalog otherwise). Any constant: it names this lock among the server's.
+const SCHEMA_LOCK: i64 = 0x6269_6e72_6570_6f01;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS binaryrepo_meta (
+    repo  text COLLATE "C" NOT NULL,
+    key   text COLLATE "C" NOT NULL,
+    value bytea NOT NULL,
+    PRIMARY KEY (repo, key)
+);
+CREATE TABLE IF NOT EXISTS binaryrepo_generations (
+    repo text COLLATE "C" PRIMARY KEY,
+    n    bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS binaryrepo_access (
+    repo   text COLLATE "C" NOT NULL,
+    digest text COLLATE "C" NOT NULL,
+    at     bigint NOT NULL,
+    PRIMARY KEY (repo, digest)
+);
+CREATE TABLE IF NOT EXISTS binaryrepo_documents (
+    name    text PRIMARY KEY,
+    body    bytea NOT NULL,
+    version bigint NOT NULL
+);
+"#;
+
+const BUMP: &str =
+    "INSERT INTO binaryrepo_generations (repo, n) VALUES ($1, 1) ON CONFLICT (repo) DO UPDATE SET n = binaryrepo_generations.n + 1";
+
+/// The connection URL, kept out of `Debug` output: it usually holds a password.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: String) -> DatabaseUrl {
+        DatabaseUrl(url)
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatabaseUrl(…)")
+    }
+}
+
+/// Runs a blocking client call where it may block: the client drives its connection on a
+/// runtime of its own, which tokio forbids inside another's threads, and a metadata call can
+/// come from an async task (start-up, a cheap read). Outside a runtime (tests, the blocking
+/// pool's threads, when there is no handle) the call just runs.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        Ok(_) => std::thread::scope(|s| s.spawn(f).join()).unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+        Err(_) => f(),
+    }
+}
+
+fn pg(e: postgres::Error) -> MetaError {
+    MetaError::Postgres(Box::new(e))
+}
+
+pub struct PgMeta {
+    pool: Pool,
+}
+
+impl PgMeta {
+    /// Connects (at most `connections` at once) and creates the tables that are missing.
+    /// Blocking.
+    pub fn connect(url: &DatabaseUrl, connections: u32) -> Result<PgMeta, MetaError> {
+        let config: postgres::Config = url.0.parse().map_err(pg)?;
+        let manager = PostgresConnectionManager::new(config, NoTls);
+        let pool = r2d2::Pool::builder()
+            .max_size(connections.max(1))
+            .min_idle(Some(1))
+            .connection_timeout(CHECKOUT_TIMEOUT)
+            // No round trip per checkout: a connection the server closed reports itself broken
+            // when it fails, and the pool replaces it.
+            .test_on_check_out(false)
+            .build(manager)
+            .map_err(MetaError::Pool)?;
+        let store = PgMeta { pool };
+        let mut c = store.conn()?;
+        let mut txn = c.transaction().map_err(pg)?;
+        txn.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK]).map_err(pg)?;
+        txn.batch_execute(SCHEMA).map_err(pg)?;
+        txn.commit().map_err(pg)?;
+        Ok(store)
+    }
+
+    fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, MetaError> {
+        self.pool.get().map_err(MetaError::Pool)
+    }
+
+    pub fn get(&self, repo: &str, key: &str) -> Result<Option<Vec<u8>>, MetaError> {
+        off_runtime(|| {
+            let row =
+                self.conn()?.query_opt("SELECT value FROM binaryrepo_meta WHERE repo = $1 AND key = $2", &[&repo, &key]).map_err(pg)?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    pub fn put(&self, repo: &str, key: &str, value: &[u8]) -> Result<(), MetaError> {
+        off_runtime(|| {
+            let mut c = self.conn()?;
+            let mut txn = c.transaction().map_err(pg)?;
+            txn.execute(
+                "INSERT INTO binaryrepo_meta (repo, key, value) VALUES ($1, $2, $3) ON CONFLICT (repo, key) DO UPDATE SET value = excluded.value",
+                &[&repo, &key, &value],
+            )
+            .map_err(pg)?;
+            txn.execute(BUMP, &[&repo]).map_err(pg)?;
+            txn.commit().map_err(pg)
+        })
+    }
+
+    pub fn delete(&self, repo: &str, key: &str) -> Result<(), MetaError> {
+        off_runtime(|| {
+            let mut c = self.conn()?;
+            let mut txn = c.transaction().map_err(pg)?;
+            txn.execute("DELETE FROM binaryrepo_meta WHERE repo = $1 AND key = $2", &[&repo, &key]).map_err(pg)?;
+            txn.execute(BUMP, &[&repo]).map_err(pg)?;
+            txn.commit().map_err(pg)
+        })
+    }
+
+    /// Keys of `repo` starting with `prefix`, in byte order (the columns collate as "C").
+    pub fn list(&self, repo: &str, prefix: &str) -> Result<Vec<String>, MetaError> {
+        off_runtime(|| {
+            let rows = self
+                .conn()?
+                .query("SELECT key FROM binaryrepo_meta WHERE repo = $1 AND starts_with(key, $2) ORDER BY key", &[&repo, &prefix])
+                .map_err(pg)?;
+            Ok(rows.into_iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    pub fn delete_repository(&self, repo: &str) -> Result<(), MetaError> {
+        off_runtime(|| {
+            let mut c = self.conn()?;
+            let mut txn = c.transaction().map_err(pg)?;
+            txn.execute("DELETE FROM binaryrepo_meta WHERE repo = $1", &[&repo]).map_err(pg)?;
+            txn.execute(BUMP, &[&repo]).map_err(pg)?;
+            txn.commit().map_err(pg)
+        })
+    }
+
+    /// A write the store must take for the node to count as ready.
+    pub fn probe(&self) -> Result<(), MetaError> {
+        off_runtime(|| {
+            self.conn()?
+                .execute(
+                    "INSERT INTO binaryrepo_documents (name, body, version) VALUES ('probe', '\\x31', 1) ON CONFLICT (name) DO UPDATE SET version = binaryrepo_documents.version",
+                    &[],
+                )
+                .map(drop)
+                .map_err(pg)
+        })
+    }
+
+    /// Every repository's write counter.
+    pub fn generations(&self) -> Result<HashMap<String, i64>, MetaError> {
+        off_runtime(|| {
+            let rows = self.conn()?.query("SELECT repo, n FROM binaryrepo_generations", &[]).map_err(pg)?;
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    /// Records last pulls; a node never moves a time backwards that another node recorded later.
+    pub fn record_access(&self, batch: &[(String, String, u64)]) -> Result<(), MetaError> {
+        off_runtime(|| {
+            let mut c = self.conn()?;
+            let mut txn = c.transaction().map_err(pg)?;
+            let stmt = txn
+                .prepare(
+                    "INSERT INTO binaryrepo_access (repo, digest, at) VALUES ($1, $2, $3)
+                     ON CONFLICT (repo, digest) DO UPDATE SET at = GREATEST(binaryrepo_access.at, excluded.at)",
+                )
+                .map_err(pg)?;
+            for (repo, digest, at) in batch {
+                let at = i64::try_from(*at).unwrap_or(i64::MAX);
+                txn.execute(&stmt, &[repo, digest, &at]).map_err(pg)?;
+            }
+            txn.commit().map_err(pg)
+        })
+    }
+
+    pub fn access_of(&self, repo: &str) -> Result<Vec<(String, u64)>, MetaError> {
+        off_runtime(|| {
+            let rows = self.conn()?.query("SELECT digest, at FROM binaryrepo_access WHERE repo = $1", &[&repo]).map_err(pg)?;
+            Ok(rows.into_iter().map(|r| (r.get::<_, String>(0), u64::try_from(r.get::<_, i64>(1)).unwrap_or(0))).collect())
+        })
+    }
+
+    pub fn forget_access(&self, repo: &str, digests: &[String]) -> Result<(), MetaError> {
+        off_runtime(|| {
+            self.conn()?
+                .execute("DELETE FROM binaryrepo_access WHERE repo = $1 AND digest = ANY($2)", &[&repo, &digests])
+                .map(drop)
+                .map_err(pg)
+        })
+    }
+
+    /// A document and its version (which every replacement advances).
+    pub fn document(&self, name: &str) -> Result<Option<(Vec<u8>, i64)>, MetaError> {
+        off_runtime(|| {
+            let row = self.conn()?.query_opt("SELECT body, version FROM binaryrepo_documents WHERE name = $1", &[&name]).map_err(pg)?;
+            Ok(row.map(|r| (r.get(0), r.get(1))))
+        })
+    }
+
+    /// The version of a document, without its body (for polling).
+    pub fn document_version(&self, name: &str) -> Result<Option<i64>, MetaError> {
+        off_runtime(|| {
+            let row = self.conn()?.query_opt("SELECT version FROM binaryrepo_documents WHERE name = $1", &[&name]).map_err(pg)?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    /// Replaces a document if it is still at version `seen` (None: it does not exist yet), and
+    /// returns its new version; `Conflict` when another node changed it in between.
+    pub fn put_document(&self, name: &str, body: &[u8], seen: Option<i64>) -> Result<i64, MetaError> {
+        off_runtime(|| {
+            let mut c = self.conn()?;
+            let row = match seen {
+                Some(v) => c.query_opt(
+                    "UPDATE binaryrepo_documents SET body = $2, version = version + 1 WHERE name = $1 AND version = $3 RETURNING version",
+                    &[&name, &body, &v],
+                ),
+                None => c.query_opt(
+                    "INSERT INTO binaryrepo_documents (name, body, version) VALUES ($1, $2, 1) ON CONFLICT (name) DO NOTHING RETURNING version",
+                    &[&name, &body],
+                ),
+            }
+            .map_err(pg)?;
+            row.map(|r| r.get(0)).ok_or_else(|| MetaError::Conflict(name.to_owned()))
+        })
+    }
+
+    /// Stores `body` only when no document of that name exists yet (the first node to start
+    /// seeds it, e.g. the token-signing key); returns the stored one either way.
+    pub fn document_or_insert(&self, name: &str, body: &[u8]) -> Result<Vec<u8>, MetaError> {
+        off_runtime(|| {
+            let mut c = self.conn()?;
+            c.execute(
+                "INSERT INTO binaryrepo_documents (name, body, version) VALUES ($1, $2, 1) ON CONFLICT (name) DO NOTHING",
+                &[&name, &body],
+            )
+            .map_err(pg)?;
+            let row = c.query_one("SELECT body FROM binaryrepo_documents WHERE name = $1", &[&name]).map_err(pg)?;
+            Ok(row.get(0))
+        })
+    }
+}
