@@ -186,5 +186,5 @@ def test_a_remote_url_with_credentials_is_refused(make_binaryrepo):
     seeded = make_binaryrepo("seeded", start=False, repositories=[
         {"name": "r-remote", "type": "remote", "format": "docker", "url": "http://alice:secret@127.0.0.1:5000"}])
     with pytest.raises(Exception):
-        seeded.start(timeout=15)
+        seeded.start(timeout=90)
     assert '"username" and "password" fields' in seeded.log_tail(5), seeded.log_tail(5)

@@ -217,7 +217,7 @@ def test_bad_certificate_stops_the_start(make_binaryrepo, ca, tmp_path):
     sc.key.write_bytes(b"")
     br = make_binaryrepo(tls=sc, start=False)
     with pytest.raises(Exception) as e:
-        br.start(timeout=15)
+        br.start(timeout=90)
     assert "tls_key" in str(e.value) and str(sc.key) in str(e.value), str(e.value)[-2000:]
 
 
