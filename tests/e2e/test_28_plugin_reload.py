@@ -140,9 +140,11 @@ def test_files_that_do_not_load_are_refused_and_the_old_plugin_keeps_serving(ser
     for name in ("junk.wasm", "generic.wasm"):
         assert reasons[name], reasons
     assert {r["at"][-1] for r in listing(br)["refused"]} == {"Z"}
-    # the log says it too
-    log = br.logfile.read_text(errors="replace")
-    assert "plugin refused" in log and "trap-in-info.wasm" in log
+    # the log says it too (log lines are written by their own thread, shortly after the listing changes)
+    def logged():
+        log = br.logfile.read_text(errors="replace")
+        return "plugin refused" in log and "trap-in-info.wasm" in log
+    wait_until(logged, timeout=10, what="the refusal of trap-in-info.wasm in the log")
 
     # whatever served before serves on: the old build of generic, and docker
     assert {"docker", "generic"} <= set(formats(br)) and "misbehave" not in formats(br)

@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::App;
 use crate::auth::Identity;
 use crate::plugins::bindings::types::FailureKind;
+use crate::storage::mapped;
 
 /// Bytes of a request head kept: the request line and, usually, `Host`.
 const KEPT: usize = 8 * 1024;
@@ -203,6 +204,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Oversized<S> {
 impl<S: AsyncWrite + Unpin> AsyncWrite for Oversized<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        // A slice of a mapped blob is body, never a response head: looking at its bytes would
+        // fault the file's pages into this process (zero_copy sends them with sendfile).
+        if matches!(this.state, State::Passing) && mapped::lookup(buf).is_some() {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
         if !matches!(this.state, State::Passing) || is_bare_431(buf) {
             return this.poll_replace(cx, buf.len());
         }
@@ -213,6 +219,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Oversized<S> {
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let first = bufs.iter().find(|b| !b.is_empty());
+        if matches!(this.state, State::Passing) && first.is_some_and(|b| mapped::lookup(b).is_some()) {
+            return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        }
         if let Some(first) = first
             && (!matches!(this.state, State::Passing) || is_bare_431(first))
         {
