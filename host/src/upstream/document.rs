@@ -163,7 +163,7 @@ mod tests {
     /// A loopback server answering every GET with `body` (after a pause, so concurrent callers
     /// overlap), counting requests.
     async fn server(body: Vec<u8>, chunked: bool) -> (String, Arc<AtomicUsize>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let hits = Arc::new(AtomicUsize::new(0));
@@ -172,14 +172,7 @@ mod tests {
             while let Ok((mut conn, _)) = listener.accept().await {
                 let (count, body) = (count.clone(), body.clone());
                 tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match conn.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
+                    let Some(_head) = super::super::read_head_for_tests(&mut conn).await else { return };
                     count.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     let length = if chunked { String::new() } else { format!("Content-Length: {}\r\n", body.len()) };

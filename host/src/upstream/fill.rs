@@ -838,7 +838,7 @@ mod slot_tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     use super::{FillError, Fills, Joined};
     use crate::config::{FillLimits, UpstreamConfig};
@@ -869,14 +869,7 @@ mod slot_tests {
                 let answer = answers.get(n).copied().unwrap_or(Answer::Good);
                 let blob = blob.clone();
                 tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match conn.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
+                    let Some(_head) = super::super::read_head_for_tests(&mut conn).await else { return };
                     let status = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", blob.len());
                     let body: Vec<u8> = match answer {
                         Answer::HangUp => return,

@@ -359,6 +359,21 @@ pub fn parse_request(
     Ok(UpstreamRequest { method, url, headers: map, with_credentials })
 }
 
+/// Test upstreams: reads a request's head from `conn` (None when the client went away first).
+#[cfg(test)]
+async fn read_head_for_tests(conn: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(head)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,7 +433,7 @@ mod tests {
 
     impl Canned {
         async fn start(answer: impl Fn(&str) -> String + Send + Sync + 'static) -> Canned {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            use tokio::io::AsyncWriteExt;
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let port = listener.local_addr().unwrap().port();
             let heads = Arc::new(Mutex::new(Vec::new()));
@@ -427,14 +442,7 @@ mod tests {
                 while let Ok((mut conn, _)) = listener.accept().await {
                     let (kept, answer) = (kept.clone(), answer.clone());
                     tokio::spawn(async move {
-                        let mut head = Vec::new();
-                        let mut buf = [0u8; 4096];
-                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match conn.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => head.extend_from_slice(&buf[..n]),
-                            }
-                        }
+                        let Some(head) = super::read_head_for_tests(&mut conn).await else { return };
                         let head = String::from_utf8_lossy(&head).into_owned();
                         let path = head.split(' ').nth(1).unwrap_or("").to_owned();
                         kept.lock().unwrap().push(head);
