@@ -21,6 +21,9 @@ with a remote repository `bench` for it. Workloads (select with --only, comma-se
               list pages, the catalog, GC and RSS (tests/bench/scale.py; --scale-* options)
   pulls       1,000 concurrent clients GET the blobs of a warm image: p50/p99 and RSS, binaryrepo vs nginx
               proxy_cache (tests/bench/scale.py; --pull-clients)
+  s3          binaryrepo on S3-compatible storage (s3s-fs): warm 500 MiB GET vs the object straight from s3s-fs,
+              the same with blob_redirect, RSS per node, and cold concurrent pulls through two nodes on one bucket
+              and one PostgreSQL: upstream bytes per blob (tests/bench/s3_bench.py; --s3-* options)
 
 Prints ONE markdown table (absolute figures, binaryrepo / peer ratios, target, pass/miss) and writes it with
 the run's circumstances to tests/bench/results/latest.md (and the raw figures to latest.json).
@@ -45,6 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import helm_bench
+import s3_bench
 import scale
 import peers
 import gobench  # noqa: E402  (after peers, which puts tests/e2e on sys.path)
@@ -53,12 +57,13 @@ from harness.clients import Dockerd, EgressTrap  # noqa: E402  (peers put tests/
 from harness.registry import Registry  # noqa: E402
 from harness.util import proc_status, request  # noqa: E402
 
-WORKLOADS = ["warm", "cold", "concurrent", "manifest", "rss", "docker", "plugin", helm_bench.WORKLOAD, "go", *scale.WORKLOADS]
+WORKLOADS = ["warm", "cold", "concurrent", "manifest", "rss", "docker", "plugin", helm_bench.WORKLOAD, "go", *scale.WORKLOADS,
+             s3_bench.WORKLOAD]
 # The concurrent pulls run last: ten skopeo processes leave the machine slow for a while after them (a full run
 # measured the manifest workload at 0.65× nginx right after them, 0.77× on its own). The plugin microbenchmark
 # runs before the docker pulls, whose writeback slowed it by ~40% (7.3 µs right after them, 3.7–4.1 µs alone).
-RUN_ORDER = ["warm", "cold", "manifest", "plugin", helm_bench.WORKLOAD, "docker", "rss", "go", "concurrent", "pulls",
-             "scale"]
+RUN_ORDER = ["warm", "cold", "manifest", "plugin", helm_bench.WORKLOAD, s3_bench.WORKLOAD, "docker", "rss", "go",
+             "concurrent", "pulls", "scale"]
 PEERS = ["binaryrepo", "direct", "proxy", "nginx"]
 PEER_TITLES = {"binaryrepo": "binaryrepo", "direct": "upstream direct", "proxy": "distribution proxy",
                "nginx": "nginx proxy_cache"}
@@ -187,6 +192,7 @@ class Bench:
              "exactly 1"),
             *helm_bench.rows(args),
             *scale.rows(args),
+            *s3_bench.rows(args),
         ]:
             self.rows[key] = Row(key, wl, metric, target)
 
@@ -642,6 +648,10 @@ class Bench:
     def w_pulls(self):
         scale.run(self, sys.modules[__name__], "pulls")
 
+    # --- O. S3-compatible object storage, two nodes ---------------------------------------------------------------
+    def w_s3(self):
+        s3_bench.run(self, sys.modules[__name__])
+
     # --- run -----------------------------------------------------------------------------------------------
     def run(self, only):
         need = set()
@@ -649,12 +659,12 @@ class Bench:
             need |= {"warm": {"binaryrepo", "proxy", "nginx"}, "cold": {"binaryrepo", "proxy", "nginx"},
                      "concurrent": {"binaryrepo", "proxy", "nginx"}, "manifest": {"binaryrepo", "proxy", "nginx"},
                      "rss": {"binaryrepo"}, "docker": {"binaryrepo"}, "plugin": set(), "go": set(),
-                     helm_bench.WORKLOAD: set(), "scale": set(), "pulls": set()}[w]  # the Helm and Go workloads start their own peers
+                     helm_bench.WORKLOAD: set(), "scale": set(), "pulls": set(), s3_bench.WORKLOAD: set()}[w]  # the Helm and Go workloads start their own peers
         self.load_start = loadavg()
         self.started = datetime.datetime.now().astimezone()
         rows_of = {"warm": ["1"], "cold": ["2"], "concurrent": ["3a", "3b"], "manifest": ["4", "4b"], "rss": ["5a", "5b"],
                    "docker": ["6"], "plugin": ["7"], "go": ["G1", "G2"], helm_bench.WORKLOAD: helm_bench.ROW_KEYS,
-                   **scale.ROW_KEYS}
+                   **scale.ROW_KEYS, s3_bench.WORKLOAD: s3_bench.ROW_KEYS}
         try:
             if need:
                 self.setup(need)
@@ -732,7 +742,7 @@ HOW = """How each figure is taken (tests/bench/README.md has more):
 5. `/proc/PID/status` of binaryrepo: VmRSS 2 s after a restart (idle), VmHWM after N concurrent warm curl GETs.
 6. `docker pull -q` with dockerd 20.10 (own data-root, egress trap), `docker rmi -f CONFIG` and `sync` before
    every pull (the previous pull's writeback otherwise lands in the next one's time).
-""" + helm_bench.HOW + scale.HOW
+""" + helm_bench.HOW + scale.HOW + s3_bench.HOW
 
 
 def proc_cpu(stat_path) -> tuple[int | None, float]:
@@ -894,6 +904,7 @@ def main():
     ap.add_argument("--note", default=os.environ.get("BENCH_NOTE", ""),
                     help="a line for the report's header, e.g. about the machine's load")
     scale.add_args(ap)
+    s3_bench.add_args(ap)
     args = ap.parse_args()
     only = [w.strip() for w in args.only.split(",") if w.strip()]
     unknown = [w for w in only if w not in WORKLOADS]
