@@ -21,6 +21,8 @@ struct Fixture {
     runtime: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
     server: Option<Child>,
+    /// The S3 server's directory, where unfinished multipart uploads keep their parts.
+    s3_root: Option<PathBuf>,
 }
 
 impl Drop for Fixture {
@@ -39,7 +41,7 @@ fn runtime() -> tokio::runtime::Runtime {
 fn filesystem() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = BlobStore::open(Layout::new(dir.path().join("data"))).unwrap();
-    Fixture { store, runtime: runtime(), _dir: dir, server: None }
+    Fixture { store, runtime: runtime(), _dir: dir, server: None, s3_root: None }
 }
 
 fn s3s_fs() -> Option<PathBuf> {
@@ -88,7 +90,7 @@ fn s3() -> Option<Fixture> {
     };
     let backend = S3Backend::new(&config, runtime.handle().clone()).unwrap();
     let store = BlobStore::on(Layout::new(dir.path().join("data")), Arc::new(backend)).unwrap();
-    Some(Fixture { store, runtime, _dir: dir, server: Some(server) })
+    Some(Fixture { store, runtime, _dir: dir, server: Some(server), s3_root: Some(root) })
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -225,6 +227,99 @@ fn presigned(f: Fixture) {
     assert_eq!(client.get(&short).send().unwrap().status(), 403, "an expired URL is refused");
 }
 
+/// How a fill writes a blob whose digest it knows: through the backend's upload as the bytes
+/// arrive where it has one (S3), the staged file committed after verification otherwise, in
+/// chunks as they come off the network. `cut_at` ends the body early (the upstream went away);
+/// `verified` is the fill's verdict on the digest. The blob is stored only when both went well.
+fn fill(f: &Fixture, data: &[u8], digest: &Digest, cut_at: Option<usize>, verified: bool) -> Result<(), BlobError> {
+    let body = &data[..cut_at.unwrap_or(data.len())];
+    let whole = cut_at.is_none() && verified;
+    let refused = || Err(BlobError::DigestMismatch { expected: digest.clone(), actual: digest.clone() });
+    match f.store.begin_upload(digest) {
+        Some(mut upload) => {
+            for chunk in body.chunks(256 * 1024) {
+                upload.write(chunk).unwrap();
+            }
+            if !whole {
+                drop(upload); // a fill that failed drops its upload: aborted
+                return refused();
+            }
+            // (the fill's staged copy, removed once the upload completes)
+            f.store.complete_upload(upload, &f.store.layout().staged(), digest, body.len() as u64)
+        }
+        None => {
+            let mut staged = f.store.stage(digest.algorithm())?;
+            for chunk in body.chunks(256 * 1024) {
+                staged.write_all(chunk).unwrap();
+            }
+            if cut_at.is_some() {
+                return refused();
+            }
+            staged.commit(Some(digest)).map(drop)
+        }
+    }
+}
+
+/// No object under any key and, on S3, no multipart upload left holding parts (the abort runs
+/// in the background: waited for).
+fn assert_nothing_stored(f: &Fixture, digest: &Digest) {
+    assert_eq!(f.store.stat(digest).unwrap(), None, "no object under the final key");
+    assert!(listed(&f.store).is_empty());
+    if let Some(root) = &f.s3_root {
+        let pending = || {
+            std::fs::read_dir(root)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with(".upload"))
+                .count()
+        };
+        let started = Instant::now();
+        while pending() > 0 && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(pending(), 0, "an aborted multipart upload left parts in the bucket");
+    }
+}
+
+/// A fill whose upstream stops mid-body, past the first multipart part, stores nothing.
+fn fill_cut_mid_body_stores_nothing(f: Fixture) {
+    let data = pattern(17 * 1024 * 1024 + 5, 11);
+    let d = Digest::of(Algorithm::Sha256, &data);
+    assert!(fill(&f, &data, &d, Some(12 * 1024 * 1024), true).is_err());
+    assert_nothing_stored(&f, &d);
+}
+
+/// A fill whose bytes do not hash to the digest stores nothing, the whole body sent or not.
+fn fill_with_wrong_digest_stores_nothing(f: Fixture) {
+    let data = pattern(13 * 1024 * 1024, 12);
+    let wrong = Digest::of(Algorithm::Sha256, b"what the upstream promised");
+    assert!(fill(&f, &data, &wrong, None, false).is_err());
+    assert_nothing_stored(&f, &wrong);
+    // An upload told the wrong length at completion refuses it.
+    let d = Digest::of(Algorithm::Sha256, &data);
+    if let Some(mut u) = f.store.begin_upload(&d) {
+        u.write(&data).unwrap();
+        assert!(f.store.complete_upload(u, &f.store.layout().staged(), &d, data.len() as u64 + 1).is_err());
+        assert_nothing_stored(&f, &d);
+    }
+}
+
+/// A large blob filled as it streams (several parts, the last one short) and a small one (one
+/// PUT) read back whole.
+fn fill_round_trips(f: Fixture) {
+    let large = pattern(23 * 1024 * 1024 + 77, 13);
+    let small = pattern(3 * 1024, 14);
+    for data in [&large, &small] {
+        let d = Digest::of(Algorithm::Sha256, data);
+        fill(&f, data, &d, None, true).unwrap();
+        assert_eq!(f.store.stat(&d).unwrap(), Some(data.len() as u64));
+        f.store.forget_cached();
+        assert!(whole(&f, &d) == *data, "the filled blob reads back whole");
+    }
+    assert_eq!(listed(&f.store).len(), 2);
+    assert_eq!(std::fs::read_dir(f.store.layout().staging()).unwrap().count(), 0, "no staged file left");
+}
+
 macro_rules! conformance {
     ($($name:ident),*) => {
         mod filesystem {
@@ -236,4 +331,13 @@ macro_rules! conformance {
     };
 }
 
-conformance!(round_trip, large_blob, failed_writes_store_nothing, everything_hashes_to_its_name, presigned);
+conformance!(
+    round_trip,
+    large_blob,
+    failed_writes_store_nothing,
+    everything_hashes_to_its_name,
+    presigned,
+    fill_cut_mid_body_stores_nothing,
+    fill_with_wrong_digest_stores_nothing,
+    fill_round_trips
+);

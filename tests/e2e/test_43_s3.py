@@ -9,7 +9,7 @@ import pytest
 from harness.clients import dir_image, skopeo_copy
 from harness.images import skopeo
 from harness.s3 import S3Server
-from harness.util import request, wait_until
+from harness.util import request, stream_get, wait_until
 
 LOCAL, REMOTE = "docker-local", "docker-remote"
 
@@ -88,6 +88,37 @@ def test_a_failed_fill_leaves_no_object(make_binaryrepo, images, s3, tmp_path):
         assert fake.count("GET", f"/blobs/{layer}") >= 1
         assert layer not in s3.blobs()
         assert not any(layer.split(":")[1] in k for k in s3.objects()), s3.objects()
+        wait_until(lambda: not s3.pending_uploads(), timeout=30, what="the multipart upload made while streaming to be aborted")
+    finally:
+        fake.stop()
+
+
+def test_a_fill_cut_mid_body_leaves_no_object_and_no_upload(make_binaryrepo, images, s3, tmp_path):
+    """The upstream hangs up 40 MiB into a 100 MiB layer, after several parts went up while the fill
+    streamed: the multipart upload is aborted, nothing is under the layer's key; the next GET fills it
+    whole, and then it is in the bucket hashing to its name."""
+    from harness.fakeregistry import FakeRegistry
+    big = images["big"]
+    layer, size = big.largest_layer()
+    fake = FakeRegistry()
+    fake.add_layout(big.layout, big.repo)
+    fake.cut[layer] = 40 * 1024 * 1024
+    fake.start()
+    try:
+        br = on_s3(make_binaryrepo, s3)
+        br.create_remote(REMOTE, fake.url)
+        got = stream_get(br.v2(REMOTE, f"{big.repo}/blobs/{layer}"), timeout=120)
+        assert not (got.complete and got.digest == layer), "a cut body is never completed to the client"
+        wait_until(lambda: "fill failed" in br.logfile.read_text(), timeout=60, what="the fill to fail")
+        assert layer not in s3.blobs()
+        assert not any(layer.split(":")[1] in k for k in s3.objects()), s3.objects()
+        wait_until(lambda: not s3.pending_uploads(), timeout=30, what="the multipart upload to be aborted")
+        del fake.cut[layer]
+        got = stream_get(br.v2(REMOTE, f"{big.repo}/blobs/{layer}"), timeout=300)
+        assert got.status == 200 and got.complete and got.digest == layer, got
+        wait_until(lambda: layer in s3.blobs(), timeout=60, what="the second fill to be stored")
+        assert s3.blobs()[layer] == size
+        assert not s3.pending_uploads()
     finally:
         fake.stop()
 

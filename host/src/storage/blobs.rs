@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 
 use crate::digest::{Algorithm, Digest, Hasher};
-use crate::storage::backend::{self, Backend, Listed, Stored};
+use crate::storage::backend::{self, Backend, Listed, Stored, Upload};
 use crate::storage::health::Health;
 use crate::storage::small_cache::{self, SmallCache};
 use crate::storage::touch::Touches;
@@ -249,6 +249,25 @@ impl BlobStore {
         // What a client just stored is about to be referenced: a collection running now keeps it.
         self.touches.touch(digest);
         self.backend.commit(staged, digest).inspect_err(|e| _ = self.health.note(e)).map_err(backend_err(&self.path(digest)))
+    }
+
+    /// An upload of `digest` fed while its bytes arrive, where the backend takes one (S3); None
+    /// where committing the staged file afterwards is the way (the filesystem), or when the
+    /// backend cannot start one now (then the staged file is committed as usual).
+    pub fn begin_upload(&self, digest: &Digest) -> Option<Box<dyn Upload>> {
+        self.backend.begin_upload(digest).unwrap_or_else(|e| {
+            tracing::warn!(%digest, error = %e, "cannot start an upload while the blob streams; it goes up once verified");
+            None
+        })
+    }
+
+    /// Completes an upload whose `len` bytes the caller verified hash to `digest`, and removes
+    /// the staged copy. On an error the staged file is kept, for `commit_verified`.
+    pub fn complete_upload(&self, upload: Box<dyn Upload>, staged: &Path, digest: &Digest, len: u64) -> Result<(), BlobError> {
+        self.touches.touch(digest);
+        upload.complete(len).inspect_err(|e| _ = self.health.note(e)).map_err(backend_err(&self.path(digest)))?;
+        let _ = fs::remove_file(staged);
+        Ok(())
     }
 
     pub fn remove(&self, digest: &Digest) -> Result<bool, BlobError> {

@@ -46,6 +46,7 @@ use super::{Upstream, UpstreamError, UpstreamRequest};
 use crate::config::FillLimits;
 use crate::digest::{Digest, Hasher};
 use crate::repos::{RepoName, Repository};
+use crate::storage::backend::Upload;
 use crate::storage::{BlobStore, mapped};
 
 /// Progress is published to readers at least this often (bytes), and at the end.
@@ -352,7 +353,10 @@ impl Fills {
                 let mut slot = slot;
                 let started = std::time::Instant::now();
                 let tx = Arc::new(tx);
-                let outcome = fills.run(&repo, &this_fill, &request, writer, path.clone(), tx.clone()).await;
+                let (outcome, upload) = match fills.run(&repo, &this_fill, &request, writer, path.clone(), tx.clone()).await {
+                    Ok((size, digest, upload)) => (Ok((size, digest)), upload),
+                    Err(e) => (Err(e), None),
+                };
                 // Verified bytes may be completed to clients now; the durable commit (fsync and
                 // rename) follows, and the fill leaves the map only after it, so a newcomer
                 // either joins this fill or finds the blob stored.
@@ -368,7 +372,17 @@ impl Fills {
                         let store = fills.store.clone();
                         let path = path.clone();
                         let stored = digest.clone();
-                        match tokio::task::spawn_blocking(move || store.commit_verified(&path, &stored)).await {
+                        let commit = move || {
+                            if let Some(upload) = upload {
+                                match store.complete_upload(upload, &path, &stored, size) {
+                                    Ok(()) => return Ok(()),
+                                    // The staged file is still there: it goes up whole.
+                                    Err(e) => tracing::warn!(error = %e, "completing the upload made while streaming failed"),
+                                }
+                            }
+                            store.commit_verified(&path, &stored)
+                        };
+                        match tokio::task::spawn_blocking(commit).await {
                             Ok(Ok(())) => Ok((size, digest)),
                             Ok(Err(e)) => Err(e.to_string()),
                             Err(e) => Err(e.to_string()),
@@ -423,7 +437,7 @@ impl Fills {
         writer: File,
         path: PathBuf,
         tx: Arc<watch::Sender<Progress>>,
-    ) -> Result<(u64, Digest), FillError> {
+    ) -> Result<(u64, Digest, Option<Box<dyn Upload>>), FillError> {
         let max_bytes = fill.max_bytes;
         let recent = fill.recent.clone();
         let mut resp = self.upstream.send(repo, request).await?;
@@ -487,6 +501,18 @@ impl Fills {
             })?
         };
 
+        // Where the backend keeps blobs elsewhere (S3), the bytes go up while they stream, read
+        // from the staging file right behind the writer; completed by the caller once verified.
+        let upload_task = match fill.digest.as_ref().and_then(|d| self.store.begin_upload(d)) {
+            Some(upload) => {
+                let shared = shared.clone();
+                let recent = fill.recent.clone();
+                let reader = File::open(&path).map_err(|e| FillError::Storage(e.to_string()))?;
+                Some(spawn_thread("fill-upload", move || upload_loop(reader, upload, &shared, &recent))?)
+            }
+            None => None,
+        };
+
         let idle = self.upstream.config().idle_timeout;
         let received_bytes = self.upstream.metrics().upstream_bytes_of(repo.name.as_str());
         let mut floor = RateFloor::new(&self.limits, Instant::now());
@@ -524,6 +550,11 @@ impl Fills {
         drop(chunks_tx);
         let written = write_task.await.map_err(|e| FillError::Storage(e.to_string()))?;
         let hashed = hash_task.await.map_err(|_| FillError::Storage("hashing thread died".into()))?;
+        // Dropped on every error below: an upload not completed is aborted.
+        let upload = match upload_task {
+            Some(task) => task.await.ok().flatten(),
+            None => None,
+        };
         received?;
         let written = written?;
         if let Some(announced) = total.filter(|t| *t != written) {
@@ -533,7 +564,7 @@ impl Fills {
         if let Some(digest) = fill.digest.as_ref().filter(|d| **d != actual) {
             return Err(FillError::DigestMismatch { expected: digest.to_string(), actual: actual.to_string() });
         }
-        Ok((written, actual))
+        Ok((written, actual, upload))
     }
 }
 
@@ -707,6 +738,42 @@ fn lower_thread_priority() {
     let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
     if rc != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the hashing thread's priority");
+    }
+}
+
+/// Feeds the upload from the staging file as it is written (from the kept chunks where it keeps
+/// up); the upload back once every byte is in it, None when the fill or the upload failed
+/// (then the upload is dropped, which aborts it).
+fn upload_loop(reader: File, mut upload: Box<dyn Upload>, shared: &Shared, recent: &Recent) -> Option<Box<dyn Upload>> {
+    let mut buf = vec![0u8; HASH_CHUNK];
+    let mut pos = 0u64;
+    loop {
+        let state = shared.wait_past(pos);
+        if state.failed {
+            return None;
+        }
+        while pos < state.written {
+            let sent = if let Some(kept) = recent.get(pos, state.written) {
+                upload.write(&kept).map(|()| kept.len())
+            } else {
+                let want = ((state.written - pos) as usize).min(buf.len());
+                match reader.read_at(&mut buf[..want], pos) {
+                    Ok(0) => return None,
+                    Ok(n) => upload.write(&buf[..n]).map(|()| n),
+                    Err(e) => Err(e),
+                }
+            };
+            match sent {
+                Ok(n) => pos += n as u64,
+                Err(e) => {
+                    tracing::warn!(error = %e, "upload while streaming failed; the blob goes up once verified");
+                    return None;
+                }
+            }
+        }
+        if state.done && pos >= state.written {
+            return Some(upload);
+        }
     }
 }
 

@@ -85,6 +85,11 @@ class S3Server:
         b = self.root / self.bucket
         return sorted(str(f.relative_to(b)) for f in b.rglob("*") if f.is_file())
 
+    def pending_uploads(self) -> list:
+        """multipart uploads begun and neither completed nor aborted (s3s-fs keeps their state and parts
+        as `.upload*` files in its root)"""
+        return sorted(f.name for f in self.root.iterdir() if f.name.startswith(".upload"))
+
     def stop(self):
         if self.proc:
             stop_process(self.proc)

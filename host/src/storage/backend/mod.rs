@@ -12,6 +12,12 @@
 //! verified commit of such a file under its digest: a rename on the filesystem, a multipart
 //! upload completed only after every part is in on S3. Nothing else ever writes under a final
 //! key, so an object under a final key always hashes to its name.
+//!
+//! A backend that keeps blobs elsewhere may also take a blob whose digest is known while it
+//! is still arriving (`begin_upload`): a cache fill sends it up part by part as it streams to
+//! its clients, and completes it only once the bytes hash to the digest, so the object is
+//! stored when the fill ends rather than one upload later. Until `complete` nothing is under
+//! the final key; an upload dropped without it is aborted.
 
 pub mod fs;
 pub mod s3;
@@ -71,6 +77,25 @@ pub trait Backend: Send + Sync + 'static {
 
     /// A URL that serves the blob to whoever holds it for `ttl`, where the backend can make one.
     fn presign(&self, digest: &Digest, ttl: Duration) -> io::Result<Option<String>>;
+
+    /// Starts storing the blob `digest` from bytes written as they arrive, where that saves
+    /// uploading the staged file afterwards; None where `commit` of the staged file is as good
+    /// (the filesystem renames it).
+    fn begin_upload(&self, _digest: &Digest) -> io::Result<Option<Box<dyn Upload>>> {
+        Ok(None)
+    }
+}
+
+/// A blob on its way into the backend under a known digest. Memory stays bounded: `write`
+/// waits while the backend's bounded buffers are full. Dropped without `complete`, the upload
+/// is aborted and nothing is stored.
+pub trait Upload: Send {
+    /// Appends bytes; blocks while earlier parts are still in flight.
+    fn write(&mut self, data: &[u8]) -> io::Result<()>;
+
+    /// Makes the object visible under its final key. The caller has verified that the bytes
+    /// written hash to the digest; `len` is their count, checked against what was written.
+    fn complete(self: Box<Self>, len: u64) -> io::Result<()>;
 }
 
 /// The key of a blob under a backend's root: `blobs/<algorithm>/<first two hex>/<hex>`.

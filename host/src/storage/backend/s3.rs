@@ -3,8 +3,14 @@
 //!
 //! A commit uploads the verified spool file: small ones with one PUT, larger ones as a
 //! multipart upload that is completed only once every part is in (and aborted otherwise), so
-//! a failed commit leaves no object under the final key. Reads are ranged GETs streamed to the
-//! client. The blob store's interface is synchronous (the filesystem's is, and its callers run
+//! a failed commit leaves no object under the final key. A cache fill, whose digest is known
+//! before its bytes arrive, uploads as it streams instead (`begin_upload`): the first part is
+//! kept in memory, and a blob larger than one part goes up as a multipart upload, part by part
+//! behind the fill, completed only after the fill verified the digest and aborted otherwise.
+//! Parts the upload holds in memory are bounded (`STREAM_PART`, one in flight while the next
+//! fills). An upload cut by a crash stays incomplete, invisible under the key: the bucket's
+//! lifecycle rule for incomplete multipart uploads removes its parts (docs/storage.md).
+//! Reads are ranged GETs streamed to the client. The blob store's interface is synchronous (the filesystem's is, and its callers run
 //! on blocking threads); this backend runs each request on the server's runtime and waits.
 
 use std::future::Future;
@@ -20,13 +26,16 @@ use object_store::path::Path as Key;
 use object_store::signer::Signer;
 use object_store::{ClientOptions, GetOptions, GetRange, ObjectStore, PutPayload, WriteMultipart};
 
-use super::{Backend, Listed, StorageConfig, Stored, blob_key};
+use super::{Backend, Listed, StorageConfig, Stored, Upload, blob_key};
 use crate::digest::Digest;
 
 /// Parts of a multipart upload; S3 wants at least 5 MiB for every part but the last.
 const PART: usize = 8 * 1024 * 1024;
 /// Parts in flight at once: what a commit holds in memory is at most this many parts.
 const PARTS_IN_FLIGHT: usize = 2;
+/// Parts of an upload made while a fill streams: S3's least part size, one part in flight while
+/// the next one fills, so each fill holds at most two parts (10 MiB) whatever the blob's size.
+const STREAM_PART: usize = 5 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum S3ConfigError {
@@ -92,10 +101,7 @@ impl S3Backend {
     /// Runs a request on the runtime and waits for it (callers are on blocking threads, or
     /// on a runtime thread that may block in place).
     fn block<F: Future>(&self, f: F) -> F::Output {
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(|| h.block_on(f)),
-            _ => self.runtime.block_on(f),
-        }
+        block_on(&self.runtime, f)
     }
 
     async fn upload(&self, staged: &Path, key: &Key) -> io::Result<()> {
@@ -130,6 +136,90 @@ impl S3Backend {
                 }
                 Err(e)
             }
+        }
+    }
+}
+
+/// Runs `f` to completion on `runtime` from a thread that may or may not be one of its own.
+fn block_on<F: Future>(runtime: &tokio::runtime::Handle, f: F) -> F::Output {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(|| h.block_on(f)),
+        _ => runtime.block_on(f),
+    }
+}
+
+/// A blob uploaded as it arrives (see the module's comment).
+struct S3Upload {
+    store: Arc<AmazonS3>,
+    key: Key,
+    runtime: tokio::runtime::Handle,
+    /// The bytes so far while they fit in one part: a small blob is one PUT at `complete`.
+    first: Vec<u8>,
+    multipart: Option<WriteMultipart>,
+    written: u64,
+}
+
+impl S3Upload {
+    fn block<F: Future>(&self, f: F) -> F::Output {
+        block_on(&self.runtime, f)
+    }
+}
+
+impl Upload for S3Upload {
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.written += data.len() as u64;
+        if self.multipart.is_none() && self.first.len() + data.len() <= STREAM_PART {
+            self.first.extend_from_slice(data);
+            return Ok(());
+        }
+        let runtime = self.runtime.clone();
+        let (store, key) = (self.store.clone(), self.key.clone());
+        let first = std::mem::take(&mut self.first);
+        let mut multipart = self.multipart.take();
+        let result = block_on(&runtime, async {
+            let writer = match &mut multipart {
+                Some(w) => w,
+                None => {
+                    let upload = store.put_multipart(&key).await.map_err(to_io)?;
+                    let w = multipart.insert(WriteMultipart::new_with_chunk_size(upload, STREAM_PART));
+                    w.write(&first);
+                    w
+                }
+            };
+            // At most one part in flight before the buffer takes more: memory stays two parts.
+            writer.wait_for_capacity(1).await.map_err(to_io)?;
+            writer.write(data);
+            Ok(())
+        });
+        self.multipart = multipart;
+        result
+    }
+
+    fn complete(mut self: Box<Self>, len: u64) -> io::Result<()> {
+        if len != self.written {
+            return Err(io::Error::other(format!("upload of {} got {} bytes, the blob has {len}", self.key, self.written)));
+        }
+        match self.multipart.take() {
+            // Completed only now: until here no object exists under the key.
+            Some(writer) => self.block(writer.finish()).map(drop).map_err(to_io),
+            None => {
+                let first = std::mem::take(&mut self.first);
+                self.block(self.store.put(&self.key, PutPayload::from(first))).map(drop).map_err(to_io)
+            }
+        }
+    }
+}
+
+impl Drop for S3Upload {
+    fn drop(&mut self) {
+        // Not completed: the parts sent so far are discarded; nothing was ever under the key.
+        if let Some(writer) = self.multipart.take() {
+            let key = self.key.clone();
+            self.runtime.spawn(async move {
+                if let Err(e) = writer.abort().await {
+                    tracing::warn!(key = %key, error = %e, "aborting a multipart upload failed; the bucket's lifecycle rule removes its parts");
+                }
+            });
         }
     }
 }
@@ -234,5 +324,16 @@ impl Backend for S3Backend {
         let key = self.key(digest);
         let url = self.block(self.store.signed_url(http::Method::GET, &key, ttl)).map_err(to_io)?;
         Ok(Some(url.to_string()))
+    }
+
+    fn begin_upload(&self, digest: &Digest) -> io::Result<Option<Box<dyn Upload>>> {
+        Ok(Some(Box::new(S3Upload {
+            store: self.store.clone(),
+            key: self.key(digest),
+            runtime: self.runtime.clone(),
+            first: Vec::new(),
+            multipart: None,
+            written: 0,
+        })))
     }
 }
