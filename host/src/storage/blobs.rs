@@ -81,10 +81,8 @@ impl BlobStore {
     /// Opens the store on `backend`; staging stays local under `layout`.
     pub fn on(layout: Layout, backend: Arc<dyn Backend>) -> Result<BlobStore, BlobError> {
         let staging = layout.staging();
-        if staging.exists() {
-            fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
-        }
         fs::create_dir_all(&staging).map_err(io_err(&staging))?;
+        sweep_staging(&staging).map_err(io_err(&staging))?;
         Ok(BlobStore {
             layout,
             backend,
@@ -235,10 +233,17 @@ impl BlobStore {
         staged.commit(expected)
     }
 
+    /// A new staging file, marked in use for as long as the returned file stays open.
+    pub fn create_staged(&self) -> io::Result<(PathBuf, File)> {
+        let path = self.layout.staged();
+        let file = File::create(&path)?;
+        hold_staged(&file)?;
+        Ok((path, file))
+    }
+
     /// A staging file to write a blob into.
     pub fn stage(&self, algorithm: Algorithm) -> Result<StagedBlob, BlobError> {
-        let path = self.layout.staged();
-        let file = File::create(&path).inspect_err(|e| _ = self.health.note(e)).map_err(io_err(&path))?;
+        let (path, file) = self.create_staged().inspect_err(|e| _ = self.health.note(e)).map_err(io_err(&self.layout.staging()))?;
         Ok(StagedBlob { store: self.clone(), path, file: Some(file), hasher: Some(Hasher::new(algorithm)), len: 0 })
     }
 
@@ -277,6 +282,41 @@ impl BlobStore {
     }
 }
 
+/// Marks a staging file in use by this process: an exclusive `flock` on it, released by the
+/// kernel when the file is closed or the process dies. Several nodes may share one data
+/// directory (docs/scale.md); a node starting up removes only the staging files nobody holds.
+pub fn hold_staged(file: &File) -> io::Result<()> {
+    rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(io::Error::from)
+}
+
+/// Removes what writes cut short (by a crash or a restart) left in the staging directory, and
+/// keeps what another live node on the same directory is writing: a file whose lock can be
+/// taken is nobody's.
+fn sweep_staging(staging: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(staging)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            fs::remove_dir_all(&path)?;
+            continue;
+        }
+        let abandoned = match File::open(&path) {
+            Ok(f) => hold_staged(&f).is_ok(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(_) => true,
+        };
+        if abandoned {
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        } else {
+            tracing::debug!(path = %path.display(), "staging file in use by another node: kept");
+        }
+    }
+    Ok(())
+}
+
 /// A blob being written; dropped without `commit` it leaves nothing behind.
 pub struct StagedBlob {
     store: BlobStore,
@@ -307,10 +347,12 @@ impl StagedBlob {
         {
             return Err(BlobError::DigestMismatch { expected: expected.clone(), actual });
         }
-        if let Some(file) = self.file.take() {
+        if let Some(file) = &self.file {
             file.sync_all().inspect_err(|e| _ = self.store.health.note(e)).map_err(io_err(&self.path))?;
         }
         self.store.commit_verified(&self.path, &actual)?;
+        // Held open (in use) until the commit consumed it.
+        self.file = None;
         Ok(actual)
     }
 }
@@ -397,5 +439,23 @@ mod tests {
         fs::write(dir.path().join("staging/partial"), b"junk").unwrap();
         BlobStore::open(Layout::new(dir.path())).unwrap();
         assert_eq!(fs::read_dir(dir.path().join("staging")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn opening_keeps_what_another_node_is_staging() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = BlobStore::open(Layout::new(dir.path())).unwrap();
+        let mut writing = first.stage(Algorithm::Sha256).unwrap();
+        writing.write_all(b"half a blob").unwrap();
+        let (held, _open) = first.create_staged().unwrap();
+        fs::write(dir.path().join("staging/left-by-a-crash"), b"junk").unwrap();
+        // a second node starting on the same data directory
+        let second = BlobStore::open(Layout::new(dir.path())).unwrap();
+        assert!(held.exists(), "a staging file another node holds open is kept");
+        assert!(!dir.path().join("staging/left-by-a-crash").exists(), "an abandoned one is removed");
+        assert_eq!(fs::read_dir(dir.path().join("staging")).unwrap().count(), 2);
+        writing.write_all(b" and the rest").unwrap();
+        let d = writing.commit(None).unwrap();
+        assert_eq!(second.read_small(&d, 100).unwrap(), b"half a blob and the rest");
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! <data>/blobs/<algorithm>/<first two hex>/<hex>   verified content, named by its digest
-//! <data>/staging/<uuid>                             writes in progress; emptied at start
+//! <data>/staging/<uuid>                             writes in progress (locked while in use); the
+//!                                                  unlocked ones are removed at start
 //! <data>/uploads/<repo>/<id>                        upload sessions (removed after a day untouched)
 //! <data>/meta.redb                                  per-repository metadata (tag links, ...)
 //! <data>/repositories.json                          repository definitions

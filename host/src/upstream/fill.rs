@@ -325,6 +325,8 @@ impl Fills {
         };
         let writer = File::create(&path).map_err(staging)?;
         let reader = File::open(&path).map_err(staging)?;
+        // The reader lives in the fill until it is committed: the file is in use until then.
+        crate::storage::blobs::hold_staged(&reader).map_err(staging)?;
         let (tx, rx) = watch::channel(Progress::default());
         let hold_last_byte = self.upstream.config().hold_last_byte;
         let fill = Arc::new(Fill {
