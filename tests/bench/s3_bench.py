@@ -9,9 +9,10 @@ cluster (tests/postgres.sh) for the two-node figure, CNCF distribution as the up
   O2  the same blob from a repository with `blob_redirect`: `curl -L` (the 307 to a presigned URL, then the
       object from s3s-fs), the client's whole time, against the same direct GET; and the bytes binaryrepo sent
       for it (its /proc/<pid>/io, over --runs GETs) as a share of the blob
-  O3  RSS per node while streaming: VmHWM of the O1 node over --clients concurrent warm GETs of the 500 MiB
-      blob, and of each of the two nodes of O4 over its cold pulls (the peak reset with /proc/<pid>/clear_refs
-      before each, so the pushes that seed the bucket are not counted)
+  O3  RSS per node while streaming: VmHWM of the O1 node (restarted after the pushes that seed the bucket) over
+      --clients concurrent warm GETs of the 500 MiB blob, and of each of the two nodes of O4 over its cold pulls
+      (the peak reset with /proc/<pid>/clear_refs before each), with the highest heap (RssAnon) and mapped-file
+      (RssFile: staging files of fills, the executable) parts polled every 50 ms
   O4  two nodes (separate data directories, one bucket, one PostgreSQL) with a remote repository for the
       upstream: --clients concurrent cold `skopeo copy` of an image (layers of --s3-cold-layers MiB), half
       through each node; the upstream's blob body bytes (its access log) per blob of the image
@@ -34,7 +35,7 @@ from harness.oci import OCI_MANIFEST, Oci, build_image  # noqa: E402
 from harness.postgres import Postgres  # noqa: E402
 from harness.registry import Registry  # noqa: E402
 from harness.s3 import S3Server  # noqa: E402
-from harness.util import proc_status, request  # noqa: E402
+from harness.util import request  # noqa: E402
 
 WORKLOAD = "s3"
 ROW_KEYS = ["O1", "O2", "O3", "O4"]
@@ -83,6 +84,17 @@ def curl(url: str, follow: bool = False, timeout: float = 600) -> tuple[int, int
     return int(parts[0]), int(parts[1]), float(parts[2]), (parts[3] if len(parts) > 3 else "").strip()
 
 
+def memory(pid: int) -> dict:
+    """VmRSS, VmHWM, RssAnon, RssFile (KiB) of a process"""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+                out[k] = int(v.split()[0])
+    return out
+
+
 def reset_peak(pid: int):
     """VmHWM back to the current RSS (Linux `clear_refs` 5), so the peak measured is this phase's, not the pushes'"""
     with open(f"/proc/{pid}/clear_refs", "w") as f:
@@ -96,6 +108,44 @@ def sent_bytes(pid: int) -> int:
             if line.startswith("wchar:"):
                 return int(line.split()[1])
     return 0
+
+
+class Peak:
+    """the highest VmRSS, RssAnon (heap) and RssFile (mapped files: staging files, the executable) of some
+    processes, polled every 50 ms while running"""
+
+    def __init__(self, pids):
+        self.pids = list(pids)
+        self.max = {pid: {"VmRSS": 0, "RssAnon": 0, "RssFile": 0} for pid in self.pids}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.poll, daemon=True)
+
+    def poll(self):
+        while not self.stop.is_set():
+            for pid in self.pids:
+                try:
+                    st = memory(pid)
+                except OSError:
+                    continue
+                for k in self.max[pid]:
+                    self.max[pid][k] = max(self.max[pid][k], st.get(k, 0))
+            time.sleep(0.05)
+
+    def __enter__(self):
+        for pid in self.pids:
+            reset_peak(pid)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        for pid in self.pids:
+            self.max[pid]["VmHWM"] = memory(pid)["VmHWM"]
+
+    def fmt(self, pid) -> str:
+        m = self.max[pid]
+        return f"{m['VmHWM'] / 1024:.1f} MiB (heap {m['RssAnon'] / 1024:.1f}, mapped files {m['RssFile'] / 1024:.1f})"
 
 
 class S3Run:
@@ -201,17 +251,19 @@ class S3Run:
         o2.raw = {"times": res["redirect"].values, "node_bytes_sent": redirect_sent}
         # O3 (first half): concurrent warm GETs through the node
         n = a.clients
-        reset_peak(self.br.pid)
+        # a node as it runs: restarted, so that the heap the two 500 MiB pushes left is not counted
+        self.br.stop()
+        self.br.start(timeout=120)
         t = time.monotonic()
-        with ThreadPoolExecutor(n) as ex:
+        with Peak([self.br.pid]) as peak, ThreadPoolExecutor(n) as ex:
             outs = list(ex.map(lambda _: curl(plain), range(n)))
         wall = time.monotonic() - t
         bad = [o for o in outs if o[0] != 200 or o[1] != size]
         if bad:
             self.b.errors.append(f"O3: {len(bad)} of {n} concurrent warm GETs failed: {bad[:2]}")
-        self.single_hwm = proc_status(self.br.pid)["VmHWM"]
-        self.log(f"{n} concurrent warm GETs in {wall:.1f} s ({n * size / wall / 1e6:,.0f} MB/s); "
-                 f"VmHWM {self.single_hwm / 1024:.1f} MiB")
+        self.single_hwm = peak.max[self.br.pid]["VmHWM"]
+        self.single_peak = peak.fmt(self.br.pid)
+        self.log(f"{n} concurrent warm GETs in {wall:.1f} s ({n * size / wall / 1e6:,.0f} MB/s); peak {self.single_peak}")
         self.b.notes.append(
             f"O1–O3: {n} concurrent warm GETs of the {a.s3_blob_mib} MiB blob from S3 through one node took "
             f"{wall:.1f} s ({n * size / wall / 1e6:,.0f} MB/s aggregate); with blob_redirect the node wrote at most "
@@ -254,28 +306,11 @@ class S3Run:
                                  f"docker://{node.host}/{REMOTE}/{IMAGE}:1", f"dir:{pulldir / str(i)}"],
                                 capture_output=True, text=True, timeout=1800)
             return pr.returncode, time.monotonic() - tt, pr.stderr[-400:]
-        peak = {node.pid: 0 for node in self.nodes}
-        stop = threading.Event()
-
-        def poll():
-            while not stop.is_set():
-                for pid in peak:
-                    try:
-                        peak[pid] = max(peak[pid], proc_status(pid)["VmHWM"])
-                    except OSError:
-                        pass
-                time.sleep(0.05)
-        for node in self.nodes:
-            reset_peak(node.pid)
-        poller = threading.Thread(target=poll, daemon=True)
-        poller.start()
         t = time.monotonic()
         n = a.clients
-        with ThreadPoolExecutor(n) as ex:
+        with Peak([node.pid for node in self.nodes]) as peak, ThreadPoolExecutor(n) as ex:
             outs = list(ex.map(one, range(n)))
         wall = time.monotonic() - t
-        stop.set()
-        poller.join()
         bad = [(i, o) for i, o in enumerate(outs) if o[0] != 0]
         for i, o in bad[:3]:
             self.b.errors.append(f"O4: pull {i} failed (rc {o[0]}): {o[2].strip()}")
@@ -290,7 +325,7 @@ class S3Run:
         total = st.body_bytes("blob")
         per_blob = {d[:19]: len(v) for d, v in st.blob_gets(status=None).items()}
         multiple = total / image_bytes
-        hwm = [proc_status(node.pid)["VmHWM"] for node in self.nodes]
+        hwm = [peak.max[node.pid]["VmHWM"] for node in self.nodes]
         self.log(f"cold: {n} pulls through two nodes in {wall:.1f} s, {len(bad)} failed; upstream served "
                  f"{total:,} blob bytes = {multiple:.2f}× the image; GETs per blob {per_blob}; VmHWM "
                  + ", ".join(f"{x / 1024:.1f} MiB" for x in hwm))
@@ -299,10 +334,11 @@ class S3Run:
         o4.verdict = "stated" if not bad else "error"
         o4.raw = {"bytes": total, "image_blob_bytes": image_bytes, "gets_per_blob": per_blob, "wall_s": wall}
         o3 = self.b.rows["O3"]
-        o3.values["binaryrepo"] = (f"{self.single_hwm / 1024:.1f} MiB (one node, warm); "
-                                   + " / ".join(f"{x / 1024:.1f}" for x in hwm) + " MiB (nodes A / B, cold)")
+        o3.values["binaryrepo"] = (f"warm, one node: {self.single_peak}; cold, node A: {peak.fmt(self.nodes[0].pid)}, "
+                                   f"node B: {peak.fmt(self.nodes[1].pid)}")
         o3.verdict = h.verdict(max([self.single_hwm, *hwm]) <= 64 * 1024)
-        o3.raw = {"single_vmhwm_kib": self.single_hwm, "nodes_vmhwm_kib": hwm}
+        o3.raw = {"single_vmhwm_kib": self.single_hwm, "nodes_vmhwm_kib": hwm,
+                  "nodes_peak_kib": {str(k): v for k, v in peak.max.items()}}
         self.b.notes.append(
             f"O4: {n} skopeo clients, alternately on node A and node B, pulled {IMAGE}:1 (layers "
             f"{a.s3_cold_layers} MiB) cold in {wall:.1f} s; the upstream's blob GETs per blob: {per_blob}. Each node "
