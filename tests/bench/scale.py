@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import resource
 import shutil
 import signal
@@ -301,16 +302,14 @@ class ScaleRun:
     def seed_blob_files(self) -> float:
         """--scale-blob-files more small blobs written into <data_dir>/blobs/sha256/<xx>/<hex> by the bench itself
         (pushing a million over HTTP takes most of an hour on a loaded 2-core machine): each hashes to its name, like
-        a stored blob. They are newer than the blobs seeded over HTTP, so the sweeping GC is given a grace period that
-        keeps them and removes those: it still walks and judges every one."""
+        a stored blob. Their modification time is an hour ahead, so the sweeping GC (grace 0) keeps them and removes
+        the blobs seeded over HTTP: it still walks and judges every one."""
         n = self.a.scale_blob_files
-        self.files_from = None
         if not n:
             return 0.0
-        time.sleep(2)  # every HTTP-seeded blob is older than every file below by at least this
-        self.files_from = time.time()
         t = time.monotonic()
         root = self.br.data_dir / "blobs" / "sha256"
+        ahead = time.time() + 3600
 
         def write(lo: int):
             for i in range(lo, min(n, lo + 10_000)):
@@ -319,6 +318,8 @@ class ScaleRun:
                 d = root / hexd[:2]
                 d.mkdir(parents=True, exist_ok=True)
                 (d / hexd).write_bytes(body)
+                # dated an hour ahead: no grace period runs out on them while a sweep runs
+                os.utime(d / hexd, (ahead, ahead))
         with ThreadPoolExecutor(4) as ex:
             list(ex.map(write, range(0, n, 10_000)))
         took = time.monotonic() - t
@@ -377,10 +378,7 @@ class ScaleRun:
             return took, json.loads(r.body)
         keep_s, keep = run(3600)
         self.log(f"GC keeping everything: {keep_s:.1f} s: {json.dumps(keep)[:400]}")
-        # with blob files, a grace that keeps them (written after every HTTP-seeded blob) and removes the rest
-        # (a second more than the oldest file's age: GC compares whole seconds)
-        sweep_grace = int(time.time() - self.files_from) + 1 if self.files_from else 0
-        sweep_s, sweep = run(sweep_grace)
+        sweep_s, sweep = run(0)
         self.log(f"GC removing the unreferenced: {sweep_s:.1f} s: {json.dumps(sweep)[:400]}")
         row = self.b.rows["S4"]
         row.values["binaryrepo"] = f"{keep_s:.1f} s; {sweep_s:.1f} s (removed {sweep.get('removed', '?'):,})"
