@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import resource
 import shutil
 import signal
@@ -57,17 +58,24 @@ def add_args(ap):
     ap.add_argument("--scale-images", type=int, default=1_000, help="image names in the catalog (default 1,000)")
     ap.add_argument("--scale-blobs", type=int, default=100_000, help="small unreferenced blobs (default 100,000)")
     ap.add_argument("--scale-repeat", type=int, default=5, help="requests timed per listing figure (default 5)")
+    ap.add_argument("--scale-blob-files", type=int, default=0,
+                    help="more small blobs written straight into the store's layout, not over HTTP (default 0; "
+                         "900,000 with the default --scale-blobs makes the million)")
+    ap.add_argument("--scale-plugin-cpu-ms", type=int, default=0,
+                    help="the server's plugin_cpu_ms (default: the server's own); the budget is counted in wall-clock "
+                         "epochs, so on a machine loaded far past its cores a manifest PUT can trap at the default")
     ap.add_argument("--seed-clients", type=int, default=32, help="wrk connections while seeding (default 32)")
     ap.add_argument("--pull-clients", type=int, default=1_000, help="concurrent clients of `pulls` (default 1,000)")
 
 
 def rows(args) -> list[tuple[str, str, str, str]]:
     return [
-        ("S1", f"seed: {args.scale_tags:,} tags, {args.scale_images:,} images, {args.scale_blobs:,} blobs (HTTP)",
+        ("S1", f"seed: {args.scale_tags:,} tags, {args.scale_images:,} images, {args.scale_blobs:,} blobs (HTTP)"
+               + (f" + {args.scale_blob_files:,} blob files written into the store" if args.scale_blob_files else ""),
          "writes/s (tags; blobs)", "—"),
         ("S2", f"tag list page `?n=100` among {args.scale_tags:,} tags", "start / middle / end, median", "< 100 ms"),
         ("S3", f"catalog of {args.scale_images + 2:,} images", "first page `?n=100`; all at once", "< 100 ms; < 1 s"),
-        ("S4", f"GC over {args.scale_tags + args.scale_blobs + 2 * args.scale_images:,}+ blobs",
+        ("S4", f"GC over {args.scale_tags + args.scale_blobs + args.scale_blob_files + 2 * args.scale_images:,}+ blobs",
          "keeps all (walk); removes the unreferenced", "< 60 s; < 120 s"),
         ("S5", "binaryrepo RSS, scale", "idle → seeded → listed → after GC (VmRSS); peak VmHWM", "peak ≤ 256 MiB"),
         ("S6", "tags and blobs all there", "tags listed / expected; GC removed / seeded blobs", "exactly 1.00"),
@@ -130,7 +138,7 @@ def run_wrk(url: str, script: Path, connections: int, seconds: int, timeout: flo
     return {"rps": grab(r"Requests/sec:\s+([\d.]+)"), "requests": grab(r"(\d+) requests in", int, 0),
             "p50": dur(r"\n\s+50%\s+([\d.]+)(us|ms|s|m)\b"), "p99": dur(r"\n\s+99%\s+([\d.]+)(us|ms|s|m)\b"),
             "non2xx": grab(r"Non-2xx or 3xx responses:\s+(\d+)", int, 0),
-            "errors": (re.search(r"Socket errors:\s+(.*)", out) or [None, ""])[1].strip(), "out": out}
+            "errors": (re.search(r"Socket errors:\s+(.*)", out) or [None, ""])[1].strip(), "out": out, "err": err}
 
 
 # --- Lua scripts for the seeding: each of wrk's two threads writes its half, then stops ---------------------
@@ -233,7 +241,8 @@ class ScaleRun:
                     until=[Path(f"{marker}-{i}") for i in range(2)])
         took = time.monotonic() - t
         if r["non2xx"] or r["errors"]:
-            raise RuntimeError(f"seeding {name}: {r['non2xx']} non-2xx, socket errors {r['errors']!r}\n{r['out']}")
+            raise RuntimeError(f"seeding {name}: {r['non2xx']} non-2xx, socket errors {r['errors']!r}\n{r['out']}\n"
+                               f"{r['err'][-2000:]}")
         self.log(f"seeded {total:,} {name} in {took:.1f} s ({total / took:,.0f}/s; {r['requests']:,} requests)")
         return took
 
@@ -244,7 +253,10 @@ class ScaleRun:
             self.b.original_binary = (peers.binary_path(), peers.plugin_dir())
             self.b.snapshot()
         # GC only when asked: a scheduled run must not land inside a timing
-        self.br = BinaryRepo(self.work, "binaryrepo", config={"gc_interval_hours": 0})
+        config = {"gc_interval_hours": 0}
+        if self.a.scale_plugin_cpu_ms:
+            config["plugin_cpu_ms"] = self.a.scale_plugin_cpu_ms
+        self.br = BinaryRepo(self.work, "binaryrepo", config=config)
         self.br.start(timeout=300)  # a fresh data dir compiles the plugins first
         self.br.create_local(REPO)
         time.sleep(2)
@@ -278,13 +290,41 @@ class ScaleRun:
                                    for n in range(a.scale_blobs)))
         lua = LUA_BLOBS % {"total": a.scale_blobs, "digests": digests, "path": f"/v2/{REPO}/blobs"}
         t_blobs = self.seed_wrk("blobs", lua, a.scale_blobs)
-        self.seeded = {"tags_s": t_tags, "images_s": t_images, "blobs_s": t_blobs}
+        t_files = self.seed_blob_files()
+        self.seeded = {"tags_s": t_tags, "images_s": t_images, "blobs_s": t_blobs, "blob_files_s": t_files}
         row = self.b.rows["S1"]
         row.values["binaryrepo"] = (f"{a.scale_tags / t_tags:,.0f} tags/s ({t_tags:.0f} s); "
                                     f"{a.scale_blobs / t_blobs:,.0f} blobs/s ({t_blobs:.0f} s); images {t_images:.0f} s")
         row.verdict = "pass"
         row.raw = self.seeded
         self.note_rss("seeded")
+
+    def seed_blob_files(self) -> float:
+        """--scale-blob-files more small blobs written into <data_dir>/blobs/sha256/<xx>/<hex> by the bench itself
+        (pushing a million over HTTP takes most of an hour on a loaded 2-core machine): each hashes to its name, like
+        a stored blob. Their modification time is an hour ahead, so the sweeping GC (grace 0) keeps them and removes
+        the blobs seeded over HTTP: it still walks and judges every one."""
+        n = self.a.scale_blob_files
+        if not n:
+            return 0.0
+        t = time.monotonic()
+        root = self.br.data_dir / "blobs" / "sha256"
+        ahead = time.time() + 3600
+
+        def write(lo: int):
+            for i in range(lo, min(n, lo + 10_000)):
+                body = blob_body(self.a.scale_blobs + i)
+                hexd = hashlib.sha256(body).hexdigest()
+                d = root / hexd[:2]
+                d.mkdir(parents=True, exist_ok=True)
+                (d / hexd).write_bytes(body)
+                # dated an hour ahead: no grace period runs out on them while a sweep runs
+                os.utime(d / hexd, (ahead, ahead))
+        with ThreadPoolExecutor(4) as ex:
+            list(ex.map(write, range(0, n, 10_000)))
+        took = time.monotonic() - t
+        self.log(f"wrote {n:,} blob files into the store in {took:.1f} s (not over HTTP)")
+        return took
 
     def get_json(self, url: str) -> tuple[dict, str]:
         r = request("GET", url, timeout=300)
@@ -404,7 +444,10 @@ class PullsRun:
         self.image = build_image("pulls", layer_sizes=(4096, 65536, 1 << 20))
         Oci(self.upstream.url).push_image("library/pulls", self.image, "1")
         self.nginx = peers.NginxCache(self.work, self.upstream.host).start()
-        self.br = BinaryRepo(self.work, "binaryrepo", config={"gc_interval_hours": 0})
+        config = {"gc_interval_hours": 0}
+        if self.a.scale_plugin_cpu_ms:
+            config["plugin_cpu_ms"] = self.a.scale_plugin_cpu_ms
+        self.br = BinaryRepo(self.work, "binaryrepo", config=config)
         self.br.start(timeout=300)  # a fresh data dir compiles the plugins first
         self.br.create_remote("pulls", self.upstream.url, tag_check_seconds=300)
         self.paths = {"binaryrepo": [f"/repo/pulls/v2/library/pulls/blobs/{d}" for d in self.image.blobs],
@@ -482,7 +525,7 @@ class PullsRun:
         ratio = self.h.ratio(res["binaryrepo"]["p99"], res["nginx"]["p99"])
         row.ratios = [f"p99 {self.h.fmt_ratio(ratio, 'nginx')}"]
         row.verdict = self.h.verdict(not fails and ratio is not None and ratio <= 2.0)
-        row.raw = {p: {k: v for k, v in r.items() if k != "out"} for p, r in res.items()}
+        row.raw = {p: {k: v for k, v in r.items() if k not in ("out", "err")} for p, r in res.items()}
         row.raw["upstream_blob_gets"] = upstream_blob_gets
         self.b.notes.append(f"S7: upstream blob GETs during the warm runs: {upstream_blob_gets} (0 expected).")
         for f in fails:

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -490,6 +491,42 @@ def test_tags_list_order_and_pagination(oci):
     assert r.json()["tags"] == want
 
     expect_error(oci.tags("e2e/no-such-image"), 404, "NAME_UNKNOWN", "tags/list of an unknown name")
+
+
+def test_two_thousand_tags_page_through_n_100_each_once_in_order(oci):
+    """A tag list of ~2,000 tags walked by its Link headers with n=100: every tag exactly once, in lexical order,
+    every page full but the last, each Link naming the last tag of its page."""
+    img = build_image("many-tags")
+    oci.push_image("e2e/many-tags", img, tag="seed")
+    tags = ["seed"] + [f"v{i}" for i in range(1999)]
+
+    def put(t):
+        r = oci.put_manifest("e2e/many-tags", t, img.manifest, OCI_MANIFEST)
+        assert r.status == 201, f"PUT manifests/{t}: {r!r}"
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, tags[1:]))
+    want = sorted(tags)
+
+    seen, pages, url = [], 0, oci.url("e2e/many-tags", "tags/list?n=100")
+    while url:
+        r = request("GET", url)
+        assert r.status == 200, f"GET {url}: {r!r}"
+        page = r.json()["tags"]
+        pages += 1
+        link = r.header("Link")
+        if link:
+            assert len(page) == 100, f"a page before the last holds n tags: {len(page)} at page {pages}"
+            assert 'rel="next"' in link, link
+            target = link.split("<", 1)[1].split(">", 1)[0]
+            assert urllib.parse.parse_qs(urllib.parse.urlsplit(target).query) == {"n": ["100"], "last": [page[-1]]}, link
+            url = oci.abs(target)
+        else:
+            url = None
+        seen.extend(page)
+        assert pages <= 21, "the Link headers do not end"
+    assert seen == want, f"{len(seen)} tags seen, {len(set(seen))} distinct, sorted: {seen == sorted(seen)}"
+    assert pages == 20
 
 
 def test_catalog_at_root_and_through_the_repository(local_br, oci):

@@ -35,6 +35,10 @@ impl meta::Host for CallState {
     async fn keys(&mut self, prefix: String) -> Result<Vec<String>, HostError> {
         timed!(self, caps::meta::list(&self.scope(), prefix).await)
     }
+
+    async fn keys_page(&mut self, prefix: String, start_after: Option<String>, limit: u32) -> Result<Vec<String>, HostError> {
+        timed!(self, caps::meta::list_page(&self.scope(), prefix, start_after, limit).await)
+    }
 }
 
 impl repositories::Host for CallState {
@@ -51,6 +55,17 @@ impl repositories::Host for CallState {
     async fn meta_list_in(&mut self, repository: String, prefix: String) -> Result<Vec<String>, HostError> {
         self.only_read = false;
         timed!(self, caps::meta::list_in(&self.scope(), repository, prefix).await)
+    }
+
+    async fn meta_list_in_page(
+        &mut self,
+        repository: String,
+        prefix: String,
+        start_after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<String>, HostError> {
+        self.only_read = false;
+        timed!(self, caps::meta::list_in_page(&self.scope(), repository, prefix, start_after, limit).await)
     }
 }
 

@@ -439,6 +439,42 @@ impl MetaStore {
         Ok(out)
     }
 
+    /// One page of the repository's keys starting with `prefix`, in lexical (byte) order: those
+    /// after `start_after` when given, at most `limit`. A range scan that reads only the keys it
+    /// returns, however many the repository holds.
+    pub fn list_page(&self, repo: &str, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>, MetaError> {
+        let start = Self::key(repo, prefix)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // A `start_after` below the prefix starts the page at the prefix.
+        let after = start_after.filter(|a| *a >= prefix);
+        if let Some(pg) = self.shared() {
+            return pg.list_page(repo, prefix, after, limit);
+        }
+        let after = after.map(|a| Self::key(repo, a)).transpose()?;
+        let txn = self.db()?.begin_read().map_err(db_err)?;
+        let table = txn.open_table(META).map_err(db_err)?;
+        let lower = match &after {
+            Some(a) => std::ops::Bound::Excluded(a.as_str()),
+            None => std::ops::Bound::Included(start.as_str()),
+        };
+        let skip = repo.len() + SEP.len_utf8();
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for entry in table.range::<&str>((lower, std::ops::Bound::Unbounded)).map_err(db_err)? {
+            let (k, _) = entry.map_err(db_err)?;
+            let k = k.value();
+            if !k.starts_with(start.as_str()) {
+                break;
+            }
+            out.push(k[skip..].to_owned());
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     /// Removes everything a repository stored (the repository was deleted).
     pub fn delete_repository(&self, repo: &str) -> Result<(), MetaError> {
         Self::key(repo, "")?;
@@ -531,6 +567,48 @@ pub(crate) mod tests {
             m.put(&r, "big", &big).unwrap();
             assert_eq!(m.get(&r, "big").unwrap().as_deref(), Some(&big[..]));
             m.delete_repository(&r).unwrap();
+        }
+    }
+
+    #[test]
+    fn pages_walk_every_key_once_in_order() {
+        for (m, p, _dir) in backends() {
+            let (r, rb) = (format!("{p}r"), format!("{p}r\u{1}"));
+            let mut keys: Vec<String> = (0..250).map(|i| format!("tag/app:{i}")).collect();
+            keys.extend(["tag/app/web:1", "tag/app:\u{10FFFF}", "tag/ap:1", "tag/apq:1", "tag/app;x", "image/app", "u"].map(String::from));
+            for k in &keys {
+                m.put(&r, k, b"{}").unwrap();
+            }
+            // a neighbouring repository's keys never show through the range
+            m.put(&rb, "tag/app:zz", b"{}").unwrap();
+            let mut want: Vec<String> = keys.iter().filter(|k| k.starts_with("tag/app:")).cloned().collect();
+            want.sort();
+            let mut seen = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let page = m.list_page(&r, "tag/app:", after.as_deref(), 7).unwrap();
+                assert!(page.len() <= 7);
+                seen.extend(page.iter().cloned());
+                if page.len() < 7 {
+                    break;
+                }
+                after = page.last().cloned();
+            }
+            assert_eq!(seen, want, "every key under the prefix exactly once, in byte order");
+            assert_eq!(m.list_page(&r, "tag/app:", Some("tag/app:5"), 3).unwrap(), vec!["tag/app:50", "tag/app:51", "tag/app:52"]);
+            assert_eq!(
+                m.list_page(&r, "tag/app:", Some("a"), 1).unwrap(),
+                vec!["tag/app:0"],
+                "an earlier start-after starts at the prefix"
+            );
+            assert!(m.list_page(&r, "tag/app:", Some("tag/app;"), 5).unwrap().is_empty(), "past the prefix: nothing");
+            assert!(m.list_page(&r, "tag/app:", None, 0).unwrap().is_empty());
+            assert_eq!(m.list_page(&r, "", Some("tag/app;x"), 5).unwrap(), vec!["tag/apq:1", "u"]);
+            assert_eq!(m.list_page(&r, "tag/", None, 2).unwrap(), vec!["tag/ap:1", "tag/app/web:1"]);
+            assert_eq!(m.list_page(&r, "tag/app:\u{10FFFF}", None, 2).unwrap(), vec!["tag/app:\u{10FFFF}"]);
+            assert!(m.list_page(&r, "bad\0", None, 2).is_err());
+            m.delete_repository(&r).unwrap();
+            m.delete_repository(&rb).unwrap();
         }
     }
 

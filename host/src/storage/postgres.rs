@@ -82,6 +82,25 @@ fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     }
 }
 
+/// The least string above every string that starts with `prefix` (byte order, which is code
+/// point order in UTF-8): the prefix with its last character advanced, dropping characters that
+/// cannot be. None when nothing is above (an empty prefix, or one of only U+10FFFF).
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        // the next scalar value, stepping over the surrogates
+        let next = match last {
+            '\u{D7FF}' => Some('\u{E000}'),
+            c => char::from_u32(u32::from(c) + 1),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 fn pg(e: postgres::Error) -> MetaError {
     MetaError::Postgres(Box::new(e))
 }
@@ -157,6 +176,33 @@ impl PgMeta {
                 .conn()?
                 .query("SELECT key FROM binaryrepo_meta WHERE repo = $1 AND starts_with(key, $2) ORDER BY key", &[&repo, &prefix])
                 .map_err(pg)?;
+            Ok(rows.into_iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    /// One page of the keys of `repo` under `prefix` after `start_after` (at or above the
+    /// prefix), in byte order. Both bounds are on the primary key's `key` column, so the page is
+    /// one index range scan that stops after `limit` rows.
+    pub fn list_page(&self, repo: &str, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>, MetaError> {
+        let upper = prefix_end(prefix);
+        let (lower_op, lower) = match start_after {
+            Some(a) => (">", a),
+            None => (">=", prefix),
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        off_runtime(|| {
+            let mut c = self.conn()?;
+            let rows = match &upper {
+                Some(upper) => c.query(
+                    &format!("SELECT key FROM binaryrepo_meta WHERE repo = $1 AND key {lower_op} $2 AND key < $3 ORDER BY key LIMIT $4"),
+                    &[&repo, &lower, upper, &limit],
+                ),
+                None => c.query(
+                    &format!("SELECT key FROM binaryrepo_meta WHERE repo = $1 AND key {lower_op} $2 ORDER BY key LIMIT $3"),
+                    &[&repo, &lower, &limit],
+                ),
+            }
+            .map_err(pg)?;
             Ok(rows.into_iter().map(|r| r.get(0)).collect())
         })
     }
@@ -276,5 +322,19 @@ impl PgMeta {
             let row = c.query_one("SELECT body FROM binaryrepo_documents WHERE name = $1", &[&name]).map_err(pg)?;
             Ok(row.get(0))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_ends_bound_exactly_the_prefixed_strings() {
+        assert_eq!(prefix_end("tag/app:").as_deref(), Some("tag/app;"));
+        assert_eq!(prefix_end("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
+        assert_eq!(prefix_end("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_end(""), None);
+        assert_eq!(prefix_end("\u{10FFFF}"), None);
     }
 }

@@ -15,10 +15,16 @@ use crate::url;
 
 pub fn list(host: &impl Host, req: &Request) -> Result<Plan, RegistryError> {
     let paging = Paging::from_query(req.query.as_deref())?;
-    let all = match (&req.mount, &req.repository) {
-        (Mount::Root, _) => every_repository(host),
-        (_, Some(repo)) if repo.repo_type == RepoType::Virtual => Vec::new(),
-        (_, Some(_)) => meta::image_names(|prefix| host.meta_list(prefix))?,
+    let (last, want) = (paging.last.as_deref(), paging.n);
+    let (page, next) = match (&req.mount, &req.repository) {
+        (Mount::Root, _) => paging::page_from(
+            every_repository(host, last, want).map(Ok::<_, HostError>),
+            &paging,
+        )?,
+        (_, Some(repo)) if repo.repo_type == RepoType::Virtual => (Vec::new(), None),
+        (_, Some(_)) => {
+            paging::page_from(meta::image_names_after(host, None, last, want), &paging)?
+        }
         (_, None) => {
             return Err(RegistryError::new(
                 ErrorCode::NameUnknown,
@@ -26,7 +32,6 @@ pub fn list(host: &impl Host, req: &Request) -> Result<Plan, RegistryError> {
             ));
         }
     };
-    let (page, next) = paging::paginate(&all, &paging);
     let body = serde_json::json!({ "repositories": page })
         .to_string()
         .into_bytes();
@@ -39,23 +44,48 @@ pub fn list(host: &impl Host, req: &Request) -> Result<Plan, RegistryError> {
     Ok(Plan::Respond(resp))
 }
 
-/// `<repository>/<image>` for every image of every repository. A repository whose metadata
-/// cannot be read is left out (and logged) rather than failing the whole listing.
-fn every_repository(host: &impl Host) -> Vec<String> {
-    let mut all = Vec::new();
-    for repo in host.repositories() {
-        if repo.repo_type == RepoType::Virtual {
-            continue;
-        }
-        let names = meta::image_names(|prefix| host.meta_list_in(&repo.name, prefix));
-        match names {
-            Ok(names) => all.extend(names.into_iter().map(|n| format!("{}/{n}", repo.name))),
-            Err(e) => log_unreadable(host, &repo.name, &e),
-        }
-    }
-    all.sort();
-    all.dedup();
-    all
+/// `<repository>/<image>` for every image of every repository after `last`, in lexical order,
+/// read a page at a time. Repository names hold no '/', so the order is by `<repository>/`, then
+/// by image. A repository whose metadata cannot be read is left out (and logged) rather than
+/// failing the whole listing.
+fn every_repository<'h, H: Host>(
+    host: &'h H,
+    last: Option<&'h str>,
+    want: Option<usize>,
+) -> impl Iterator<Item = String> + 'h {
+    let mut repos: Vec<String> = host
+        .repositories()
+        .into_iter()
+        .filter(|r| r.repo_type != RepoType::Virtual)
+        .map(|r| format!("{}/", r.name))
+        .collect();
+    repos.sort();
+    repos.dedup();
+    repos.into_iter().flat_map(move |prefix| {
+        // Where this repository's names start: after the part of `last` inside it; from its
+        // first when it sorts after `last`; nowhere when all of it sorts before.
+        let from = match last {
+            None => Some(None),
+            Some(l) => match l.strip_prefix(prefix.as_str()) {
+                Some(rest) => Some(Some(rest)),
+                None if prefix.as_str() > l => Some(None),
+                None => None,
+            },
+        };
+        let repo = prefix.trim_end_matches('/').to_owned();
+        from.into_iter().flat_map(move |from| {
+            let (repo, prefix) = (repo.clone(), prefix.clone());
+            meta::image_names_after(host, Some(&repo), from, want)
+                .map_while(move |name| match name {
+                    Ok(name) => Some(name),
+                    Err(e) => {
+                        log_unreadable(host, &repo, &e);
+                        None
+                    }
+                })
+                .map(move |name| format!("{prefix}{name}"))
+        })
+    })
 }
 
 fn log_unreadable(host: &impl Host, repo: &str, e: &HostError) {

@@ -14,15 +14,17 @@
 
 use crate::contract::{Host, HostError, Level, RepoType, Repository};
 use crate::meta;
-use crate::reference::Digest;
+use crate::reference::{Digest, Name};
 use std::collections::BTreeSet;
 
 pub fn live_blobs(host: &impl Host, repo: &Repository) -> Result<Vec<String>, HostError> {
+    // The walks read the metadata a page of keys at a time: what the plugin holds is this
+    // set of live digests (the answer) and one page, never every key of the repository.
     let mut live: BTreeSet<String> = BTreeSet::new();
     match repo.repo_type {
         RepoType::Virtual => {}
         RepoType::Local => {
-            for (name, digest, record) in meta::all_image_manifests(host)? {
+            meta::each_image_manifest(host, |name, digest, record| {
                 live.insert(digest.to_string());
                 match record {
                     Some(r) => live.extend(r.blobs.into_iter().chain(r.manifests)),
@@ -31,9 +33,10 @@ pub fn live_blobs(host: &impl Host, repo: &Repository) -> Result<Vec<String>, Ho
                         &format!("gc: manifest record {name}@{digest} unreadable; its references are not kept"),
                     ),
                 }
-            }
+                Ok(())
+            })?;
             // tags written before pushes existed have no manifest record
-            live.extend(tag_targets(host)?);
+            tag_targets(host, &mut live)?;
             // housekeeping, not safety: a failure here must not stop the collection
             if let Err(e) = drop_dangling_links(host) {
                 host.log(Level::Warn, &format!("gc: dangling blob links kept: {e}"));
@@ -43,17 +46,15 @@ pub fn live_blobs(host: &impl Host, repo: &Repository) -> Result<Vec<String>, Ho
             if let Err(e) = drop_dangling_remote_links(host) {
                 host.log(Level::Warn, &format!("gc: dangling blob links kept: {e}"));
             }
-            live.extend(
-                meta::all_manifest_records(host)?
-                    .iter()
-                    .map(Digest::to_string),
-            );
-            live.extend(
-                meta::all_blob_links(host)?
-                    .into_iter()
-                    .map(|(d, _)| d.to_string()),
-            );
-            live.extend(tag_targets(host)?);
+            meta::each_manifest_record(host, |d| {
+                live.insert(d.to_string());
+                Ok(())
+            })?;
+            meta::each_blob_link(host, |d, _| {
+                live.insert(d.to_string());
+                Ok(())
+            })?;
+            tag_targets(host, &mut live)?;
         }
     }
     // only well-formed digests go back: the host would drop anything else anyway
@@ -63,11 +64,23 @@ pub fn live_blobs(host: &impl Host, repo: &Repository) -> Result<Vec<String>, Ho
         .collect())
 }
 
-fn tag_targets(host: &impl Host) -> Result<Vec<String>, HostError> {
-    Ok(meta::all_tags(host)?
-        .into_iter()
-        .map(|(_, link)| link.digest)
-        .collect())
+/// What every tag points to. Gives each tagged image the marker the catalog lists, if it has
+/// none (tags recorded before remote repositories kept markers): keys of one image are
+/// adjacent, so that is one look-up per image.
+fn tag_targets(host: &impl Host, live: &mut BTreeSet<String>) -> Result<(), HostError> {
+    let mut marked: Option<Name> = None;
+    meta::each_tag(host, |key, link| {
+        live.insert(link.digest);
+        if let Some(name) = meta::tag_key_name(key)
+            && marked.as_ref() != Some(&name)
+        {
+            if let Err(e) = meta::mark_image(host, &name) {
+                host.log(Level::Warn, &format!("gc: image {name} not marked: {e}"));
+            }
+            marked = Some(name);
+        }
+        Ok(())
+    })
 }
 
 /// A remote's links to blobs that are not stored. A held one was written by a version that
@@ -77,29 +90,28 @@ fn tag_targets(host: &impl Host) -> Result<Vec<String>, HostError> {
 /// digest the upstream does not have) or is still running: it is marked the first time and
 /// dropped the next, so a fetch in flight is not cut short while failed ones do not pile up.
 fn drop_dangling_remote_links(host: &impl Host) -> Result<(), HostError> {
-    for (digest, key) in meta::all_blob_links(host)? {
+    meta::each_blob_link(host, |digest, key| {
         if host.blob_stat(digest.as_str())?.is_some() {
-            continue;
+            return Ok(());
         }
         let Some(value) = host.meta_get(&key)? else {
-            continue;
+            return Ok(());
         };
         match meta::dangling(&value) {
-            meta::Dangling::Drop => host.meta_delete(&key)?,
-            meta::Dangling::MarkMissing => meta::mark_missing(host, &key)?,
+            meta::Dangling::Drop => host.meta_delete(&key),
+            meta::Dangling::MarkMissing => meta::mark_missing(host, &key),
         }
-    }
-    Ok(())
+    })
 }
 
 /// Links to blobs collected earlier serve nothing (every use checks the store too) and would
 /// pile up. Only local repositories: there a link is written after its blob is stored, while
 /// a remote links before its fetch completes.
 fn drop_dangling_links(host: &impl Host) -> Result<(), HostError> {
-    for (digest, key) in meta::all_blob_links(host)? {
+    meta::each_blob_link(host, |digest, key| {
         if host.blob_stat(digest.as_str())?.is_none() {
             host.meta_delete(&key)?;
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }

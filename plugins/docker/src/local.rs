@@ -135,9 +135,10 @@ pub fn tag_list(
     name: &Name,
     paging: &Paging,
 ) -> Result<Plan, RegistryError> {
-    let all = meta::list_tags(host, name)?;
+    let after = meta::tags_after(host, name, paging.last.as_deref(), paging.n);
+    let (page, next) = paging::page_from(after, paging)?;
     // an image whose tags were all deleted still exists: an empty list, not NAME_UNKNOWN
-    if all.is_empty() && !meta::image_known(host, name)? {
+    if page.is_empty() && !meta::image_known(host, name)? && !meta::has_tags(host, name)? {
         return Err(RegistryError::new(
             ErrorCode::NameUnknown,
             "repository name not known to registry",
@@ -145,7 +146,6 @@ pub fn tag_list(
         .with_detail(json!({ "name": name.as_str() })));
     }
     let client_name = tags::client_name(req, name.as_str());
-    let (page, next) = paging::paginate(&all, paging);
     Ok(Plan::Respond(tags::response(
         req,
         &client_name,

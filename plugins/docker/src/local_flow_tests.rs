@@ -1105,6 +1105,8 @@ fn catalog_by_mount() {
     let link = json!({"digest": sha256(b"m"), "media_type": OCI, "checked": 0}).to_string();
     h.put_in("docker-remote", "tag/library/redis:7", link.as_bytes());
     h.put_in("docker-remote", "tag/library/redis:8", link.as_bytes());
+    // a remote records its image's marker with the tag (and GC for tags recorded before)
+    h.put_in("docker-remote", "image/library/redis", b"{}");
     let mut virt = repository("docker", RepoType::Virtual, false);
     virt.members = vec![OWN.into(), "docker-remote".into()];
     h.repos.borrow_mut().push(virt);
@@ -1155,6 +1157,98 @@ fn catalog_by_mount() {
     };
     assert_eq!(r.status, 200);
     assert_eq!(json_body(&r)["repositories"].as_array().unwrap().len(), 4);
+}
+
+/// A page of a large tag list reads about the keys it shows, not the whole list, and paging
+/// with the Link header sees every tag exactly once, in order.
+#[test]
+fn tag_pages_cost_what_they_show() {
+    let h = host();
+    let c = client(&h);
+    push_image(&c, "app", "seed", b"l1");
+    let link = json!({"digest": sha256(b"m"), "media_type": OCI, "checked": 0}).to_string();
+    let mut want: Vec<String> = (0..100_000).map(|i| format!("t{i}")).collect();
+    want.push("seed".into());
+    for t in &want {
+        h.meta
+            .borrow_mut()
+            .insert(format!("tag/app:{t}"), link.as_bytes().to_vec());
+    }
+    want.sort();
+    h.keys_listed.set(0);
+    let r = c.get("/v2/app/tags/list?n=100&last=t5");
+    let tags = json_body(&r)["tags"].clone();
+    let first = want.iter().position(|t| t.as_str() > "t5").unwrap();
+    assert_eq!(tags, json!(want[first..first + 100]));
+    assert!(
+        h.keys_listed.get() <= 101,
+        "a page of 100 read {} keys",
+        h.keys_listed.get()
+    );
+    // walk the whole list by its Link headers
+    let (mut seen, mut target) = (Vec::new(), Some("/v2/app/tags/list?n=1000".to_owned()));
+    while let Some(t) = target {
+        let r = c.get(&t);
+        seen.extend(
+            json_body(&r)["tags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned()),
+        );
+        target = h_(&r, "link").map(|l| {
+            let url = l.split_once('<').unwrap().1.split_once('>').unwrap().0;
+            url.strip_prefix(BASE).unwrap().to_owned()
+        });
+    }
+    assert_eq!(seen, want);
+}
+
+/// The root catalog orders `<repository>/<image>` as strings even where repository names
+/// prefix each other ("a" and "a-b": "a-b/…" sorts before "a/…"), and pages through them.
+#[test]
+fn root_catalog_pages_across_repositories() {
+    let h = host();
+    for r in ["a", "a-b", "b"] {
+        h.repos
+            .borrow_mut()
+            .push(repository(r, RepoType::Local, false));
+        for img in ["x", "x-y", "x/z"] {
+            h.put_in(r, &format!("image/{img}"), b"{}");
+        }
+    }
+    let mut root = client(&h);
+    root.mount = Mount::Root;
+    let all = json_body(&root.get("/v2/_catalog"))["repositories"].clone();
+    let mut want: Vec<String> = ["a", "a-b", "b"]
+        .iter()
+        .flat_map(|r| ["x", "x-y", "x/z"].map(|i| format!("{r}/{i}")))
+        .collect();
+    want.sort();
+    assert_eq!(all, json!(want));
+    for n in 1..=4 {
+        let (mut seen, mut last): (Vec<String>, Option<String>) = (vec![], None);
+        loop {
+            let q = match &last {
+                Some(l) => format!("/v2/_catalog?n={n}&last={}", l.replace('/', "%2F")),
+                None => format!("/v2/_catalog?n={n}"),
+            };
+            let r = root.get(&q);
+            let page: Vec<String> = json_body(&r)["repositories"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect();
+            assert!(page.len() <= n);
+            seen.extend(page.iter().cloned());
+            if h_(&r, "link").is_none() {
+                break;
+            }
+            last = page.last().cloned();
+        }
+        assert_eq!(seen, want, "n={n}");
+    }
 }
 
 #[test]
@@ -1277,6 +1371,10 @@ fn live_blobs_of_a_remote_repository_and_its_blob_links() {
     let mut c = client(&h);
     c.repo = remote.clone();
     assert_eq!(c.get("/v2/library/redis/manifests/7").status, 200);
+    assert!(
+        h.meta.borrow().contains_key("image/library/redis"),
+        "a tag recorded through a remote marks its image for the catalog"
+    );
     // a blob miss becomes a fetch plan, and the blob is linked (pending) for GC
     let layer = sha256(b"upstream layer");
     let req = c.request("GET", &format!("/v2/library/redis/blobs/{layer}"), &[]);
@@ -1312,6 +1410,44 @@ fn live_blobs_of_a_remote_repository_and_its_blob_links() {
 
     let virt = repository("docker", RepoType::Virtual, false);
     assert!(live_blobs(&h, &virt).unwrap().is_empty());
+}
+
+/// Collection walks the metadata in pages, keeps every tag's
+/// target across page boundaries, and gives tags recorded before remotes kept image markers
+/// their marker, so the catalog lists those images.
+#[test]
+fn a_collection_walks_in_pages_and_marks_tagged_images() {
+    let h = fake_host(Registry::new(UPSTREAM, UpstreamAuth::Open));
+    let remote = repository("docker-remote", RepoType::Remote, false);
+    let mut want = Vec::new();
+    for i in 0..2500 {
+        let d = sha256(format!("m{i}").as_bytes());
+        let link = json!({"digest": d, "media_type": OCI, "checked": 0}).to_string();
+        let name = if i % 2 == 0 {
+            "library/redis"
+        } else {
+            "old/app"
+        };
+        h.meta_put(&format!("tag/{name}:{i}"), link.as_bytes())
+            .unwrap();
+        want.push(d);
+    }
+    want.sort();
+    h.keys_listed.set(0);
+    assert_eq!(live_blobs(&h, &remote).unwrap(), want);
+    for name in ["library/redis", "old/app"] {
+        assert!(
+            h.meta.borrow().contains_key(&format!("image/{name}")),
+            "{name}"
+        );
+    }
+    let mut c = client(&h);
+    c.repo = remote;
+    let r = c.get("/v2/_catalog");
+    assert_eq!(
+        json_body(&r)["repositories"],
+        json!(["library/redis", "old/app"])
+    );
 }
 
 #[test]

@@ -10,9 +10,11 @@
 //!   Remote only: `{"pending":true}` while a fetch started through the name may not have
 //!   stored the blob yet (the host does not report back after a fetch); it becomes `{}` the
 //!   first time the stored blob is served under the name, see `remote`.
-//! - `image/<name>` → `{}` (local): the image exists (it has had a blob or a manifest); the
-//!   catalog and the tag list's NAME_UNKNOWN go by it. Never removed, like a directory in
-//!   distribution's storage.
+//! - `image/<name>` → `{}`: the image exists (local: it has had a blob or a manifest; remote:
+//!   it has had a tag); the catalog lists these keys, a page at a time, and the local tag
+//!   list's NAME_UNKNOWN goes by it. Never removed, like a directory in distribution's
+//!   storage. Tags recorded before remote repositories kept markers get theirs at the next
+//!   garbage collection.
 //! - `image-manifest/<name>@<digest>` → `ImageManifest` (local): the manifest was pushed to
 //!   the image, with what it references (for pushes of indexes and for garbage collection)
 //! - `referrer/<name>@<subject>/<digest>` → `Referrer` (local): the manifest `<digest>` of
@@ -24,6 +26,7 @@
 
 use crate::contract::{Host, HostError, Level};
 use crate::reference::{Digest, Name, Tag};
+use binaryrepo_plugin_sdk::meta::{keys, keys_in};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -152,7 +155,9 @@ pub fn get_tag(host: &impl Host, name: &Name, tag: &Tag) -> Result<Option<TagLin
     get_json(host, &tag_key(name, tag))
 }
 
+/// Records a tag, and the image's marker the catalog lists.
 pub fn put_tag(host: &impl Host, name: &Name, tag: &Tag, link: &TagLink) -> Result<(), HostError> {
+    mark_image(host, name)?;
     put_json(host, &tag_key(name, tag), link)
 }
 
@@ -288,35 +293,71 @@ pub fn list_referrers(
     Ok(out)
 }
 
-/// Image names a repository's metadata knows: images with a marker or a tag (remote
-/// repositories have only tags), sorted. `list` is the repository's `meta-list`.
-pub fn image_names(
-    list: impl Fn(&str) -> Result<Vec<String>, HostError>,
-) -> Result<Vec<String>, HostError> {
-    let marked = list(IMAGE)?
-        .into_iter()
-        .filter_map(|k| k.strip_prefix(IMAGE).map(str::to_owned));
-    let tagged = list(TAG)?.into_iter().filter_map(|k| {
-        k.strip_prefix(TAG)
-            .and_then(|rest| rest.split_once(':'))
-            .map(|(name, _)| name.to_owned())
-    });
-    let mut names: Vec<String> = marked
-        .chain(tagged)
-        .filter(|n| Name::parse(n).is_ok())
-        .collect();
-    names.sort();
-    names.dedup();
-    Ok(names)
+/// Image names of a repository (None: the request's) after `last`, in lexical order, read
+/// from its `image/` markers a page at a time (`want`: how many the caller needs, if it knows).
+pub fn image_names_after<'h, H: Host>(
+    host: &'h H,
+    repository: Option<&str>,
+    last: Option<&str>,
+    want: Option<usize>,
+) -> impl Iterator<Item = Result<String, HostError>> + use<'h, H> {
+    let start = last.map(|l| format!("{IMAGE}{l}"));
+    let walk = match repository {
+        Some(r) => keys_in(host, r, IMAGE),
+        None => keys(host, IMAGE),
+    };
+    let walk = walk
+        .after(start.as_deref())
+        .page_size(want.map_or(usize::MAX, |n| n.saturating_add(1)));
+    let last = last.map(str::to_owned);
+    walk.filter_map(move |key| {
+        let name = match key {
+            Ok(key) => key.strip_prefix(IMAGE)?.to_owned(),
+            Err(e) => return Some(Err(e)),
+        };
+        let after = last.as_deref().is_none_or(|l| name.as_str() > l);
+        (after && Name::parse(&name).is_ok()).then_some(Ok(name))
+    })
 }
 
-/// Every `image-manifest` record: (image, digest, record). A record that no longer parses
-/// still names its digest, with an empty record.
-pub fn all_image_manifests(
+/// Tag names of an image after `last`, in lexical order, read a page at a time (`want`: how
+/// many the caller needs, if it knows).
+pub fn tags_after<'h, H: Host>(
+    host: &'h H,
+    name: &Name,
+    last: Option<&str>,
+    want: Option<usize>,
+) -> impl Iterator<Item = Result<String, HostError>> + use<'h, H> {
+    let prefix = tag_prefix(name);
+    let start = last.map(|l| format!("{prefix}{l}"));
+    let walk = keys(host, &prefix)
+        .after(start.as_deref())
+        .page_size(want.map_or(usize::MAX, |n| n.saturating_add(1)));
+    let last = last.map(str::to_owned);
+    walk.filter_map(move |key| {
+        let tag = match key {
+            Ok(key) => key.strip_prefix(&prefix)?.to_owned(),
+            Err(e) => return Some(Err(e)),
+        };
+        let after = last.as_deref().is_none_or(|l| tag.as_str() > l);
+        // `tag/a:` prefixes nothing else, but a stray key must not become a bogus tag
+        (after && Tag::parse(&tag).is_ok()).then_some(Ok(tag))
+    })
+}
+
+/// Whether an image has any tag (one key read).
+pub fn has_tags(host: &impl Host, name: &Name) -> Result<bool, HostError> {
+    Ok(!host.meta_list_page(&tag_prefix(name), None, 1)?.is_empty())
+}
+
+/// Every `image-manifest` record: (image, digest, record), walked a page of keys at a time. A
+/// record that no longer parses still names its digest, with an empty record.
+pub fn each_image_manifest(
     host: &impl Host,
-) -> Result<Vec<(Name, Digest, Option<ImageManifest>)>, HostError> {
-    let mut out = Vec::new();
-    for key in host.meta_list(IMAGE_MANIFEST)? {
+    mut f: impl FnMut(Name, Digest, Option<ImageManifest>) -> Result<(), HostError>,
+) -> Result<(), HostError> {
+    for key in keys(host, IMAGE_MANIFEST) {
+        let key = key?;
         let Some((name, digest)) = key
             .strip_prefix(IMAGE_MANIFEST)
             .and_then(|rest| rest.split_once('@'))
@@ -327,56 +368,90 @@ pub fn all_image_manifests(
             continue;
         };
         let record = get_json(host, &key)?;
-        out.push((name, digest, record));
+        f(name, digest, record)?;
     }
+    Ok(())
+}
+
+/// Every `image-manifest` record at once (cleanup rules weigh an image's manifests together).
+pub fn all_image_manifests(
+    host: &impl Host,
+) -> Result<Vec<(Name, Digest, Option<ImageManifest>)>, HostError> {
+    let mut out = Vec::new();
+    each_image_manifest(host, |name, digest, record| {
+        out.push((name, digest, record));
+        Ok(())
+    })?;
     Ok(out)
 }
 
-/// Every blob link: (digest, key).
-pub fn all_blob_links(host: &impl Host) -> Result<Vec<(Digest, String)>, HostError> {
-    Ok(host
-        .meta_list(BLOB)?
-        .into_iter()
-        .filter_map(|key| {
-            let digest = key.strip_prefix(BLOB)?.split_once('/')?.0;
-            Digest::parse(digest).ok().map(|d| (d, key.clone()))
-        })
-        .collect())
-}
-
-/// Digests with a `manifest/` record (remote: every manifest cached).
-pub fn all_manifest_records(host: &impl Host) -> Result<Vec<Digest>, HostError> {
-    Ok(host
-        .meta_list(MANIFEST)?
-        .into_iter()
-        .filter_map(|k| k.strip_prefix(MANIFEST).and_then(|d| Digest::parse(d).ok()))
-        .collect())
-}
-
-/// Every tag link of the repository: (key, link).
-pub fn all_tags(host: &impl Host) -> Result<Vec<(String, TagLink)>, HostError> {
-    let mut out = Vec::new();
-    for key in host.meta_list(TAG)? {
-        if let Some(link) = get_json(host, &key)? {
-            out.push((key, link));
+/// Every blob link: (digest, key), walked a page of keys at a time.
+pub fn each_blob_link(
+    host: &impl Host,
+    mut f: impl FnMut(Digest, String) -> Result<(), HostError>,
+) -> Result<(), HostError> {
+    for key in keys(host, BLOB) {
+        let key = key?;
+        let digest = key
+            .strip_prefix(BLOB)
+            .and_then(|rest| rest.split_once('/'))
+            .and_then(|(d, _)| Digest::parse(d).ok());
+        if let Some(digest) = digest {
+            f(digest, key)?;
         }
     }
+    Ok(())
+}
+
+/// Digests with a `manifest/` record (remote: every manifest cached), a page at a time.
+pub fn each_manifest_record(
+    host: &impl Host,
+    mut f: impl FnMut(Digest) -> Result<(), HostError>,
+) -> Result<(), HostError> {
+    for key in keys(host, MANIFEST) {
+        if let Some(d) = key?
+            .strip_prefix(MANIFEST)
+            .and_then(|d| Digest::parse(d).ok())
+        {
+            f(d)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every tag link of the repository: (key, link), a page of keys at a time.
+pub fn each_tag(
+    host: &impl Host,
+    mut f: impl FnMut(&str, TagLink) -> Result<(), HostError>,
+) -> Result<(), HostError> {
+    for key in keys(host, TAG) {
+        let key = key?;
+        if let Some(link) = get_json(host, &key)? {
+            f(&key, link)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every tag link at once (cleanup rules weigh an image's tags together).
+pub fn all_tags(host: &impl Host) -> Result<Vec<(String, TagLink)>, HostError> {
+    let mut out = Vec::new();
+    each_tag(host, |key, link| {
+        out.push((key.to_owned(), link));
+        Ok(())
+    })?;
     Ok(out)
 }
 
-/// Tag names under a repository, in lexical order.
+/// The image a tag key belongs to.
+pub fn tag_key_name(key: &str) -> Option<Name> {
+    let (name, _) = key.strip_prefix(TAG)?.split_once(':')?;
+    Name::parse(name).ok()
+}
+
+/// Tag names under an image, in lexical order.
 pub fn list_tags(host: &impl Host, name: &Name) -> Result<Vec<String>, HostError> {
-    let prefix = tag_prefix(name);
-    let mut tags: Vec<String> = host
-        .meta_list(&prefix)?
-        .into_iter()
-        .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))
-        // `tag/a:` also prefixes nothing else, but a stray key must not become a bogus tag
-        .filter(|t| Tag::parse(t).is_ok())
-        .collect();
-    tags.sort();
-    tags.dedup();
-    Ok(tags)
+    tags_after(host, name, None, None).collect()
 }
 
 fn get_json<T: for<'de> Deserialize<'de>>(
@@ -428,25 +503,43 @@ mod tests {
     }
 
     #[test]
-    fn image_names_from_markers_and_tags() {
-        let keys = [
+    fn image_names_and_tags_after_a_point() {
+        let h = crate::fake_host::fake_host(crate::fake_host::Registry::new(
+            crate::fake_host::UPSTREAM,
+            crate::fake_host::UpstreamAuth::Open,
+        ));
+        for k in [
             "image/app",
             "image/a/b",
-            "tag/library/redis:7",
+            "image/Bad",
+            "image/library/redis",
             "tag/app:1",
-            "tag/Bad:1",
-        ];
-        let list = |prefix: &str| -> Result<Vec<String>, HostError> {
-            Ok(keys
-                .iter()
-                .filter(|k| k.starts_with(prefix))
-                .map(|k| k.to_string())
-                .collect())
+            "tag/app:2",
+            "tag/app:Bad:",
+            "tag/app/web:1",
+        ] {
+            h.meta.borrow_mut().insert(k.into(), b"{}".to_vec());
+        }
+        let names = |last, want| -> Vec<String> {
+            image_names_after(&h, None, last, want)
+                .map(Result::unwrap)
+                .collect()
         };
-        assert_eq!(
-            image_names(list).unwrap(),
-            vec!["a/b", "app", "library/redis"]
-        );
+        assert_eq!(names(None, None), vec!["a/b", "app", "library/redis"]);
+        assert_eq!(names(Some("app"), Some(1)), vec!["library/redis"]);
+        assert_eq!(names(Some("a/b\0"), None), vec!["app", "library/redis"]);
+        let app = Name::parse("app").unwrap();
+        let tags = |last| -> Vec<String> {
+            tags_after(&h, &app, last, Some(1))
+                .map(Result::unwrap)
+                .collect()
+        };
+        assert_eq!(tags(None), vec!["1", "2"]);
+        assert_eq!(tags(Some("1")), vec!["2"]);
+        assert!(tags(Some("2")).is_empty());
+        assert!(has_tags(&h, &app).unwrap());
+        assert!(!has_tags(&h, &Name::parse("a/b").unwrap()).unwrap());
+        assert_eq!(tag_key_name("tag/app/web:1"), Name::parse("app/web").ok());
     }
 
     #[test]

@@ -39,24 +39,41 @@ impl Paging {
     }
 }
 
-/// One page of `all` (sorted): entries after `last`, at most `n`; and the paging of the next
-/// page when more remain.
-pub fn paginate(all: &[String], paging: &Paging) -> (Vec<String>, Option<Paging>) {
-    let after: Vec<String> = all
+/// One page of a listing from `after`, its entries after `paging.last` in order: at most `n`,
+/// and the paging of the next page when more remain. Reads at most `n + 1` entries, so a page
+/// costs what it shows, however long the listing.
+pub fn page_from<E>(
+    after: impl Iterator<Item = Result<String, E>>,
+    paging: &Paging,
+) -> Result<(Vec<String>, Option<Paging>), E> {
+    let Some(n) = paging.n else {
+        return Ok((after.collect::<Result<_, E>>()?, None));
+    };
+    if n == 0 {
+        return Ok((Vec::new(), None));
+    }
+    let mut page: Vec<String> = after.take(n.saturating_add(1)).collect::<Result<_, E>>()?;
+    if page.len() <= n {
+        return Ok((page, None));
+    }
+    page.truncate(n);
+    let next = Paging {
+        n: Some(n),
+        last: page.last().cloned(),
+    };
+    Ok((page, Some(next)))
+}
+
+/// Entries after `paging.last` in a sorted list, as `page_from` reads them from a listing.
+#[cfg(test)]
+fn paginate(all: &[String], paging: &Paging) -> (Vec<String>, Option<Paging>) {
+    let after = all
         .iter()
         .filter(|t| paging.last.as_ref().is_none_or(|l| t.as_str() > l.as_str()))
-        .cloned()
-        .collect();
-    match paging.n {
-        Some(n) if after.len() > n => {
-            let page: Vec<String> = after.into_iter().take(n).collect();
-            let next = (n > 0).then(|| Paging {
-                n: Some(n),
-                last: page.last().cloned(),
-            });
-            (page, next)
-        }
-        _ => (after, None),
+        .map(|t| Ok::<_, std::convert::Infallible>(t.clone()));
+    match page_from(after, paging) {
+        Ok(page) => page,
+        Err(never) => match never {},
     }
 }
 

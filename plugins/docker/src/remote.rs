@@ -533,8 +533,10 @@ impl<'a, H: Host> Remote<'a, H> {
                 next.as_ref(),
             ))),
             Err(e) if e.is_transient() => {
-                let known = meta::list_tags(self.host, self.up.name())?;
-                if known.is_empty() {
+                let known =
+                    meta::tags_after(self.host, self.up.name(), paging.last.as_deref(), paging.n);
+                let (page, next) = paging::page_from(known, paging)?;
+                if page.is_empty() && !meta::has_tags(self.host, self.up.name())? {
                     return Err(e);
                 }
                 self.host.log(
@@ -544,7 +546,6 @@ impl<'a, H: Host> Remote<'a, H> {
                         self.name, e.message
                     ),
                 );
-                let (page, next) = paging::paginate(&known, paging);
                 Ok(Plan::Respond(tags::response(
                     self.req,
                     &client_name,

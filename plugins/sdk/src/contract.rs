@@ -308,12 +308,29 @@ pub trait Host {
     fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, HostError>;
     fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), HostError>;
     fn meta_delete(&self, key: &str) -> Result<(), HostError>;
+    /// every key under `prefix`: only for prefixes whose keys stay few (see `meta::keys`)
     fn meta_list(&self, prefix: &str) -> Result<Vec<String>, HostError>;
+    /// one page of the keys under `prefix` after `start_after`, at most `limit` (the host
+    /// answers at most `meta::HOST_PAGE_MAX`)
+    fn meta_list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>, HostError>;
     fn scratch_get(&self, key: &str) -> Option<Vec<u8>>;
     fn scratch_put(&self, key: &str, value: &[u8], ttl_seconds: u64);
     /// read-only metadata of another repository of this format
     fn meta_get_in(&self, repository: &str, key: &str) -> Result<Option<Vec<u8>>, HostError>;
     fn meta_list_in(&self, repository: &str, prefix: &str) -> Result<Vec<String>, HostError>;
+    /// one page of another repository's keys, as `meta_list_page`
+    fn meta_list_in_page(
+        &self,
+        repository: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>, HostError>;
     fn repositories(&self) -> Vec<Repository>;
     fn upload_start(&self) -> Result<String, HostError>;
     fn upload_size(&self, id: &str) -> Result<Option<u64>, HostError>;

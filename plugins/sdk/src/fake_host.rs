@@ -144,6 +144,8 @@ pub struct FakeHost<U: FakeUpstream = NoUpstream> {
     pub offer: RefCell<Option<(u64, Vec<String>)>>,
     /// the small-document limit of `read`-style calls
     pub small_limit: u64,
+    /// keys every listing (`meta_list*`, whole or paged) has answered so far: what a walk cost
+    pub keys_listed: Cell<usize>,
 }
 
 impl<U: FakeUpstream> FakeHost<U> {
@@ -164,6 +166,7 @@ impl<U: FakeUpstream> FakeHost<U> {
             logs: RefCell::default(),
             offer: RefCell::default(),
             small_limit: 4 << 20,
+            keys_listed: Cell::new(0),
         }
     }
 
@@ -253,6 +256,11 @@ impl<U: FakeUpstream> FakeHost<U> {
             .insert(key.to_owned(), value.to_vec());
     }
 
+    fn listed(&self, keys: Vec<String>) -> Vec<String> {
+        self.keys_listed.set(self.keys_listed.get() + keys.len());
+        keys
+    }
+
     fn with_meta_of<T>(
         &self,
         repository: &str,
@@ -283,6 +291,26 @@ impl<U: FakeUpstream> FakeHost<U> {
     }
 }
 
+/// A page as the host answers it: a range of the ordered keys, capped like the host's.
+fn page_of(
+    meta: &std::collections::BTreeMap<String, Vec<u8>>,
+    prefix: &str,
+    start_after: Option<&str>,
+    limit: u32,
+) -> Vec<String> {
+    use std::ops::Bound;
+    let lower = match start_after.filter(|a| *a >= prefix) {
+        Some(a) => Bound::Excluded(a.to_owned()),
+        None => Bound::Included(prefix.to_owned()),
+    };
+    meta.range((lower, Bound::Unbounded))
+        .map(|(k, _)| k)
+        .take_while(|k| k.starts_with(prefix))
+        .take(limit.min(crate::meta::HOST_PAGE_MAX) as usize)
+        .cloned()
+        .collect()
+}
+
 fn range(data: &[u8], offset: u64, length: u64, limit: u64) -> Vec<u8> {
     let start = (offset as usize).min(data.len());
     let end = start
@@ -309,13 +337,22 @@ impl<U: FakeUpstream> Host for FakeHost<U> {
         Ok(())
     }
     fn meta_list(&self, prefix: &str) -> Result<Vec<String>, HostError> {
-        Ok(self
+        let keys = self
             .meta
             .borrow()
             .keys()
             .filter(|k| k.starts_with(prefix))
             .cloned()
-            .collect())
+            .collect();
+        Ok(self.listed(keys))
+    }
+    fn meta_list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>, HostError> {
+        Ok(self.listed(page_of(&self.meta.borrow(), prefix, start_after, limit)))
     }
     fn scratch_get(&self, key: &str) -> Option<Vec<u8>> {
         self.scratch.borrow().get(key).map(|(v, _)| v.clone())
@@ -335,6 +372,17 @@ impl<U: FakeUpstream> Host for FakeHost<U> {
                 .cloned()
                 .collect()
         })
+        .map(|keys| self.listed(keys))
+    }
+    fn meta_list_in_page(
+        &self,
+        repository: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>, HostError> {
+        self.with_meta_of(repository, |m| page_of(m, prefix, start_after, limit))
+            .map(|keys| self.listed(keys))
     }
     fn repositories(&self) -> Vec<Repository> {
         self.repos.borrow().clone()

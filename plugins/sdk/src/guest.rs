@@ -119,6 +119,15 @@ impl c::Host for WitHost {
         meta::keys(prefix).map_err(host_error_in)
     }
 
+    fn meta_list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>, c::HostError> {
+        meta::keys_page(prefix, start_after, limit).map_err(host_error_in)
+    }
+
     fn scratch_get(&self, key: &str) -> Option<Vec<u8>> {
         scratch::get(key)
     }
@@ -147,6 +156,17 @@ impl c::Host for WitHost {
 
     fn meta_list_in(&self, repository: &str, prefix: &str) -> Result<Vec<String>, c::HostError> {
         repositories::meta_list_in(repository, prefix).map_err(host_error_in)
+    }
+
+    fn meta_list_in_page(
+        &self,
+        repository: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>, c::HostError> {
+        repositories::meta_list_in_page(repository, prefix, start_after, limit)
+            .map_err(host_error_in)
     }
 
     fn repositories(&self) -> Vec<c::Repository> {

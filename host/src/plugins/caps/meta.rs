@@ -6,6 +6,9 @@ use crate::storage::meta::MetaError;
 
 const MAX_KEY: usize = 1024;
 const MAX_VALUE: usize = 1024 * 1024;
+/// Most keys one `keys-page` answers: a page costs the host one range scan of this many keys and
+/// the plugin this many strings (~100 KiB of tag keys), whatever the `limit` asked.
+pub const MAX_PAGE: u32 = 1000;
 
 fn err(e: MetaError) -> HostError {
     match e {
@@ -58,6 +61,22 @@ pub async fn list(state: &Scope, prefix: String) -> Result<Vec<String>, HostErro
     blocking(move || meta.list(repo.name.as_str(), &prefix).map_err(err)).await
 }
 
+/// One page of the repository's keys (see `MAX_PAGE`).
+pub async fn list_page(state: &Scope, prefix: String, start_after: Option<String>, limit: u32) -> Result<Vec<String>, HostError> {
+    check_key(&prefix)?;
+    let repo = state.repo()?;
+    page(state, repo.name.to_string(), prefix, start_after, limit).await
+}
+
+async fn page(state: &Scope, repo: String, prefix: String, start_after: Option<String>, limit: u32) -> Result<Vec<String>, HostError> {
+    if let Some(a) = &start_after {
+        check_key(a)?;
+    }
+    let limit = limit.min(MAX_PAGE) as usize;
+    let meta = state.caps.meta.clone();
+    blocking(move || meta.list_page(&repo, &prefix, start_after.as_deref(), limit).map_err(err)).await
+}
+
 /// Another repository of the same format, read-only.
 fn sibling(state: &Scope, repository: &str) -> Result<String, HostError> {
     let format = state.format()?;
@@ -84,4 +103,16 @@ pub async fn list_in(state: &Scope, repository: String, prefix: String) -> Resul
     let repo = sibling(state, &repository)?;
     let meta = state.caps.meta.clone();
     blocking(move || meta.list(&repo, &prefix).map_err(err)).await
+}
+
+pub async fn list_in_page(
+    state: &Scope,
+    repository: String,
+    prefix: String,
+    start_after: Option<String>,
+    limit: u32,
+) -> Result<Vec<String>, HostError> {
+    check_key(&prefix)?;
+    let repo = sibling(state, &repository)?;
+    page(state, repo, prefix, start_after, limit).await
 }
