@@ -106,7 +106,18 @@ fn pg(e: postgres::Error) -> MetaError {
 }
 
 pub struct PgMeta {
-    pool: Pool,
+    /// Some until the store is dropped (see `Drop`).
+    pool: Option<Pool>,
+}
+
+impl Drop for PgMeta {
+    /// Closing the pooled connections shuts their clients' own runtimes down, which tokio refuses
+    /// on one of its threads: a node stopping on SIGTERM would panic here.
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            off_runtime(move || drop(pool));
+        }
+    }
 }
 
 impl PgMeta {
@@ -124,7 +135,7 @@ impl PgMeta {
             .test_on_check_out(false)
             .build(manager)
             .map_err(MetaError::Pool)?;
-        let store = PgMeta { pool };
+        let store = PgMeta { pool: Some(pool) };
         let mut c = store.conn()?;
         let mut txn = c.transaction().map_err(pg)?;
         txn.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK]).map_err(pg)?;
@@ -134,7 +145,8 @@ impl PgMeta {
     }
 
     fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, MetaError> {
-        self.pool.get().map_err(MetaError::Pool)
+        let pool = self.pool.as_ref().ok_or_else(|| MetaError::Unavailable("the shared metadata store is closed".into()))?;
+        pool.get().map_err(MetaError::Pool)
     }
 
     pub fn get(&self, repo: &str, key: &str) -> Result<Option<Vec<u8>>, MetaError> {
@@ -327,7 +339,17 @@ impl PgMeta {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_end;
+    use super::{PgMeta, prefix_end};
+
+    /// Guards `Drop for PgMeta`: a node dropping its store on a runtime thread (shutdown) used to
+    /// panic with "Cannot start a runtime from within a runtime".
+    #[test]
+    fn the_store_drops_cleanly_on_a_runtime_thread() {
+        let Some(url) = crate::storage::meta::tests::postgres_url() else { return };
+        let store = PgMeta::connect(&url, 2).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+        runtime.block_on(async move { tokio::spawn(async move { drop(store) }).await }).unwrap();
+    }
 
     #[test]
     fn prefix_ends_bound_exactly_the_prefixed_strings() {
