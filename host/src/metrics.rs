@@ -83,9 +83,17 @@ pub struct Series {
     seconds: Histogram,
     /// `PLAN_KINDS` called from the plugin, then the same reused
     plans: [Counter<u64, AtomicU64>; 2 * PLAN_KINDS.len()],
+    store_served: Counter<u64, AtomicU64>,
+    store_served_bytes: Counter<u64, AtomicU64>,
 }
 
 impl Series {
+    /// A blob body served from the store, without an upstream transfer.
+    pub fn served_from_store(&self, bytes: u64) {
+        self.store_served.inc();
+        self.store_served_bytes.inc_by(bytes);
+    }
+
     /// One plan carried out: the plugin's answer, or (`reused`) a plan it offered earlier.
     pub fn plan(&self, plan: &Plan, reused: bool) {
         let kind = match plan {
@@ -223,6 +231,8 @@ impl Metrics {
                     response_bytes: self.response_bytes.get_or_create_owned(&labels),
                     seconds: self.request_seconds.get_or_create_owned(&labels),
                     plans: std::array::from_fn(plan),
+                    store_served: self.store_served.get_or_create_owned(&labels),
+                    store_served_bytes: self.store_served_bytes.get_or_create_owned(&labels),
                 })
             })
             .clone()
@@ -258,9 +268,7 @@ impl Metrics {
 
     /// A blob body of `bytes` served from the store (not a HEAD).
     pub fn served_from_store(&self, repository: &str, bytes: u64) {
-        let labels = RepoLabels { repository: repository.to_owned() };
-        self.store_served.get_or_create(&labels).inc();
-        self.store_served_bytes.get_or_create(&labels).inc_by(bytes);
+        self.series(Some(repository)).served_from_store(bytes);
     }
 
     /// A blob GET was answered with a redirect to the object store (`blob_redirect`).
