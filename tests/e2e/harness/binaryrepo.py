@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from .util import Fatal, Resp, free_port, proc_status, request, run, stop_process, tail, trust_ca, wait_until
@@ -234,12 +235,24 @@ class BinaryRepo:
         except OSError:
             return 0
 
+    def _log_since(self, since: int) -> str:
+        """the log from a log_mark() on, once the log writer has caught up (it writes access lines in batches
+        up to 50 ms apart): read when the file has stopped growing for a moment, or after 2 s"""
+        size, deadline = -1, time.monotonic() + 2
+        while time.monotonic() < deadline:
+            now = self.log_mark()
+            if now == size:
+                break
+            size = now
+            time.sleep(0.08)
+        with open(self.logfile, "rb") as f:
+            f.seek(since)
+            return f.read().decode("utf-8", "replace")
+
     def served(self, since: int = 0) -> list:
         """the requests served since a log_mark(): [(method, path, status)], from the one info line per request
         (`request{method=PUT path=/v2/... repo=...}: ... served status=201 ms=3`)"""
-        with open(self.logfile, "rb") as f:
-            f.seek(since)
-            text = f.read().decode("utf-8", "replace")
+        text = self._log_since(since)
         out = []
         for line in text.splitlines():
             m = SERVED.search(line)
@@ -250,9 +263,7 @@ class BinaryRepo:
     def fills_ended(self, since: int = 0) -> list:
         """the cache fills that ended since a log_mark(): [(digest, "committed" | "failed")]. A streamed fill
         completes its clients before it is verified, so a client's complete body does not mean the fill ended."""
-        with open(self.logfile, "rb") as f:
-            f.seek(since)
-            text = f.read().decode("utf-8", "replace")
+        text = self._log_since(since)
         return [(m.group("digest"), m.group("outcome")) for m in FILL_ENDED.finditer(text)]
 
     def wait_fill(self, digest: str, since: int = 0, timeout: float = 60) -> str:
