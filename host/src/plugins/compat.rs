@@ -152,31 +152,31 @@ impl host::Host for CallState {
     }
 
     async fn meta_get(&mut self, key: String) -> Result<Option<Vec<u8>>, old::HostError> {
-        timed!(self, caps::meta::get(&self.scope(), key).await).map_err(host_error)
+        timed!(self, caps::meta::get(&self.scope(), key)).map_err(host_error)
     }
 
     async fn meta_put(&mut self, key: String, value: Vec<u8>) -> Result<(), old::HostError> {
         self.only_read = false;
-        timed!(self, caps::meta::put(&self.scope(), key, value).await).map_err(host_error)
+        timed!(self, caps::meta::put(&self.scope(), key, value)).map_err(host_error)
     }
 
     async fn meta_delete(&mut self, key: String) -> Result<(), old::HostError> {
         self.only_read = false;
-        timed!(self, caps::meta::delete(&self.scope(), key).await).map_err(host_error)
+        timed!(self, caps::meta::delete(&self.scope(), key)).map_err(host_error)
     }
 
     async fn meta_list(&mut self, prefix: String) -> Result<Vec<String>, old::HostError> {
-        timed!(self, caps::meta::list(&self.scope(), prefix).await).map_err(host_error)
+        timed!(self, caps::meta::list(&self.scope(), prefix)).map_err(host_error)
     }
 
     async fn meta_get_in(&mut self, repository: String, key: String) -> Result<Option<Vec<u8>>, old::HostError> {
         self.only_read = false;
-        timed!(self, caps::meta::get_in(&self.scope(), repository, key).await).map_err(host_error)
+        timed!(self, caps::meta::get_in(&self.scope(), repository, key)).map_err(host_error)
     }
 
     async fn meta_list_in(&mut self, repository: String, prefix: String) -> Result<Vec<String>, old::HostError> {
         self.only_read = false;
-        timed!(self, caps::meta::list_in(&self.scope(), repository, prefix).await).map_err(host_error)
+        timed!(self, caps::meta::list_in(&self.scope(), repository, prefix)).map_err(host_error)
     }
 
     async fn repositories(&mut self) -> Vec<old::Repository> {
@@ -186,17 +186,17 @@ impl host::Host for CallState {
 
     async fn upload_start(&mut self) -> Result<String, old::HostError> {
         self.only_read = false;
-        timed!(self, caps::uploads::start(&self.scope()).await).map_err(host_error)
+        timed!(self, caps::uploads::start(&self.scope())).map_err(host_error)
     }
 
     async fn upload_size(&mut self, id: String) -> Result<Option<u64>, old::HostError> {
         self.only_read = false;
-        timed!(self, caps::uploads::size(&self.scope(), id).await).map_err(host_error)
+        timed!(self, caps::uploads::size(&self.scope(), id)).map_err(host_error)
     }
 
     async fn upload_cancel(&mut self, id: String) -> Result<(), old::HostError> {
         self.only_read = false;
-        timed!(self, caps::uploads::cancel(&self.scope(), id).await).map_err(host_error)
+        timed!(self, caps::uploads::cancel(&self.scope(), id)).map_err(host_error)
     }
 
     async fn scratch_get(&mut self, key: String) -> Option<Vec<u8>> {
@@ -210,21 +210,21 @@ impl host::Host for CallState {
     }
 
     async fn blob_stat(&mut self, digest: String) -> Result<Option<old::BlobInfo>, old::HostError> {
-        timed!(self, caps::blobs::stat(&self.scope(), digest).await).map(|o| o.map(|i| old::BlobInfo { size: i.size })).map_err(host_error)
+        timed!(self, caps::blobs::stat(&self.scope(), digest)).map(|o| o.map(|i| old::BlobInfo { size: i.size })).map_err(host_error)
     }
 
     async fn blob_read(&mut self, digest: String) -> Result<Vec<u8>, old::HostError> {
-        timed!(self, caps::blobs::read(&self.scope(), digest).await).map_err(host_error)
+        timed!(self, caps::blobs::read(&self.scope(), digest)).map_err(host_error)
     }
 
     async fn blob_write(&mut self, data: Vec<u8>, expected: Option<String>) -> Result<String, old::HostError> {
         self.only_read = false;
-        timed!(self, caps::blobs::write(&self.scope(), data, expected).await).map_err(host_error)
+        timed!(self, caps::blobs::write(&self.scope(), data, expected)).map_err(host_error)
     }
 
     async fn upstream(&mut self, request: old::UpstreamRequest) -> Result<old::UpstreamResponse, old::HostError> {
         self.only_read = false;
-        timed!(self, caps::upstream::request(&self.scope(), upstream_request(request)).await)
+        timed!(self, caps::upstream::request(&self.scope(), upstream_request(request)))
             .map(|r| old::UpstreamResponse { status: r.status, headers: r.headers, body: r.body })
             .map_err(host_error)
     }

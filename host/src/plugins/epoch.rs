@@ -9,12 +9,9 @@ use std::time::Duration;
 use wasmtime::Engine;
 
 /// A plugin call that runs past a tick gives its worker thread back (and is checked against its
-/// CPU budget): a looping plugin delays the requests queued behind it by at most this much.
+/// budget, `budget::CallClock::on_tick`): a looping plugin delays the requests queued behind it
+/// by at most this much.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
-/// Past this much time a plugin call is throttled: after each tick it runs, it pauses this long
-/// (it then takes at most a fifth of a thread).
-pub const LONG_CALL: Duration = Duration::from_millis(10);
-pub const LONG_CALL_PAUSE: Duration = Duration::from_millis(8);
 
 pub struct Ticker {
     /// Guest calls (and instantiations) under way.

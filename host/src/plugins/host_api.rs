@@ -19,21 +19,21 @@ impl log::Host for CallState {
 
 impl meta::Host for CallState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, HostError> {
-        timed!(self, caps::meta::get(&self.scope(), key).await)
+        timed!(self, caps::meta::get(&self.scope(), key))
     }
 
     async fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), HostError> {
         self.only_read = false;
-        timed!(self, caps::meta::put(&self.scope(), key, value).await)
+        timed!(self, caps::meta::put(&self.scope(), key, value))
     }
 
     async fn delete(&mut self, key: String) -> Result<(), HostError> {
         self.only_read = false;
-        timed!(self, caps::meta::delete(&self.scope(), key).await)
+        timed!(self, caps::meta::delete(&self.scope(), key))
     }
 
     async fn keys(&mut self, prefix: String) -> Result<Vec<String>, HostError> {
-        timed!(self, caps::meta::list(&self.scope(), prefix).await)
+        timed!(self, caps::meta::list(&self.scope(), prefix))
     }
 
     async fn keys_page(&mut self, prefix: String, start_after: Option<String>, limit: u32) -> Result<Vec<String>, HostError> {
@@ -49,12 +49,12 @@ impl repositories::Host for CallState {
 
     async fn meta_get_in(&mut self, repository: String, key: String) -> Result<Option<Vec<u8>>, HostError> {
         self.only_read = false;
-        timed!(self, caps::meta::get_in(&self.scope(), repository, key).await)
+        timed!(self, caps::meta::get_in(&self.scope(), repository, key))
     }
 
     async fn meta_list_in(&mut self, repository: String, prefix: String) -> Result<Vec<String>, HostError> {
         self.only_read = false;
-        timed!(self, caps::meta::list_in(&self.scope(), repository, prefix).await)
+        timed!(self, caps::meta::list_in(&self.scope(), repository, prefix))
     }
 
     async fn meta_list_in_page(
@@ -84,22 +84,22 @@ impl scratch::Host for CallState {
 impl uploads::Host for CallState {
     async fn start(&mut self) -> Result<String, HostError> {
         self.only_read = false;
-        timed!(self, caps::uploads::start(&self.scope()).await)
+        timed!(self, caps::uploads::start(&self.scope()))
     }
 
     async fn size(&mut self, id: String) -> Result<Option<u64>, HostError> {
         self.only_read = false;
-        timed!(self, caps::uploads::size(&self.scope(), id).await)
+        timed!(self, caps::uploads::size(&self.scope(), id))
     }
 
     async fn cancel(&mut self, id: String) -> Result<(), HostError> {
         self.only_read = false;
-        timed!(self, caps::uploads::cancel(&self.scope(), id).await)
+        timed!(self, caps::uploads::cancel(&self.scope(), id))
     }
 
     async fn read(&mut self, id: String, offset: u64, length: u64) -> Result<Vec<u8>, HostError> {
         self.only_read = false;
-        let read = timed!(self, caps::uploads::read(&self.scope(), id, offset, length).await);
+        let read = timed!(self, caps::uploads::read(&self.scope(), id, offset, length));
         if let Ok(bytes) = &read {
             self.credit_bytes(bytes.len());
         }
@@ -109,22 +109,22 @@ impl uploads::Host for CallState {
     async fn append(&mut self, id: String, data: Vec<u8>) -> Result<u64, HostError> {
         self.only_read = false;
         self.credit_bytes(data.len());
-        timed!(self, caps::uploads::append(&self.scope(), id, data).await)
+        timed!(self, caps::uploads::append(&self.scope(), id, data))
     }
 
     async fn commit(&mut self, id: String, expected: Option<String>) -> Result<FetchedFile, HostError> {
         self.only_read = false;
-        timed!(self, caps::uploads::commit(&self.scope(), id, expected).await)
+        timed!(self, caps::uploads::commit(&self.scope(), id, expected))
     }
 }
 
 impl blobs::Host for CallState {
     async fn stat(&mut self, digest: String) -> Result<Option<BlobInfo>, HostError> {
-        timed!(self, caps::blobs::stat(&self.scope(), digest).await)
+        timed!(self, caps::blobs::stat(&self.scope(), digest))
     }
 
     async fn read(&mut self, digest: String) -> Result<Vec<u8>, HostError> {
-        let read = timed!(self, caps::blobs::read(&self.scope(), digest).await);
+        let read = timed!(self, caps::blobs::read(&self.scope(), digest));
         if let Ok(bytes) = &read {
             self.credit_bytes(bytes.len());
             self.seen.remember(bytes);
@@ -133,7 +133,7 @@ impl blobs::Host for CallState {
     }
 
     async fn read_range(&mut self, digest: String, offset: u64, length: u64) -> Result<Vec<u8>, HostError> {
-        let read = timed!(self, caps::blobs::read_range(&self.scope(), digest, offset, length).await);
+        let read = timed!(self, caps::blobs::read_range(&self.scope(), digest, offset, length));
         if let Ok(bytes) = &read {
             self.credit_bytes(bytes.len());
             self.seen.remember(bytes);
@@ -143,14 +143,14 @@ impl blobs::Host for CallState {
 
     async fn write(&mut self, data: Vec<u8>, expected: Option<String>) -> Result<String, HostError> {
         self.only_read = false;
-        timed!(self, caps::blobs::write(&self.scope(), data, expected).await)
+        timed!(self, caps::blobs::write(&self.scope(), data, expected))
     }
 }
 
 impl upstream::Host for CallState {
     async fn send(&mut self, request: UpstreamRequest) -> Result<UpstreamResponse, HostError> {
         self.only_read = false;
-        let resp = timed!(self, caps::upstream::request(&self.scope(), request).await);
+        let resp = timed!(self, caps::upstream::request(&self.scope(), request));
         if let Ok(resp) = &resp {
             self.seen.remember(&resp.body);
             for (_, v) in &resp.headers {
@@ -162,7 +162,7 @@ impl upstream::Host for CallState {
 
     async fn fetch(&mut self, key: String, request: UpstreamRequest, max_bytes: u64) -> Result<FetchedDocument, HostError> {
         self.only_read = false;
-        let doc = timed!(self, caps::upstream::fetch(&self.scope(), key, request, max_bytes).await);
+        let doc = timed!(self, caps::upstream::fetch(&self.scope(), key, request, max_bytes));
         // The body's origins count once the plugin reads it (`blobs.read-range`); the headers now.
         if let Ok(doc) = &doc {
             for (_, v) in &doc.headers {

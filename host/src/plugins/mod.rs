@@ -4,20 +4,26 @@
 //! `plugin_instance_reuse`), else a fresh store from the pre-instantiated component. A plan the
 //! plugin offers for reuse answers later requests without a call (`reuse`).
 
-/// A host call's time, taken off the plugin's CPU budget (host calls of every contract version).
+/// A host call (its future), whose CPU and wall time are taken off the plugin's (host calls of
+/// every contract version).
 macro_rules! timed {
-    ($self:ident, $body:expr) => {{
-        let started = std::time::Instant::now();
-        let out = $body;
-        $self.add_host_time(started.elapsed());
+    ($self:ident, $call:expr) => {{
+        let cpu = $self.clock.account();
+        // A `match`, so that the call's temporaries (its `Scope`) live until it is awaited.
+        let (out, wall) = match $call {
+            call => $crate::plugins::budget::CallClock::host_call(cpu, call).await,
+        };
+        $self.clock.add_host_wall(wall);
         out
     }};
 }
 
 pub mod bindings;
+pub mod budget;
 pub mod caps;
 mod compat;
 mod compiled;
+mod cpu;
 mod epoch;
 mod host_api;
 pub mod instance;
@@ -36,7 +42,7 @@ use std::time::{Duration, SystemTime};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
 use crate::config::PluginLimits;
 use crate::metrics::Metrics;
@@ -70,9 +76,10 @@ macro_rules! call {
         let _running = $self.ticker.running();
         let result = async {
             let mut warm = $self.checkout($plugin, repo, $readable).await.map_err(|e| Self::trapped($plugin, e))?;
+            let cpu = warm.store.data().clock.account();
             let $f = &warm.instance;
             let $store = &mut warm.store;
-            let result = $call.await.map_err(|e| Self::trapped($plugin, e));
+            let result = cpu::metered(cpu, $call).await.map_err(|e| Self::trapped($plugin, e));
             // An instance of a plugin replaced meanwhile is not kept for the new one's requests.
             if result.is_ok() && $self.is_current($plugin) {
                 $self.warm.give_back(warm);
@@ -80,7 +87,7 @@ macro_rules! call {
             result
         }
         .await;
-        Self::count_call($plugin, $export, result.is_ok());
+        Self::count_call($plugin, $export, &result);
         result
     }};
 }
@@ -126,10 +133,14 @@ pub enum PluginError {
     None(PathBuf),
     #[error("no plugin in {dir} loads: {reasons}")]
     NoneLoads { dir: PathBuf, reasons: String },
-    /// The plugin trapped, ran out of time or memory: the plugin's fault, this request only.
+    /// The plugin trapped or ran out of memory: the plugin's fault, this request only.
     /// `detail` (the wasm backtrace, for the log) is not part of the message clients get.
     #[error("plugin {format} failed: {message}")]
     Failed { format: String, message: String, detail: Option<String> },
+    /// The call spent its CPU budget (or held its request past the time ceiling): the server's
+    /// limit on this request, which may pass when retried.
+    #[error("plugin {format} {limit}")]
+    OverBudget { format: String, limit: budget::OverBudget },
     #[error("wasm engine: {0}")]
     Engine(String),
 }
@@ -139,6 +150,7 @@ impl PluginError {
     pub fn cause(&self) -> String {
         match self {
             PluginError::Failed { message, .. } => message.clone(),
+            PluginError::OverBudget { limit, .. } => limit.to_string(),
             other => other.to_string(),
         }
     }
@@ -182,9 +194,12 @@ pub struct LoadedPlugin {
     pub loaded_at: SystemTime,
     stamp: registry::FileStamp,
     pre: Pre,
-    /// `binaryrepo_plugin_calls_total` of each of `EXPORTS`, "ok" then "failed"
+    /// `binaryrepo_plugin_calls_total` of each of `EXPORTS`, by each of `OUTCOMES`
     calls: Vec<Counter<u64, AtomicU64>>,
 }
+
+/// The outcomes a call is counted under, in the order of `LoadedPlugin::calls`.
+const OUTCOMES: [&str; 3] = ["ok", "failed", "over_budget"];
 
 /// The exports a call is counted under.
 const EXPORTS: [&str; 8] = ["handle", "handle-body", "upload-complete", "file-fetched", "merge", "render-failure", "live-blobs", "cleanup"];
@@ -328,7 +343,8 @@ impl Plugins {
         let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
         let _running = self.ticker.running();
         let (mut store, instance) = self.instantiate(&pre, None).await.map_err(|e| e.to_string())?;
-        let info = instance.info(&mut store).await.map_err(|e| format!("info(): {e:#}"))?;
+        let cpu = store.data().clock.account();
+        let info = cpu::metered(cpu, instance.info(&mut store)).await.map_err(|e| format!("info(): {e:#}"))?;
         if World::of(&info.contract) != Some(pre.world()) {
             return Err(format!(
                 "says it was built for contract {:?} but implements the {} world; this host implements {CONTRACT} and 0.2.x",
@@ -356,7 +372,7 @@ impl Plugins {
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "compiled {}", file.display());
         let calls = EXPORTS
             .iter()
-            .flat_map(|export| ["ok", "failed"].map(|outcome| (export, outcome)))
+            .flat_map(|export| OUTCOMES.map(|outcome| (export, outcome)))
             .map(|(export, outcome)| self.metrics.plugin_call_counter(&info.format, export, outcome))
             .collect();
         let meta = PluginMeta {
@@ -378,21 +394,11 @@ impl Plugins {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |ctx| {
-            let state = ctx.data();
-            let spent = state.guest_time();
-            Ok(if spent > state.cpu_budget {
-                UpdateDeadline::Interrupt
-            } else if !state.collection && spent > epoch::LONG_CALL {
-                // A call this long is abnormal (a request takes microseconds): it runs on, but
-                // pauses between ticks, so a few looping plugins cannot fill every worker thread
-                // and stall the requests queued behind them until their budget runs out.
-                UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(epoch::LONG_CALL_PAUSE)))
-            } else {
-                UpdateDeadline::Yield(1)
-            })
-        });
-        let instance = pre.instantiate(&mut store).await?;
+        // An error, not `UpdateDeadline::Interrupt`: the call's error then says it was over its
+        // budget (`trapped`), which is the server's limit, not the plugin's trap.
+        store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().clock.on_tick()?));
+        let cpu = store.data().clock.account();
+        let instance = cpu::metered(cpu, pre.instantiate(&mut store)).await?;
         Ok((store, instance))
     }
 
@@ -449,8 +455,13 @@ impl Plugins {
         self.registry().by_root(path)
     }
 
-    fn count_call(plugin: &LoadedPlugin, export: &str, ok: bool) {
-        let i = EXPORTS.iter().position(|e| *e == export).map(|i| 2 * i + usize::from(!ok));
+    fn count_call<T>(plugin: &LoadedPlugin, export: &str, result: &Result<T, PluginError>) {
+        let outcome = match result {
+            Ok(_) => 0,
+            Err(PluginError::OverBudget { .. }) => 2,
+            Err(_) => 1,
+        };
+        let i = EXPORTS.iter().position(|e| *e == export).map(|i| OUTCOMES.len() * i + outcome);
         if let Some(counter) = i.and_then(|i| plugin.calls.get(i)) {
             counter.inc();
         }
@@ -460,9 +471,12 @@ impl Plugins {
         PluginError::Failed { format: plugin.meta.format.clone(), message: e.to_string(), detail: None }
     }
 
-    /// A trap, deadline or memory limit: the cause (e.g. "wasm trap: interrupt") is for the
-    /// client, the wasm backtrace for the log line the responder writes.
+    /// A trap, the CPU budget or the memory limit: the cause (e.g. "wasm trap: unreachable") is
+    /// for the client, the wasm backtrace for the log line the responder writes.
     fn trapped(plugin: &LoadedPlugin, e: wasmtime::Error) -> PluginError {
+        if let Some(limit) = e.chain().find_map(|c| c.downcast_ref::<budget::OverBudget>()) {
+            return PluginError::OverBudget { format: plugin.meta.format.clone(), limit: limit.clone() };
+        }
         PluginError::Failed { format: plugin.meta.format.clone(), message: e.root_cause().to_string(), detail: Some(format!("{e:?}")) }
     }
 

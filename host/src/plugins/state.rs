@@ -2,13 +2,14 @@
 //! accounting behind the per-request limits.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::Capabilities;
+use super::budget::CallClock;
 use crate::repos::Repository;
 
 pub struct CallState {
@@ -19,10 +20,9 @@ pub struct CallState {
     pub limits: MemoryLimit,
     pub wasi: WasiCtx,
     pub table: ResourceTable,
-    started: Instant,
-    /// Time spent inside host calls (upstream I/O, storage), which does not count against
-    /// the plugin's CPU budget.
-    host_time: Duration,
+    /// The call's CPU budget and what it spent (`plugin_cpu_ms`; garbage collection's calls get
+    /// more).
+    pub clock: CallClock,
     /// What the plugin offered for reuse in this call (`reusable`).
     pub offer: Option<super::reuse::Offer>,
     /// False once the call did more than read this repository's metadata and the blob store:
@@ -33,9 +33,6 @@ pub struct CallState {
     /// Origins named in what upstreams answered (and blobs read) in this call: what `allow-origin`
     /// may allow.
     pub seen: SeenOrigins,
-    /// CPU time this call may take (`plugin_cpu_ms`; garbage collection's calls get more).
-    pub cpu_budget: Duration,
-    default_budget: Duration,
     /// Garbage collection's call: long by nature and alone, so a long call is not paused
     /// between ticks (it only yields), and the blobs it looks at are not references.
     pub collection: bool,
@@ -50,13 +47,6 @@ pub struct SeenOrigins {
 }
 
 const MAX_SEEN: usize = 4096;
-
-/// Time a call earns per MiB it reads or writes through the host (`credit_bytes`): several times
-/// what rewriting a chart index line by line takes, as a long call also pauses between ticks
-/// (`epoch::LONG_CALL_PAUSE`, which counts: the budget bounds how long a request is held).
-const CPU_PER_MIB: Duration = Duration::from_millis(200);
-/// The most a call earns that way (a 50 MB index read and written again).
-const MAX_CREDIT: Duration = Duration::from_secs(20);
 
 impl SeenOrigins {
     pub fn remember(&mut self, bytes: &[u8]) {
@@ -104,14 +94,11 @@ impl CallState {
             // No preopens, no environment, no sockets: a plugin's only authority is the host API.
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
-            started: Instant::now(),
-            host_time: Duration::ZERO,
+            clock: CallClock::new(cpu_budget),
             offer: None,
             only_read: true,
             readable: super::caps::Readable::all(),
             seen: SeenOrigins::default(),
-            cpu_budget,
-            default_budget: cpu_budget,
             collection: false,
         }
     }
@@ -122,17 +109,15 @@ impl CallState {
         self.repo = repo;
         self.readable = readable;
         self.seen.clear();
-        self.started = Instant::now();
-        self.host_time = Duration::ZERO;
+        self.clock.begin();
         self.offer = None;
         self.only_read = true;
-        self.cpu_budget = self.default_budget;
         self.collection = false;
     }
 
     /// This call is garbage collection's: `budget` of CPU, not throttled.
     pub fn for_collection(&mut self, budget: Duration) {
-        self.cpu_budget = budget;
+        self.clock.for_collection(budget);
         self.collection = true;
     }
 
@@ -151,20 +136,9 @@ impl CallState {
         }
     }
 
-    pub fn guest_time(&self) -> Duration {
-        self.started.elapsed().saturating_sub(self.host_time)
-    }
-
-    /// A call that moves `bytes` of a document or upload across the boundary earns CPU in
-    /// proportion: work on a 50 MB index is not a runaway. Capped, so a plugin cannot buy
-    /// itself unbounded time by reading the same blob in a loop.
+    /// See `CallClock::credit_bytes`.
     pub fn credit_bytes(&mut self, bytes: usize) {
-        let ceiling = self.cpu_budget.max(self.default_budget + MAX_CREDIT);
-        self.cpu_budget = (self.cpu_budget + CPU_PER_MIB.mul_f64(bytes as f64 / (1024.0 * 1024.0))).min(ceiling);
-    }
-
-    pub fn add_host_time(&mut self, d: Duration) {
-        self.host_time += d;
+        self.clock.credit_bytes(bytes);
     }
 }
 

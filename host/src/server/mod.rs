@@ -161,7 +161,7 @@ async fn run_plan(
     let snapshot = key.as_ref().map(|_| app.plugins.snapshot(repo.clone()));
     let (plan, offer) = match app.plugins.handle(plugin, repo.clone(), caller.readable.clone(), exchange.request.get()).await {
         Ok(handled) => handled,
-        Err(e) => return respond::plugin_failed(&plugin.meta.format, &e),
+        Err(e) => return exchange.plugin_error(&e).await,
     };
     if let (Some(key), Some(snapshot), Some(offer)) = (key, snapshot, offer) {
         app.plugins.plans.insert(key, snapshot, offer, &plan, &parts.headers);
@@ -217,19 +217,6 @@ async fn run_merged(
     caller: &Caller,
 ) -> Response<Body> {
     let plugin = &resolved.plugin;
-    let mut answers = Vec::with_capacity(members.len());
-    for member in members {
-        // A member of another format cannot answer in this format's terms.
-        if member.format != virt.format {
-            continue;
-        }
-        let request = wit_request(parts, resolved, Some(&member), &caller.wit);
-        let plan = match app.plugins.handle(plugin, Some(member.clone()), caller.readable.clone(), &request).await {
-            Ok((plan, _)) => plan,
-            Err(e) => return respond::plugin_failed(&plugin.meta.format, &e),
-        };
-        answers.push(merge::answer(app, plugin, &member, &request, plan).await);
-    }
     let exchange = Exchange {
         app,
         plugin,
@@ -240,9 +227,22 @@ async fn run_merged(
         range: parts.headers.get(http::header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned),
         content_length: None,
     };
+    let mut answers = Vec::with_capacity(members.len());
+    for member in members {
+        // A member of another format cannot answer in this format's terms.
+        if member.format != virt.format {
+            continue;
+        }
+        let request = wit_request(parts, resolved, Some(&member), &caller.wit);
+        let plan = match app.plugins.handle(plugin, Some(member.clone()), caller.readable.clone(), &request).await {
+            Ok((plan, _)) => plan,
+            Err(e) => return exchange.plugin_error(&e).await,
+        };
+        answers.push(merge::answer(app, plugin, &member, &request, plan).await);
+    }
     let plan = match app.plugins.merge(plugin, Some(virt.clone()), caller.readable.clone(), exchange.request.get(), &answers).await {
         Ok(plan) => plan,
-        Err(e) => return respond::plugin_failed(&plugin.meta.format, &e),
+        Err(e) => return exchange.plugin_error(&e).await,
     };
     if matches!(plan, types::Plan::ReadBody(_) | types::Plan::ReceiveUpload(_)) {
         return respond::plugin_fault(&plugin.meta.format, "merge answered a read with a plan for a request body");

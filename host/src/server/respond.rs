@@ -97,10 +97,37 @@ pub fn plugin_fault(format: &str, message: impl std::fmt::Display) -> Response<B
     fault_response(format, message)
 }
 
-/// A plugin call that failed: one log line with the backtrace, the cause to the client.
+/// A plugin call that failed: one log line with the backtrace, the cause to the client. A call
+/// over its budget is the server's limit: 503 (`over_budget`), not the plugin's fault.
 pub fn plugin_failed(format: &str, e: &PluginError) -> Response<Body> {
+    if let PluginError::OverBudget { .. } = e {
+        return with_retry_after(plain_failure(&over_budget(format, e)));
+    }
     tracing::error!(plugin = format, "plugin call failed: {}", e.detail());
     fault_response(format, e.cause())
+}
+
+/// How long a client is asked to wait after a call over its budget: the budget is spent again
+/// by a retry only if the machine is still as loaded or the request is too large for it.
+const OVER_BUDGET_RETRY_SECONDS: u32 = 5;
+
+/// A call over its CPU budget (or time ceiling), logged as the server's limit: the failure the
+/// client is answered with (503, `unavailable`).
+fn over_budget(format: &str, e: &PluginError) -> Failure {
+    tracing::warn!(plugin = format, "plugin call over budget, answered 503: {}", e.cause());
+    Failure {
+        kind: FailureKind::Unavailable,
+        status: None,
+        message: format!("the {format} plugin went {}; try again later", e.cause()),
+        access: None,
+    }
+}
+
+fn with_retry_after(mut resp: Response<Body>) -> Response<Body> {
+    if !resp.headers().contains_key(http::header::RETRY_AFTER) {
+        resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(OVER_BUDGET_RETRY_SECONDS));
+    }
+    resp
 }
 
 fn fault_response(format: &str, message: impl std::fmt::Display) -> Response<Body> {
@@ -209,7 +236,7 @@ impl Exchange<'_> {
             .await
         {
             Ok(p) => p,
-            Err(e) => return plugin_failed(format, &e),
+            Err(e) => return self.plugin_error(&e).await,
         };
         if matches!(plan, Plan::ReadBody(_) | Plan::ReceiveUpload(_)) {
             return plugin_fault(format, "handle-body asked for the body again");
@@ -238,7 +265,7 @@ impl Exchange<'_> {
             .await
         {
             Ok(r) => self.respond(r),
-            Err(e) => plugin_failed(format, &e),
+            Err(e) => self.plugin_error(&e).await,
         };
         // An unknown session or an out-of-order chunk is refused before its body is read.
         match body {
@@ -324,6 +351,25 @@ impl Exchange<'_> {
 
     async fn failure(&self, kind: FailureKind, status: Option<u16>, message: String) -> Response<Body> {
         self.render(Failure { kind, status, message, access: None }).await
+    }
+
+    /// A plugin call of this request that failed: over its budget, 503 in the format's shape
+    /// (rendered by a fresh call) with `Retry-After`; anything else the plugin's fault (500).
+    pub async fn plugin_error(&self, e: &PluginError) -> Response<Body> {
+        let format = &self.plugin.meta.format;
+        if !matches!(e, PluginError::OverBudget { .. }) {
+            return plugin_failed(format, e);
+        }
+        let failure = over_budget(format, e);
+        let rendered = self
+            .app
+            .plugins
+            .render_failure(self.plugin, self.repo.clone(), self.caller.readable.clone(), self.request.get(), &failure)
+            .await;
+        with_retry_after(match rendered {
+            Ok(Some(r)) => self.respond(r),
+            Ok(None) | Err(_) => plain_failure(&failure),
+        })
     }
 
     /// The failure in the format's shape, as the repository's plugin renders it.
