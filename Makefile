@@ -6,6 +6,10 @@ PLUGIN_OUT := $(RELEASE)/plugins
 # test-only plugins (plugins/testdata/: misbehaving on purpose), never in PLUGIN_OUT
 TEST_PLUGIN_OUT := $(RELEASE)/test-plugins
 PYTEST_ARGS ?=
+# E2E_WORKERS=N runs the e2e tests on N pytest-xdist workers (each test starts its own servers on free
+# loopback ports); unset, they run in one process, which is what CI does: the timing-sensitive tests
+# (timeouts, memory) are measured on a machine that is not also running other tests.
+E2E_WORKERS ?=
 BENCH_ARGS ?=
 
 .PHONY: all build host plugins test-plugins run test test-unit test-fuzz test-e2e fmt fmt-check deps deps-test clean bench fuzz-build fuzz
@@ -56,7 +60,7 @@ fmt-check:
 test-e2e: test-plugins
 	BINARYREPO_BIN=$(CURDIR)/$(RELEASE)/binaryrepo BINARYREPO_PLUGINS=$(CURDIR)/$(PLUGIN_OUT) \
 		BINARYREPO_TEST_PLUGINS=$(CURDIR)/$(TEST_PLUGIN_OUT) \
-		.venv/bin/python -m pytest tests/e2e -q $(PYTEST_ARGS)
+		.venv/bin/python -m pytest tests/e2e -q $(if $(E2E_WORKERS),-n $(E2E_WORKERS) --dist worksteal) $(PYTEST_ARGS)
 
 # Benchmarks against the peers (distribution, distribution proxy, nginx proxy_cache, Docker Engine), all on
 # 127.0.0.1; not part of the test suite. Writes tests/bench/results/latest.md.
@@ -66,8 +70,8 @@ bench: deps-test build
 	BINARYREPO_BIN=$(CURDIR)/$(RELEASE)/binaryrepo BINARYREPO_PLUGINS=$(CURDIR)/$(PLUGIN_OUT) \
 		.venv/bin/python tests/bench/bench.py $(BENCH_ARGS)
 
-# Every fuzz target for FUZZ_TEST_SECONDS on its committed corpus (docs/fuzzing.md); installs cargo-fuzz once
-# into the tests' cache; skipped, saying so, without a nightly toolchain.
+# Every fuzz target for FUZZ_TEST_SECONDS on its committed corpus, one per core at a time (docs/fuzzing.md);
+# skipped, saying so, without a nightly toolchain.
 FUZZ_TEST_SECONDS ?= 10
 test-fuzz:
 	tests/fuzz-smoke.sh $(FUZZ_TEST_SECONDS)
@@ -83,4 +87,4 @@ fuzz: fuzz-build
 
 clean:
 	cargo clean
-	rm -rf plugins/*/target plugins/testdata/*/target
+	rm -rf plugins/target plugins/*/target plugins/testdata/*/target

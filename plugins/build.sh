@@ -20,6 +20,10 @@ TARGET=wasm32-wasip2
 WASI_LIBDIR=/usr/lib/wasm32-wasi
 DEB_PKGS="rustc-web cargo-web rust-web-src rust-web-llvm wasi-libc"
 log() { echo "plugins/build.sh: $*" >&2; }
+# One target directory for every plugin crate: they are separate workspaces (each its own profile, apart
+# from the host), but with the same profile their dependencies (wit-bindgen and its macro, serde, the SDK)
+# are compiled once for all of them instead of once per plugin.
+export CARGO_TARGET_DIR="${PLUGINS_TARGET_DIR:-$PWD/target}"
 
 have_rustup_target() { command -v rustup >/dev/null && rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; }
 debian_ready() {
@@ -58,11 +62,15 @@ guest_cargo() { # cargo for the guest, on whichever route is set up
 # plugin crates directly under $1 (default: here); testdata/ holds no Cargo.toml itself, so the
 # test-only plugins in it are never found by `build` and never shipped
 crates() { for d in ${1:+$1/}*/; do [ -f "$d/Cargo.toml" ] && grep -q '^crate-type = \["cdylib"\]' "$d/Cargo.toml" && echo "${d%/}"; done; }
+# the .wasm a crate builds: its package name with `_` for `-`
+artifact() { sed -n '0,/^name = "\(.*\)"$/s//\1/p' "$1/Cargo.toml" | tr - _; }
 build_into() { # OUTDIR CRATE...
   local out=$1 c w; shift
   for c in "$@"; do
     (cd "$c" && guest_cargo build --release --quiet)
-    for w in "$c"/target/$TARGET/release/*.wasm; do cp -f "$w" "$out/"; log "built $out/$(basename "$w") ($(stat -c %s "$w") bytes)"; done
+    w=$CARGO_TARGET_DIR/$TARGET/release/$(artifact "$c").wasm
+    [ -f "$w" ] || { log "$c: no $w after the build"; exit 1; }
+    cp -f "$w" "$out/"; log "built $out/$(basename "$w") ($(stat -c %s "$w") bytes)"
   done
 }
 

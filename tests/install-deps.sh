@@ -6,7 +6,8 @@
 #     postgresql (the shared metadata store of several nodes: tests/postgres.sh starts throw-away clusters)
 #   - the Python venv .venv with tests/requirements.txt
 #   - s3s-fs (crates.io, an S3 server on a directory that checks SigV4 and presigned URLs), the S3
-#     endpoint of the storage tests: built once (~3 min) into ~/.cache/binaryrepo-test/s3s-fs
+#     endpoint of the storage tests: built once into $BINARYREPO_E2E_CACHE/s3s-fs (the tests' one cache, default
+#     /tmp/binaryrepo-e2e-cache, beside the test images, helm and the Go modules)
 # Run as root (the tests start dockerd, containerd and nginx themselves; no daemon is enabled here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +25,7 @@ if [ -n "${pkgs// /}" ]; then log "apt-get install" $pkgs; install $pkgs; fi
 engine=$(missing docker.io)
 if [ -n "$engine" ]; then log "apt-get install --no-install-recommends docker.io"; install --no-install-recommends docker.io; fi
 [ -x .venv/bin/python ] || { log "python3 -m venv .venv"; python3 -m venv .venv; }
-.venv/bin/python -c 'import pytest, cryptography, prometheus_client, yaml, schemathesis' 2>/dev/null || .venv/bin/pip install -q -r tests/requirements.txt
+.venv/bin/python -c 'import pytest, xdist, cryptography, prometheus_client, yaml, schemathesis' 2>/dev/null || .venv/bin/pip install -q -r tests/requirements.txt
 # The web page's test: Debian's Chromium driven by playwright-core (no browser download) from Node.
 # Node.js and npm count when their commands exist (a Node.js not from Debian ships its own npm).
 web=$(missing chromium)
@@ -33,7 +34,7 @@ if [ -n "${web// /}" ]; then log "apt-get install" $web; install $web; fi
 if [ ! -f tests/e2e/web/node_modules/playwright-core/package.json ]; then
   log "npm ci in tests/e2e/web"; (cd tests/e2e/web && npm ci --no-audit --no-fund --silent)
 fi
-S3S_FS_ROOT="${BINARYREPO_TEST_CACHE:-$HOME/.cache/binaryrepo-test}/s3s-fs"
+S3S_FS_ROOT="${BINARYREPO_E2E_CACHE:-/tmp/binaryrepo-e2e-cache}/s3s-fs"
 if [ ! -x "$S3S_FS_ROOT/bin/s3s-fs" ]; then
   # a test server: opt-level 1 without LTO builds in a third of the time (~4.5 min of CPU instead of
   # ~9 min of wall); the tests need a correct server more than a fast one

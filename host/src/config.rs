@@ -26,6 +26,9 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub plugin_dir: Option<PathBuf>,
+    /// Where compiled plugin code is kept between starts (default: in the data directory).
+    /// Servers on one machine may share it: every file is verified before it is loaded.
+    pub compiled_plugin_dir: Option<PathBuf>,
     pub upstream_connect_timeout_ms: Option<u64>,
     pub upstream_idle_timeout_seconds: Option<u64>,
     pub upstream_response_timeout_seconds: Option<u64>,
@@ -338,6 +341,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub plugin_dir: PathBuf,
+    /// None: `cache/plugins` in the data directory.
+    pub compiled_plugin_dir: Option<PathBuf>,
     pub upstream: UpstreamConfig,
     pub plugins: PluginLimits,
     /// Upload sessions untouched this long are removed.
@@ -464,6 +469,7 @@ impl Config {
             listen,
             data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("data")),
             plugin_dir: flags.plugin_dir.or(file.plugin_dir).unwrap_or_else(default_plugin_dir),
+            compiled_plugin_dir: file.compiled_plugin_dir,
             upstream: UpstreamConfig {
                 connect_timeout: Duration::from_millis(file.upstream_connect_timeout_ms.unwrap_or(3000)),
                 idle_timeout: Duration::from_secs(file.upstream_idle_timeout_seconds.unwrap_or(120)),

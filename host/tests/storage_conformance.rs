@@ -1,6 +1,6 @@
 //! One conformance suite for every blob storage backend: the filesystem, and S3 against a
 //! real s3s-fs server started on 127.0.0.1 (it checks SigV4 signatures and presigned URLs).
-//! s3s-fs comes from tests/install-deps.sh (`~/.cache/binaryrepo-test/s3s-fs/bin/s3s-fs`, or
+//! s3s-fs comes from tests/install-deps.sh (`$BINARYREPO_E2E_CACHE/s3s-fs/bin/s3s-fs`, default cache /tmp/binaryrepo-e2e-cache, or
 //! `BINARYREPO_TEST_S3S_FS`); without it the S3 half is skipped, saying so.
 
 use std::io::Write;
@@ -47,8 +47,10 @@ fn filesystem() -> Fixture {
 fn s3s_fs() -> Option<PathBuf> {
     let path = std::env::var_os("BINARYREPO_TEST_S3S_FS")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("BINARYREPO_TEST_CACHE").map(|c| PathBuf::from(c).join("s3s-fs/bin/s3s-fs")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/binaryrepo-test/s3s-fs/bin/s3s-fs")))?;
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("BINARYREPO_E2E_CACHE").unwrap_or_else(|| "/tmp/binaryrepo-e2e-cache".into());
+            PathBuf::from(cache).join("s3s-fs/bin/s3s-fs")
+        });
     path.is_file().then_some(path)
 }
 

@@ -11,7 +11,7 @@ with a remote repository `bench` for it. Workloads (select with --only, comma-se
   manifest    wrk (2 threads, 16 connections, 5 s) on a warm manifest GET by tag (binaryrepo, proxy) / digest (nginx)
   rss         binaryrepo idle RSS, and peak RSS (VmHWM) while serving 10 concurrent warm GETs of the 500 MiB blob
   docker      warm `docker pull` with a real Docker Engine: binaryrepo vs upstream direct (docker rmi between runs)
-  plugin      plugin cost per request: runs `cargo bench -p binaryrepo --bench plugin_request` (criterion)
+  plugin      plugin cost per request: runs `cargo bench -p binaryrepo-benches --bench plugin_request` (criterion)
               and reads target/criterion/plugin_request/api_root/new/estimates.json
   go          `go mod download` of 60 module versions: warm vs nginx serving the same files from disk, and
               --clients concurrent cold downloads (upstream requests per immutable file); see gobench.py
@@ -611,7 +611,7 @@ class Bench:
         # all three are in the note.
         runs = []
         for _ in range(3):
-            subprocess.run(["cargo", "bench", "-p", "binaryrepo", "--bench", "plugin_request"], cwd=REPO_ROOT,
+            subprocess.run(["cargo", "bench", "-p", "binaryrepo-benches", "--bench", "plugin_request"], cwd=REPO_ROOT,
                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
             if CRITERION.exists():
                 est = json.loads(CRITERION.read_text())
@@ -629,7 +629,7 @@ class Bench:
         row.values["binaryrepo"] = (f"{fmt_ns(mean['point_estimate'])} (95% CI {fmt_ns(ci.get('lower_bound'))}–"
                                     f"{fmt_ns(ci.get('upper_bound'))})")
         row.verdict = verdict(mean["point_estimate"] < 5000)
-        self.notes.append(f"7: `cargo bench -p binaryrepo --bench plugin_request`, three runs (means {means}; the "
+        self.notes.append(f"7: `cargo bench -p binaryrepo-benches --bench plugin_request`, three runs (means {means}; the "
                           f"lowest is the figure), {CRITERION.relative_to(REPO_ROOT)}: "
                           "handle() of GET /v2/ through the Docker plugin as the server runs it (an idle instance "
                           "of the plugin taken from the warm pool, the call, the instance handed back); with a fresh "

@@ -23,6 +23,13 @@ def binary_path() -> Path:
     return Path(os.environ.get("BINARYREPO_BIN", REPO_ROOT / "target" / "release" / "binaryrepo"))
 
 
+def compiled_plugin_dir() -> Path:
+    """One compiled-plugin cache for every server the tests start: the first start compiles each plugin
+    (seconds of CPU on two cores), the hundreds after it load the verified artifact. It is keyed by the
+    plugin's bytes and the engine's settings, so a rebuilt plugin or host compiles again by itself."""
+    return Path(os.environ.get("BINARYREPO_E2E_CACHE", "/tmp/binaryrepo-e2e-cache")) / "compiled-plugins"
+
+
 def plugin_dir() -> Path:
     d = os.environ.get("BINARYREPO_PLUGIN_DIR") or os.environ.get("BINARYREPO_PLUGINS")
     return Path(d) if d else binary_path().parent / "plugins"
@@ -66,7 +73,8 @@ class BinaryRepo:
         self.conf = self.dir / "binaryrepo.toml"
         self.logfile = self.dir / "binaryrepo.log"
         self.port = port or free_port()
-        self.config = {"upstream_connect_timeout_ms": 2000, "upstream_down_seconds": 30}
+        self.config = {"upstream_connect_timeout_ms": 2000, "upstream_down_seconds": 30,
+                       "compiled_plugin_dir": str(compiled_plugin_dir())}
         if open:
             self.config["metrics_anonymous"] = True
         self.config.update(config or {})

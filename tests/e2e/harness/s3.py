@@ -1,8 +1,8 @@
 """A real S3 endpoint for the storage tests: s3s-fs (crates.io; it checks SigV4 signatures and presigned
 URLs and their expiry) on 127.0.0.1, serving one bucket from a directory.
 
-tests/install-deps.sh builds it once into ~/.cache/binaryrepo-test/s3s-fs ($BINARYREPO_TEST_CACHE, or
-$BINARYREPO_TEST_S3S_FS names the binary). s3s-fs keeps each object as the file <root>/<bucket>/<key>, so
+tests/install-deps.sh builds it once into $BINARYREPO_E2E_CACHE/s3s-fs (the tests' one cache, default
+/tmp/binaryrepo-e2e-cache; or $BINARYREPO_TEST_S3S_FS names the binary). s3s-fs keeps each object as the file <root>/<bucket>/<key>, so
 what the bucket holds is read straight from that directory.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ SECRET_KEY = "e2e-secret-key-0123456789"
 def s3s_fs_binary() -> Path:
     if os.environ.get("BINARYREPO_TEST_S3S_FS"):
         return Path(os.environ["BINARYREPO_TEST_S3S_FS"])
-    cache = Path(os.environ.get("BINARYREPO_TEST_CACHE", Path.home() / ".cache" / "binaryrepo-test"))
+    cache = Path(os.environ.get("BINARYREPO_E2E_CACHE", "/tmp/binaryrepo-e2e-cache"))
     return cache / "s3s-fs" / "bin" / "s3s-fs"
 
 

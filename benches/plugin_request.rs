@@ -5,7 +5,7 @@
 //! `*_fresh` runs the same with `plugin_instance_reuse = 1`: a fresh store and instance from the
 //! pre-instantiated component for every request.
 //!
-//! Needs the built plugins: `make build`, then `cargo bench -p binaryrepo --bench plugin_request`.
+//! Needs the built plugins: `make build`, then `cargo bench -p binaryrepo-benches --bench plugin_request`.
 
 use std::sync::Arc;
 use std::time::Duration;
