@@ -123,9 +123,8 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
         uploads,
         repos: repos.clone(),
     });
-    let plugins =
-        let compiled = config.compiled_plugin_dir.clone().unwrap_or_else(|| layout.compiled_plugins());
-        Plugins::load(&config.plugin_dir, Some(&compiled), config.plugins.clone(), caps.clone(), metrics.clone()).await?;
+    let compiled = config.compiled_plugin_dir.clone().unwrap_or_else(|| layout.compiled_plugins());
+    let plugins = Plugins::load(&config.plugin_dir, Some(&compiled), config.plugins.clone(), caps.clone(), metrics.clone()).await?;
     release_freed_memory();
     // Which formats the plugins provide decides which seeded repositories are valid.
     let formats = plugins.formats();

@@ -37,7 +37,7 @@ impl meta::Host for CallState {
     }
 
     async fn keys_page(&mut self, prefix: String, start_after: Option<String>, limit: u32) -> Result<Vec<String>, HostError> {
-        timed!(self, caps::meta::list_page(&self.scope(), prefix, start_after, limit).await)
+        timed!(self, caps::meta::list_page(&self.scope(), prefix, start_after, limit))
     }
 }
 
@@ -65,7 +65,7 @@ impl repositories::Host for CallState {
         limit: u32,
     ) -> Result<Vec<String>, HostError> {
         self.only_read = false;
-        timed!(self, caps::meta::list_in_page(&self.scope(), repository, prefix, start_after, limit).await)
+        timed!(self, caps::meta::list_in_page(&self.scope(), repository, prefix, start_after, limit))
     }
 }
 
