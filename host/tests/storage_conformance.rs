@@ -45,12 +45,10 @@ fn filesystem() -> Fixture {
 }
 
 fn s3s_fs() -> Option<PathBuf> {
-    let path = std::env::var_os("BINARYREPO_TEST_S3S_FS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("BINARYREPO_E2E_CACHE").unwrap_or_else(|| "/tmp/binaryrepo-e2e-cache".into());
-            PathBuf::from(cache).join("s3s-fs/bin/s3s-fs")
-        });
+    let path = std::env::var_os("BINARYREPO_TEST_S3S_FS").map(PathBuf::from).unwrap_or_else(|| {
+        let cache = std::env::var_os("BINARYREPO_E2E_CACHE").unwrap_or_else(|| "/tmp/binaryrepo-e2e-cache".into());
+        PathBuf::from(cache).join("s3s-fs/bin/s3s-fs")
+    });
     path.is_file().then_some(path)
 }
 
