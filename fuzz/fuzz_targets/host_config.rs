@@ -114,5 +114,6 @@ fuzz_target!(|input: &str| {
     let limits = &config.plugins;
     assert!(limits.instances >= 1 && (1..=limits.instances).contains(&limits.instances_per_repository));
     assert!(config.fills.per_repository >= 1 && config.fills.per_repository <= config.fills.total);
-    assert!(!config.log_level.is_empty() || toml_text.contains("log_level") || env_text.contains("LOG_LEVEL"));
+    // A variable's key is matched in any case (`BINARYREPO_LOG_LEVEl` sets `log_level`).
+    assert!(!config.log_level.is_empty() || toml_text.contains("log_level") || env_text.to_ascii_uppercase().contains("LOG_LEVEL"));
 });
