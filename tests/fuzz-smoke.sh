@@ -46,7 +46,10 @@ for t in $targets; do
   if [ "$running" -ge "$jobs" ]; then wait -n || true; running=$((running - 1)); fi
 done
 wait
-failed=$(cd "$scratch" && ls -- *.failed 2>/dev/null | sed 's/\.failed$//' | tr '\n' ' ')
+failed=""
+for t in $targets; do
+  if [ -e "$scratch/$t.failed" ]; then failed="$failed$t "; fi
+done
 if [ -n "$failed" ]; then
   log "FAILED: $failed(the input is in fuzz/artifacts/<target>/; replay it as docs/fuzzing.md says)"
   exit 1
