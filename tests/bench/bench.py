@@ -530,7 +530,6 @@ class Bench:
         self.br.restart()
         time.sleep(2)
         idle = proc_status(self.br.pid())
-        idle.update(rss_parts(self.br.pid()))
         n = self.args.clients
         t0 = time.monotonic()
         with peers.RssPoll(self.br.pid()) as polled:
@@ -774,17 +773,6 @@ def tree_cpu_seconds(pid: int) -> float:
             if ppid == pid:
                 total += t
     return total
-
-
-def rss_parts(pid: int) -> dict:
-    """RssAnon / RssFile / RssShmem (KiB) from /proc/PID/status"""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k in ("RssAnon", "RssFile", "RssShmem"):
-                out[k] = int(v.split()[0])
-    return out
 
 
 def sha256_seconds(path: Path) -> float:

@@ -35,7 +35,7 @@ from harness.oci import OCI_MANIFEST, Oci, build_image  # noqa: E402
 from harness.postgres import Postgres  # noqa: E402
 from harness.registry import Registry  # noqa: E402
 from harness.s3 import S3Server  # noqa: E402
-from harness.util import request  # noqa: E402
+from harness.util import proc_status, request  # noqa: E402
 
 WORKLOAD = "s3"
 ROW_KEYS = ["O1", "O2", "O3", "O4"]
@@ -84,17 +84,6 @@ def curl(url: str, follow: bool = False, timeout: float = 600) -> tuple[int, int
     return int(parts[0]), int(parts[1]), float(parts[2]), (parts[3] if len(parts) > 3 else "").strip()
 
 
-def memory(pid: int) -> dict:
-    """VmRSS, VmHWM, RssAnon, RssFile (KiB) of a process"""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-                out[k] = int(v.split()[0])
-    return out
-
-
 def reset_peak(pid: int):
     """VmHWM back to the current RSS (Linux `clear_refs` 5), so the peak measured is this phase's, not the pushes'"""
     with open(f"/proc/{pid}/clear_refs", "w") as f:
@@ -124,7 +113,7 @@ class Peak:
         while not self.stop.is_set():
             for pid in self.pids:
                 try:
-                    st = memory(pid)
+                    st = proc_status(pid)
                 except OSError:
                     continue
                 for k in self.max[pid]:
@@ -141,7 +130,7 @@ class Peak:
         self.stop.set()
         self.thread.join()
         for pid in self.pids:
-            self.max[pid]["VmHWM"] = memory(pid)["VmHWM"]
+            self.max[pid]["VmHWM"] = proc_status(pid)["VmHWM"]
 
     def fmt(self, pid) -> str:
         m = self.max[pid]

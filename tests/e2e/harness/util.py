@@ -268,12 +268,12 @@ def stream_get(url: str, headers=None, timeout: float = 120, host: str | None = 
 
 
 def proc_status(pid: int) -> dict:
-    """VmRSS / VmHWM (KiB) of a process."""
+    """VmRSS, VmHWM, VmPeak, VmSize and the RSS split RssAnon / RssFile / RssShmem (KiB) of a process."""
     out = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             k, _, v = line.partition(":")
-            if k in ("VmRSS", "VmHWM", "VmPeak", "VmSize"):
+            if k in ("VmRSS", "VmHWM", "VmPeak", "VmSize", "RssAnon", "RssFile", "RssShmem"):
                 out[k] = int(v.split()[0])
     return out
 
