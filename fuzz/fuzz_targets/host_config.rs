@@ -5,8 +5,8 @@
 //! reported, never applied.
 //!
 //! `repositories` entries are parsed as tables here: their own checks are the repository API's
-//! (`host/src/repos.rs`, which needs the whole server). Allowed upstream networks are parsed as
-//! in `host/src/upstream/egress.rs` (whose resolver needs the HTTP client).
+//! (`host/src/repos.rs`, which needs the whole server). Allowed upstream networks are parsed by
+//! `host/src/upstream/allowed_network.rs`, compiled in unchanged too.
 #![no_main]
 
 use std::path::PathBuf;
@@ -46,34 +46,15 @@ mod storage {
     }
 }
 
+// `crate::upstream::egress::AllowedNetwork` as in the host, from its own file (the rest of
+// `egress.rs` is the resolver, which needs the HTTP client).
+#[path = "../../host/src/upstream/allowed_network.rs"]
 #[allow(dead_code)]
+pub mod allowed_network;
+
 mod upstream {
     pub mod egress {
-        use std::net::IpAddr;
-
-        use ipnet::IpNet;
-        use serde::Deserialize;
-
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-        #[serde(try_from = "String")]
-        pub struct AllowedNetwork(IpNet);
-
-        impl TryFrom<String> for AllowedNetwork {
-            type Error = String;
-            fn try_from(s: String) -> Result<Self, String> {
-                let s = s.trim();
-                s.parse::<IpNet>()
-                    .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-                    .map(|n| AllowedNetwork(n.trunc()))
-                    .map_err(|_| format!("{s:?} is not a network"))
-            }
-        }
-
-        impl AllowedNetwork {
-            pub fn net(&self) -> IpNet {
-                self.0
-            }
-        }
+        pub use crate::allowed_network::AllowedNetwork;
     }
 }
 

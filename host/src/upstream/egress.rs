@@ -18,36 +18,13 @@ use std::sync::Arc;
 use http::{HeaderMap, StatusCode};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use serde::Deserialize;
 use url::{Host, Url};
 
+pub use super::allowed_network::AllowedNetwork;
 use super::{UpstreamError, origin};
 
 /// Redirect hops followed for one request; Docker Hub needs one (registry → CDN).
 pub const MAX_REDIRECTS: usize = 5;
-
-/// A network the operator allows remotes to reach though it is not public: a CIDR
-/// (`10.0.0.0/8`, `fd00::/8`) or one address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub struct AllowedNetwork(IpNet);
-
-impl TryFrom<String> for AllowedNetwork {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        let s = s.trim();
-        s.parse::<IpNet>()
-            .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-            .map(|n| AllowedNetwork(n.trunc()))
-            .map_err(|_| format!("{s:?} is not a network: use a CIDR such as \"10.0.0.0/8\" or an address"))
-    }
-}
-
-impl AllowedNetwork {
-    pub fn net(&self) -> IpNet {
-        self.0
-    }
-}
 
 /// Loopback, private, link-local, shared, multicast and reserved IPv4 ranges: nothing a public
 /// registry or CDN lives on.

@@ -3,6 +3,7 @@
 //! rules for realms and redirects (egress.rs), fail-fast while an upstream is down, and the
 //! single-flight blob fill.
 
+pub mod allowed_network;
 pub mod document;
 pub mod egress;
 pub mod fill;
