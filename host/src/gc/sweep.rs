@@ -1,9 +1,9 @@
 //! The sweep: every stored blob that no repository needs, that nobody referenced during the
 //! run, and whose grace period is over, is removed.
 
-use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
+use super::live::LiveSet;
 use super::run::{Counters, Run};
 use crate::digest::Digest;
 use crate::storage::BlobStore;
@@ -11,7 +11,7 @@ use crate::storage::BlobStore;
 /// Every blob the backend lists. The grace period counts from the later of the blob's modification time
 /// and the blob's last reference: a push that found its layers already stored (or mounted
 /// them) refreshes no file, and its manifest may follow minutes later.
-pub fn sweep(store: &BlobStore, live: &HashSet<Digest>, grace: Duration, run: &Run) -> std::io::Result<()> {
+pub fn sweep(store: &BlobStore, live: &LiveSet, grace: Duration, run: &Run) -> std::io::Result<()> {
     let now = SystemTime::now();
     let touches = store.touches();
     let c = &run.counters;
