@@ -15,6 +15,7 @@ use crate::App;
 use crate::auth::{AuthFailure, Identity, NewUser, UserError, UserIdentity, UserUpdate};
 use crate::repos::{RepoError, Repository, RepositoryInput};
 use crate::server::body::{self, Body};
+use crate::server::pace::{PaceError, Paced};
 use crate::server::respond::json as json_response;
 
 mod stats;
@@ -45,6 +46,9 @@ enum ApiError {
     /// The server cannot take the change now (a full disk); retrying later may work.
     #[error("{0}")]
     Unavailable(String),
+    /// The client's body stopped or crawled (the request-body pace limits).
+    #[error("{0}")]
+    TooSlow(String),
 }
 
 impl From<RepoError> for ApiError {
@@ -73,11 +77,16 @@ impl ApiError {
             ApiError::Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+            ApiError::TooSlow(_) => (StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT"),
         };
         if status.is_server_error() {
             tracing::error!(error = %self, "api");
         }
         let mut resp = json_response(status, &json!({"error": {"code": code, "message": self.to_string()}}));
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still be on its way: the connection cannot be reused.
+            resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Basic realm=\"binaryrepo\""));
         }
@@ -138,7 +147,7 @@ async fn accounts(
         }
         (Method::POST, ["users"]) => {
             admin()?;
-            let input: NewUser = read_json(req).await?;
+            let input: NewUser = read_json(app, req).await?;
             let created = app.auth.create_user(input).await.map_err(user_error)?;
             Ok(ok(StatusCode::CREATED, json!(created)))
         }
@@ -150,7 +159,7 @@ async fn accounts(
         (Method::PUT | Method::PATCH, ["users", name]) => {
             admin()?;
             let name = (*name).to_owned();
-            let change: UserUpdate = read_json(req).await?;
+            let change: UserUpdate = read_json(app, req).await?;
             let updated = app.auth.update_user(&name, change).await.map_err(user_error)?;
             Ok(ok(StatusCode::OK, json!(updated)))
         }
@@ -170,7 +179,7 @@ async fn accounts(
                 #[serde(default)]
                 expires_in_seconds: Option<u64>,
             }
-            let input: NewToken = read_json(req).await?;
+            let input: NewToken = read_json(app, req).await?;
             let auth = app.auth.clone();
             let owner = user.name.as_str().to_owned();
             let (view, secret) = blocking(move || auth.create_token(&owner, &input.name, input.expires_in_seconds)).await?;
@@ -267,19 +276,22 @@ fn no_content() -> Response<Body> {
     resp
 }
 
-async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
-    let bytes: Bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+/// Reads a JSON body, held to the request-body pace limits like every other body.
+async fn read_json<T: serde::de::DeserializeOwned>(app: &App, req: Request<Incoming>) -> Result<T, ApiError> {
+    let paced = Paced::new(req.into_body(), &app.config.request_body);
+    let bytes: Bytes = match Limited::new(paced, MAX_BODY).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(ApiError::TooLarge(format!("request body over {MAX_BODY} bytes")));
         }
+        Err(e) if e.is::<PaceError>() => return Err(ApiError::TooSlow(format!("request body cut: {e}"))),
         Err(e) => return Err(ApiError::BadRequest(format!("cannot read the request body: {e}"))),
     };
     serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))
 }
 
-async fn read_input(req: Request<Incoming>) -> Result<RepositoryInput, ApiError> {
-    read_json(req).await
+async fn read_input(app: &App, req: Request<Incoming>) -> Result<RepositoryInput, ApiError> {
+    read_json(app, req).await
 }
 
 /// The Prometheus exposition of `crate::metrics`, with the health and readiness gauges (checked
@@ -404,7 +416,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, user: Option<&Arc<UserIde
             Ok(ok(StatusCode::OK, serde_json::Value::Array(app.repos.list().iter().map(|r| view(app, r)).collect())))
         }
         (Method::POST, ["repositories"] | ["repository"]) => {
-            let input = read_input(req).await?;
+            let input = read_input(app, req).await?;
             create(app, input).await
         }
         (Method::GET, ["repositories" | "repository", name]) => {
@@ -414,7 +426,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, user: Option<&Arc<UserIde
         (Method::PUT, ["repositories" | "repository", name]) => {
             not_file_managed(app, name)?;
             let name = (*name).to_owned();
-            let input = read_input(req).await?;
+            let input = read_input(app, req).await?;
             // A repository's own admins configure it, not the server: listeners, host names and
             // the default route stay an admin user's.
             if !user.is_some_and(|u| u.admin)

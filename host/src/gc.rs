@@ -9,8 +9,9 @@
 //! 2. cleanup: each local repository with cleanup rules has its plugin remove the tags and
 //!    manifests they select (`cleanup`), so the mark finds what only those used unreferenced;
 //!    a plugin that fails here is logged and its repository left as it was;
-//! 3. mark: each repository's plugin says which digests it still needs (`live-blobs`), with a
-//!    CPU budget in proportion to the repository's metadata;
+//! 3. mark: each repository's plugin says which digests it still needs (`live-blobs-page`),
+//!    a page at a time, each page with a CPU budget for the thousand keys or so it reads; the
+//!    host keeps the union compactly (`live`);
 //! 4. sweep: every stored blob outside the union, older than the grace period counted from
 //!    its last reference, and not referenced since step 1, is removed;
 //! 5. evict: remote repositories over their size budget or age limit lose what was pulled
@@ -20,28 +21,37 @@
 //! client streaming a blob keeps its open file even if the blob is removed.
 
 mod evict;
+mod live;
 mod run;
 mod sweep;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
 
+pub use live::LiveSet;
 use run::Counters;
 pub use run::{Phase, Run, Status, Trigger};
 
 use crate::App;
 use crate::digest::Digest;
+use crate::plugins::LoadedPlugin;
 use crate::repos::{RepoName, RepoType, Repository};
 use crate::storage::access::AccessLog;
 
 /// How long the fence waits for requests that began before a run (an upload of a large layer).
 const FENCE_WAIT: Duration = Duration::from_secs(15 * 60);
-/// CPU a `live-blobs` call gets per metadata key of its repository, on top of `plugin_cpu_ms`.
+/// CPU a `cleanup` call gets per metadata key of its repository, on top of `plugin_cpu_ms`.
 const CPU_PER_KEY: Duration = Duration::from_micros(500);
+/// CPU a `live-blobs-page` call gets on top of `plugin_cpu_ms`: a page reads about a thousand keys.
+const CPU_PER_PAGE: Duration = Duration::from_millis(500);
+/// Keys counted per read for a cleanup's budget.
+const COUNT_PAGE: usize = 1000;
+/// A cursor longer than this is not a plugin's place in its metadata but a mistake.
+const MAX_CURSOR: usize = 4096;
 /// Access times reach the database at least this often.
 const ACCESS_FLUSH: Duration = Duration::from_secs(60);
 
@@ -108,6 +118,8 @@ impl Gc {
         let (app, job) = (app.clone(), run.clone());
         tokio::spawn(async move {
             let outcome = execute(&app, &job).await;
+            // The live set and the store's walk are gone: their pages go back to the system.
+            let _ = tokio::task::spawn_blocking(crate::release_freed_memory).await;
             if let Err(e) = &outcome {
                 tracing::error!(run = job.id, error = %e, "garbage collection failed");
             }
@@ -119,12 +131,61 @@ impl Gc {
     }
 }
 
-/// CPU for one repository's `live-blobs`: it reads all of the repository's metadata, so the
-/// budget grows with the number of keys (a large registry must not switch collection off).
-pub async fn live_blobs_budget(app: &App, repo: &Repository) -> Result<Duration, GcError> {
+/// CPU for one repository's `cleanup`: it reads all of the repository's tags and manifests, so
+/// the budget grows with the number of keys (a large registry must not switch cleanup off).
+/// The keys are counted a page at a time, never listed whole.
+pub async fn cleanup_budget(app: &App, repo: &Repository) -> Result<Duration, GcError> {
     let (meta, name) = (app.caps.meta.clone(), repo.name.to_string());
-    let keys = tokio::task::spawn_blocking(move || meta.list(&name, "")).await.map_err(std::io::Error::other)??.len();
+    let keys = tokio::task::spawn_blocking(move || {
+        let (mut n, mut after) = (0usize, None::<String>);
+        loop {
+            let page = meta.list_page(&name, "", after.as_deref(), COUNT_PAGE)?;
+            n += page.len();
+            let full = page.len() == COUNT_PAGE;
+            match page.into_iter().last() {
+                Some(last) if full => after = Some(last),
+                _ => return Ok::<_, crate::storage::meta::MetaError>(n),
+            }
+        }
+    })
+    .await
+    .map_err(std::io::Error::other)??;
     Ok(app.config.plugins.cpu + CPU_PER_KEY * u32::try_from(keys).unwrap_or(u32::MAX))
+}
+
+/// The digests `repo` still needs: its plugin's `live-blobs-page`, page after page, each with
+/// a budget for one page, gathered compactly. An error on any page is an error: an incomplete
+/// set would delete blobs still in use.
+pub async fn live_set(app: &App, plugin: &LoadedPlugin, repo: &Arc<Repository>) -> Result<LiveSet, GcError> {
+    let budget = app.config.plugins.cpu + CPU_PER_PAGE;
+    let failed = |message: String| GcError::Plugin { repo: repo.name.to_string(), message };
+    let (mut live, mut cursor, mut pages) = (LiveSet::default(), None::<String>, 0u64);
+    loop {
+        let page = app.plugins.live_blobs_page(plugin, repo.clone(), cursor.as_deref(), budget).await.map_err(|e| {
+            tracing::error!(repo = %repo.name, page = pages, "live-blobs-page failed: {}", e.detail());
+            failed(e.to_string())
+        })?;
+        pages += 1;
+        for d in &page.digests {
+            match d.parse::<Digest>() {
+                Ok(d) => live.insert(&d),
+                Err(e) => tracing::warn!(repo = %repo.name, error = %e, "live-blobs-page returned a bad digest"),
+            }
+        }
+        live.compact();
+        match page.next {
+            None => break,
+            Some(next) if next.len() > MAX_CURSOR => return Err(failed(format!("live-blobs-page cursor over {MAX_CURSOR} bytes"))),
+            // A plugin that does not move on would be asked for ever.
+            Some(next) if cursor.as_deref() == Some(next.as_str()) => {
+                return Err(failed(format!("live-blobs-page did not move on from cursor {next:?}")));
+            }
+            Some(next) => cursor = Some(next),
+        }
+    }
+    live.finish();
+    tracing::debug!(repo = %repo.name, pages, live = live.len(), "live set");
+    Ok(live)
 }
 
 /// Applies one local repository's cleanup rules, if it has any. Only the metadata read fails
@@ -136,7 +197,7 @@ async fn cleanup(app: &App, run: &Run, repo: &Arc<Repository>) -> Result<(), GcE
         tracing::warn!(repo = %repo.name, format = %repo.format, "cleanup rules not applied: no plugin loaded for the format");
         return Ok(());
     };
-    let budget = live_blobs_budget(app, repo).await?;
+    let budget = cleanup_budget(app, repo).await?;
     let started = std::time::Instant::now();
     match app.plugins.cleanup(&plugin, repo.clone(), rules, unix_now(), budget).await {
         Ok(report) => {
@@ -228,32 +289,24 @@ async fn execute(app: &App, run: &Arc<Run>) -> Result<(), GcError> {
 
     run.set_phase(Phase::Mark);
     run.counters.repositories_total.store(repos.len() as u64, Ordering::Relaxed);
-    let mut by_repo: HashMap<RepoName, HashSet<Digest>> = HashMap::new();
+    let mut by_repo: HashMap<RepoName, LiveSet> = HashMap::new();
     for repo in &repos {
         let plugin =
             app.plugins.get(&repo.format).ok_or_else(|| GcError::NoPlugin { repo: repo.name.to_string(), format: repo.format.clone() })?;
-        let budget = live_blobs_budget(app, repo).await?;
         let started = std::time::Instant::now();
-        let digests = app.plugins.live_blobs(&plugin, repo.clone(), budget).await.map_err(|e| {
-            tracing::error!(repo = %repo.name, "live-blobs failed: {}", e.detail());
-            GcError::Plugin { repo: repo.name.to_string(), message: e.to_string() }
-        })?;
-        tracing::debug!(repo = %repo.name, budget_ms = budget.as_millis() as u64, live = digests.len(), ms = started.elapsed().as_millis() as u64, "marked");
-        let mut live = HashSet::with_capacity(digests.len());
-        for d in digests {
-            match d.parse::<Digest>() {
-                Ok(d) => {
-                    live.insert(d);
-                }
-                Err(e) => tracing::warn!(repo = %repo.name, error = %e, "live-blobs returned a bad digest"),
-            }
-        }
+        let live = live_set(app, &plugin, repo).await?;
+        tracing::debug!(repo = %repo.name, live = live.len(), ms = started.elapsed().as_millis() as u64, "marked");
         by_repo.insert(repo.name.clone(), live);
         Counters::add(&run.counters.repositories_done, 1);
     }
 
     run.set_phase(Phase::Sweep);
-    let all: HashSet<Digest> = by_repo.values().flatten().cloned().collect();
+    let all = LiveSet::union(by_repo.values());
+    // Each repository's own set is needed only to enforce cache limits: without any, the union
+    // is all the sweep needs, and memory holds the live set once.
+    if !repos.iter().any(|r| r.repo_type == RepoType::Remote && r.cache.is_some()) {
+        by_repo = HashMap::new();
+    }
     let removed_before = run.counters.removed.load(Ordering::Relaxed);
     {
         let (store, grace, job) = (store.clone(), run.grace, run.clone());
@@ -264,13 +317,7 @@ async fn execute(app: &App, run: &Arc<Run>) -> Result<(), GcError> {
     for repo in repos.iter().filter(|r| r.repo_type == RepoType::Remote) {
         let Some(limits) = repo.cache else { continue };
         let live = by_repo.get(&repo.name).cloned().unwrap_or_default();
-        let elsewhere: HashSet<Digest> = by_repo
-            .iter()
-            .filter(|(name, _)| **name != repo.name)
-            .flat_map(|(_, l)| l.iter())
-            .filter(|d| live.contains(*d))
-            .cloned()
-            .collect();
+        let elsewhere: LiveSet = live.iter().filter(|d| by_repo.iter().any(|(name, l)| *name != repo.name && l.contains(d))).collect();
         let (store, name, job, access) = (store.clone(), repo.name.to_string(), run.clone(), app.gc.access.clone());
         let evicted =
             tokio::task::spawn_blocking(move || evict::evict(&store, &access, &name, &live, &elsewhere, limits, unix_now(), &job))

@@ -228,9 +228,11 @@ pub fn tune_allocator() {
     }
 }
 
-/// Hands heap memory freed after start-up (the compiler's, when a plugin was compiled rather
-/// than mapped from the cache) back to the OS; glibc would otherwise keep it in its arenas.
-fn release_freed_memory() {
+/// Hands freed heap memory back to the OS: after start-up (the compiler's, when a plugin was
+/// compiled rather than mapped from the cache) and after a collection (the live set and the
+/// walk of the store, freed across the arenas of the threads that built them); glibc would
+/// otherwise keep it in its arenas.
+pub(crate) fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free pages of the allocator's own arenas to the OS.
     unsafe {

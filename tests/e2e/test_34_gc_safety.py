@@ -5,8 +5,8 @@
   reused layers' files are old and were unreferenced before the push;
 - `POST /api/gc` answers 202 at once with the run, `GET /api/gc` shows its phase and counters, a second
   start while one runs is a 409 naming the running one; a run waits for requests that began before it;
-- a local repository with 20,000 tagged manifests is collected (the plugin's `live-blobs` call gets a CPU
-  budget in proportion to the repository's metadata)."""
+- a local repository with 20,000 tagged manifests is collected (the plugin answers `live-blobs-page` a page
+  at a time, each page with its own CPU budget)."""
 import http.client
 import json
 import os

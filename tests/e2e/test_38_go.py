@@ -3,7 +3,8 @@ checksum database that the tests start on 127.0.0.1 (harness/goproxy.py):
 - remote: go mod download / list -m -versions / get @latest / build of a program needing three modules (one with an
   upper-case letter in its path, one +incompatible), go.sum identical to the one made against the upstream directly;
   immutable files fetched once (10 concurrent cold clients too) and served while the upstream is down; list cached
-  for the check window, revalidated after it, served stale when the upstream is down; 404/410 passed on so that
+  for the check window, revalidated after it, served stale when the upstream is down or hung (accepts, never
+  answers: given up on after the upstream response timeout); 404/410 passed on so that
   `GOPROXY=a,b` falls back; bad paths refused with a plain-text 400 and nothing fetched;
 - checksum database: GOSUMDB verification through binaryrepo as the only route, a tampered zip refused; only the
   databases a repository's `checksum_databases` setting names are proxied (another answers a plain-text 404 without
@@ -22,7 +23,7 @@ import pytest
 
 from harness.binaryrepo import ADMIN, basic
 from harness.goproxy import GoProxy, SumDB, clean, esc, go, go_available, go_env, make_module
-from harness.util import request, server_factory
+from harness.util import Mute, request, server_factory
 
 pytestmark = pytest.mark.skipif(not go_available(), reason="go and golang-golang-x-mod-dev are not installed "
                                 "(tests/install-deps.sh installs them)")
@@ -166,6 +167,40 @@ def test_list_window_revalidation_and_not_found_passthrough(make_binaryrepo, gop
     env = go_env(gohome("f"), f"{base},{other.url}")
     go(env, "mod", "download", "example.net/elsewhere@v0.1.0", f"{ALPHA}@v1.0.0")
     assert up.hit("/example.net/elsewhere/@v/v0.1.0.info") == 1
+
+
+def test_a_hung_upstream_is_given_up_on_and_the_cached_list_served(make_binaryrepo, goproxy, gohome):
+    """Guards the response timeout in Upstream::send_hop for Go's mutable documents: with the default (10 s),
+    revalidating a cached @v/list against an upstream that accepts and never answers gives up and serves the
+    cached list to the real `go` (it used to wait for the 120 s idle timeout); a list never cached fails
+    promptly."""
+    up = goproxy()
+    # one request per connection: once stopped, no kept-alive connection answers for it
+    up.httpd.RequestHandlerClass.protocol_version = "HTTP/1.0"
+    make_module(up.root, ALPHA, "v1.0.0")
+    make_module(up.root, ALPHA, "v1.1.0")
+    br = make_binaryrepo(repositories=[remote("go-remote", up.url, window=0)])   # every list revalidates
+    proxy = proxy_url(br, "go-remote")
+    want = [ALPHA, "v1.0.0", "v1.1.0"]
+    assert go(go_env(gohome("warm"), proxy), "list", "-m", "-versions", ALPHA).stdout.decode().split() == want
+    port = up.port
+    up.stop()
+    mute = Mute(port)
+    try:
+        start = time.monotonic()
+        out = go(go_env(gohome("hung"), proxy), "list", "-m", "-versions", ALPHA, timeout=120)
+        took = time.monotonic() - start
+        assert out.stdout.decode().split() == want, out
+        assert took < 15, f"the cached list took {took:.1f}s with a hung upstream"
+        assert mute.accepted >= 1, "the revalidation never reached the hung upstream"
+        # nothing cached for this module: a prompt failure, not a hang
+        start = time.monotonic()
+        cold = go(go_env(gohome("cold"), proxy), "list", "-m", "-versions", BETA, check=False, timeout=120)
+        took = time.monotonic() - start
+        assert cold.returncode != 0, cold
+        assert took < 30, f"an uncached list took {took:.1f}s with a hung upstream"
+    finally:
+        mute.close()
 
 
 def test_concurrent_cold_fetch_hits_upstream_once(make_binaryrepo, goproxy):

@@ -4,63 +4,26 @@
   is given up on within seconds: cached Docker tags and Helm indexes are served, a cold miss gets the format's 502;
 - a request body that trickles (host/src/server/pace.rs, `Paced`: `request_body_idle_seconds`,
   `request_min_bytes_per_second`) is cut: the upload is refused, nothing is committed, what arrived stays resumable;
-- an oversized header block (host/src/server/oversized.rs) is answered 431 with a body that says so, in the OCI shape
-  on registry paths;
+- an oversized header block, an oversized request target and a malformed head (host/src/server/oversized.rs) are
+  answered 431, 414 and 400 with a body that says so, in the OCI shape on registry paths; odd request targets
+  (`OPTIONS *`, absolute and authority form) get a clean 4xx on a repository's own port;
+- /api JSON bodies and the token endpoint's form are held to the request-body pace limits (408);
 - a manifest whose descriptor states another size than the stored blob is refused (plugins/docker);
 - a repository change refused for its port leaves every listener as it was (host/src/api.rs, `create`/`put`);
 - a fill that dies mid-body is not stuck: the next request fetches again (host/src/upstream/fill.rs).
 """
 import json
 import socket
-import threading
 import time
 
 from harness.chartrepo import ChartServer, entry_yaml, index_yaml, make_chart, sha256_hex
 from harness.fakeregistry import FakeRegistry
 from harness.images import ACCEPT_HEADER
 from harness.oci import Oci, build_image, errors_of, sha256
-from harness.util import free_port, request, stream_get
+from harness.binaryrepo import ADMIN, basic
+from harness.util import Mute, free_port, request, stream_get
 
 LOCAL = "docker-local"
-
-
-class Mute:
-    """A server that accepts every connection, reads what it is sent, and never answers (an upstream whose
-    process hangs with its socket still open)."""
-
-    def __init__(self, port: int):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", port))
-        self.sock.listen(64)
-        self.accepted = 0
-        self.held = []
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while not self.closed:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            self.held.append(conn)
-            threading.Thread(target=self._drain, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _drain(conn):
-        try:
-            while conn.recv(65536):
-                pass
-        except OSError:
-            pass
-
-    def close(self):
-        self.closed = True
-        for c in self.held:
-            c.close()
-        self.sock.close()
 
 
 def timed(fn, *a, **kw):
@@ -298,6 +261,83 @@ def test_an_oversized_header_block_gets_a_431_that_says_so(make_binaryrepo):
             assert b"header" in body.lower() and b"text/plain" in head.lower(), answer[:400]
     # the server is fine afterwards
     assert request("GET", br.url + "/v2/").status in (200, 401)
+
+
+def oci_error(answer: bytes, status: bytes):
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 " + status), answer[:300]
+    assert b"application/json" in head.lower(), head
+    doc = json.loads(body)
+    assert doc["errors"][0]["code"] and doc["errors"][0]["message"], doc
+    return doc["errors"][0]["message"].lower()
+
+
+def test_a_request_head_hyper_refuses_is_answered_in_the_format_shape(make_binaryrepo):
+    """Guards server/oversized.rs for the other answers hyper writes itself: a request target over 64 KiB (414)
+    and a malformed request line or header (400) get a body that says so, in the OCI shape on registry paths,
+    plain text where no repository answers or the request line cannot be read. A HEAD keeps its bare answer."""
+    br = make_binaryrepo()
+    br.create_local(LOCAL)
+    long_tag = "a" * 70_000
+    msg = oci_error(raw_exchange(br.port, f"GET /v2/{LOCAL}/app/manifests/{long_tag} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                                 .encode()), b"414")
+    assert "64 kib" in msg, msg
+    for bad in (f"GET /v2/{LOCAL}/app/manifests/1 HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header: x\r\n\r\n",
+                f"GET /v2/{LOCAL}/app/manifests/1 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Ctl: a\x01b\r\n\r\n",
+                f"GET /v2/{LOCAL}/app/manifests/1 HTTP/7.7\r\nHost: 127.0.0.1\r\n\r\n"):
+        msg = oci_error(raw_exchange(br.port, bad.encode()), b"400")
+        assert "malformed" in msg, (bad, msg)
+    for bad in (b"\x01\x02 what\r\n\r\n", b"GET /api/repositories HTTP/1.1\r\nBad Header: x\r\n\r\n",
+                b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n"):
+        answer = raw_exchange(br.port, bad)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith((b"HTTP/1.1 400", b"HTTP/1.1 414")) and b"text/plain" in head.lower(), answer[:300]
+        assert b"malformed" in body or b"64 KiB" in body, answer[:300]
+    head = raw_exchange(br.port, f"HEAD /v2/{LOCAL}/app/manifests/1 HTTP/1.1\r\nBad Header: x\r\n\r\n".encode())
+    assert head.startswith(b"HTTP/1.1 400") and head.endswith(b"\r\n\r\n"), head
+    assert request("GET", br.url + "/v2/").status in (200, 401)
+
+
+def test_odd_request_targets_on_a_repository_port_get_a_clean_4xx(make_binaryrepo):
+    """`OPTIONS *` and the other request-target forms (absolute, authority) reach a port-bound repository's
+    plugin: a 4xx in the format's shape, never a 500 or a dropped connection, and the port keeps serving."""
+    br = make_binaryrepo()
+    port = free_port()
+    br.create_local(LOCAL, port=port)
+    for line in ("OPTIONS * HTTP/1.1", "GET * HTTP/1.1", "CONNECT 127.0.0.1:443 HTTP/1.1",
+                 f"GET http://127.0.0.1:{port}/v2/app/manifests/nope HTTP/1.1", "OPTIONS /v2/ HTTP/1.1"):
+        for p in (port, br.port):
+            answer = raw_exchange(p, f"{line}\r\nHost: 127.0.0.1:{p}\r\nConnection: close\r\n\r\n".encode())
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head[9:10] == b"4", (line, p, answer[:300])
+            assert body, (line, p, head)
+    assert request("GET", f"http://127.0.0.1:{port}/v2/").status in (200, 401)
+
+
+def test_api_and_token_bodies_are_held_to_the_pace_limits(make_binaryrepo):
+    """Guards Paced on /api JSON bodies (api.rs `read_json`) and the token endpoint's form: a body sending a byte
+    a second is cut at the window's end with a 408 in the endpoint's JSON shape, and nothing is changed."""
+    br = make_binaryrepo(config={"request_body_idle_seconds": 2, "request_min_bytes_per_second": 100,
+                                 "request_rate_window_seconds": 2})
+    doc = json.dumps({"name": "slow-repo", "type": "local", "format": "docker"}).encode()
+    auth = basic(*ADMIN)
+    head = (f"POST /api/repositories HTTP/1.1\r\nHost: 127.0.0.1:{br.port}\r\nAuthorization: {auth}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(doc)}\r\n\r\n").encode()
+    took, answer = trickle(br.port, head, doc, every=1.0, limit=30)
+    assert took < 8, f"a 1 B/s API body stayed open {took:.1f}s (window 2 s)"
+    head_, _, body = answer.partition(b"\r\n\r\n")
+    assert head_.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert json.loads(body)["error"]["code"] == "REQUEST_TIMEOUT", body
+    assert request("GET", f"{br.url}/api/repositories/slow-repo", headers={"Authorization": auth}).status == 404
+
+    form = f"grant_type=password&username={ADMIN[0]}&password={ADMIN[1]}&service=binaryrepo&scope=x".encode()
+    head = (f"POST /api/token HTTP/1.1\r\nHost: 127.0.0.1:{br.port}\r\n"
+            f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(form)}\r\n\r\n").encode()
+    took, answer = trickle(br.port, head, form, every=1.0, limit=30)
+    assert took < 8, f"a 1 B/s token form stayed open {took:.1f}s (window 2 s)"
+    head_, _, body = answer.partition(b"\r\n\r\n")
+    assert head_.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert json.loads(body)["error"] == "invalid_request", body
 
 
 # --- 4. descriptor sizes ----------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 //! The format's decisions: what each request becomes, and what the host's outcomes mean.
 
 use binaryrepo_plugin_sdk::contract::{
-    Failure, FailureKind, FetchFile, FetchedFile, Host, HostError, Mount, Plan, PluginInfo,
-    ReceiveUpload, RepoType, Repository, Request, Response, ServeBlob, UploadOutcome,
+    Failure, FailureKind, FetchFile, FetchedFile, Host, HostError, LivePage, Mount, Plan,
+    PluginInfo, ReceiveUpload, RepoType, Repository, Request, Response, ServeBlob, UploadOutcome,
     UpstreamRequest,
 };
+use binaryrepo_plugin_sdk::live::{self, Step};
 use binaryrepo_plugin_sdk::{Format, http};
 
 use crate::BUILD;
@@ -229,13 +230,21 @@ impl Format for Generic {
         }
     }
 
-    fn live_blobs(host: &impl Host, _repo: &Repository) -> Result<Vec<String>, HostError> {
-        let mut digests = Vec::new();
-        for key in host.meta_list("file:")? {
-            if let Some(d) = host.meta_get(&key)?.and_then(|v| Digest::from_meta(&v)) {
-                digests.push(d.as_str().to_owned());
-            }
-        }
-        Ok(digests)
+    fn live_blobs_page(
+        host: &impl Host,
+        _repo: &Repository,
+        cursor: Option<&str>,
+    ) -> Result<LivePage, HostError> {
+        // a page of keys at a time: a repository of many files is never listed whole
+        live::page(
+            host,
+            cursor,
+            &mut [Step::mark("file:", |key, live| {
+                if let Some(d) = host.meta_get(key)?.and_then(|v| Digest::from_meta(&v)) {
+                    live.push(d.as_str().to_owned());
+                }
+                Ok(())
+            })],
+        )
     }
 }

@@ -1,7 +1,7 @@
 //! `GET /api/stats` and `GET /api/repositories/<name>/stats`: what each repository holds and
 //! what its cache saved, for anyone who may read it (the web page shows it to anonymous users of
 //! an open server too). Format-neutral: the size is the sum of the blobs the repository's plugin
-//! says it needs (`live-blobs`, the same list garbage collection keeps), the cache figures come
+//! says it needs (`live-blobs-page`, the same set garbage collection keeps), the cache figures come
 //! from `crate::metrics`.
 
 use std::collections::HashMap;
@@ -15,7 +15,6 @@ use serde_json::json;
 use super::{ApiError, ok};
 use crate::App;
 use crate::auth::{Access, Identity, permits};
-use crate::digest::Digest;
 use crate::metrics::CacheStats;
 use crate::repos::{RepoType, Repository};
 use crate::server::body::Body;
@@ -120,10 +119,10 @@ async fn on_disk(app: &App, repo: &Arc<Repository>) -> (Option<u64>, Option<u64>
 }
 
 async fn measure(app: &App, repo: &Arc<Repository>) -> (Option<u64>, Option<u64>) {
-    let digests = match repo.repo_type {
+    let digests: crate::gc::LiveSet = match repo.repo_type {
         // What a remote cached is what it pulled: the access log (kept for its cache limits)
-        // knows without asking the plugin, whose `live-blobs` also tidies a remote's links to
-        // fetches that never finished, housekeeping for garbage collection's runs only.
+        // knows without asking the plugin, whose `live-blobs-page` also tidies a remote's links
+        // to fetches that never finished, housekeeping for garbage collection's runs only.
         RepoType::Remote => {
             let (access, name) = (app.gc.access.clone(), repo.name.to_string());
             let listed = tokio::task::spawn_blocking(move || {
@@ -132,7 +131,7 @@ async fn measure(app: &App, repo: &Arc<Repository>) -> (Option<u64>, Option<u64>
             })
             .await;
             match listed {
-                Ok(Ok(pulled)) => pulled.into_keys().map(|d| d.to_string()).collect(),
+                Ok(Ok(pulled)) => pulled.into_keys().collect(),
                 Ok(Err(e)) => {
                     tracing::warn!(repo = %repo.name, "stats: access log unreadable: {e}");
                     return (None, None);
@@ -145,17 +144,10 @@ async fn measure(app: &App, repo: &Arc<Repository>) -> (Option<u64>, Option<u64>
         }
         _ => {
             let Some(plugin) = app.plugins.get(&repo.format) else { return (None, None) };
-            let budget = match crate::gc::live_blobs_budget(app, repo).await {
-                Ok(b) => b,
+            match crate::gc::live_set(app, &plugin, repo).await {
+                Ok(live) => live,
                 Err(e) => {
                     tracing::warn!(repo = %repo.name, "stats: {e}");
-                    return (None, None);
-                }
-            };
-            match app.plugins.live_blobs(&plugin, repo.clone(), budget).await {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(repo = %repo.name, "stats: live-blobs failed: {}", e.detail());
                     return (None, None);
                 }
             }
@@ -163,12 +155,10 @@ async fn measure(app: &App, repo: &Arc<Repository>) -> (Option<u64>, Option<u64>
     };
     let store = app.caps.store.clone();
     let summed = tokio::task::spawn_blocking(move || {
-        let mut seen = std::collections::HashSet::new();
+        // the set holds each digest once
         let (mut count, mut bytes) = (0u64, 0u64);
-        for digest in digests.iter().filter_map(|d| d.parse::<Digest>().ok()) {
-            if let Ok(Some(len)) = store.stat(&digest)
-                && seen.insert(digest)
-            {
+        for digest in digests.iter() {
+            if let Ok(Some(len)) = store.stat(&digest) {
                 count += 1;
                 bytes += len;
             }

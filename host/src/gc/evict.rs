@@ -5,9 +5,9 @@
 //! it would free nothing. An evicted blob is simply gone from the store; the plugin finds it
 //! missing on the next request and fetches it from upstream again, as after any collection.
 
-use std::collections::HashSet;
 use std::time::SystemTime;
 
+use super::live::LiveSet;
 use super::run::{Counters, Run};
 use super::sweep::remove_unless_touched;
 use crate::digest::Digest;
@@ -35,27 +35,27 @@ pub fn evict(
     store: &BlobStore,
     access: &AccessLog,
     repo: &str,
-    live: &HashSet<Digest>,
-    needed_elsewhere: &HashSet<Digest>,
+    live: &LiveSet,
+    needed_elsewhere: &LiveSet,
     limits: CacheLimits,
     now: u64,
     run: &Run,
 ) -> std::io::Result<Evicted> {
     let pulled = access.of_repository(repo).map_err(std::io::Error::other)?;
     let mut cached: Vec<Cached> = Vec::with_capacity(live.len());
-    for digest in live {
-        let (size, modified) = match std::fs::metadata(store.path(digest)) {
+    for digest in live.iter() {
+        let (size, modified) = match std::fs::metadata(store.path(&digest)) {
             Ok(meta) => (meta.len(), meta.modified().unwrap_or(SystemTime::now())),
             // Not a local file (object storage): its size from the backend.
-            Err(_) => match store.stat(digest) {
+            Err(_) => match store.stat(&digest) {
                 Ok(Some(size)) => (size, SystemTime::now()),
                 _ => continue,
             },
         };
         // Pulled before access times were recorded: the blob's own time stands in.
         let fallback = modified.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let last_pulled = pulled.get(digest).copied().unwrap_or(fallback);
-        cached.push(Cached { digest: digest.clone(), size, last_pulled });
+        let last_pulled = pulled.get(&digest).copied().unwrap_or(fallback);
+        cached.push(Cached { digest, size, last_pulled });
     }
     cached.sort_by_key(|c| c.last_pulled);
     let mut out = Evicted { left: cached.iter().map(|c| c.size).sum(), ..Evicted::default() };
@@ -119,9 +119,9 @@ mod tests {
         let (old, mid, new) = (blob(&f, 400, 1, now - 30), blob(&f, 400, 2, now - 20), blob(&f, 400, 3, now - 10));
         f.store.touches().end_collecting();
         f.store.touches().begin_collecting(); // the writes above were references; this run starts after them
-        let live: HashSet<Digest> = [old.clone(), mid.clone(), new.clone()].into();
+        let live: LiveSet = [old.clone(), mid.clone(), new.clone()].into_iter().collect();
         let limits = CacheLimits { max_bytes: Some(900), max_age_days: None };
-        let out = evict(&f.store, &f.access, "r", &live, &HashSet::new(), limits, now, &f.run).unwrap();
+        let out = evict(&f.store, &f.access, "r", &live, &LiveSet::default(), limits, now, &f.run).unwrap();
         assert_eq!(out.removed, vec![old.clone()]);
         assert_eq!((out.bytes, out.left), (400, 800));
         assert!(f.store.stat(&old).unwrap().is_none() && f.store.stat(&mid).unwrap().is_some());
@@ -139,9 +139,9 @@ mod tests {
         f.store.touches().end_collecting();
         f.store.touches().begin_collecting();
         f.store.touches().touch(&touched); // pulled while the run goes on
-        let live: HashSet<Digest> = [stale.clone(), shared.clone(), touched.clone(), fresh.clone()].into();
+        let live: LiveSet = [stale.clone(), shared.clone(), touched.clone(), fresh.clone()].into_iter().collect();
         let limits = CacheLimits { max_bytes: None, max_age_days: Some(30) };
-        let out = evict(&f.store, &f.access, "r", &live, &[shared.clone()].into(), limits, now, &f.run).unwrap();
+        let out = evict(&f.store, &f.access, "r", &live, &[shared.clone()].into_iter().collect(), limits, now, &f.run).unwrap();
         assert_eq!(out.removed, vec![stale]);
         for kept in [shared, touched, fresh] {
             assert!(f.store.stat(&kept).unwrap().is_some());

@@ -1,9 +1,9 @@
 //! The sweep: every stored blob that no repository needs, that nobody referenced during the
 //! run, and whose grace period is over, is removed.
 
-use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
+use super::live::LiveSet;
 use super::run::{Counters, Run};
 use crate::digest::Digest;
 use crate::storage::BlobStore;
@@ -11,15 +11,19 @@ use crate::storage::BlobStore;
 /// Every blob the backend lists. The grace period counts from the later of the blob's modification time
 /// and the blob's last reference: a push that found its layers already stored (or mounted
 /// them) refreshes no file, and its manifest may follow minutes later.
-pub fn sweep(store: &BlobStore, live: &HashSet<Digest>, grace: Duration, run: &Run) -> std::io::Result<()> {
+pub fn sweep(store: &BlobStore, live: &LiveSet, grace: Duration, run: &Run) -> std::io::Result<()> {
     let now = SystemTime::now();
     let touches = store.touches();
     let c = &run.counters;
+    // Only blobs whose grace is over are kept for the removal pass: a store of a million blobs
+    // in their grace period (or live) holds nothing per blob here. A reference made after a
+    // blob was judged is caught by `remove_unless_touched`.
     let mut candidates = Vec::new();
     store
         .list(&mut |blob| {
             Counters::add(&c.blobs_scanned, 1);
-            if live.contains(&blob.digest) {
+            let used = || blob.modified.max(touches.last_reference(&blob.digest).unwrap_or(SystemTime::UNIX_EPOCH));
+            if live.contains(&blob.digest) || !now.duration_since(used()).is_ok_and(|age| age >= grace) {
                 Counters::add(&c.kept, 1);
             } else {
                 candidates.push(blob);
@@ -27,8 +31,7 @@ pub fn sweep(store: &BlobStore, live: &HashSet<Digest>, grace: Duration, run: &R
         })
         .map_err(std::io::Error::other)?;
     for blob in candidates {
-        let used = blob.modified.max(touches.last_reference(&blob.digest).unwrap_or(SystemTime::UNIX_EPOCH));
-        if now.duration_since(used).is_ok_and(|age| age >= grace) && remove_unless_touched(store, &blob.digest)? {
+        if remove_unless_touched(store, &blob.digest)? {
             Counters::add(&c.removed, 1);
             Counters::add(&c.removed_bytes, blob.size);
         } else {

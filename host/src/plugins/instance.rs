@@ -152,18 +152,21 @@ impl Instance {
         }
     }
 
-    pub async fn live_blobs(
+    /// One page of the live set. A 0.2 plugin answers its whole list at once: one page.
+    pub async fn live_blobs_page(
         &self,
         store: &mut Store<CallState>,
         repo: &types::Repository,
-    ) -> wasmtime::Result<Result<Vec<String>, types::HostError>> {
+        cursor: Option<&str>,
+    ) -> wasmtime::Result<Result<types::LivePage, types::HostError>> {
         match self {
-            Instance::V0_3(i) => i.binaryrepo_plugin_format().call_live_blobs(store, repo).await,
+            Instance::V0_3(i) => i.binaryrepo_plugin_format().call_live_blobs_page(store, repo, cursor).await,
+            Instance::V0_2(_) if cursor.is_some() => Ok(Ok(types::LivePage { digests: Vec::new(), next: None })),
             Instance::V0_2(i) => i
                 .binaryrepo_plugin_format()
                 .call_live_blobs(store, &compat::repository(repo))
                 .await
-                .map(|r| r.map_err(compat::host_error_back)),
+                .map(|r| r.map(|digests| types::LivePage { digests, next: None }).map_err(compat::host_error_back)),
         }
     }
 }

@@ -202,7 +202,8 @@ pub struct LoadedPlugin {
 const OUTCOMES: [&str; 3] = ["ok", "failed", "over_budget"];
 
 /// The exports a call is counted under.
-const EXPORTS: [&str; 8] = ["handle", "handle-body", "upload-complete", "file-fetched", "merge", "render-failure", "live-blobs", "cleanup"];
+const EXPORTS: [&str; 8] =
+    ["handle", "handle-body", "upload-complete", "file-fetched", "merge", "render-failure", "live-blobs-page", "cleanup"];
 
 pub struct Plugins {
     engine: Engine,
@@ -572,7 +573,7 @@ impl Plugins {
     }
 
     /// Applies `repo`'s cleanup rules, for garbage collection before the mark: a call with
-    /// `budget` of CPU, like `live_blobs` (it reads the repository's tags and manifests).
+    /// `budget` of CPU that grows with the repository's metadata (it reads its tags and manifests).
     pub async fn cleanup(
         &self,
         plugin: &LoadedPlugin,
@@ -594,14 +595,21 @@ impl Plugins {
         report.map_err(|e| Self::failed(plugin, format!("cleanup: {e}")))
     }
 
-    /// The digests `repo` still needs, for garbage collection: a call with `budget` of CPU (it
-    /// reads all of the repository's metadata, so it takes as long as there is of that).
-    pub async fn live_blobs(&self, plugin: &LoadedPlugin, repo: Arc<Repository>, budget: Duration) -> Result<Vec<String>, PluginError> {
+    /// One page of the digests `repo` still needs, for garbage collection, from `cursor` (none:
+    /// the first): a call with `budget` of CPU, sized for a page. Returns the page's digests and
+    /// where the next page starts (none: that was the last).
+    pub async fn live_blobs_page(
+        &self,
+        plugin: &LoadedPlugin,
+        repo: Arc<Repository>,
+        cursor: Option<&str>,
+        budget: Duration,
+    ) -> Result<types::LivePage, PluginError> {
         let wit = wit_repository(&repo);
-        let listed = call!(self, plugin, "live-blobs", Some(repo), Readable::all(), |f, store| {
+        let listed = call!(self, plugin, "live-blobs-page", Some(repo), Readable::all(), |f, store| {
             store.data_mut().for_collection(budget);
-            f.live_blobs(store, &wit)
+            f.live_blobs_page(store, &wit, cursor)
         })?;
-        listed.map_err(|e| Self::failed(plugin, format!("live-blobs: {e:?}")))
+        listed.map_err(|e| Self::failed(plugin, format!("live-blobs-page: {e:?}")))
     }
 }

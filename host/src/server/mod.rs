@@ -258,8 +258,18 @@ pub const TOKEN_PATH: &str = "/api/token";
 /// The token endpoint: reads its (small) body and answers.
 pub async fn token_endpoint(app: &App, req: Request<Incoming>, client: std::net::IpAddr) -> Response<Body> {
     let (parts, body) = req.into_parts();
-    let body = match http_body_util::Limited::new(body, 64 * 1024).collect().await {
+    // Held to the request-body pace limits: a form sent a byte at a time must not hold the connection.
+    let paced = pace::Paced::new(body, &app.config.request_body);
+    let body = match http_body_util::Limited::new(paced, 64 * 1024).collect().await {
         Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<pace::PaceError>() => {
+            let mut resp = json(
+                StatusCode::REQUEST_TIMEOUT,
+                &serde_json::json!({"error": "invalid_request", "error_description": format!("request body cut: {e}")}),
+            );
+            resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            return resp;
+        }
         Err(_) => {
             return json(
                 StatusCode::PAYLOAD_TOO_LARGE,

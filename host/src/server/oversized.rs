@@ -1,9 +1,11 @@
-//! The answer to a request head over hyper's limits (`431 Request Header Fields Too Large`),
-//! in the format's shape. hyper refuses such a head while parsing it, before there is a request
-//! to route, and writes a bare 431 (no body) that no hook lets the service replace. So the
-//! connection's stream keeps the first bytes of each request it reads, and when hyper writes that
-//! bare head, writes in its place the failure the repository's plugin renders for the request
-//! line and `Host` seen (plain text where no repository answers). Everything else passes through.
+//! The answers hyper writes itself, in the format's shape: a request head it refuses while
+//! parsing it, before there is a request to route — a header block over its limits (`431`), a
+//! request target over 64 KiB (`414`), a malformed request line or header (`400`). hyper writes
+//! these bare (no body) and no hook lets the service replace them. So the connection's stream
+//! keeps the first bytes of each request it reads, and when hyper writes such a bare head, writes
+//! in its place the failure the repository's plugin renders for the request line and `Host` seen
+//! (plain text where no repository answers, or where the request line itself cannot be read).
+//! Everything else passes through.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -27,7 +29,17 @@ use crate::storage::mapped;
 const KEPT: usize = 8 * 1024;
 /// A rendering that takes longer gives way to the plain answer.
 const RENDER_TIMEOUT: Duration = Duration::from_secs(5);
-const MESSAGE: &str = "the request's header block is over the server's limit (too many or too large header fields)";
+
+/// What hyper refused, by the status it answered.
+fn message(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
+            "the request's header block is over the server's limit (too many or too large header fields)"
+        }
+        StatusCode::URI_TOO_LONG => "the request target (path and query) is over the server's limit of 64 KiB",
+        _ => "the request's head is malformed (request line or a header field cannot be parsed)",
+    }
+}
 
 /// Where the connection was accepted: what routing needs besides the request.
 #[derive(Clone)]
@@ -40,8 +52,13 @@ pub struct Listener {
 
 enum State {
     Passing,
+    /// hyper's bare answer with this status is being replaced.
+    Start(StatusCode),
     Rendering(Pin<Box<dyn Future<Output = Bytes> + Send>>),
-    Writing { answer: Bytes, at: usize },
+    Writing {
+        answer: Bytes,
+        at: usize,
+    },
 }
 
 pub struct Oversized<S> {
@@ -59,19 +76,27 @@ impl<S> Oversized<S> {
     }
 }
 
-/// hyper's own answer to a head it could not take: the status line, `connection: close`,
-/// `content-length: 0` and `date`, nothing else. A 431 a handler made has a body, so it is never taken for this.
-fn is_bare_431(buf: &[u8]) -> bool {
-    let Some(rest) = buf.strip_prefix(b"HTTP/1.1 431 ").or_else(|| buf.strip_prefix(b"HTTP/1.0 431 ")) else {
-        return false;
+/// hyper's own answer to a head it could not take: a 400, 414 or 431 status line,
+/// `connection: close`, `content-length: 0` and `date`, nothing else. A refusal a handler made
+/// has a body (and a content type), so it is never taken for this.
+fn bare_refusal(buf: &[u8]) -> Option<StatusCode> {
+    let rest = buf.strip_prefix(b"HTTP/1.1 ").or_else(|| buf.strip_prefix(b"HTTP/1.0 "))?;
+    let status = match rest.get(..4)? {
+        b"400 " => StatusCode::BAD_REQUEST,
+        b"414 " => StatusCode::URI_TOO_LONG,
+        b"431 " => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        _ => return None,
     };
-    let Ok(text) = std::str::from_utf8(rest) else { return false };
-    let Some((_, headers)) = text.split_once("\r\n") else { return false };
-    let Some(headers) = headers.strip_suffix("\r\n\r\n").or_else(|| headers.strip_suffix("\r\n")) else { return false };
-    headers.split("\r\n").filter(|l| !l.is_empty()).all(|l| {
+    let text = std::str::from_utf8(rest).ok()?;
+    let (_, headers) = text.split_once("\r\n")?;
+    let headers = headers.strip_suffix("\r\n\r\n").or_else(|| headers.strip_suffix("\r\n"))?;
+    let mut close = false;
+    let bare = headers.split("\r\n").filter(|l| !l.is_empty()).all(|l| {
         let l = l.to_ascii_lowercase();
+        close |= l == "connection: close";
         l == "content-length: 0" || l == "connection: close" || l.starts_with("date:")
-    })
+    });
+    (bare && close).then_some(status)
 }
 
 /// The request line's method and target, and the `Host` value if it was among the kept bytes.
@@ -88,15 +113,16 @@ fn request_of(head: &[u8]) -> Option<(http::Method, http::Uri, Option<HeaderValu
     Some((method, uri, host))
 }
 
-fn plain() -> http::Response<super::body::Body> {
-    let mut resp = http::Response::new(super::body::full(format!("{MESSAGE}\n")));
+fn plain(status: StatusCode) -> http::Response<super::body::Body> {
+    let mut resp = http::Response::new(super::body::full(format!("{}\n", message(status))));
     resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }
 
 /// The failure as the request's repository renders it (as for an anonymous caller: the head
 /// with the credentials was not read whole).
-async fn rendered(listener: &Listener, head: &[u8]) -> http::Response<super::body::Body> {
+async fn rendered(listener: &Listener, head: &[u8], status: StatusCode) -> http::Response<super::body::Body> {
+    let plain = || plain(status);
     let Some((method, uri, host)) = request_of(head) else { return plain() };
     let path = uri.path();
     if listener.main_listener && (path == "/api" || path.starts_with("/api/") || path == "/metrics") {
@@ -115,22 +141,21 @@ async fn rendered(listener: &Listener, head: &[u8]) -> http::Response<super::bod
         return plain();
     };
     let caller = super::gate::caller(app, &Identity::Anonymous, &resolved);
-    super::render_failure(app, &resolved, &parts, &caller, FailureKind::BadRequest, None, MESSAGE.to_owned()).await
+    super::render_failure(app, &resolved, &parts, &caller, FailureKind::BadRequest, None, message(status).to_owned()).await
 }
 
 /// The whole answer as bytes, `Connection: close` (hyper closes the connection after it).
-async fn answer(listener: Listener, head: Vec<u8>) -> Bytes {
-    let resp = match tokio::time::timeout(RENDER_TIMEOUT, rendered(&listener, &head)).await {
+async fn answer(listener: Listener, head: Vec<u8>, status: StatusCode) -> Bytes {
+    let resp = match tokio::time::timeout(RENDER_TIMEOUT, rendered(&listener, &head, status)).await {
         Ok(resp) => resp,
-        Err(_) => plain(),
+        Err(_) => plain(status),
     };
     let (parts, body) = resp.into_parts();
     let body = match tokio::time::timeout(RENDER_TIMEOUT, body.collect()).await {
         Ok(Ok(b)) => b.to_bytes(),
-        _ => Bytes::from(format!("{MESSAGE}\n")),
+        _ => Bytes::from(format!("{}\n", message(status))),
     };
-    tracing::info!(peer = %listener.peer, "request header block over the limit: 431");
-    let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    tracing::info!(peer = %listener.peer, status = status.as_u16(), "request head refused while parsing it");
     let mut out = format!("HTTP/1.1 {} {}\r\n", status.as_u16(), status.canonical_reason().unwrap_or("")).into_bytes();
     for (k, v) in &parts.headers {
         if matches!(*k, http::header::CONTENT_LENGTH | http::header::CONNECTION | http::header::TRANSFER_ENCODING) {
@@ -152,9 +177,11 @@ impl<S: AsyncWrite + Unpin> Oversized<S> {
     fn poll_replace(&mut self, cx: &mut Context<'_>, claimed: usize) -> Poll<io::Result<usize>> {
         loop {
             match &mut self.state {
-                State::Passing => {
+                // Callers set `Start` first; nothing is pending to replace.
+                State::Passing => return Poll::Ready(Ok(claimed)),
+                State::Start(status) => {
                     let head = std::mem::take(&mut self.head);
-                    self.state = State::Rendering(Box::pin(answer(self.listener.clone(), head)));
+                    self.state = State::Rendering(Box::pin(answer(self.listener.clone(), head, *status)));
                 }
                 State::Rendering(fut) => {
                     let answer = ready!(fut.as_mut().poll(cx));
@@ -173,6 +200,18 @@ impl<S: AsyncWrite + Unpin> Oversized<S> {
                     return Poll::Ready(Ok(claimed));
                 }
             }
+        }
+    }
+
+    /// Whether `buf` is hyper's bare refusal of the head last read, to be replaced (then the
+    /// state says with which status). A `HEAD` request's answer has no body: it stays as it is.
+    fn take_refusal(&mut self, buf: &[u8]) -> bool {
+        match bare_refusal(buf) {
+            Some(status) if !self.head.starts_with(b"HEAD ") => {
+                self.state = State::Start(status);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -209,7 +248,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Oversized<S> {
         if matches!(this.state, State::Passing) && mapped::lookup(buf).is_some() {
             return Pin::new(&mut this.inner).poll_write(cx, buf);
         }
-        if !matches!(this.state, State::Passing) || is_bare_431(buf) {
+        if !matches!(this.state, State::Passing) || this.take_refusal(buf) {
             return this.poll_replace(cx, buf.len());
         }
         this.note_written(buf);
@@ -223,7 +262,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Oversized<S> {
             return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         }
         if let Some(first) = first
-            && (!matches!(this.state, State::Passing) || is_bare_431(first))
+            && (!matches!(this.state, State::Passing) || this.take_refusal(first))
         {
             return this.poll_replace(cx, first.len());
         }
@@ -248,17 +287,29 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Oversized<S> {
 
 #[cfg(test)]
 mod tests {
-    use super::{is_bare_431, request_of};
+    use http::StatusCode;
+
+    use super::{bare_refusal, request_of};
 
     #[test]
     fn only_hypers_bare_head_is_taken_for_the_refusal() {
-        assert!(is_bare_431(
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: Thu, 03 Dec 2026 10:17:00 GMT\r\n\r\n"
-        ));
-        assert!(!is_bare_431(
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\ncontent-length: 12\r\n\r\n"
-        ));
-        assert!(!is_bare_431(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
+        let date = "date: Thu, 03 Dec 2026 10:17:00 GMT";
+        for (line, status) in [
+            ("431 Request Header Fields Too Large", StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+            ("414 URI Too Long", StatusCode::URI_TOO_LONG),
+            ("400 Bad Request", StatusCode::BAD_REQUEST),
+        ] {
+            let head = format!("HTTP/1.1 {line}\r\nconnection: close\r\ncontent-length: 0\r\n{date}\r\n\r\n");
+            assert_eq!(bare_refusal(head.as_bytes()), Some(status), "{head}");
+        }
+        assert!(
+            bare_refusal(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\ncontent-length: 12\r\n\r\n")
+                .is_none()
+        );
+        // a handler's empty 400 on a connection kept alive is its own
+        assert!(bare_refusal(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").is_none());
+        assert!(bare_refusal(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n").is_none());
+        assert!(bare_refusal(b"HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n").is_none());
     }
 
     #[test]

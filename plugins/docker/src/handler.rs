@@ -3,8 +3,8 @@
 use crate::access;
 use crate::catalog;
 use crate::contract::{
-    CleanupReport, CleanupRules, Failure, FailureKind, Host, HostError, Level, Plan, PluginInfo,
-    RepoType, Repository, Request, Response, UploadOutcome, header,
+    CleanupReport, CleanupRules, Failure, FailureKind, Host, HostError, Level, LivePage, Plan,
+    PluginInfo, RepoType, Repository, Request, Response, UploadOutcome, header,
 };
 use crate::error::{API_VERSION, API_VERSION_HEADER, ErrorCode, RegistryError};
 use crate::gc;
@@ -51,8 +51,12 @@ impl binaryrepo_plugin_sdk::Format for Docker {
     fn render_failure(req: &Request, failure: &Failure) -> Response {
         render_failure(req, failure)
     }
-    fn live_blobs(host: &impl Host, repo: &Repository) -> Result<Vec<String>, HostError> {
-        live_blobs(host, repo)
+    fn live_blobs_page(
+        host: &impl Host,
+        repo: &Repository,
+        cursor: Option<&str>,
+    ) -> Result<LivePage, HostError> {
+        gc::live_blobs_page(host, repo, cursor)
     }
     fn cleanup(
         host: &impl Host,
@@ -100,9 +104,11 @@ pub fn render_failure(req: &Request, failure: &Failure) -> Response {
     finish_response(error.to_response(), &req.method)
 }
 
-/// Garbage collection: the digests `repo` still needs (`gc`). An error means "do not collect".
+/// Garbage collection: every page of the digests `repo` still needs (`gc`), for tests. An
+/// error means "do not collect".
+#[cfg(test)]
 pub fn live_blobs(host: &impl Host, repo: &Repository) -> Result<Vec<String>, HostError> {
-    gc::live_blobs(host, repo)
+    <Docker as binaryrepo_plugin_sdk::Format>::live_blobs(host, repo)
 }
 
 /// The error as the client gets it, logged: server faults as warnings, client mistakes for

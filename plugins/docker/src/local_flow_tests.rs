@@ -1434,6 +1434,10 @@ fn a_collection_walks_in_pages_and_marks_tagged_images() {
     }
     want.sort();
     h.keys_listed.set(0);
+    // one call answers one page, never the whole set
+    let first = crate::gc::live_blobs_page(&h, &remote, None).unwrap();
+    assert!(first.next.is_some(), "2,500 tags in one page");
+    assert!(first.digests.len() <= binaryrepo_plugin_sdk::live::KEYS_PER_PAGE);
     assert_eq!(live_blobs(&h, &remote).unwrap(), want);
     for name in ["library/redis", "old/app"] {
         assert!(
@@ -1452,7 +1456,7 @@ fn a_collection_walks_in_pages_and_marks_tagged_images() {
 
 #[test]
 fn a_remote_collection_drops_held_links_to_nothing_and_pending_ones_at_the_second_miss() {
-    // guards gc::drop_dangling_remote_links: an old version linked before its fetch, so a failed
+    // guards gc::drop_dangling_remote_link: an old version linked before its fetch, so a failed
     // fetch left a held link that would let the name see the digest once stored for another
     let h = fake_host(Registry::new(UPSTREAM, UpstreamAuth::Open));
     let remote = repository("docker-remote", RepoType::Remote, false);

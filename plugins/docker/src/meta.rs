@@ -30,11 +30,11 @@ use binaryrepo_plugin_sdk::meta::{keys, keys_in};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-const TAG: &str = "tag/";
-const MANIFEST: &str = "manifest/";
-const BLOB: &str = "blob/";
+pub(crate) const TAG: &str = "tag/";
+pub(crate) const MANIFEST: &str = "manifest/";
+pub(crate) const BLOB: &str = "blob/";
 const IMAGE: &str = "image/";
-const IMAGE_MANIFEST: &str = "image-manifest/";
+pub(crate) const IMAGE_MANIFEST: &str = "image-manifest/";
 const REFERRER: &str = "referrer/";
 /// What a marker or link key holds: its presence is the information.
 const PRESENT: &[u8] = b"{}";
@@ -352,19 +352,34 @@ pub fn has_tags(host: &impl Host, name: &Name) -> Result<bool, HostError> {
 
 /// Every `image-manifest` record: (image, digest, record), walked a page of keys at a time. A
 /// record that no longer parses still names its digest, with an empty record.
+/// The image and digest an `image-manifest` key names.
+pub fn parse_image_manifest_key(key: &str) -> Option<(Name, Digest)> {
+    let (name, digest) = key
+        .strip_prefix(IMAGE_MANIFEST)
+        .and_then(|rest| rest.split_once('@'))?;
+    Some((Name::parse(name).ok()?, Digest::parse(digest).ok()?))
+}
+
+/// The digest a `blob/` link key names.
+pub fn parse_blob_link_key(key: &str) -> Option<Digest> {
+    key.strip_prefix(BLOB)
+        .and_then(|rest| rest.split_once('/'))
+        .and_then(|(d, _)| Digest::parse(d).ok())
+}
+
+/// The digest a `manifest/` record key names.
+pub fn parse_manifest_record_key(key: &str) -> Option<Digest> {
+    key.strip_prefix(MANIFEST)
+        .and_then(|d| Digest::parse(d).ok())
+}
+
 pub fn each_image_manifest(
     host: &impl Host,
     mut f: impl FnMut(Name, Digest, Option<ImageManifest>) -> Result<(), HostError>,
 ) -> Result<(), HostError> {
     for key in keys(host, IMAGE_MANIFEST) {
         let key = key?;
-        let Some((name, digest)) = key
-            .strip_prefix(IMAGE_MANIFEST)
-            .and_then(|rest| rest.split_once('@'))
-        else {
-            continue;
-        };
-        let (Ok(name), Ok(digest)) = (Name::parse(name), Digest::parse(digest)) else {
+        let Some((name, digest)) = parse_image_manifest_key(&key) else {
             continue;
         };
         let record = get_json(host, &key)?;
@@ -383,40 +398,6 @@ pub fn all_image_manifests(
         Ok(())
     })?;
     Ok(out)
-}
-
-/// Every blob link: (digest, key), walked a page of keys at a time.
-pub fn each_blob_link(
-    host: &impl Host,
-    mut f: impl FnMut(Digest, String) -> Result<(), HostError>,
-) -> Result<(), HostError> {
-    for key in keys(host, BLOB) {
-        let key = key?;
-        let digest = key
-            .strip_prefix(BLOB)
-            .and_then(|rest| rest.split_once('/'))
-            .and_then(|(d, _)| Digest::parse(d).ok());
-        if let Some(digest) = digest {
-            f(digest, key)?;
-        }
-    }
-    Ok(())
-}
-
-/// Digests with a `manifest/` record (remote: every manifest cached), a page at a time.
-pub fn each_manifest_record(
-    host: &impl Host,
-    mut f: impl FnMut(Digest) -> Result<(), HostError>,
-) -> Result<(), HostError> {
-    for key in keys(host, MANIFEST) {
-        if let Some(d) = key?
-            .strip_prefix(MANIFEST)
-            .and_then(|d| Digest::parse(d).ok())
-        {
-            f(d)?;
-        }
-    }
-    Ok(())
 }
 
 /// Every tag link of the repository: (key, link), a page of keys at a time.
@@ -454,7 +435,7 @@ pub fn list_tags(host: &impl Host, name: &Name) -> Result<Vec<String>, HostError
     tags_after(host, name, None, None).collect()
 }
 
-fn get_json<T: for<'de> Deserialize<'de>>(
+pub(crate) fn get_json<T: for<'de> Deserialize<'de>>(
     host: &impl Host,
     key: &str,
 ) -> Result<Option<T>, HostError> {

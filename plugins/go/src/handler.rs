@@ -1,8 +1,8 @@
 //! The entry points of the `format` interface: routing by repository type and path.
 
 use crate::contract::{
-    Failure, FailureKind, FetchedFile, Host, HostError, MemberAnswer, Mount, Plan, PluginInfo,
-    RepoType, Repository, Request, Response, UploadOutcome,
+    Failure, FailureKind, FetchedFile, Host, HostError, LivePage, MemberAnswer, Mount, Plan,
+    PluginInfo, RepoType, Repository, Request, Response, UploadOutcome,
 };
 use crate::error::GoError;
 use crate::module;
@@ -117,11 +117,15 @@ impl Format for Go {
         with_challenge(e.text()).for_method(&req.method)
     }
 
-    fn live_blobs(host: &impl Host, repo: &Repository) -> Result<Vec<String>, HostError> {
+    fn live_blobs_page(
+        host: &impl Host,
+        repo: &Repository,
+        cursor: Option<&str>,
+    ) -> Result<LivePage, HostError> {
         match repo.repo_type {
-            RepoType::Local => local::live_blobs(host),
-            RepoType::Remote => remote::live_blobs(host),
-            RepoType::Virtual => Ok(Vec::new()),
+            RepoType::Local => local::live_blobs_page(host, cursor),
+            RepoType::Remote => remote::live_blobs_page(host, cursor),
+            RepoType::Virtual => Ok(LivePage::default()),
         }
     }
 }

@@ -2,10 +2,13 @@
 //! served back with a generated `list` and `@latest`. A version's files never change: the same
 //! bytes again are accepted, other bytes are refused with 409.
 
-use crate::contract::{Host, HostError, Plan, ReceiveUpload, Request, Response, UploadOutcome};
+use crate::contract::{
+    Host, HostError, LivePage, Plan, ReceiveUpload, Request, Response, UploadOutcome,
+};
 use crate::error::GoError;
 use crate::module::{self, Ext, ModulePath, Route, Version};
 use crate::zipcheck::{self, ZipError};
+use binaryrepo_plugin_sdk::live::{self, Step};
 use binaryrepo_plugin_sdk::{http, meta};
 use serde::{Deserialize, Serialize};
 
@@ -43,16 +46,22 @@ const CATALOG_MAX: usize = 10_000;
 /// `GET /@modules`: the modules this repository holds, for the web page (the GOPROXY protocol
 /// has no catalog; `@` cannot start a module path, so no module is shadowed).
 pub fn catalog(host: &impl Host) -> Result<Response, GoError> {
-    let mut modules: Vec<String> = host
-        .meta_list(PREFIX)?
-        .iter()
-        .filter_map(|k| k.strip_prefix(PREFIX)?.split_once("/@v/").map(|(m, _)| m))
-        .filter_map(|m| module::unescape(m).ok())
-        .collect();
-    modules.sort();
-    modules.dedup();
+    // a page of keys at a time, and no further than the catalog shows
+    let mut modules = std::collections::BTreeSet::new();
+    for k in meta::keys(host, PREFIX) {
+        let k = k?;
+        let Some((m, _)) = k[PREFIX.len()..].split_once("/@v/") else {
+            continue;
+        };
+        if let Ok(m) = module::unescape(m) {
+            modules.insert(m);
+        }
+        if modules.len() > CATALOG_MAX {
+            break;
+        }
+    }
     let more = modules.len() > CATALOG_MAX;
-    modules.truncate(CATALOG_MAX);
+    let modules: Vec<String> = modules.into_iter().take(CATALOG_MAX).collect();
     Ok(http::json(
         200,
         &serde_json::json!({ "modules": modules, "truncated": more }),
@@ -63,7 +72,8 @@ pub fn catalog(host: &impl Host) -> Result<Response, GoError> {
 fn versions(host: &impl Host, m: &ModulePath) -> Result<Vec<Version>, GoError> {
     let prefix = versions_prefix(m);
     let mut out: Vec<Version> = Vec::new();
-    for k in host.meta_list(&prefix)? {
+    for k in meta::keys(host, &prefix) {
+        let k = k?;
         let Some(v) = k[prefix.len()..].strip_suffix(".zip") else {
             continue;
         };
@@ -305,10 +315,15 @@ fn store_zip(
     record(host, req, &key(m, v, Ext::Zip), file.digest, file.size)
 }
 
-/// Garbage collection: every published file.
-pub fn live_blobs(host: &impl Host) -> Result<Vec<String>, HostError> {
-    let stored: Vec<Stored> = meta::records(host, PREFIX)?;
-    Ok(stored.into_iter().map(|s| s.digest).collect())
+/// Garbage collection: every published file, a page at a time.
+pub fn live_blobs_page(host: &impl Host, cursor: Option<&str>) -> Result<LivePage, HostError> {
+    live::page(
+        host,
+        cursor,
+        &mut [Step::records(host, PREFIX, |s: Stored, live| {
+            live.push(s.digest)
+        })],
+    )
 }
 
 /// The route a PUT names (upload-complete and handle-body see the request again).

@@ -6,11 +6,12 @@
 //! `checksum_databases` setting names are proxied (default: `sum.golang.org`).
 
 use crate::contract::{
-    FetchFile, FetchedFile, Host, HostError, Level, Plan, Request, ServeBlob, UpstreamRequest,
-    header,
+    FetchFile, FetchedFile, Host, HostError, Level, LivePage, Plan, Request, ServeBlob,
+    UpstreamRequest, header,
 };
 use crate::error::GoError;
 use crate::module::Route;
+use binaryrepo_plugin_sdk::live::{self, Step};
 use binaryrepo_plugin_sdk::{http, meta};
 use serde::{Deserialize, Serialize};
 
@@ -236,13 +237,15 @@ fn not_found(status: u16) -> GoError {
     GoError::new(status, "not found upstream")
 }
 
-/// Garbage collection: every immutable file and the last answer of every mutable path.
-pub fn live_blobs(host: &impl Host) -> Result<Vec<String>, HostError> {
-    let files: Vec<CachedFile> = meta::records(host, FILE_PREFIX)?;
-    let docs: Vec<CachedDoc> = meta::records(host, DOC_PREFIX)?;
-    Ok(files
-        .into_iter()
-        .map(|f| f.digest)
-        .chain(docs.into_iter().map(|d| d.digest))
-        .collect())
+/// Garbage collection: every immutable file and the last answer of every mutable path, a
+/// page at a time.
+pub fn live_blobs_page(host: &impl Host, cursor: Option<&str>) -> Result<LivePage, HostError> {
+    live::page(
+        host,
+        cursor,
+        &mut [
+            Step::records(host, FILE_PREFIX, |f: CachedFile, live| live.push(f.digest)),
+            Step::records(host, DOC_PREFIX, |d: CachedDoc, live| live.push(d.digest)),
+        ],
+    )
 }

@@ -2,10 +2,13 @@
 //! `PUT /<name>-<version>.tgz`, listed in a generated index.yaml with relative URLs.
 
 use crate::chart::{self, ChartMeta, ChartName, ChartVersion};
-use crate::contract::{Host, HostError, Plan, ReceiveUpload, Request, Response, UploadOutcome};
+use crate::contract::{
+    Host, HostError, LivePage, Plan, ReceiveUpload, Request, Response, UploadOutcome,
+};
 use crate::document::{self, Reader, Source, Writer};
 use crate::error::HelmError;
 use crate::time;
+use binaryrepo_plugin_sdk::live::{self, Step};
 use binaryrepo_plugin_sdk::{http, meta};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -51,7 +54,8 @@ pub fn entry(name: &str, version: &str, s: &Stored) -> Value {
 /// Every stored version: name -> [(version, stored)], newest version first.
 fn all(host: &impl Host) -> Result<Vec<(String, Vec<(String, Stored)>)>, HelmError> {
     let mut charts: Vec<(String, Vec<(String, Stored)>)> = Vec::new();
-    for key in host.meta_list(CHART_PREFIX)? {
+    for key in meta::keys(host, CHART_PREFIX) {
+        let key = key?;
         let Some((name, version)) = key[CHART_PREFIX.len()..].split_once('/') else {
             continue;
         };
@@ -357,11 +361,13 @@ fn find_all(host: &impl Host, id: &str, size: u64, needle: &[u8]) -> Result<Vec<
 }
 
 /// Garbage collection: every stored chart and provenance file.
-pub fn live_blobs(host: &impl Host) -> Result<Vec<String>, HostError> {
-    let mut live = Vec::new();
-    for s in meta::records::<Stored>(host, CHART_PREFIX)? {
-        live.push(s.digest);
-        live.extend(s.prov);
-    }
-    Ok(live)
+pub fn live_blobs_page(host: &impl Host, cursor: Option<&str>) -> Result<LivePage, HostError> {
+    live::page(
+        host,
+        cursor,
+        &mut [Step::records(host, CHART_PREFIX, |s: Stored, live| {
+            live.push(s.digest);
+            live.extend(s.prov);
+        })],
+    )
 }

@@ -2,11 +2,13 @@
 //! URLs go through this repository, and charts cached forever (verified by the index digest).
 
 use crate::contract::{
-    FetchBlob, FetchFile, FetchedFile, Host, HostError, Plan, Request, UpstreamRequest, header,
+    FetchBlob, FetchFile, FetchedFile, Host, HostError, LivePage, Plan, Request, UpstreamRequest,
+    header,
 };
 use crate::document::{self, Source, Writer};
 use crate::error::HelmError;
 use crate::rewrite::{self, Rewriter};
+use binaryrepo_plugin_sdk::live::{self, Step};
 use binaryrepo_plugin_sdk::{http, meta};
 use serde::{Deserialize, Serialize};
 
@@ -335,15 +337,22 @@ fn find(
 }
 
 /// Garbage collection: the served index, its sidecar and every cached chart.
-pub fn live_blobs(host: &impl Host) -> Result<Vec<String>, HostError> {
-    let mut live = Vec::new();
-    if let Some(bytes) = host.meta_get(INDEX_KEY)?
-        && let Ok(c) = serde_json::from_slice::<CachedIndex>(&bytes)
-    {
-        live.push(c.digest);
-        live.push(c.sidecar);
-    }
-    let files: Vec<CachedFile> = meta::records(host, FILE_PREFIX)?;
-    live.extend(files.into_iter().map(|f| f.digest));
-    Ok(live)
+pub fn live_blobs_page(host: &impl Host, cursor: Option<&str>) -> Result<LivePage, HostError> {
+    live::page(
+        host,
+        cursor,
+        &mut [
+            Step::mark(INDEX_KEY, |key, live| {
+                if key == INDEX_KEY
+                    && let Some(bytes) = host.meta_get(INDEX_KEY)?
+                    && let Ok(c) = serde_json::from_slice::<CachedIndex>(&bytes)
+                {
+                    live.push(c.digest);
+                    live.push(c.sidecar);
+                }
+                Ok(())
+            }),
+            Step::records(host, FILE_PREFIX, |f: CachedFile, live| live.push(f.digest)),
+        ],
+    )
 }

@@ -302,6 +302,15 @@ pub struct CleanupReport {
     pub manifests_removed: u64,
 }
 
+/// One page of the digests a repository still needs (`live-blobs-page`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LivePage {
+    /// digests found on this page (repeats are fine)
+    pub digests: Vec<String>,
+    /// where the next page starts; none: this was the last
+    pub next: Option<String>,
+}
+
 /// The capabilities the host grants (the imported interfaces), so the logic can run against a fake.
 pub trait Host {
     fn log(&self, level: Level, message: &str);

@@ -44,8 +44,37 @@ pub trait Format {
     /// The client-facing response for a failure the host met or a request it refused.
     fn render_failure(req: &Request, failure: &Failure) -> Response;
 
-    /// Garbage collection: every blob the repository still needs (an error collects nothing).
-    fn live_blobs(host: &impl Host, repo: &Repository) -> Result<Vec<String>, HostError>;
+    /// Garbage collection: one page of the blobs the repository still needs, from `cursor`
+    /// (none: the first page). `crate::live::page` cuts a walk of metadata keys into pages.
+    /// An error collects nothing.
+    fn live_blobs_page(
+        host: &impl Host,
+        repo: &Repository,
+        cursor: Option<&str>,
+    ) -> Result<LivePage, HostError>;
+
+    /// Every page of `live_blobs_page` at once, sorted, each digest once: for tests, never for
+    /// the host (which takes the pages one at a time).
+    fn live_blobs(host: &impl Host, repo: &Repository) -> Result<Vec<String>, HostError> {
+        let (mut all, mut cursor) = (Vec::new(), None::<String>);
+        loop {
+            let page = Self::live_blobs_page(host, repo, cursor.as_deref())?;
+            all.extend(page.digests);
+            match page.next {
+                Some(next) if Some(&next) != cursor.as_ref() => cursor = Some(next),
+                Some(next) => {
+                    return Err(HostError::Internal(format!(
+                        "live-blobs-page stuck at {next:?}"
+                    )));
+                }
+                None => {
+                    all.sort();
+                    all.dedup();
+                    return Ok(all);
+                }
+            }
+        }
+    }
 
     /// Garbage collection, before `live_blobs`: remove what a local repository's cleanup rules
     /// select from the format's metadata. A format that has no notion of tags answers that it

@@ -67,9 +67,17 @@ pub fn render_failure<F: Format>(request: wit::Request, failure: wit::Failure) -
     ))
 }
 
-pub fn live_blobs<F: Format>(repository: wit::Repository) -> Result<Vec<String>, wit::HostError> {
-    // An error makes the host collect nothing: an incomplete list would delete live blobs.
-    F::live_blobs(&WitHost, &repository_in(repository)).map_err(host_error_out)
+pub fn live_blobs_page<F: Format>(
+    repository: wit::Repository,
+    cursor: Option<String>,
+) -> Result<wit::LivePage, wit::HostError> {
+    // An error makes the host collect nothing: an incomplete set would delete live blobs.
+    F::live_blobs_page(&WitHost, &repository_in(repository), cursor.as_deref())
+        .map(|p| wit::LivePage {
+            digests: p.digests,
+            next: p.next,
+        })
+        .map_err(host_error_out)
 }
 
 pub fn cleanup<F: Format>(

@@ -9,6 +9,7 @@ pub mod contract;
 pub mod error;
 pub mod format;
 pub mod http;
+pub mod live;
 pub mod meta;
 pub mod time;
 
@@ -61,8 +62,11 @@ macro_rules! export_format {
                 fn render_failure(request: wit::Request, failure: wit::Failure) -> wit::Response {
                     $crate::guest::render_failure::<$format>(request, failure)
                 }
-                fn live_blobs(repository: wit::Repository) -> Result<Vec<String>, wit::HostError> {
-                    $crate::guest::live_blobs::<$format>(repository)
+                fn live_blobs_page(
+                    repository: wit::Repository,
+                    cursor: Option<String>,
+                ) -> Result<wit::LivePage, wit::HostError> {
+                    $crate::guest::live_blobs_page::<$format>(repository, cursor)
                 }
                 fn cleanup(
                     repository: wit::Repository,

@@ -271,14 +271,21 @@ impl Guest for Component {
         Err("the probe format has no tags to clean up".into())
     }
 
-    fn live_blobs(_repository: wit::Repository) -> Result<Vec<String>, wit::HostError> {
+    fn live_blobs_page(
+        _repository: wit::Repository,
+        _cursor: Option<String>,
+    ) -> Result<wit::LivePage, wit::HostError> {
+        // the probe's files are few: one page
         let mut live = Vec::new();
         for key in meta::keys("file/")? {
             if let Some(d) = meta::get(&key)? {
                 live.push(String::from_utf8_lossy(&d).into_owned());
             }
         }
-        Ok(live)
+        Ok(wit::LivePage {
+            digests: live,
+            next: None,
+        })
     }
 }
 
