@@ -2,8 +2,13 @@
 
 - G1 warm: binaryrepo (a `go` remote repository, every file already cached) vs nginx serving the same GOPROXY tree
   as static files from disk; each run with an empty module cache, GOSUMDB off (verification is client CPU, the
-  same for both). Wall time of `go mod download`, mean ± σ of at least 15 runs, taken in turns; target ≤ 1.0×
-  nginx.
+  same for both). After two warm-up runs each, at least 21 runs per peer in alternating pairs (AB, BA, ...).
+  Wall time of `go mod download`: median with its interquartile range (and mean ± σ); the verdict is the ratio of
+  the medians, target ≤ 1.0× nginx. Both peers write an access line per request, batched the same way
+  (binaryrepo's default: written at most 50 ms later; nginx `access_log ... buffer=64k flush=50ms`).
+  The server's CPU (user + system, all threads / workers, /proc) per request is reported twice: over the timed
+  `go` runs (180 requests a run), and over a tight keep-alive loop (`wrk -t1 -c1`, round robin over the same 180
+  files) where the client's noise is smallest.
 - G2 cold: `--clients` concurrent `go mod download` of the whole set through a binaryrepo with an empty store; the
   upstream (harness/goproxy.py, a small delay on each .zip so that the clients overlap) counts requests per path.
   Target: every immutable file (.info, .mod, .zip) requested upstream exactly once.
@@ -12,11 +17,15 @@ Built on the e2e harness (harness/goproxy.py, harness/binaryrepo.py).
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
+import statistics
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import helm_bench
 import peers
 from harness.binaryrepo import BinaryRepo  # noqa: E402  (peers put tests/e2e on sys.path)
 from harness.goproxy import GoProxy, clean, esc, go, go_available, go_env, make_module, module_zip  # noqa: E402
@@ -24,6 +33,8 @@ from harness.goproxy import GoProxy, clean, esc, go, go_available, go_env, make_
 MODULES = 30
 VERSIONS = ("v1.0.0", "v1.1.0")  # 60 module versions
 PAYLOAD = 48 << 10  # bytes of source per module version (incompressible-ish text)
+WARM_RUNS = 21  # per peer at least: a run takes under a second and its spread is the `go` command's own
+LOOP_SECONDS = 5  # per peer and round of the keep-alive loop
 
 def module_set(root: Path) -> list[str]:
     """Write the module versions into a GOPROXY tree; returns their `path@version` names."""
@@ -57,7 +68,30 @@ def download(home: Path, proxy: str, names: list[str]) -> float:
     return time.monotonic() - t0
 
 
-def run(bench, Series, verdict, fmt_ratio, log):
+def files(names: list[str]) -> list[str]:
+    """the GOPROXY paths `go mod download` asks for: .info, .mod and .zip of each version"""
+    out = []
+    for n in names:
+        mod, v = n.split("@")
+        out += [f"/{esc(mod)}/@v/{v}.{ext}" for ext in ("info", "mod", "zip")]
+    return out
+
+
+def keepalive_cpu(work: Path, base: str, pid: int, paths: list[str], tree_cpu_seconds) -> tuple[float, int]:
+    """(server CPU seconds, requests) of `wrk -t1 -c1` round-robin over `paths` for LOOP_SECONDS"""
+    prefix = base.split("://", 1)[1].partition("/")[2]
+    script = helm_bench.round_robin_script(work / f"loop-{pid}.lua", [f"/{prefix}{p}" if prefix else p for p in paths])
+    c0 = tree_cpu_seconds(pid)
+    r = subprocess.run(["wrk", "-t1", "-c1", f"-d{LOOP_SECONDS}s", "-s", str(script), base], capture_output=True,
+                       text=True, timeout=LOOP_SECONDS + 60)
+    cpu = tree_cpu_seconds(pid) - c0
+    m = re.search(r"(\d+) requests in", r.stdout)
+    if r.returncode != 0 or not m or "Non-2xx" in r.stdout:
+        raise RuntimeError(f"wrk {base}: rc={r.returncode}\n{r.stdout}\n{r.stderr}")
+    return cpu, int(m.group(1))
+
+
+def run(bench, Series, verdict, fmt_ratio, log, tree_cpu_seconds):
     warm_row, cold_row = bench.rows["G1"], bench.rows["G2"]
     if not go_available() or not shutil.which("nginx"):
         warm_row.verdict = cold_row.verdict = "n/a"
@@ -67,27 +101,51 @@ def run(bench, Series, verdict, fmt_ratio, log):
     tree = work / "tree"
     names = module_set(tree)
     up = GoProxy(tree, zip_delay=0.05).start()
-    nginx = peers.NginxStatic(work, "nginx-static", tree, access_log=False).start()
+    # binaryrepo writes an access line per request, batched (default); so does the peer
+    nginx = peers.NginxStatic(work, "nginx-static", tree, log_flush="50ms").start()
     repos = [{"name": "go-remote", "type": "remote", "format": "go", "url": up.url, "tag_check_seconds": 3600}]
     br = BinaryRepo(work, "br-go", repositories=repos).start()
     try:
         targets = {"binaryrepo": f"{br.url}/go/go-remote", "nginx": nginx.url}
-        for p, url in targets.items():  # warm-up: binaryrepo's store, the page cache, go's build of itself
-            download(work / "home", url, names)
+        pids = {"binaryrepo": br.pid, "nginx": nginx.pid()}
+        for _ in range(2):  # warm-up: binaryrepo's store and plan reuse, the page cache, go's build of itself
+            for p, url in targets.items():
+                download(work / "home", url, names)
         res = {p: Series() for p in targets}
-        # a run takes a fraction of a second and its spread is the go command's own: more runs than
-        # the other workloads' so that the mean means something
-        for i in range(max(15, bench.args.runs)):
+        cpu = {p: 0.0 for p in targets}
+        pairs = []
+        for i in range(max(WARM_RUNS, bench.args.runs)):
+            took = {}
             for p in (list(targets) if i % 2 == 0 else list(targets)[::-1]):
-                res[p].add(download(work / "home", targets[p], names))
-        log("go warm: " + ", ".join(f"{p} {res[p].fmt(1000, 'ms')}" for p in targets))
+                c0 = tree_cpu_seconds(pids[p])
+                took[p] = download(work / "home", targets[p], names)
+                cpu[p] += tree_cpu_seconds(pids[p]) - c0
+                res[p].add(took[p])
+            pairs.append(took["binaryrepo"] / took["nginx"])
+        per_run = 3 * len(names)
+        go_cpu = {p: cpu[p] * 1e6 / (per_run * len(res[p].values)) for p in targets}
+        loop = {p: [0.0, 0] for p in targets}
+        for i in range(2):
+            for p in (list(targets) if i % 2 == 0 else list(targets)[::-1]):
+                c, n = keepalive_cpu(work, targets[p], pids[p], files(names), tree_cpu_seconds)
+                loop[p][0] += c
+                loop[p][1] += n
+        loop_cpu = {p: loop[p][0] * 1e6 / max(1, loop[p][1]) for p in targets}
+        log("go warm: " + ", ".join(f"{p} {res[p].fmt_median(1000, 'ms')}" for p in targets))
         for p in targets:
-            warm_row.values[p] = res[p].fmt(1000, "ms")
-        r = res["binaryrepo"].mean / res["nginx"].mean
-        warm_row.ratios = [fmt_ratio(r, "nginx (static files)")]
+            warm_row.values[p] = res[p].fmt_median(1000, "ms")
+        r = res["binaryrepo"].median / res["nginx"].median
+        warm_row.ratios = [fmt_ratio(r, "nginx (static files), medians"),
+                           f"pairs: median {statistics.median(pairs):.2f}× ({min(pairs):.2f}–{max(pairs):.2f}×)"]
         warm_row.verdict = verdict(r <= 1.0)
         warm_row.raw = {p: res[p].values for p in targets}
-        bench.notes.append(f"G1: {len(names)} module versions ({sum((tree / esc(n.split('@')[0]) / '@v' / (n.split('@')[1] + '.zip')).stat().st_size for n in names):,} bytes of zips); the nginx column is nginx serving the tree from disk, not a cache.")
+        warm_row.raw["server_cpu_us_per_request"] = {"go runs": go_cpu, "keep-alive loop": loop_cpu,
+                                                     "loop requests": {p: loop[p][1] for p in targets}}
+        bench.notes.append(f"G1: {len(names)} module versions ({sum((tree / esc(n.split('@')[0]) / '@v' / (n.split('@')[1] + '.zip')).stat().st_size for n in names):,} bytes of zips); the nginx column is nginx serving the tree from disk, not a cache, with buffered access lines as binaryrepo's.")
+        bench.notes.append("G1: server CPU (user + system, all threads / workers) per request: during the `go` runs "
+                           + ", ".join(f"{p} {go_cpu[p]:,.1f} µs" for p in targets)
+                           + f"; keep-alive loop (wrk -t1 -c1, 2 × {LOOP_SECONDS} s each) "
+                           + ", ".join(f"{p} {loop_cpu[p]:,.1f} µs ({loop[p][1] / (2 * LOOP_SECONDS):,.0f} requests/s)" for p in targets))
 
         # cold: a second remote repository with an empty store, `clients` concurrent downloads
         br.create(name="go-cold", type="remote", format="go", url=up.url, tag_check_seconds=3600)

@@ -326,18 +326,23 @@ http {{
 
 class NginxStatic(Nginx):
     """nginx serving `root` from disk. `types`: file extension -> Content-Type. With `access_log`, `hits(path)`
-    counts GETs of a path (nginx writes each line as the request ends)."""
+    counts GETs of a path (nginx writes each line as the request ends). `log_flush` ("50ms"): access lines are
+    buffered (64 KiB per worker) and written at most that long after the request, as binaryrepo batches its own;
+    `hits` then lags by as much."""
 
     def __init__(self, workdir: Path, name: str, root: Path, types: dict[str, str] | None = None,
-                 access_log: bool = True):
+                 access_log: bool = True, log_flush: str | None = None):
         super().__init__(workdir, name)
         self.root = Path(root)
         self.types = types or {}
         self.access_log = access_log
+        self.log_flush = log_flush
 
     def conf(self) -> str:
         types = " ".join(f"{ctype} {ext};" for ext, ctype in self.types.items())
         log = f"{self.dir}/logs/access.log" if self.access_log else "off"
+        if self.access_log and self.log_flush:
+            log += f" combined buffer=64k flush={self.log_flush}"
         return NGINX_STATIC_CONF.format(dir=self.dir, port=self.port, root=self.root, types=types, access_log=log)
 
     def hits(self, path: str) -> int:
