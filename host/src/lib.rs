@@ -113,7 +113,11 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
     let metrics = Arc::new(metrics::Metrics::new());
     let upstream = Arc::new(Upstream::new(config.upstream.clone(), metrics.clone())?);
     let uploads = Uploads::open(layout.uploads(), store.clone(), config.uploads.clone())
-        .map_err(|source| StartError::DataDir { path: layout.uploads(), source })?;
+        .map_err(|source| StartError::DataDir { path: layout.uploads(), source })?
+        .shared_with(&meta);
+    if uploads.is_shared() {
+        tracing::info!("upload sessions: in the shared store (a chunked push may move between nodes)");
+    }
     let repos = Arc::new(Repos::new(layout.repositories(), config.listen.port()).shared(meta.clone()));
     let caps = Arc::new(Capabilities {
         store: store.clone(),
