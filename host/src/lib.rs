@@ -109,6 +109,7 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
     tracing::info!(backend = backend.kind(), "blob storage");
     let store = BlobStore::on(layout.clone(), backend)?;
     let meta = open_metadata(&config, &layout).await?;
+    store.touches().share(meta.clone());
     let gc = gc::Gc::new(storage::access::AccessLog::new(meta.clone()));
     let metrics = Arc::new(metrics::Metrics::new());
     let upstream = Arc::new(Upstream::new(config.upstream.clone(), metrics.clone())?);

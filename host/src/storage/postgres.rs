@@ -53,6 +53,10 @@ CREATE TABLE IF NOT EXISTS binaryrepo_uploads (
     touched bigint NOT NULL,
     PRIMARY KEY (repo, id)
 );
+CREATE TABLE IF NOT EXISTS binaryrepo_touches (
+    digest text COLLATE "C" PRIMARY KEY,
+    at     bigint NOT NULL
+);
 CREATE TABLE IF NOT EXISTS binaryrepo_documents (
     name    text PRIMARY KEY,
     body    bytea NOT NULL,
@@ -363,6 +367,38 @@ impl PgMeta {
             let row = c.query_one("SELECT body FROM binaryrepo_documents WHERE name = $1", &[&name]).map_err(pg)?;
             Ok(row.get(0))
         })
+    }
+}
+
+/// Blob references for garbage collection (`storage::touch`).
+impl PgMeta {
+    /// Records references (digest, unix seconds); a later time of any node wins.
+    pub fn record_touches(&self, batch: &[(String, u64)]) -> Result<(), MetaError> {
+        let (digests, ats): (Vec<&str>, Vec<i64>) =
+            batch.iter().map(|(d, at)| (d.as_str(), i64::try_from(*at).unwrap_or(i64::MAX))).unzip();
+        off_runtime(|| {
+            self.conn()?
+                .execute(
+                    "INSERT INTO binaryrepo_touches (digest, at) SELECT * FROM unnest($1::text[], $2::bigint[])
+                     ON CONFLICT (digest) DO UPDATE SET at = GREATEST(binaryrepo_touches.at, excluded.at)",
+                    &[&digests, &ats],
+                )
+                .map(drop)
+                .map_err(pg)
+        })
+    }
+
+    /// When any node last referenced the blob (unix seconds).
+    pub fn touched_at(&self, digest: &str) -> Result<Option<u64>, MetaError> {
+        off_runtime(|| {
+            let row = self.conn()?.query_opt("SELECT at FROM binaryrepo_touches WHERE digest = $1", &[&digest]).map_err(pg)?;
+            Ok(row.map(|r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
+        })
+    }
+
+    pub fn forget_touches_before(&self, at: u64) -> Result<(), MetaError> {
+        let at = i64::try_from(at).unwrap_or(i64::MAX);
+        off_runtime(|| self.conn()?.execute("DELETE FROM binaryrepo_touches WHERE at < $1", &[&at]).map(drop).map_err(pg))
     }
 }
 
