@@ -195,7 +195,9 @@ impl SharedUploads {
             self.end(repo, id);
             return Err(UploadError::DigestMismatch(actual));
         }
-        // Two clients pushing the same blob both succeed: the blob is there already.
+        // Two clients pushing the same blob both succeed: the blob is there already. Either way
+        // this push references it, before looking (a collection keeps it for the manifest).
+        self.store.touches().touch(&actual);
         if self.store.stat(&actual)? != Some(size) {
             self.store.compose(&row.chunks, &actual, size)?;
         }
