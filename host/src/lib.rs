@@ -109,11 +109,16 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
     tracing::info!(backend = backend.kind(), "blob storage");
     let store = BlobStore::on(layout.clone(), backend)?;
     let meta = open_metadata(&config, &layout).await?;
+    store.touches().share(meta.clone());
     let gc = gc::Gc::new(storage::access::AccessLog::new(meta.clone()));
     let metrics = Arc::new(metrics::Metrics::new());
     let upstream = Arc::new(Upstream::new(config.upstream.clone(), metrics.clone())?);
     let uploads = Uploads::open(layout.uploads(), store.clone(), config.uploads.clone())
-        .map_err(|source| StartError::DataDir { path: layout.uploads(), source })?;
+        .map_err(|source| StartError::DataDir { path: layout.uploads(), source })?
+        .shared_with(&meta);
+    if uploads.is_shared() {
+        tracing::info!("upload sessions: in the shared store (a chunked push may move between nodes)");
+    }
     let repos = Arc::new(Repos::new(layout.repositories(), config.listen.port()).shared(meta.clone()));
     let caps = Arc::new(Capabilities {
         store: store.clone(),
@@ -149,9 +154,6 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
         Some(_) => auth::Auth::open_shared(&config.data_dir, &config.auth, caps.meta.clone())?,
         None => auth::Auth::open(&config.data_dir, &config.auth)?,
     });
-    if caps.meta.shared().is_some() {
-        tokio::spawn(follow_other_nodes(repos.clone(), auth.clone()));
-    }
     let app = Arc::new(App {
         auth,
         config,
@@ -170,30 +172,60 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
     });
     // A plugin copied into the directory serves within seconds, without a restart.
     plugins::reload::watch(Arc::downgrade(&app));
+    if app.caps.meta.shared().is_some() {
+        tokio::spawn(follow_other_nodes(Arc::downgrade(&app)));
+    }
     Ok(app)
 }
 
 /// With a shared metadata store: takes the repository definitions, users and tokens other nodes
-/// saved, within `SHARED_CHECK_WINDOW` of their change.
-async fn follow_other_nodes(repos: Arc<Repos>, auth: Arc<auth::Auth>) {
+/// saved, within `SHARED_CHECK_WINDOW` of their change, and listens on the dedicated ports the
+/// changed definitions name (and no longer on those they dropped), as the API does on the node
+/// that took the change.
+async fn follow_other_nodes(app: std::sync::Weak<App>) {
     loop {
         tokio::time::sleep(storage::meta::SHARED_CHECK_WINDOW).await;
-        let (repos, auth) = (repos.clone(), auth.clone());
+        let Some(app) = app.upgrade() else { return };
+        let (repos, auth) = (app.repos.clone(), app.auth.clone());
         let done = tokio::task::spawn_blocking(move || {
-            match repos.refresh() {
-                Ok(true) => tracing::info!("repository definitions changed on another node: taken"),
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "shared repository definitions not read"),
-            }
+            let before = dedicated_ports(&repos);
+            let changed = match repos.refresh() {
+                Ok(true) => {
+                    tracing::info!("repository definitions changed on another node: taken");
+                    true
+                }
+                Ok(false) => false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "shared repository definitions not read");
+                    false
+                }
+            };
             if let Err(e) = auth.refresh() {
                 tracing::warn!(error = %e, "shared users and tokens not read");
             }
+            changed.then(|| (before, dedicated_ports(&repos)))
         })
         .await;
-        if done.is_err() {
-            return;
+        match done {
+            Ok(Some((before, after))) => {
+                for port in before.difference(&after) {
+                    app.listeners.stop(*port);
+                }
+                for port in after.difference(&before) {
+                    if let Err(e) = app.listeners.ensure(&app, *port).await {
+                        tracing::error!(port, error = %e, "cannot listen for a repository defined on another node");
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(_) => return,
         }
     }
+}
+
+/// The ports repositories listen on of their own.
+fn dedicated_ports(repos: &Repos) -> std::collections::BTreeSet<u16> {
+    repos.list().iter().filter_map(|r| r.port).collect()
 }
 
 pub async fn serve(config: Config) -> Result<(), StartError> {

@@ -275,6 +275,16 @@ impl BlobStore {
         Ok(())
     }
 
+    /// Stores the concatenation of an upload session's chunks, whose `len` bytes the caller
+    /// verified hash to `digest`, as that blob (backends that keep chunks: `Backend::chunks`).
+    pub fn compose(&self, chunks: &[String], digest: &Digest, len: u64) -> Result<(), BlobError> {
+        self.touches.touch(digest);
+        let Some(store) = self.backend.chunks() else {
+            return Err(backend_err(&self.path(digest))(io::Error::other("this backend keeps no upload chunks")));
+        };
+        store.compose(chunks, digest, len).inspect_err(|e| _ = self.health.note(e)).map_err(backend_err(&self.path(digest)))
+    }
+
     pub fn remove(&self, digest: &Digest) -> Result<bool, BlobError> {
         let removed = self.backend.delete(digest);
         self.small.removed(digest);

@@ -11,6 +11,7 @@ pub mod mapped;
 pub mod meta;
 pub mod postgres;
 pub mod resumable;
+pub mod shared_uploads;
 pub mod small_cache;
 pub mod touch;
 pub mod uploads;

@@ -44,6 +44,19 @@ CREATE TABLE IF NOT EXISTS binaryrepo_access (
     at     bigint NOT NULL,
     PRIMARY KEY (repo, digest)
 );
+CREATE TABLE IF NOT EXISTS binaryrepo_uploads (
+    repo    text COLLATE "C" NOT NULL,
+    id      text COLLATE "C" NOT NULL,
+    size    bigint NOT NULL,
+    state   bytea NOT NULL,
+    chunks  text[] NOT NULL,
+    touched bigint NOT NULL,
+    PRIMARY KEY (repo, id)
+);
+CREATE TABLE IF NOT EXISTS binaryrepo_touches (
+    digest text COLLATE "C" PRIMARY KEY,
+    at     bigint NOT NULL
+);
 CREATE TABLE IF NOT EXISTS binaryrepo_documents (
     name    text PRIMARY KEY,
     body    bytea NOT NULL,
@@ -53,6 +66,26 @@ CREATE TABLE IF NOT EXISTS binaryrepo_documents (
 
 const BUMP: &str =
     "INSERT INTO binaryrepo_generations (repo, n) VALUES ($1, 1) ON CONFLICT (repo) DO UPDATE SET n = binaryrepo_generations.n + 1";
+
+/// Serialises the starts of upload sessions between nodes, so the limits hold across them.
+const UPLOAD_START_LOCK: i64 = 0x6269_6e72_6570_6f02;
+
+/// An upload session as the shared store keeps it (see `storage::shared_uploads`).
+pub struct UploadRow {
+    pub size: u64,
+    /// The saved SHA-256 state of the session's bytes.
+    pub state: Vec<u8>,
+    /// The keys of its chunk objects, in order.
+    pub chunks: Vec<String>,
+}
+
+fn secs(now: std::time::SystemTime) -> i64 {
+    now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn count(n: i64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
 
 /// The connection URL, kept out of `Debug` output: it usually holds a password.
 #[derive(Clone)]
@@ -334,6 +367,136 @@ impl PgMeta {
             let row = c.query_one("SELECT body FROM binaryrepo_documents WHERE name = $1", &[&name]).map_err(pg)?;
             Ok(row.get(0))
         })
+    }
+}
+
+/// Blob references for garbage collection (`storage::touch`).
+impl PgMeta {
+    /// Records references (digest, unix seconds); a later time of any node wins.
+    pub fn record_touches(&self, batch: &[(String, u64)]) -> Result<(), MetaError> {
+        let (digests, ats): (Vec<&str>, Vec<i64>) =
+            batch.iter().map(|(d, at)| (d.as_str(), i64::try_from(*at).unwrap_or(i64::MAX))).unzip();
+        off_runtime(|| {
+            self.conn()?
+                .execute(
+                    "INSERT INTO binaryrepo_touches (digest, at) SELECT * FROM unnest($1::text[], $2::bigint[])
+                     ON CONFLICT (digest) DO UPDATE SET at = GREATEST(binaryrepo_touches.at, excluded.at)",
+                    &[&digests, &ats],
+                )
+                .map(drop)
+                .map_err(pg)
+        })
+    }
+
+    /// When any node last referenced the blob (unix seconds).
+    pub fn touched_at(&self, digest: &str) -> Result<Option<u64>, MetaError> {
+        off_runtime(|| {
+            let row = self.conn()?.query_opt("SELECT at FROM binaryrepo_touches WHERE digest = $1", &[&digest]).map_err(pg)?;
+            Ok(row.map(|r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
+        })
+    }
+
+    pub fn forget_touches_before(&self, at: u64) -> Result<(), MetaError> {
+        let at = i64::try_from(at).unwrap_or(i64::MAX);
+        off_runtime(|| self.conn()?.execute("DELETE FROM binaryrepo_touches WHERE at < $1", &[&at]).map(drop).map_err(pg))
+    }
+}
+
+/// Upload sessions shared between nodes.
+impl PgMeta {
+    /// Records a new empty session unless `repo` holds `per_repo` sessions or all repositories
+    /// `total`; then `Err((open, in_repo))` says how many are open and whether the repository's
+    /// limit was the one reached.
+    pub fn upload_start(
+        &self,
+        repo: &str,
+        id: &str,
+        state: &[u8],
+        per_repo: usize,
+        total: usize,
+    ) -> Result<Result<(), (usize, bool)>, MetaError> {
+        off_runtime(|| {
+            let mut c = self.conn()?;
+            let mut txn = c.transaction().map_err(pg)?;
+            txn.execute("SELECT pg_advisory_xact_lock($1)", &[&UPLOAD_START_LOCK]).map_err(pg)?;
+            let row = txn.query_one("SELECT count(*) FILTER (WHERE repo = $1), count(*) FROM binaryrepo_uploads", &[&repo]).map_err(pg)?;
+            let (in_repo, all) = (count(row.get(0)), count(row.get(1)));
+            if in_repo >= per_repo {
+                return Ok(Err((in_repo, true)));
+            }
+            if all >= total {
+                return Ok(Err((all, false)));
+            }
+            let now = secs(std::time::SystemTime::now());
+            txn.execute(
+                "INSERT INTO binaryrepo_uploads (repo, id, size, state, chunks, touched) VALUES ($1, $2, 0, $3, '{}', $4)",
+                &[&repo, &id, &state, &now],
+            )
+            .map_err(pg)?;
+            txn.commit().map_err(pg)?;
+            Ok(Ok(()))
+        })
+    }
+
+    pub fn upload(&self, repo: &str, id: &str) -> Result<Option<UploadRow>, MetaError> {
+        off_runtime(|| {
+            let row = self
+                .conn()?
+                .query_opt("SELECT size, state, chunks FROM binaryrepo_uploads WHERE repo = $1 AND id = $2", &[&repo, &id])
+                .map_err(pg)?;
+            Ok(row.map(|r| UploadRow { size: u64::try_from(r.get::<_, i64>(0)).unwrap_or(0), state: r.get(1), chunks: r.get(2) }))
+        })
+    }
+
+    /// Moves a session from `from` bytes to `to` (with the hash state of those bytes and the
+    /// chunk that holds the new ones, if any); false when the session is gone or no longer
+    /// holds `from` bytes (another node appended or ended it first).
+    pub fn upload_advance(&self, repo: &str, id: &str, from: u64, to: u64, state: &[u8], chunk: Option<&str>) -> Result<bool, MetaError> {
+        let (from, to) = (i64::try_from(from).unwrap_or(i64::MAX), i64::try_from(to).unwrap_or(i64::MAX));
+        let now = secs(std::time::SystemTime::now());
+        off_runtime(|| {
+            let n = self
+                .conn()?
+                .execute(
+                    "UPDATE binaryrepo_uploads SET size = $4, state = $5, touched = $6,
+                            chunks = CASE WHEN $3::text IS NULL THEN chunks ELSE array_append(chunks, $3::text) END
+                     WHERE repo = $1 AND id = $2 AND size = $7",
+                    &[&repo, &id, &chunk, &to, &state, &now, &from],
+                )
+                .map_err(pg)?;
+            Ok(n == 1)
+        })
+    }
+
+    /// Ends a session; whether it existed.
+    pub fn upload_end(&self, repo: &str, id: &str) -> Result<bool, MetaError> {
+        off_runtime(|| {
+            let n = self.conn()?.execute("DELETE FROM binaryrepo_uploads WHERE repo = $1 AND id = $2", &[&repo, &id]).map_err(pg)?;
+            Ok(n == 1)
+        })
+    }
+
+    /// Ends the sessions untouched since `before`; their repositories and ids.
+    pub fn upload_expire(&self, before: std::time::SystemTime) -> Result<Vec<(String, String)>, MetaError> {
+        let before = secs(before);
+        off_runtime(|| {
+            let rows =
+                self.conn()?.query("DELETE FROM binaryrepo_uploads WHERE touched < $1 RETURNING repo, id", &[&before]).map_err(pg)?;
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    /// Every open session's repository and id.
+    pub fn upload_ids(&self) -> Result<Vec<(String, String)>, MetaError> {
+        off_runtime(|| {
+            let rows = self.conn()?.query("SELECT repo, id FROM binaryrepo_uploads", &[]).map_err(pg)?;
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    /// Ends every session of a repository.
+    pub fn upload_forget_repository(&self, repo: &str) -> Result<(), MetaError> {
+        off_runtime(|| self.conn()?.execute("DELETE FROM binaryrepo_uploads WHERE repo = $1", &[&repo]).map(drop).map_err(pg))
     }
 }
 

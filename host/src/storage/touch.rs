@@ -8,6 +8,9 @@
 //! - `last`: when each blob was last referenced, so the grace period counts from the later of
 //!   the file's mtime and its last reference (a mount or an existing layer does not change
 //!   the mtime). In memory only: after a restart the grace counts from the file's mtime.
+//!   With a shared metadata store (several nodes) each node also writes its references there,
+//!   batched every `SHARED_CHECK_WINDOW`, and the grace counts from the latest reference of
+//!   any node: a collection on one node keeps an old blob another node's push just found.
 //! - `collecting`: while a collection runs, every blob referenced since it began; the sweep
 //!   keeps those whatever their age. The sweep checks and removes under the same lock that
 //!   a reference takes *before* it looks at the blob, so a reference either comes first (and
@@ -22,6 +25,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::digest::Digest;
+use crate::storage::MetaStore;
+use crate::storage::meta::SHARED_CHECK_WINDOW;
 
 /// References remembered for the grace period. Past this, the oldest are forgotten (their
 /// grace then counts from the file's mtime): a client asking for random digests cannot grow
@@ -40,6 +45,8 @@ struct Inner {
 
 pub struct Touches {
     inner: Mutex<Inner>,
+    /// With a shared metadata store: references not yet written there, and the store.
+    shared: std::sync::OnceLock<Shared>,
     /// Requests in flight, by the parity of the fence epoch they entered in.
     epoch: AtomicUsize,
     inflight: [AtomicUsize; 2],
@@ -47,8 +54,22 @@ pub struct Touches {
 
 impl Default for Touches {
     fn default() -> Self {
-        Touches { inner: Mutex::default(), epoch: AtomicUsize::new(0), inflight: [AtomicUsize::new(0), AtomicUsize::new(0)] }
+        Touches {
+            inner: Mutex::default(),
+            shared: std::sync::OnceLock::new(),
+            epoch: AtomicUsize::new(0),
+            inflight: [AtomicUsize::new(0), AtomicUsize::new(0)],
+        }
     }
+}
+
+struct Shared {
+    meta: MetaStore,
+    pending: Mutex<HashMap<Digest, SystemTime>>,
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Held for the duration of a request (see the fence above).
@@ -104,11 +125,62 @@ impl Touches {
             forget_oldest(&mut inner.last);
         }
         inner.last.insert(digest.clone(), now);
+        drop(inner);
+        if let Some(shared) = self.shared.get() {
+            let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+            // Bounded like `last`; what does not fit is written with the next batch's neighbours
+            // no later than a second after (the batch empties every `SHARED_CHECK_WINDOW`).
+            if pending.len() < LAST_MAX || pending.contains_key(digest) {
+                pending.insert(digest.clone(), now);
+            }
+        }
     }
 
-    /// When `digest` was last referenced as far as this process knows.
+    /// When `digest` was last referenced as far as this process knows and, with a shared store,
+    /// as far as any node wrote there. A shared store that cannot be read counts as a reference
+    /// now: nothing is removed on a guess.
     pub fn last_reference(&self, digest: &Digest) -> Option<SystemTime> {
-        self.inner().last.get(digest).copied()
+        let local = self.inner().last.get(digest).copied();
+        let Some(pg) = self.shared.get().and_then(|s| s.meta.shared()) else { return local };
+        let shared = match pg.touched_at(&digest.to_string()) {
+            Ok(at) => at.map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s)),
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "blob references of other nodes not read; the blob is kept");
+                Some(SystemTime::now())
+            }
+        };
+        local.max(shared)
+    }
+
+    /// Writes this node's references to the shared store every `SHARED_CHECK_WINDOW`, for the
+    /// collections of every node (see the module comment). The thread ends with `self`.
+    pub fn share(self: &std::sync::Arc<Self>, meta: MetaStore) {
+        if meta.shared().is_none() || self.shared.set(Shared { meta, pending: Mutex::default() }).is_err() {
+            return;
+        }
+        let touches = std::sync::Arc::downgrade(self);
+        let spawned = std::thread::Builder::new().name("blob-references".into()).spawn(move || {
+            loop {
+                std::thread::sleep(SHARED_CHECK_WINDOW);
+                let Some(touches) = touches.upgrade() else { return };
+                let Some(shared) = touches.shared.get() else { return };
+                let batch: Vec<(String, u64)> = std::mem::take(&mut *shared.pending.lock().unwrap_or_else(|p| p.into_inner()))
+                    .into_iter()
+                    .map(|(d, t)| (d.to_string(), unix(t)))
+                    .collect();
+                if batch.is_empty() {
+                    continue;
+                }
+                if let Some(pg) = shared.meta.shared()
+                    && let Err(e) = pg.record_touches(&batch)
+                {
+                    tracing::warn!(error = %e, blobs = batch.len(), "blob references not written to the shared store");
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot share blob references with other nodes");
+        }
     }
 
     /// Starts recording references for a collection.
@@ -133,6 +205,11 @@ impl Touches {
     pub fn forget_older_than(&self, age: Duration) {
         let Some(cutoff) = SystemTime::now().checked_sub(age) else { return };
         self.inner().last.retain(|_, t| *t >= cutoff);
+        if let Some(pg) = self.shared.get().and_then(|s| s.meta.shared())
+            && let Err(e) = pg.forget_touches_before(unix(cutoff))
+        {
+            tracing::warn!(error = %e, "old blob references not removed from the shared store");
+        }
     }
 
     /// Counts a request in flight for the fence.

@@ -9,6 +9,9 @@
 //! large blob does not read it back, and a session outlives a restart. The state is the truth
 //! about what was acknowledged: bytes past N (a chunk cut short by a crash) are cut off when the
 //! session is next used, and a session without a usable state is hashed again from its file.
+//!
+//! Nodes that share their object storage and metadata keep sessions there instead
+//! (`shared_uploads`), so that every node can take a session's next chunk.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -22,7 +25,8 @@ use crate::config::UploadLimits;
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::storage::blobs::BlobError;
 use crate::storage::resumable::{SAVED_MAX, Sha256State};
-use crate::storage::{BlobStore, durable};
+use crate::storage::shared_uploads::{ChunkAppender, SharedUploads};
+use crate::storage::{BlobStore, MetaStore, durable};
 
 /// A session id: 32 lowercase hex digits, safe to join into a path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -93,6 +97,8 @@ pub struct Uploads {
     locks: Mutex<HashMap<(String, UploadId), SessionLock>>,
     limits: UploadLimits,
     open: Mutex<Open>,
+    /// Sessions in the shared store, for nodes that share one (then nothing is under `root`).
+    shared: Option<SharedUploads>,
 }
 
 impl Uploads {
@@ -107,7 +113,19 @@ impl Uploads {
                 open.total += n;
             }
         }
-        Ok(Uploads { root, store, locks: Mutex::new(HashMap::new()), limits, open: Mutex::new(open) })
+        Ok(Uploads { root, store, locks: Mutex::new(HashMap::new()), limits, open: Mutex::new(open), shared: None })
+    }
+
+    /// Keeps sessions in the shared store when the blob backend and `meta` are shared between
+    /// nodes (S3 and PostgreSQL); otherwise they stay under the data directory.
+    pub fn shared_with(mut self, meta: &MetaStore) -> Uploads {
+        self.shared = SharedUploads::new(&self.store, meta, &self.limits);
+        self
+    }
+
+    /// Whether sessions live in the shared store.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
     }
 
     fn opened(&self) -> std::sync::MutexGuard<'_, Open> {
@@ -125,6 +143,9 @@ impl Uploads {
 
     /// A new session, unless `repo` or the host has as many open as allowed.
     pub fn start(&self, repo: &str) -> Result<UploadId, UploadError> {
+        if let Some(shared) = &self.shared {
+            return shared.start(repo);
+        }
         // Held across the file's creation: concurrent starts cannot both take the last place.
         let mut open = self.opened();
         let in_repo = open.by_repo.get(repo).copied().unwrap_or(0);
@@ -151,6 +172,9 @@ impl Uploads {
 
     /// How many bytes the session holds (what was acknowledged), or None when it is unknown.
     pub fn size(&self, repo: &str, id: &UploadId) -> io::Result<Option<u64>> {
+        if let Some(shared) = &self.shared {
+            return shared.size(repo, id);
+        }
         let path = self.path(repo, id);
         let len = match fs::metadata(&path) {
             Ok(m) => m.len(),
@@ -162,6 +186,9 @@ impl Uploads {
     }
 
     pub fn cancel(&self, repo: &str, id: &UploadId) -> io::Result<bool> {
+        if let Some(shared) = &self.shared {
+            return shared.cancel(repo, id);
+        }
         let path = self.path(repo, id);
         match fs::remove_file(&path) {
             Ok(()) => {
@@ -183,6 +210,9 @@ impl Uploads {
 
     /// Opens the session for appending after checking where it ends.
     pub fn open_append(&self, repo: &str, id: &UploadId, expect_offset: Option<u64>) -> Result<Appender, UploadError> {
+        if let Some(shared) = &self.shared {
+            return shared.open_append(repo, id, expect_offset).map(|a| Appender(Writer::Shared(a)));
+        }
         let path = self.path(repo, id);
         let file = match OpenOptions::new().read(true).append(true).open(&path) {
             Ok(f) => f,
@@ -193,11 +223,14 @@ impl Uploads {
         if expect_offset.is_some_and(|o| o != hash.len()) {
             return Err(UploadError::OffsetMismatch(hash.len()));
         }
-        Ok(Appender { file, hash, state: state_path(&path), store: self.store.clone() })
+        Ok(Appender(Writer::Local(LocalAppender { file, hash, state: state_path(&path), store: self.store.clone() })))
     }
 
     /// Up to `length` bytes of the session from `offset`: shorter at its end, empty past it.
     pub fn read(&self, repo: &str, id: &UploadId, offset: u64, length: u64) -> Result<Vec<u8>, UploadError> {
+        if let Some(shared) = &self.shared {
+            return shared.read(repo, id, offset, length);
+        }
         let file = match File::open(self.path(repo, id)) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(UploadError::Unknown),
@@ -221,18 +254,24 @@ impl Uploads {
     /// matches; the session ends either way. A SHA-256 comes from the saved state, without
     /// reading the file; a SHA-512 is computed from the file. Hold the session's lock.
     pub fn commit(&self, repo: &str, id: &UploadId, expected: &Digest) -> Result<u64, UploadError> {
-        self.commit_with(repo, id, Some(expected), None).map(|(_, size)| size)
+        self.commit_as(repo, id, Some(expected)).map(|(_, size)| size)
     }
 
     /// As `commit`, with the digest optional: without one the session is stored under its sha256.
     pub fn commit_as(&self, repo: &str, id: &UploadId, expected: Option<&Digest>) -> Result<(Digest, u64), UploadError> {
+        if let Some(shared) = &self.shared {
+            return shared.commit(repo, id, expected);
+        }
         self.commit_with(repo, id, expected, None)
     }
 
     /// `commit` right after appending the last bytes, with the appender's hash: the state is
     /// neither saved nor read back (a monolithic upload costs no more syncs than its commit).
     pub fn commit_appended(&self, repo: &str, id: &UploadId, appender: Appender, expected: &Digest) -> Result<u64, UploadError> {
-        let Appender { file, hash, .. } = appender;
+        let LocalAppender { file, hash, .. } = match appender.0 {
+            Writer::Local(a) => a,
+            Writer::Shared(a) => return a.commit(expected).map(|(_, size)| size),
+        };
         drop(file);
         self.commit_with(repo, id, Some(expected), Some(hash)).map(|(_, size)| size)
     }
@@ -287,6 +326,9 @@ impl Uploads {
     /// Removes sessions untouched for longer than `age` (with their hash states, and temporary
     /// files a crash left); returns how many sessions.
     pub fn sweep(&self, age: Duration) -> usize {
+        if let Some(shared) = &self.shared {
+            return shared.sweep(age);
+        }
         let mut removed = 0;
         let Ok(repos) = fs::read_dir(&self.root) else { return 0 };
         for repo in repos.flatten() {
@@ -318,6 +360,9 @@ impl Uploads {
     }
 
     pub fn forget_repository(&self, repo: &str) {
+        if let Some(shared) = &self.shared {
+            shared.forget_repository(repo);
+        }
         let mut open = self.opened();
         let _ = fs::remove_dir_all(self.root.join(repo));
         if let Some(n) = open.by_repo.remove(repo) {
@@ -326,22 +371,56 @@ impl Uploads {
     }
 }
 
-/// A session opened for appending: its file, and the hash of what it holds so far.
-pub struct Appender {
+/// A session opened for appending.
+pub struct Appender(Writer);
+
+enum Writer {
+    Local(LocalAppender),
+    Shared(ChunkAppender),
+}
+
+impl Appender {
+    /// Where the next byte goes: what the session holds.
+    pub fn offset(&self) -> u64 {
+        match &self.0 {
+            Writer::Local(a) => a.offset(),
+            Writer::Shared(a) => a.offset(),
+        }
+    }
+
+    /// Appends and hashes `data`. On failure nothing of it stays.
+    pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        match &mut self.0 {
+            Writer::Local(a) => a.write(data),
+            Writer::Shared(a) => a.write(data),
+        }
+    }
+
+    /// Makes what was appended durable so the chunk may be acknowledged; returns the session's
+    /// size.
+    pub fn finish(self) -> io::Result<u64> {
+        match self.0 {
+            Writer::Local(a) => a.finish(),
+            Writer::Shared(a) => a.finish(),
+        }
+    }
+}
+
+/// A session on this node opened for appending: its file, and the hash of what it holds so far.
+struct LocalAppender {
     file: File,
     hash: Sha256State,
     state: PathBuf,
     store: BlobStore,
 }
 
-impl Appender {
-    /// Where the next byte goes: what the session holds.
-    pub fn offset(&self) -> u64 {
+impl LocalAppender {
+    fn offset(&self) -> u64 {
         self.hash.len()
     }
 
     /// Appends and hashes `data`. On failure nothing of it stays (a partial write is cut off).
-    pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
         if let Err(e) = self.file.write_all(data) {
             self.store.health().note(&e);
             let _ = self.file.set_len(self.hash.len());
@@ -353,7 +432,7 @@ impl Appender {
 
     /// Makes what was appended durable, the bytes before the state that vouches for them, so
     /// the chunk may be acknowledged; returns the session's size.
-    pub fn finish(self) -> io::Result<u64> {
+    fn finish(self) -> io::Result<u64> {
         let saved = self.file.sync_data().and_then(|()| durable::replace(&self.state, &self.hash.save(), 0o600));
         if let Err(e) = &saved {
             self.store.health().note(e);

@@ -84,6 +84,40 @@ pub trait Backend: Send + Sync + 'static {
     fn begin_upload(&self, _digest: &Digest) -> io::Result<Option<Box<dyn Upload>>> {
         Ok(None)
     }
+
+    /// Where upload sessions can keep their bytes so that every node sharing the backend sees
+    /// them; None where sessions stay on the node (the filesystem).
+    fn chunks(&self) -> Option<&dyn Chunks> {
+        None
+    }
+}
+
+/// Objects outside the blob namespace that hold the chunks of upload sessions shared between
+/// nodes (`uploads/<repo>/<id>/<first byte>-<uuid>` under the backend's root). They are never
+/// served; a session's chunks become one blob only through `compose`, after the caller verified
+/// that their bytes hash to its digest.
+pub trait Chunks: Send + Sync {
+    /// Stores the local file `staged` as the chunk `key`; the file is consumed either way.
+    fn put(&self, key: &str, staged: &Path) -> io::Result<()>;
+
+    /// Up to `length` bytes of a chunk from `offset`.
+    fn read(&self, key: &str, offset: u64, length: u64) -> io::Result<Vec<u8>>;
+
+    /// Streams a whole chunk.
+    fn stream(&self, key: &str) -> BoxStream<'static, io::Result<Bytes>>;
+
+    /// Stores the concatenation of `chunks` (`len` bytes in all) as the blob `digest`,
+    /// atomically: the blob is whole afterwards, or (on an error) not there.
+    fn compose(&self, chunks: &[String], digest: &Digest, len: u64) -> io::Result<()>;
+
+    /// Removes one chunk.
+    fn delete(&self, key: &str) -> io::Result<()>;
+
+    /// Removes every chunk under `prefix` (a session's `uploads/<repo>/<id>/`, or a repository's).
+    fn delete_under(&self, prefix: &str) -> io::Result<()>;
+
+    /// Every chunk key and when it was stored.
+    fn list(&self, visit: &mut dyn FnMut(&str, SystemTime)) -> io::Result<()>;
 }
 
 /// A blob on its way into the backend under a known digest. Memory stays bounded: `write`

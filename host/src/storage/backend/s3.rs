@@ -26,7 +26,7 @@ use object_store::path::Path as Key;
 use object_store::signer::Signer;
 use object_store::{ClientOptions, GetOptions, GetRange, ObjectStore, PutPayload, WriteMultipart};
 
-use super::{Backend, Listed, StorageConfig, Stored, Upload, blob_key};
+use super::{Backend, Chunks, Listed, StorageConfig, Stored, Upload, blob_key};
 use crate::digest::Digest;
 
 /// Parts of a multipart upload; S3 wants at least 5 MiB for every part but the last.
@@ -36,6 +36,9 @@ const PARTS_IN_FLIGHT: usize = 2;
 /// Parts of an upload made while a fill streams: S3's least part size, one part in flight while
 /// the next one fills, so each fill holds at most two parts (10 MiB) whatever the blob's size.
 const STREAM_PART: usize = 5 * 1024 * 1024;
+/// The largest object S3 copies in one request; a session of one larger chunk is composed by
+/// streaming it instead.
+const COPY_MAX: u64 = 5 * 1024 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum S3ConfigError {
@@ -326,6 +329,10 @@ impl Backend for S3Backend {
         Ok(Some(url.to_string()))
     }
 
+    fn chunks(&self) -> Option<&dyn Chunks> {
+        Some(self)
+    }
+
     fn begin_upload(&self, digest: &Digest) -> io::Result<Option<Box<dyn Upload>>> {
         Ok(Some(Box::new(S3Upload {
             store: self.store.clone(),
@@ -335,5 +342,111 @@ impl Backend for S3Backend {
             multipart: None,
             written: 0,
         })))
+    }
+}
+
+/// Upload sessions' chunks, as objects beside the blobs (see `Chunks`).
+impl Chunks for S3Backend {
+    fn put(&self, key: &str, staged: &Path) -> io::Result<()> {
+        let uploaded = self.block(self.upload(staged, &self.under_prefix(key)));
+        let _ = std::fs::remove_file(staged);
+        uploaded
+    }
+
+    fn read(&self, key: &str, offset: u64, length: u64) -> io::Result<Vec<u8>> {
+        if length == 0 {
+            return Ok(Vec::new());
+        }
+        let options = GetOptions { range: Some(GetRange::Bounded(offset..offset.saturating_add(length))), ..GetOptions::default() };
+        let key = self.under_prefix(key);
+        self.block(async { self.store.get_opts(&key, options).await?.bytes().await }).map(|b| b.to_vec()).map_err(to_io)
+    }
+
+    fn stream(&self, key: &str) -> BoxStream<'static, io::Result<Bytes>> {
+        let (store, key) = (self.store.clone(), self.under_prefix(key));
+        stream::once(async move { store.get(&key).await.map(|r| r.into_stream()) }).try_flatten().map_err(to_io).boxed()
+    }
+
+    fn compose(&self, chunks: &[String], digest: &Digest, len: u64) -> io::Result<()> {
+        let key = self.key(digest);
+        match chunks {
+            [] => self.block(self.store.put(&key, PutPayload::from(Vec::<u8>::new()))).map(drop).map_err(to_io),
+            // One chunk (a monolithic or single-PATCH push): the store copies it, nothing
+            // passes through this node. A copy appears whole or not at all.
+            [one] if len <= COPY_MAX => self.block(self.store.copy(&self.under_prefix(one), &key)).map_err(to_io),
+            _ => self.block(async {
+                // Every chunk streamed, in order, into one multipart upload completed only
+                // once all of it is in: the same bounded memory as a fill's upload.
+                let upload = self.store.put_multipart(&key).await.map_err(to_io)?;
+                let mut writer = WriteMultipart::new_with_chunk_size(upload, STREAM_PART);
+                let mut sent = 0u64;
+                let copied: io::Result<()> = async {
+                    for chunk in chunks {
+                        let mut bytes = Chunks::stream(self, chunk);
+                        while let Some(piece) = bytes.next().await {
+                            let piece = piece?;
+                            writer.wait_for_capacity(1).await.map_err(to_io)?;
+                            sent += piece.len() as u64;
+                            writer.write(&piece);
+                        }
+                    }
+                    if sent != len {
+                        return Err(io::Error::other(format!("the session's chunks hold {sent} bytes, not {len}")));
+                    }
+                    Ok(())
+                }
+                .await;
+                match copied {
+                    Ok(()) => writer.finish().await.map(drop).map_err(to_io),
+                    Err(e) => {
+                        if let Err(abort) = writer.abort().await {
+                            tracing::warn!(key = %key, error = %abort, "aborting a multipart upload failed; the bucket's lifecycle rule removes its parts");
+                        }
+                        Err(e)
+                    }
+                }
+            }),
+        }
+    }
+
+    fn delete(&self, key: &str) -> io::Result<()> {
+        match self.block(self.store.delete(&self.under_prefix(key))) {
+            Err(e) if !is_not_found(&e) => Err(to_io(e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn delete_under(&self, prefix: &str) -> io::Result<()> {
+        let root = self.under_prefix(prefix.trim_end_matches('/'));
+        self.block(async {
+            let keys: Vec<Key> = self.store.list(Some(&root)).map_ok(|m| m.location).try_collect().await.map_err(to_io)?;
+            for key in keys {
+                match self.store.delete(&key).await {
+                    Ok(()) => {}
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => return Err(to_io(e)),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn list(&self, visit: &mut dyn FnMut(&str, SystemTime)) -> io::Result<()> {
+        let root = self.under_prefix("uploads");
+        let strip = match self.prefix.as_str() {
+            "" => String::new(),
+            p => format!("{p}/"),
+        };
+        self.block(async {
+            let mut objects = self.store.list(Some(&root));
+            while let Some(meta) = objects.next().await {
+                let meta = meta.map_err(to_io)?;
+                let location = meta.location.to_string();
+                let Some(key) = location.strip_prefix(&strip) else { continue };
+                let modified = SystemTime::UNIX_EPOCH + Duration::from_secs(meta.last_modified.timestamp().max(0) as u64);
+                visit(key, modified);
+            }
+            Ok(())
+        })
     }
 }

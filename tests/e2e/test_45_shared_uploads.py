@@ -1,0 +1,260 @@
+"""Chunked pushes across nodes that share nothing but the object store and PostgreSQL: two binaryrepo processes
+with data directories of their own, one s3s-fs bucket and one PostgreSQL database (docs/scale.md). An upload
+session lives in the shared store, so a chunked push started on A takes chunks on A and B in turn and finishes
+on B; a node restarted in the middle of a push resumes it; the session limits count both nodes' sessions; an
+abandoned session is ended and its chunks removed by either node. skopeo pushes and pulls through nginx round
+robin (its POST, PATCH and PUT land on different nodes), and every blob in the bucket hashes to its name."""
+import hashlib
+import time
+
+import pytest
+
+from harness.binaryrepo import BinaryRepo
+from harness.clients import dir_image, skopeo_copy
+from harness.images import skopeo
+from harness.nginx import Nginx
+from harness.oci import Oci, sha256
+from harness.postgres import Postgres
+from harness.s3 import S3Server
+from harness.util import request, wait_until
+from test_44_multinode import round_robin
+
+LOCAL = "docker-local"
+FOLLOW = 5
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    pg = Postgres().start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture
+def s3(tmp_path):
+    s = S3Server(tmp_path).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def nodes(tmp_path, postgres, s3, binaryrepo_bin):
+    """A and B: the same configuration, separate data directories, one bucket and one database."""
+    url = postgres.database()
+    made = [BinaryRepo(tmp_path, name, config={"metadata": {"backend": "postgres", "url": url}, "storage": s3.storage_config(),
+                                                "gc_interval_hours": 0, "upload_sessions_per_repository": 3})
+            for name in ("node-a", "node-b")]
+    assert made[0].data_dir != made[1].data_dir
+    for n in made:
+        n.start(timeout=180)
+    made[0].create_local(LOCAL)
+    wait_until(lambda: any(r["name"] == LOCAL for r in made[1].repos()), timeout=FOLLOW, what="B to list the repository")
+    yield made
+    for n in made:
+        if n.running():
+            n.stop()
+
+
+def chunk_objects(s3):
+    return [k for k in s3.objects() if k.startswith(f"{s3.prefix}/uploads/")]
+
+
+def patch(url, data, start):
+    return request("PATCH", url, body=data, headers={"Content-Type": "application/octet-stream",
+                                                     "Content-Range": f"{start}-{start + len(data) - 1}"})
+
+
+def test_a_chunked_push_moves_between_nodes_and_survives_a_restart(nodes, s3):
+    a, b = nodes
+    on = {a.url: Oci(a.url, LOCAL), b.url: Oci(b.url, LOCAL)}
+    # 7 MiB in chunks of uneven sizes, some far below S3's 5 MiB part minimum, one above it
+    data = b"".join(hashlib.sha256(str(i).encode()).digest() for i in range(7 * 1024 * 1024 // 32))
+    digest = sha256(data)
+    cuts = [0, 1, 100, 70_000, 6_000_000, 6_000_001, len(data)]
+    r = on[a.url].start_upload("e2e/chunks")
+    assert r.status == 202, r
+    loc = on[a.url].abs(r.header("location"))
+    path = loc[len(a.url):]
+    for i, (start, end) in enumerate(zip(cuts, cuts[1:])):
+        node = (b, a)[i % 2]  # B, A, B, A, ...
+        if i == 3:
+            # B restarts in the middle of the push: the session is in the shared store, not on B
+            b.restart()
+        r = patch(node.url + path, data[start:end], start)
+        assert r.status == 202, (i, r)
+        assert r.header("range") == f"0-{end - 1}", r.header("range")
+        path = on[node.url].abs(r.header("location"))[len(node.url):]
+        # the other node knows where the session is
+        other = a if node is b else b
+        st = request("GET", other.url + path)
+        assert st.status == 204 and st.header("range") == f"0-{end - 1}", st
+        if i == 1:
+            # a chunk that does not start where the session ends is refused on either node
+            assert patch(other.url + path, b"x", 5).status == 416
+    assert len(chunk_objects(s3)) == len(cuts) - 1, chunk_objects(s3)
+    r = request("PUT", Oci.with_query(b.url + path, digest=digest))
+    assert r.status == 201, r
+    for node in (a, b):
+        got = on[node.url].get_blob("e2e/chunks", digest)
+        assert got.status == 200 and got.body == data
+    assert s3.blobs().get(digest) == len(data)
+    assert chunk_objects(s3) == [], "the session's chunks are removed with it"
+    assert request("GET", a.url + path).status == 404
+    for node in (a, b):
+        assert not list((node.data_dir / "uploads").rglob("*.*")), "no session on a node's own disk"
+        staging = node.data_dir / "staging"
+        assert not (staging.exists() and list(staging.iterdir())), "nothing left staged"
+    assert s3.pending_uploads() == []
+
+
+def test_a_wrong_digest_stores_nothing_and_ends_the_session(nodes, s3):
+    a, b = nodes
+    data = b"chunk-one" * 1000
+    r = Oci(a.url, LOCAL).start_upload("e2e/bad")
+    path = Oci(a.url, LOCAL).abs(r.header("location"))[len(a.url):]
+    r = patch(b.url + path, data, 0)
+    assert r.status == 202, r
+    path = Oci(b.url, LOCAL).abs(r.header("location"))[len(b.url):]
+    wrong = sha256(b"something else")
+    r = request("PUT", Oci.with_query(a.url + path, digest=wrong), body=b"tail")
+    assert r.status == 400 and b"DIGEST_INVALID" in r.body, r
+    assert wrong not in s3.blobs() and sha256(data + b"tail") not in s3.blobs()
+    assert chunk_objects(s3) == []
+    assert request("GET", b.url + path).status == 404
+
+
+def test_session_limits_count_both_nodes_and_abandoned_sessions_expire(nodes, s3, postgres):
+    a, b = nodes
+    opened = []
+    for node in (a, b, a):
+        r = Oci(node.url, LOCAL).start_upload("e2e/limits")
+        assert r.status == 202, r
+        opened.append(Oci(node.url, LOCAL).abs(r.header("location"))[len(node.url):])
+    r = Oci(b.url, LOCAL).start_upload("e2e/limits")
+    assert r.status == 429, "the fourth session is one too many for the repository, whichever node takes it"
+    assert patch(b.url + opened[0], b"abandoned bytes", 0).status == 202
+    assert chunk_objects(s3)
+    # every session untouched for longer than upload_expiry (24 h by default): either node's sweep
+    # (one runs at start) ends them and removes their chunks
+    db = a.config["metadata"]["url"].rsplit("/", 1)[1]
+    postgres.sql("UPDATE binaryrepo_uploads SET touched = touched - 2 * 86400", db=db)
+    b.restart()
+    wait_until(lambda: request("GET", a.url + opened[0]).status == 404, timeout=10, what="the abandoned session to end")
+    assert chunk_objects(s3) == []
+    assert Oci(a.url, LOCAL).start_upload("e2e/limits").status == 202, "the expired sessions no longer count"
+
+
+def test_skopeo_pushes_through_round_robin_nginx_without_sticky_routing(nodes, images, s3, tmp_path, request):
+    a, b = nodes
+    upstreams = tmp_path / "upstreams.log"
+
+    def site(port):
+        # which node took each upload request
+        return round_robin(a, b)(port).replace(
+            "server {", f"log_format upstreams '$request_method $uri $upstream_addr $status';\nserver {{\n"
+                        f"    access_log {upstreams} upstreams;", 1)
+    lb = Nginx(tmp_path, None, site=site)
+    request.node.__dict__.setdefault("_e2e_logs", []).append(("nginx error log", lb.errlog, False))
+    lb.start()
+    try:
+        prefix = f"127.0.0.1:{lb.port}/{LOCAL}"
+        for name in ("small", "big"):
+            img = images[name]
+            skopeo("copy", "--dest-tls-verify=false", f"oci:{img.layout}:{img.tag}", f"docker://{prefix}/e2e/{name}:1",
+                   timeout=300)
+            dest = tmp_path / f"pull-{name}"
+            skopeo_copy(f"{prefix}/e2e/{name}:1", dest)
+            assert dir_image(dest) == (img.digest, img.blobs), f"{name} pulled back as pushed"
+            stored = s3.blobs()  # every object hashes to its name
+            for d, size in img.blobs.items():
+                assert stored.get(d) == size, (d, size)
+        assert chunk_objects(s3) == []
+    finally:
+        lb.stop()
+    # the sessions' requests went to both nodes: no stickiness made the pushes work
+    took = {}
+    for line in upstreams.read_text().splitlines():
+        method, uri, addr, status = line.split(" ")[:4]
+        if "/blobs/uploads/" in uri:
+            took.setdefault(method, set()).add(addr.rsplit(":", 1)[-1])
+    print("upload requests by node port:", took)
+    assert {str(a.port), str(b.port)} <= took.get("PATCH", set()) | took.get("PUT", set()) | took.get("POST", set())
+    assert len(took.get("PATCH", set()) | took.get("PUT", set())) == 2, took
+
+
+def test_gc_on_one_node_keeps_what_the_other_is_writing(nodes, s3):
+    """A blob pushed through B moments ago (no manifest yet) and an upload B is taking are not swept by a
+    collection on A: the grace period counts from the bucket's own times, and sessions' chunks are not blobs."""
+    a, b = nodes
+    on_b = Oci(b.url, LOCAL)
+    pushed = on_b.push_blob("e2e/gc", b"layer pushed through B, manifest still to come" * 100)
+    data = b"in progress" * 50_000
+    r = on_b.start_upload("e2e/gc")
+    path = on_b.abs(r.header("location"))[len(b.url):]
+    assert patch(b.url + path, data[:200_000], 0).status == 202
+    report = a.gc(LOCAL, grace_seconds=None)  # the configured grace (one hour)
+    assert report["removed"] == 0, report
+    assert s3.blobs().get(pushed), "the fresh blob is still in the bucket"
+    # even a collection told to keep nothing (grace 0) leaves the upload in progress alone
+    report = a.gc(LOCAL, grace_seconds=0)
+    assert pushed not in s3.blobs(), "an unreferenced blob past its grace is collected"
+    r = patch(a.url + path, data[200_000:], 200_000)
+    assert r.status == 202, r
+    path = Oci(a.url, LOCAL).abs(r.header("location"))[len(a.url):]
+    digest = sha256(data)
+    assert request("PUT", Oci.with_query(b.url + path, digest=digest)).status == 201
+    got = Oci(a.url, LOCAL).get_blob("e2e/gc", digest)
+    assert got.status == 200 and got.body == data
+
+
+def test_a_repository_with_its_own_port_created_on_one_node_is_served_by_the_other(tmp_path, postgres, s3, binaryrepo_bin):
+    """Definitions follow through the shared store, and so do listeners: a repository with a dedicated port created
+    through A is served on that port by B (its own address, 127.0.0.2) within the check window, and B stops
+    listening when it is deleted through A."""
+    url = postgres.database()
+    config = {"metadata": {"backend": "postgres", "url": url}, "storage": s3.storage_config(), "gc_interval_hours": 0}
+    a = BinaryRepo(tmp_path, "node-a", config=config).start(timeout=180)
+    b = BinaryRepo(tmp_path, "node-b", config=config, ip="127.0.0.2").start(timeout=180)
+    try:
+        from harness.util import free_port
+        port = free_port()
+        r = a.api("POST", "/api/repositories", {"name": "ported", "type": "local", "format": "docker", "port": port})
+        assert r.status == 201, r
+        on_a, on_b = Oci(f"http://127.0.0.1:{port}"), Oci(f"http://127.0.0.2:{port}")
+        started = time.monotonic()
+        wait_until(lambda: request("GET", on_b.base + "/v2/", timeout=2).status in (200, 401), timeout=FOLLOW,
+                   what="B to listen on the repository's port")
+        print(f"node B listened on the new repository's port after {time.monotonic() - started:.2f}s")
+        d = on_b.push_blob("e2e/ported", b"through B's dedicated port")
+        got = on_a.get_blob("e2e/ported", d)
+        assert got.status == 200 and got.body == b"through B's dedicated port"
+        assert a.api("DELETE", "/api/repositories/ported").status == 204
+
+        def refused():
+            try:
+                import socket
+                socket.create_connection(("127.0.0.2", port), timeout=1).close()
+                return False
+            except OSError:
+                return True
+        wait_until(refused, timeout=FOLLOW, what="B to stop listening on the deleted repository's port")
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_gc_on_one_node_counts_the_grace_from_references_on_the_other(nodes, s3):
+    """A push through B that finds an old layer already stored (a HEAD) references it without writing it: a
+    collection on A keeps it, because B wrote the reference to the shared store; once the grace period has passed
+    since, A collects it."""
+    a, b = nodes
+    on_b = Oci(b.url, LOCAL)
+    old = on_b.push_blob("e2e/old", b"an old layer, unreferenced" * 100)
+    time.sleep(6)  # older than the grace period below
+    assert on_b.head_blob("e2e/old", old).status == 200  # the next push finds it
+    time.sleep(2)  # B writes its references every second
+    report = a.gc(LOCAL, grace_seconds=5)
+    assert old in s3.blobs(), f"collected on A although B's push just found it: {report}"
+    time.sleep(6)
+    a.gc(LOCAL, grace_seconds=5)
+    assert old not in s3.blobs(), "unreferenced for longer than the grace period: collected"
