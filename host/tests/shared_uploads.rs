@@ -4,35 +4,21 @@
 //! abandoned session with its chunks. Needs s3s-fs (tests/install-deps.sh) and
 //! `BINARYREPO_TEST_POSTGRES_URL` (`tests/postgres.sh run cargo test`); skipped without them.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use binaryrepo::config::UploadLimits;
 use binaryrepo::digest::{Algorithm, Digest};
-use binaryrepo::storage::backend::{BackendKind, Secret, StorageConfig, s3::S3Backend};
+use binaryrepo::storage::backend::s3::S3Backend;
 use binaryrepo::storage::postgres::DatabaseUrl;
 use binaryrepo::storage::uploads::{UploadError, Uploads};
 use binaryrepo::storage::{BlobStore, Layout, MetaStore};
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+mod support {
+    pub mod s3s;
 }
-
-fn s3s_fs() -> Option<PathBuf> {
-    let path = std::env::var_os("BINARYREPO_TEST_S3S_FS").map(PathBuf::from).unwrap_or_else(|| {
-        let cache = std::env::var_os("BINARYREPO_E2E_CACHE").unwrap_or_else(|| "/tmp/binaryrepo-e2e-cache".into());
-        PathBuf::from(cache).join("s3s-fs/bin/s3s-fs")
-    });
-    path.is_file().then_some(path)
-}
+use support::s3s::S3sFs;
 
 struct Nodes {
     a: Uploads,
@@ -40,7 +26,7 @@ struct Nodes {
     store: BlobStore,
     s3_root: PathBuf,
     _runtime: tokio::runtime::Runtime,
-    _server: Server,
+    _server: S3sFs,
     _dir: tempfile::TempDir,
 }
 
@@ -57,43 +43,19 @@ fn walk(dir: &std::path::Path) -> usize {
 }
 
 fn nodes(limits: UploadLimits) -> Option<Nodes> {
-    let (Some(bin), Some(url)) = (s3s_fs(), std::env::var("BINARYREPO_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty())) else {
-        eprintln!("s3s-fs or BINARYREPO_TEST_POSTGRES_URL missing: shared upload sessions not tested");
+    let Some(url) = std::env::var("BINARYREPO_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty()) else {
+        eprintln!("BINARYREPO_TEST_POSTGRES_URL missing: shared upload sessions not tested");
         return None;
     };
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3sFs::start(dir.path())?;
     // A database of its own: a sweep ends every expired session it finds.
     let name = format!("t{}", uuid::Uuid::new_v4().simple());
     postgres::Client::connect(&url, postgres::NoTls).unwrap().batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
     let url = format!("{}/{name}", url.rsplit_once('/').unwrap().0);
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("s3");
-    std::fs::create_dir_all(root.join("bucket")).unwrap();
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let server = Server(
-        Command::new(bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", "ak", "--secret-key", "secret-key-0123"])
-            .arg(&root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(10), "s3s-fs did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let root = server.root().to_path_buf();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let config = StorageConfig {
-        backend: BackendKind::S3,
-        endpoint: Some(format!("http://127.0.0.1:{port}")),
-        region: Some("us-east-1".into()),
-        bucket: Some("bucket".into()),
-        prefix: Some("installation".into()),
-        access_key_id: Some("ak".into()),
-        secret_access_key: Some(Secret("secret-key-0123".into())),
-        ..StorageConfig::default()
-    };
+    let config = server.config();
     let node = |name: &str| {
         let backend = S3Backend::new(&config, runtime.handle().clone()).unwrap();
         let store = BlobStore::on(Layout::new(dir.path().join(name)), Arc::new(backend)).unwrap();

@@ -4,34 +4,26 @@
 //! `BINARYREPO_TEST_S3S_FS`); without it the S3 half is skipped, saying so.
 
 use std::io::Write;
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use binaryrepo::digest::{Algorithm, Digest};
-use binaryrepo::storage::backend::{BackendKind, Secret, StorageConfig, s3::S3Backend};
+use binaryrepo::storage::backend::s3::S3Backend;
 use binaryrepo::storage::blobs::{BlobError, Opened};
 use binaryrepo::storage::{BlobStore, Layout};
 use futures_util::TryStreamExt;
 
+mod support {
+    pub mod s3s;
+}
+use support::s3s::S3sFs;
+
 struct Fixture {
     store: BlobStore,
     runtime: tokio::runtime::Runtime,
+    /// The S3 server, where unfinished multipart uploads keep their parts.
+    server: Option<S3sFs>,
     _dir: tempfile::TempDir,
-    server: Option<Child>,
-    /// The S3 server's directory, where unfinished multipart uploads keep their parts.
-    s3_root: Option<PathBuf>,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.server.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -41,56 +33,17 @@ fn runtime() -> tokio::runtime::Runtime {
 fn filesystem() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = BlobStore::open(Layout::new(dir.path().join("data"))).unwrap();
-    Fixture { store, runtime: runtime(), _dir: dir, server: None, s3_root: None }
+    Fixture { store, runtime: runtime(), server: None, _dir: dir }
 }
-
-fn s3s_fs() -> Option<PathBuf> {
-    let path = std::env::var_os("BINARYREPO_TEST_S3S_FS").map(PathBuf::from).unwrap_or_else(|| {
-        let cache = std::env::var_os("BINARYREPO_E2E_CACHE").unwrap_or_else(|| "/tmp/binaryrepo-e2e-cache".into());
-        PathBuf::from(cache).join("s3s-fs/bin/s3s-fs")
-    });
-    path.is_file().then_some(path)
-}
-
-const ACCESS_KEY: &str = "conformance-access";
-const SECRET_KEY: &str = "conformance-secret-key";
 
 /// An S3 store on a fresh s3s-fs; None (the test is skipped) when s3s-fs is not installed.
 fn s3() -> Option<Fixture> {
-    let Some(bin) = s3s_fs() else {
-        eprintln!("s3s-fs not installed (tests/install-deps.sh): S3 conformance skipped");
-        return None;
-    };
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("s3");
-    std::fs::create_dir_all(root.join("bucket")).unwrap();
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let server = Command::new(bin)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-        .arg(&root)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(10), "s3s-fs did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let server = S3sFs::start(dir.path())?;
     let runtime = runtime();
-    let config = StorageConfig {
-        backend: BackendKind::S3,
-        endpoint: Some(format!("http://127.0.0.1:{port}")),
-        region: Some("us-east-1".into()),
-        bucket: Some("bucket".into()),
-        prefix: Some("installation".into()),
-        access_key_id: Some(ACCESS_KEY.into()),
-        secret_access_key: Some(Secret(SECRET_KEY.into())),
-        ..StorageConfig::default()
-    };
-    let backend = S3Backend::new(&config, runtime.handle().clone()).unwrap();
+    let backend = S3Backend::new(&server.config(), runtime.handle().clone()).unwrap();
     let store = BlobStore::on(Layout::new(dir.path().join("data")), Arc::new(backend)).unwrap();
-    Some(Fixture { store, runtime, _dir: dir, server: Some(server), s3_root: Some(root) })
+    Some(Fixture { store, runtime, server: Some(server), _dir: dir })
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -265,7 +218,7 @@ fn fill(f: &Fixture, data: &[u8], digest: &Digest, cut_at: Option<usize>, verifi
 fn assert_nothing_stored(f: &Fixture, digest: &Digest) {
     assert_eq!(f.store.stat(digest).unwrap(), None, "no object under the final key");
     assert!(listed(&f.store).is_empty());
-    if let Some(root) = &f.s3_root {
+    if let Some(root) = f.server.as_ref().map(S3sFs::root) {
         let pending = || {
             std::fs::read_dir(root)
                 .unwrap()
