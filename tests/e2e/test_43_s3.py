@@ -1,9 +1,9 @@
 """binaryrepo on S3-compatible object storage ([storage] backend = "s3") against a real s3s-fs on 127.0.0.1:
 a docker remote filling from a registry upstream and a local repository taking pushes keep every blob in the
 bucket (each object hashes to its name, nothing under the data directory's blobs/), pulled back with skopeo
-and ctr; with `blob_redirect`, blob GETs are answered with a 307 to a presigned URL that skopeo, podman and
-ctr follow, so binaryrepo itself sends under 1% of a large blob, and an anonymous caller is refused before
-any redirect."""
+and ctr; with `blob_redirect`, blob GETs are answered with a 307 to a presigned URL that skopeo, podman,
+ctr and a real Docker Engine follow, so binaryrepo itself sends under 1% of a large blob, and an anonymous caller
+is refused before any redirect."""
 import pytest
 
 from harness.clients import dir_image, skopeo_copy
@@ -123,7 +123,7 @@ def test_a_fill_cut_mid_body_leaves_no_object_and_no_upload(make_binaryrepo, ima
         fake.stop()
 
 
-def test_blob_redirect_sends_clients_to_the_object_store(make_binaryrepo, images, s3, podman, containerd, tmp_path):
+def test_blob_redirect_sends_clients_to_the_object_store(make_binaryrepo, images, s3, podman, containerd, dockerd, tmp_path):
     big = images["big"]
     layer, size = big.largest_layer()
     br = on_s3(make_binaryrepo, s3, presigned_redirect_seconds=120)
@@ -146,11 +146,21 @@ def test_blob_redirect_sends_clients_to_the_object_store(make_binaryrepo, images
     assert podman("image", "inspect", "--format", "{{.Digest}}", ref).stdout.decode().strip() == big.digest
     containerd.ctr("images", "pull", "--plain-http", ref)
     containerd.ctr("images", "rm", ref, check=False)
+    dockerd.remove_all_images()
+    before_docker = br.metrics()
+    try:
+        dockerd.docker("pull", "-q", ref)
+        assert dockerd.image_id(ref) == big.config
+    finally:
+        dockerd.remove_all_images()
     after = br.metrics()
+    by_docker = (after.value("binaryrepo_blob_redirects_total", repository=LOCAL)
+                 - before_docker.value("binaryrepo_blob_redirects_total", repository=LOCAL))
+    assert by_docker >= len(big.blobs), f"the Docker Engine was redirected {by_docker} times for {len(big.blobs)} blobs"
     redirects = after.value("binaryrepo_blob_redirects_total", repository=LOCAL) - before.value("binaryrepo_blob_redirects_total", repository=LOCAL)
     served = (after.value("binaryrepo_store_served_blob_bytes_total", repository=LOCAL)
               - before.value("binaryrepo_store_served_blob_bytes_total", repository=LOCAL))
-    assert redirects >= 3, redirects
+    assert redirects >= 3 + by_docker, redirects
     assert served < 0.01 * size, f"binaryrepo itself sent {served} bytes of blobs (layer {size})"
 
     # permissions are checked before any redirect: an anonymous caller gets no URL (the repository is
