@@ -18,6 +18,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use binaryrepo_plugin_sdk::meta::keys;
+
 use crate::contract::{CleanupReport, CleanupRules, Host, HostError, Level, RepoType, Repository};
 use crate::meta::{self, ImageManifest, TagLink};
 use crate::reference::{Digest, Name, Tag};
@@ -65,35 +67,128 @@ struct Image {
     manifests: BTreeMap<String, Option<ImageManifest>>,
 }
 
+/// Image by image, so what the plugin holds at once is one image's tags and manifests: the tag
+/// and `image-manifest` keys are walked side by side in key order, a page at a time.
 fn run(host: &impl Host, rules: &Rules, now: u64) -> Result<CleanupReport, HostError> {
-    // by name: `Name` is not ordered
-    let mut images: BTreeMap<String, (Name, Image)> = BTreeMap::new();
-    for (key, link) in meta::all_tags(host)? {
-        let Some((name, tag)) = key.strip_prefix("tag/").and_then(|k| k.split_once(':')) else {
-            continue;
-        };
-        let (Ok(name), Ok(tag)) = (Name::parse(name), Tag::parse(tag)) else {
-            continue;
-        };
-        image(&mut images, name).tags.push((tag, link));
-    }
-    for (name, digest, record) in meta::all_image_manifests(host)? {
-        image(&mut images, name)
-            .manifests
-            .insert(digest.to_string(), record);
-    }
+    let mut tags = ByImage::new(keys(host, meta::TAG), meta::TAG, ':').peekable();
+    let mut manifests =
+        ByImage::new(keys(host, meta::IMAGE_MANIFEST), meta::IMAGE_MANIFEST, '@').peekable();
     let mut report = CleanupReport::default();
-    for (name, image) in images.values() {
-        clean_image(host, rules, now, name, image, &mut report)?;
+    loop {
+        // the next image: the one of the two walks whose name comes first in tag-key order
+        let next_tags = match tags.peek() {
+            Some(Ok((n, _))) => Some(tag_order(n)),
+            Some(Err(_)) => return Err(take_err(&mut tags)),
+            None => None,
+        };
+        let next_manifests = match manifests.peek() {
+            Some(Ok((n, _))) => Some(tag_order(n)),
+            Some(Err(_)) => return Err(take_err(&mut manifests)),
+            None => None,
+        };
+        let (take_tags, take_manifests) = match (&next_tags, &next_manifests) {
+            (None, None) => break,
+            (Some(_), None) => (true, false),
+            (None, Some(_)) => (false, true),
+            (Some(t), Some(m)) => (t <= m, m <= t),
+        };
+        let mut name = None;
+        let mut image = Image::default();
+        if let Some(Ok((n, rests))) = take_tags.then(|| tags.next()).flatten() {
+            for rest in rests {
+                let (Ok(parsed), Ok(tag)) = (Name::parse(&n), Tag::parse(&rest)) else {
+                    continue;
+                };
+                if let Some(link) = meta::get_tag(host, &parsed, &tag)? {
+                    image.tags.push((tag, link));
+                }
+            }
+            name = Name::parse(&n).ok();
+        }
+        if let Some(Ok((n, rests))) = take_manifests.then(|| manifests.next()).flatten() {
+            let Ok(parsed) = Name::parse(&n) else {
+                continue;
+            };
+            for rest in rests {
+                let Ok(digest) = Digest::parse(&rest) else {
+                    continue;
+                };
+                let record = meta::get_image_manifest(host, &parsed, &digest)?;
+                image.manifests.insert(digest.to_string(), record);
+            }
+            name = Some(parsed);
+        }
+        if let Some(name) = name {
+            clean_image(host, rules, now, &name, &image, &mut report)?;
+        }
     }
     Ok(report)
 }
 
-fn image(images: &mut BTreeMap<String, (Name, Image)>, name: Name) -> &mut Image {
-    &mut images
-        .entry(name.as_str().to_owned())
-        .or_insert_with(|| (name, Image::default()))
-        .1
+/// Where an image's tag keys sort: the order both walks are merged in. Image names hold no byte
+/// between ':' and '@', so names sort alike under either separator; were that ever not so, an
+/// image would be cleaned in two halves, which is still safe (a manifest is removed only when no
+/// tag leads to it at that moment).
+fn tag_order(name: &str) -> String {
+    format!("{name}:")
+}
+
+fn take_err<I: Iterator<Item = Result<(String, Vec<String>), HostError>>>(
+    walk: &mut std::iter::Peekable<I>,
+) -> HostError {
+    match walk.next() {
+        Some(Err(e)) => e,
+        _ => HostError::Internal("cleanup: a metadata walk ended unexpectedly".into()),
+    }
+}
+
+/// One image's keys at a time from a walk in key order: (image name, what follows the
+/// separator in each key). An image's keys share the prefix `<prefix><name><separator>`, so
+/// they come together; keys not of that form are skipped.
+struct ByImage<I: Iterator<Item = Result<String, HostError>>> {
+    keys: std::iter::Peekable<I>,
+    prefix: &'static str,
+    separator: char,
+}
+
+impl<I: Iterator<Item = Result<String, HostError>>> ByImage<I> {
+    fn new(keys: I, prefix: &'static str, separator: char) -> Self {
+        ByImage {
+            keys: keys.peekable(),
+            prefix,
+            separator,
+        }
+    }
+}
+
+fn split<'k>(key: &'k str, prefix: &str, separator: char) -> Option<(&'k str, &'k str)> {
+    key.strip_prefix(prefix)?.split_once(separator)
+}
+
+impl<I: Iterator<Item = Result<String, HostError>>> Iterator for ByImage<I> {
+    type Item = Result<(String, Vec<String>), HostError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let key = match self.keys.next()? {
+                Ok(key) => key,
+                Err(e) => return Some(Err(e)),
+            };
+            let Some((name, rest)) = split(&key, self.prefix, self.separator) else {
+                continue;
+            };
+            let (name, mut rests) = (name.to_owned(), vec![rest.to_owned()]);
+            while let Some(Ok(next)) = self.keys.peek() {
+                match split(next, self.prefix, self.separator) {
+                    Some((n, r)) if n == name => rests.push(r.to_owned()),
+                    Some(_) => break,
+                    None => {}
+                }
+                self.keys.next();
+            }
+            return Some(Ok((name, rests)));
+        }
+    }
 }
 
 /// What one image loses under the rules: (tags, manifests).

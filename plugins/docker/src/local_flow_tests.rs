@@ -1723,6 +1723,48 @@ fn keep_last_keeps_the_newest_matching_tags_and_never_touches_others() {
     assert_eq!(again, CleanupReport::default());
 }
 
+/// Images are cleaned one at a time from two walks (tags, image manifests) merged by name:
+/// names that sort next to each other under either separator (`a`, `a-b`, `a/b`, `a0`, `a_b`,
+/// `ab`) each keep their own newest tag, and an image with manifests left but no tag is still
+/// seen by the untagged rule.
+#[test]
+fn cleanup_takes_each_image_by_itself_whatever_its_neighbours_names() {
+    let h = host();
+    let c = client(&h);
+    let names = ["a", "a-b", "a/b", "a0", "a_b", "ab"];
+    let mut old = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let d1 = push_image(&c, name, "1", format!("{name} one").as_bytes());
+        push_image(&c, name, "2", format!("{name} two").as_bytes());
+        tag_pushed_at(&h, name, "1", 10 + i as u64);
+        tag_pushed_at(&h, name, "2", 500 + i as u64);
+        old.push(d1);
+    }
+    // an image whose only tag is gone: its manifest is untagged
+    let orphan = push_image(&c, "a.x", "gone", b"orphan layer");
+    let (n, t) = (
+        crate::reference::Name::parse("a.x").unwrap(),
+        crate::reference::Tag::parse("gone").unwrap(),
+    );
+    h.meta_delete(&crate::meta::tag_key(&n, &t)).unwrap();
+    manifest_pushed_at(&h, "a.x", &orphan, Some(1));
+
+    let report =
+        crate::cleanup::cleanup(&h, &c.repo, &rules(Some(1), None, Some(100)), 1000).unwrap();
+    assert_eq!(
+        report,
+        CleanupReport {
+            tags_removed: names.len() as u64,
+            manifests_removed: names.len() as u64 + 1
+        }
+    );
+    for (name, d1) in names.iter().zip(&old) {
+        assert_eq!(tag_names(&c, name), ["2"], "{name}");
+        assert_eq!(manifest_status(&c, name, d1), 404, "{name}");
+    }
+    assert_eq!(manifest_status(&c, "a.x", &orphan), 404);
+}
+
 #[test]
 fn untagged_manifests_go_after_the_delay_but_not_what_kept_ones_reference() {
     let h = host();

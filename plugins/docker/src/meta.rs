@@ -350,8 +350,6 @@ pub fn has_tags(host: &impl Host, name: &Name) -> Result<bool, HostError> {
     Ok(!host.meta_list_page(&tag_prefix(name), None, 1)?.is_empty())
 }
 
-/// Every `image-manifest` record: (image, digest, record), walked a page of keys at a time. A
-/// record that no longer parses still names its digest, with an empty record.
 /// The image and digest an `image-manifest` key names.
 pub fn parse_image_manifest_key(key: &str) -> Option<(Name, Digest)> {
     let (name, digest) = key
@@ -371,57 +369,6 @@ pub fn parse_blob_link_key(key: &str) -> Option<Digest> {
 pub fn parse_manifest_record_key(key: &str) -> Option<Digest> {
     key.strip_prefix(MANIFEST)
         .and_then(|d| Digest::parse(d).ok())
-}
-
-pub fn each_image_manifest(
-    host: &impl Host,
-    mut f: impl FnMut(Name, Digest, Option<ImageManifest>) -> Result<(), HostError>,
-) -> Result<(), HostError> {
-    for key in keys(host, IMAGE_MANIFEST) {
-        let key = key?;
-        let Some((name, digest)) = parse_image_manifest_key(&key) else {
-            continue;
-        };
-        let record = get_json(host, &key)?;
-        f(name, digest, record)?;
-    }
-    Ok(())
-}
-
-/// Every `image-manifest` record at once (cleanup rules weigh an image's manifests together).
-pub fn all_image_manifests(
-    host: &impl Host,
-) -> Result<Vec<(Name, Digest, Option<ImageManifest>)>, HostError> {
-    let mut out = Vec::new();
-    each_image_manifest(host, |name, digest, record| {
-        out.push((name, digest, record));
-        Ok(())
-    })?;
-    Ok(out)
-}
-
-/// Every tag link of the repository: (key, link), a page of keys at a time.
-pub fn each_tag(
-    host: &impl Host,
-    mut f: impl FnMut(&str, TagLink) -> Result<(), HostError>,
-) -> Result<(), HostError> {
-    for key in keys(host, TAG) {
-        let key = key?;
-        if let Some(link) = get_json(host, &key)? {
-            f(&key, link)?;
-        }
-    }
-    Ok(())
-}
-
-/// Every tag link at once (cleanup rules weigh an image's tags together).
-pub fn all_tags(host: &impl Host) -> Result<Vec<(String, TagLink)>, HostError> {
-    let mut out = Vec::new();
-    each_tag(host, |key, link| {
-        out.push((key.to_owned(), link));
-        Ok(())
-    })?;
-    Ok(out)
 }
 
 /// The image a tag key belongs to.
