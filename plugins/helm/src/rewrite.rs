@@ -38,13 +38,24 @@ pub fn local_path(url: &str, base: &str) -> Option<(String, String)> {
         .split('/')
         .all(|s| !s.is_empty() && s != "." && s != "..");
     // `\` as in a relative URL: some clients read it as `/`, and a local path must mean one thing
-    if authority.is_empty() || authority.contains(['@', '\\']) || path.contains('\\') || !path_ok {
+    if !authority_ok(authority) || path.contains('\\') || !path_ok {
         return None;
     }
     Some((
         format!("abs/{}/{authority}/{path}", scheme.to_ascii_lowercase()),
         absolute,
     ))
+}
+
+/// A host and port that can stand as one segment of a local path: no user part, no `\`, and not
+/// `.` or `..` (`http://../x` would otherwise climb out of `abs/http/`).
+fn authority_ok(authority: &str) -> bool {
+    !authority.is_empty()
+        && authority != "."
+        && authority != ".."
+        && authority.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
+        })
 }
 
 /// `url` resolved against the directory `base` (the upstream repository URL).
@@ -372,6 +383,19 @@ abs/http/up:8080/up/nginx-1.0.0.tgz\thttp://up:8080/up/nginx-1.0.0.tgz\tbbbb
         assert_eq!(local_path("ftp://u/a.tgz", "http://u"), None);
         assert_eq!(local_path("http://user@u/a.tgz", "http://u"), None);
         assert_eq!(local_path("http://u/a/../b.tgz", "http://u"), None);
+        // an authority that is a path segment of its own
+        for url in [
+            "http://../z",
+            "http://./z",
+            "https://../../etc/x.tgz",
+            "http://a%2f../x.tgz",
+        ] {
+            assert_eq!(local_path(url, "http://u"), None, "{url}");
+        }
+        assert_eq!(
+            local_path("http://[::1]:8080/a.tgz", "http://u").unwrap().0,
+            "abs/http/[::1]:8080/a.tgz"
+        );
         assert_eq!(
             local_path("../b.tgz", "http://u/r/s").unwrap().0,
             "abs/http/u/r/b.tgz"
