@@ -57,7 +57,7 @@ def test_skopeo_push_multi_platform_index_and_pull_one_platform(local_br, images
 
 def test_podman_push(local_br, images, podman, tmp_path):
     br, small = local_br, images["small"]
-    podman("pull", "-q", f"oci:{small.layout}:{small.tag}")
+    podman("pull", "-q", small.podman_oci(tmp_path))
     ref = f"{br.prefix(LOCAL)}/e2e/podman:1"
     digestfile = tmp_path / "digest"
     podman("push", "--tls-verify=false", "--digestfile", str(digestfile), small.config.split(":")[1], f"docker://{ref}")

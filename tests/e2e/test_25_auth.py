@@ -156,11 +156,11 @@ def test_basic_mode_without_token_service(make_binaryrepo, images, upstream, tmp
     assert r.status == 200
 
 
-def test_podman_login_push_pull(secure, images, podman):
+def test_podman_login_push_pull(secure, images, podman, tmp_path):
     small = images["small"]
     podman("login", "--tls-verify=false", "-u", ALICE[0], "-p", ALICE[1], secure.host)
     try:
-        image_id = podman("pull", "-q", f"oci:{small.layout}:{small.tag}").stdout.decode().split()[-1]
+        image_id = podman("pull", "-q", small.podman_oci(tmp_path)).stdout.decode().split()[-1]
         ref = f"{secure.prefix(LOCAL)}/e2e/podman:1"
         podman("tag", image_id, ref)
         podman("push", "-q", "--tls-verify=false", ref)

@@ -75,6 +75,17 @@ class Image:
         sep = "@" + self.digest if by_digest else ":" + self.tag
         return f"{prefix.rstrip('/')}/{self.repo}{sep}"
 
+    def podman_oci(self, link_dir: Path) -> str:
+        """`oci:<layout>:<tag>` for podman, which names the image after the path and refuses upper case
+        in it (a test cache under e.g. /tmp/ci.AbCd): through a lower-case symlink in `link_dir` then."""
+        layout = str(self.layout)
+        if layout != layout.lower():
+            link = Path(link_dir) / f"oci-{self.name.lower()}"
+            if not link.is_symlink():
+                link.symlink_to(layout)
+            layout = str(link)
+        return f"oci:{layout}:{self.tag}"
+
     def largest_layer(self) -> tuple[str, int]:
         d = max(self.blobs, key=lambda k: self.blobs[k])
         return d, self.blobs[d]
