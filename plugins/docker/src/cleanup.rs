@@ -95,15 +95,17 @@ fn run(host: &impl Host, rules: &Rules, now: u64) -> Result<CleanupReport, HostE
         let mut name = None;
         let mut image = Image::default();
         if let Some(Ok((n, rests))) = take_tags.then(|| tags.next()).flatten() {
-            for rest in rests {
-                let (Ok(parsed), Ok(tag)) = (Name::parse(&n), Tag::parse(&rest)) else {
-                    continue;
-                };
-                if let Some(link) = meta::get_tag(host, &parsed, &tag)? {
-                    image.tags.push((tag, link));
+            if let Ok(parsed) = Name::parse(&n) {
+                for rest in rests {
+                    let Ok(tag) = Tag::parse(&rest) else {
+                        continue;
+                    };
+                    if let Some(link) = meta::get_tag(host, &parsed, &tag)? {
+                        image.tags.push((tag, link));
+                    }
                 }
+                name = Some(parsed);
             }
-            name = Name::parse(&n).ok();
         }
         if let Some(Ok((n, rests))) = take_manifests.then(|| manifests.next()).flatten() {
             let Ok(parsed) = Name::parse(&n) else {
