@@ -20,7 +20,9 @@ from harness.helm import Helm
 from harness.images import ensure_images
 from harness.nginx import Nginx
 from harness.oci import Oci
+from harness.postgres import Postgres
 from harness.registry import Registry
+from harness.s3 import S3Server
 from harness.tokenserver import TokenServer
 from harness.util import free_port, server_factory, tail
 
@@ -180,3 +182,19 @@ def dockerd(work, egress_trap, mirror_port):
     d = Dockerd(work, egress_trap, mirror=f"http://127.0.0.1:{mirror_port}").start()
     yield d
     d.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """one PostgreSQL server for the session; each test that uses it makes a database of its own"""
+    pg = Postgres().start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture
+def s3(tmp_path):
+    """an s3s-fs server of the test's own, on 127.0.0.1"""
+    s = S3Server(tmp_path).start()
+    yield s
+    s.stop()

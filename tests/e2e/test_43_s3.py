@@ -8,17 +8,9 @@ import pytest
 
 from harness.clients import dir_image, skopeo_copy
 from harness.images import skopeo
-from harness.s3 import S3Server
 from harness.util import request, stream_get, wait_until
 
 LOCAL, REMOTE = "docker-local", "docker-remote"
-
-
-@pytest.fixture
-def s3(tmp_path):
-    s = S3Server(tmp_path).start()
-    yield s
-    s.stop()
 
 
 def on_s3(make_binaryrepo, s3, **storage):

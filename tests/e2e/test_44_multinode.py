@@ -16,19 +16,11 @@ from harness.clients import dir_image, skopeo_copy
 from harness.images import skopeo
 from harness.nginx import Nginx
 from harness.oci import Oci, build_image, sha256
-from harness.postgres import Postgres
 from harness.util import request, wait_until
 
 LOCAL = "docker-local"
 # How long a node may take to follow another's change (meta::SHARED_CHECK_WINDOW is 1 s; polls are 1 s apart).
 FOLLOW = 5
-
-
-@pytest.fixture(scope="session")
-def postgres():
-    pg = Postgres().start()
-    yield pg
-    pg.stop()
 
 
 @pytest.fixture

@@ -14,27 +14,11 @@ from harness.clients import dir_image, skopeo_copy
 from harness.images import skopeo
 from harness.nginx import Nginx
 from harness.oci import Oci, sha256
-from harness.postgres import Postgres
-from harness.s3 import S3Server
 from harness.util import request, wait_until
 from test_44_multinode import round_robin
 
 LOCAL = "docker-local"
 FOLLOW = 5
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    pg = Postgres().start()
-    yield pg
-    pg.stop()
-
-
-@pytest.fixture
-def s3(tmp_path):
-    s = S3Server(tmp_path).start()
-    yield s
-    s.stop()
 
 
 @pytest.fixture
