@@ -55,15 +55,19 @@ const MAX_CURSOR: usize = 4096;
 /// Access times reach the database at least this often.
 const ACCESS_FLUSH: Duration = Duration::from_secs(60);
 
-/// What a finished run did (the offline command prints it).
-#[derive(Debug, Default, Serialize)]
+/// What a run did: its totals while it runs (`GET /api/gc`) and after (the offline command prints it).
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct GcReport {
+    /// blobs no repository needed, removed
     pub removed: u64,
     pub removed_bytes: u64,
     pub kept: u64,
+    /// blobs removed to keep remote repositories within their cache limits
     pub evicted: u64,
     pub evicted_bytes: u64,
+    /// tags removed by cleanup rules
     pub tags_removed: u64,
+    /// manifests removed by cleanup rules (their blobs are then swept like any unreferenced blob)
     pub manifests_removed: u64,
 }
 
@@ -221,16 +225,7 @@ pub async fn collect(app: &App, grace: Duration) -> Result<GcReport, GcError> {
     let run = Arc::new(Run::new(0, Trigger::Offline, grace));
     execute(app, &run).await?;
     run.finish(None);
-    let s = run.status();
-    Ok(GcReport {
-        removed: s.removed,
-        removed_bytes: s.removed_bytes,
-        kept: s.kept,
-        evicted: s.evicted,
-        evicted_bytes: s.evicted_bytes,
-        tags_removed: s.tags_removed,
-        manifests_removed: s.manifests_removed,
-    })
+    Ok(run.counters.report())
 }
 
 /// Runs every `gc_interval`, and writes access times every minute.
@@ -330,7 +325,7 @@ async fn execute(app: &App, run: &Arc<Run>) -> Result<(), GcError> {
         store.forget_cached();
     }
     touches.forget_older_than(run.grace.max(app.config.gc_grace));
-    let s = run.status();
+    let s = run.counters.report();
     tracing::info!(removed = s.removed, bytes = s.removed_bytes, kept = s.kept, evicted = s.evicted, "garbage collected");
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::unix_now;
+use super::{GcReport, unix_now};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -51,6 +51,20 @@ impl Counters {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
+
+    /// The totals so far.
+    pub fn report(&self) -> GcReport {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        GcReport {
+            removed: get(&self.removed),
+            removed_bytes: get(&self.removed_bytes),
+            kept: get(&self.kept),
+            evicted: get(&self.evicted),
+            evicted_bytes: get(&self.evicted_bytes),
+            tags_removed: get(&self.tags_removed),
+            manifests_removed: get(&self.manifests_removed),
+        }
+    }
 }
 
 pub struct Run {
@@ -76,17 +90,8 @@ pub struct Status {
     pub repositories_done: u64,
     pub repositories_total: u64,
     pub blobs_scanned: u64,
-    /// blobs no repository needed, removed
-    pub removed: u64,
-    pub removed_bytes: u64,
-    pub kept: u64,
-    /// blobs removed to keep remote repositories within their cache limits
-    pub evicted: u64,
-    pub evicted_bytes: u64,
-    /// tags removed by cleanup rules
-    pub tags_removed: u64,
-    /// manifests removed by cleanup rules (their blobs are then swept like any unreferenced blob)
-    pub manifests_removed: u64,
+    #[serde(flatten)]
+    pub totals: GcReport,
     pub bytes_freed: u64,
     /// unix seconds
     pub started: u64,
@@ -147,13 +152,7 @@ impl Run {
             repositories_done: get(&c.repositories_done),
             repositories_total: get(&c.repositories_total),
             blobs_scanned: get(&c.blobs_scanned),
-            removed: get(&c.removed),
-            removed_bytes: get(&c.removed_bytes),
-            kept: get(&c.kept),
-            evicted: get(&c.evicted),
-            evicted_bytes: get(&c.evicted_bytes),
-            tags_removed: get(&c.tags_removed),
-            manifests_removed: get(&c.manifests_removed),
+            totals: c.report(),
             bytes_freed: get(&c.removed_bytes) + get(&c.evicted_bytes),
             started: self.started,
             finished,
