@@ -10,7 +10,9 @@ upstream started here that counts what it is asked:
   requests sharing one upstream GET, the plugin recording the digest once; past max-bytes nothing is
   stored; an upstream 404 stays a 404;
 - a virtual repository merges a `merged` path over its members: local answers inline, a remote member's
-  fetch-file carried out into the store, a member's 404 included.
+  fetch-file carried out into the store, a member's 404 included;
+- a `live-blobs-page` walk that never ends (cursors a, b, a, …; or 1, 2, 3, … on an empty repository) stops
+  the collection with nothing removed, instead of asking the plugin for ever.
 """
 from __future__ import annotations
 
@@ -261,3 +263,24 @@ def test_a_virtual_repository_merges_its_members_answers(b, upstream):
     r = request("GET", f"{b.url}/repo/pv/probe/index.txt", timeout=60)
     assert r.status == 200 and r.text().endswith("pr 200 blob remote index\n"), r.text()
     assert upstream.hits["/index.txt"] == 1
+
+
+def test_a_live_set_walk_that_never_ends_stops_the_collection(b):
+    """the probe answers repositories named *cycle* with cursors a -> b -> a and *endless* ones with 1, 2, 3, …;
+    either stops the run (nothing collected) soon, and the next run without them finishes"""
+    report(get(b, "pl", "upload"))  # a blob no repository needs: a run that finishes with grace 0 removes it
+    stored = sorted(blob_files(b.data_dir))
+    assert stored
+    for name, says in [("p-cycle", "came back to cursor \"a\""), ("p-endless", "pages without finishing")]:
+        b.create(name=name, type="local", format=FORMAT)
+        t = time.monotonic()
+        r = b.api("POST", "/api/gc?wait=true&grace_seconds=0")
+        assert r.status == 500, r
+        status = b.api("GET", "/api/gc").json()
+        assert status["state"] == "failed" and says in status["error"] and "nothing collected" in status["error"], status
+        assert time.monotonic() - t < 60, "stopped soon, not at a budget"
+        assert sorted(blob_files(b.data_dir)) == stored, "a failed run removes nothing"
+        assert b.api("DELETE", f"/api/repositories/{name}").status in (200, 204)
+    r = b.api("POST", "/api/gc?wait=true&grace_seconds=0")
+    assert r.status == 200 and r.json()["state"] == "finished", r
+    assert sorted(blob_files(b.data_dir)) != stored, "the run that finished removed the loose blob"

@@ -86,6 +86,8 @@ pub struct Upstream {
     health: Health,
     /// Origins each remote (repository name, remote origin) named as auth realms.
     realms: Mutex<HashMap<(String, String), HashSet<String>>>,
+    /// The realms themselves (URLs without query): a GET of one is a token request.
+    realm_urls: Mutex<HashMap<(String, String), HashSet<String>>>,
     metrics: Arc<Metrics>,
     /// `upstream.fetch` calls in flight (single-flight by repository and key).
     documents: document::Documents,
@@ -98,6 +100,14 @@ const MAX_NAMED_ORIGINS: usize = 1024;
 
 fn origin(url: &Url) -> String {
     url.origin().ascii_serialization()
+}
+
+/// A URL as a realm is named: the parameters of a token request (service, scope) are its query.
+fn without_query(url: &Url) -> String {
+    let mut u = url.clone();
+    u.set_query(None);
+    u.set_fragment(None);
+    u.to_string()
 }
 
 fn remote_of(repo: &Repository) -> Result<Url, UpstreamError> {
@@ -161,6 +171,7 @@ impl Upstream {
             health: Health::new(config.down_for),
             config,
             realms: Mutex::new(HashMap::new()),
+            realm_urls: Mutex::new(HashMap::new()),
             metrics,
             documents: Default::default(),
             shared: Default::default(),
@@ -208,12 +219,20 @@ impl Upstream {
         if origin(url) != origin(remote) {
             return;
         }
-        let found: Vec<String> = challenge_realms(headers)
+        let urls: Vec<Url> = challenge_realms(headers)
             .iter()
             .filter_map(|r| Url::parse(r).ok())
             .filter(|u| matches!(u.scheme(), "http" | "https"))
-            .map(|u| origin(&u))
             .collect();
+        if !urls.is_empty() {
+            let mut named = self.realm_urls.lock().unwrap_or_else(|e| e.into_inner());
+            let set = named.entry(Self::realm_key(repo, remote)).or_default();
+            if set.len() + urls.len() > REALMS_PER_REMOTE {
+                set.clear();
+            }
+            set.extend(urls.iter().take(REALMS_PER_REMOTE).map(without_query));
+        }
+        let found: Vec<String> = urls.iter().map(origin).collect();
         if !found.is_empty() {
             let mut realms = self.realms.lock().unwrap_or_else(|e| e.into_inner());
             let set = realms.entry(Self::realm_key(repo, remote)).or_default();
@@ -222,6 +241,13 @@ impl Upstream {
             }
             set.extend(found.into_iter().take(REALMS_PER_REMOTE));
         }
+    }
+
+    /// Whether `url` is an auth realm `repo`'s remote named in a challenge (a token service).
+    pub(crate) fn is_realm(&self, repo: &Repository, url: &Url) -> bool {
+        let Ok(remote) = remote_of(repo) else { return false };
+        let named = self.realm_urls.lock().unwrap_or_else(|e| e.into_inner());
+        named.get(&Self::realm_key(repo, &remote)).is_some_and(|set| set.contains(&without_query(url)))
     }
 
     /// One hop of `req` (the first, or a redirect) to `url`. What the plugin put in the request to
@@ -570,6 +596,46 @@ mod tests {
         let err = up.send(&repo(&circle.url("")), &get(&circle.url("/a"), false)).await.unwrap_err();
         assert!(matches!(err, UpstreamError::Refused(ref m) if m.contains("redirects")), "{err}");
         assert_eq!(circle.heads().len(), egress::MAX_REDIRECTS + 1);
+    }
+
+    /// A request that arrives just after the token came back (the plugin call that asked has not
+    /// stored it yet) gets that token, not a second token request; so does one that arrives just
+    /// after the challenge, whatever the order the plugin calls get to the upstream in. Guards
+    /// `open_until` for 401s and realm answers in `small_shared`.
+    #[tokio::test]
+    async fn the_auth_exchange_is_shared_with_requests_that_arrive_just_after_it() {
+        use super::shared::ARRIVED;
+        use std::time::Instant;
+        let realm = Canned::start(|_| "HTTP/1.1 200 OK\r\n".into()).await;
+        let challenge =
+            format!("HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"{}\",service=\"s\"\r\n", realm.url("/token"));
+        let remote = Canned::start(move |_| challenge.clone()).await;
+        let (up, r) = (Arc::new(upstream(&[])), Arc::new(repo(&remote.url(""))));
+        let anonymous = parse_request("GET", &remote.url("/v2/x/manifests/1"), &[], false).unwrap();
+        let token = parse_request("GET", &realm.url("/token?service=s&scope=repository%3Ax%3Apull"), &[], false).unwrap();
+        let ask = |req: &UpstreamRequest| {
+            let (up, r, req) = (up.clone(), r.clone(), req.clone());
+            // each asks as a client request that arrived right now, after the answers before it
+            ARRIVED.scope(Instant::now(), async move { up.small_shared(r, req, Duration::from_secs(5)).await.unwrap().status.as_u16() })
+        };
+        assert_eq!(ask(&anonymous).await, 401);
+        assert_eq!(ask(&token).await, 200);
+        for _ in 0..3 {
+            assert_eq!(ask(&anonymous).await, 401);
+            assert_eq!(ask(&token).await, 200);
+        }
+        assert_eq!(remote.heads().len(), 1, "one challenge: {:?}", remote.heads());
+        assert_eq!(realm.heads().len(), 1, "one token request: {:?}", realm.heads());
+        // another scope is another token
+        let other = parse_request("GET", &realm.url("/token?service=s&scope=repository%3Ay%3Apull"), &[], false).unwrap();
+        assert_eq!(ask(&other).await, 200);
+        assert_eq!(realm.heads().len(), 2);
+        // an answer from anywhere but a realm is not shared with later requests
+        let elsewhere = parse_request("GET", &realm.url("/v2/x/manifests/1"), &[], false).unwrap();
+        for _ in 0..2 {
+            assert_eq!(ask(&elsewhere).await, 200);
+        }
+        assert_eq!(realm.heads().len(), 4);
     }
 
     /// Guards the `hop.credentials` condition in send_hop (`first_hop`: credentials only over https).

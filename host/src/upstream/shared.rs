@@ -7,7 +7,12 @@
 //! the upstream request: a request that arrived while an answer was in flight could have joined
 //! it, so that answer serves it too, even if it came back a moment before the request's plugin
 //! call asked (calls start at different times on a busy machine). Requests that arrive after the
-//! answer ask afresh (a tag revalidated every time stays so).
+//! answer ask afresh (a tag revalidated every time stays so), except for the answers of the auth
+//! exchange: an auth challenge (401) and a token (a 2xx from a realm the remote named) serve every
+//! identical request for a few seconds. A request that arrives just after the token came back,
+//! while the plugin call that asked for it has not stored it yet, would otherwise ask the token
+//! service again; a token is good for a minute at least, and a challenge does not change from one
+//! second to the next.
 //!
 //! "Identical" is the repository, the remote and credentials it is configured with, the method,
 //! the URL and every header the plugin set (a bearer token among them), and whether configured
@@ -63,6 +68,9 @@ type Outcome = Option<Result<SmallResponse, UpstreamError>>;
 
 /// How long an answer is kept for requests that arrived while it was in flight.
 const RECENT_FOR: Duration = Duration::from_secs(10);
+/// How long an auth challenge or a token answers every identical request: well within a token's
+/// life (60 s at the least, by the token spec's default) less the margin plugins keep (10 s).
+const AUTH_SHARED_FOR: Duration = Duration::from_secs(5);
 /// Answers kept at once, and their bytes: bounded whatever the upstreams send.
 const MAX_KEPT: usize = 4096;
 const MAX_KEPT_BYTES: usize = 16 * 1024 * 1024;
@@ -76,8 +84,8 @@ tokio::task_local! {
 struct Kept {
     /// when it came back
     answered: Instant,
-    /// until when a 404 answers every asker
-    miss_until: Option<Instant>,
+    /// until when it answers every asker (a 404 remembered, an auth challenge, a token)
+    open_until: Option<Instant>,
     keep_until: Instant,
     outcome: Result<SmallResponse, UpstreamError>,
 }
@@ -88,9 +96,9 @@ impl Kept {
     }
 
     /// An answer serves a request that arrived before it came back (the request could have
-    /// joined it in flight); a remembered miss serves anyone.
+    /// joined it in flight); a remembered miss, a challenge or a token serves anyone for a while.
     fn serves(&self, arrived: Instant, now: Instant) -> bool {
-        now < self.keep_until && (arrived <= self.answered || self.miss_until.is_some_and(|u| now < u))
+        now < self.keep_until && (arrived <= self.answered || self.open_until.is_some_and(|u| now < u))
     }
 }
 
@@ -171,16 +179,19 @@ impl Upstream {
                         let release = Release { up: up.clone(), key: key.clone() };
                         let outcome = up.small_within(&repo, &req, deadline).await;
                         let now = Instant::now();
-                        let miss_until = match &outcome {
+                        let open_until = match &outcome {
                             Ok(r) if r.status == StatusCode::NOT_FOUND && repo.miss_cache_seconds > 0 => {
                                 Some(now + Duration::from_secs(repo.miss_cache_seconds))
                             }
+                            Ok(r) if r.status == StatusCode::UNAUTHORIZED || (r.status.is_success() && up.is_realm(&repo, &req.url)) => {
+                                Some(now + AUTH_SHARED_FOR)
+                            }
                             _ => None,
                         };
-                        let keep_until = (now + RECENT_FOR).max(miss_until.unwrap_or(now));
+                        let keep_until = (now + RECENT_FOR).max(open_until.unwrap_or(now));
                         // Kept before the in-flight entry goes, under one lock: an asker finds one or the other.
                         let mut state = up.shared.lock();
-                        state.keep(key, Kept { answered: now, miss_until, keep_until, outcome: outcome.clone() });
+                        state.keep(key, Kept { answered: now, open_until, keep_until, outcome: outcome.clone() });
                         drop(state);
                         drop(release);
                         let _ = tx.send(Some(outcome));
@@ -225,9 +236,9 @@ mod tests {
         }
     }
 
-    fn kept(body: usize, answered: Instant, miss_until: Option<Instant>) -> Kept {
+    fn kept(body: usize, answered: Instant, open_until: Option<Instant>) -> Kept {
         let resp = SmallResponse { status: StatusCode::OK, headers: HeaderMap::new(), body: Bytes::from(vec![0u8; body]) };
-        Kept { answered, miss_until, keep_until: Instant::now() + RECENT_FOR, outcome: Ok(resp) }
+        Kept { answered, open_until, keep_until: Instant::now() + RECENT_FOR, outcome: Ok(resp) }
     }
 
     #[test]

@@ -1905,6 +1905,60 @@ fn keep_last_zero_removes_every_matching_tag() {
     assert_eq!(manifest_status(&c, "app", &pr), 404);
 }
 
+/// An image of 100,000 tags streams through `keep_last`: the plugin holds the N newest (a heap),
+/// never the tag list, and the manifest graph it holds is the image's manifests, not its tags.
+/// Ties on the push time go to the names that sort last, as with a sort of the whole list.
+#[test]
+fn keep_last_holds_the_tags_it_keeps_not_the_tags_it_walks() {
+    let h = host();
+    let c = client(&h);
+    let stays = push_image(&c, "app", "stays", b"layer stays");
+    let newest = push_image(&c, "app", "newest", b"layer newest");
+    let goes = push_image(&c, "app", "goes", b"layer goes");
+    for t in ["newest", "goes"] {
+        h.meta_delete(&format!("tag/app:{t}")).unwrap();
+    }
+    // t000000 … t099999, ten at each push time: the 25 newest are t099975 … t099999
+    let (total, keep) = (100_000usize, 25usize);
+    for i in 0..total {
+        let digest = if i >= total - keep { &newest } else { &goes };
+        let link = json!({"digest": digest, "media_type": OCI, "checked": i / 10}).to_string();
+        h.meta
+            .borrow_mut()
+            .insert(format!("tag/app:t{i:06}"), link.into_bytes());
+    }
+
+    let (report, held) = crate::cleanup::cleanup_weighed(
+        &h,
+        &c.repo,
+        &rules(Some(keep as u32), Some("^t"), None),
+        1_000_000,
+    )
+    .unwrap();
+    assert_eq!(
+        report,
+        CleanupReport {
+            tags_removed: (total - keep) as u64,
+            manifests_removed: 1
+        }
+    );
+    let mut want: Vec<String> = (total - keep..total).map(|i| format!("t{i:06}")).collect();
+    want.insert(0, "stays".into());
+    want.sort();
+    assert_eq!(tag_names(&c, "app"), want);
+    assert_eq!(manifest_status(&c, "app", &goes), 404);
+    assert_eq!(manifest_status(&c, "app", &newest), 200);
+    assert_eq!(manifest_status(&c, "app", &stays), 200);
+    assert_eq!(
+        held,
+        crate::cleanup::Held {
+            tags: keep,
+            manifests: 3
+        },
+        "held at once"
+    );
+}
+
 #[test]
 fn cleanup_refuses_what_it_cannot_apply() {
     let h = host();

@@ -15,6 +15,10 @@
 //! | `index.txt`          | local: `local <repo>` (404 for a repository whose name contains `empty`); remote: fetch-file of `<remote>/index.txt` |
 //!
 //! `merge` answers one line per member: `<repo> <status> <none|inline|blob> <body text>`.
+//!
+//! `live-blobs-page` walks that never end, for the host's guard on them: a repository whose
+//! name contains `cycle` hands back cursors `a`, `b`, `a`, …; one whose name contains
+//! `endless` counts `1`, `2`, `3`, … without ever finishing.
 
 #[cfg(target_arch = "wasm32")]
 mod guest;
