@@ -6,9 +6,10 @@
   Wall time of `go mod download`: median with its interquartile range (and mean ± σ); the verdict is the ratio of
   the medians, target ≤ 1.0× nginx. Both peers write an access line per request, batched the same way
   (binaryrepo's default: written at most 50 ms later; nginx `access_log ... buffer=64k flush=50ms`).
-  The server's CPU (user + system, all threads / workers, /proc) per request is reported twice: over the timed
-  `go` runs (180 requests a run), and over a tight keep-alive loop (`wrk -t1 -c1`, round robin over the same 180
-  files) where the client's noise is smallest.
+  The server's CPU (user + system, all threads / workers, /proc) per request is reported three times: over the
+  timed `go` runs (180 requests a run), over a tight keep-alive loop (`wrk -t1 -c1`, round robin over the same 180
+  files) where the client's noise is smallest, and over the same loop with a new connection for every request
+  (`Connection: close`: accept, one request, close).
 - G2 cold: `--clients` concurrent `go mod download` of the whole set through a binaryrepo with an empty store; the
   upstream (harness/goproxy.py, a small delay on each .zip so that the clients overlap) counts requests per path.
   Target: every immutable file (.info, .mod, .zip) requested upstream exactly once.
@@ -34,7 +35,7 @@ MODULES = 30
 VERSIONS = ("v1.0.0", "v1.1.0")  # 60 module versions
 PAYLOAD = 48 << 10  # bytes of source per module version (incompressible-ish text)
 WARM_RUNS = 21  # per peer at least: a run takes under a second and its spread is the `go` command's own
-LOOP_SECONDS = 5  # per peer and round of the keep-alive loop
+LOOP_SECONDS = 5  # per peer and round of each wrk loop
 
 def module_set(root: Path) -> list[str]:
     """Write the module versions into a GOPROXY tree; returns their `path@version` names."""
@@ -77,16 +78,18 @@ def files(names: list[str]) -> list[str]:
     return out
 
 
-def keepalive_cpu(work: Path, base: str, pid: int, paths: list[str], tree_cpu_seconds) -> tuple[float, int]:
-    """(server CPU seconds, requests) of `wrk -t1 -c1` round-robin over `paths` for LOOP_SECONDS"""
+def loop_cpu(work: Path, base: str, pid: int, paths: list[str], tree_cpu_seconds, close: bool = False) -> tuple[float, int]:
+    """(server CPU seconds, requests) of `wrk -t1 -c1` round-robin over `paths` for LOOP_SECONDS; `close`: one
+    request per connection"""
     prefix = base.split("://", 1)[1].partition("/")[2]
     script = helm_bench.round_robin_script(work / f"loop-{pid}.lua", [f"/{prefix}{p}" if prefix else p for p in paths])
     c0 = tree_cpu_seconds(pid)
-    r = subprocess.run(["wrk", "-t1", "-c1", f"-d{LOOP_SECONDS}s", "-s", str(script), base], capture_output=True,
-                       text=True, timeout=LOOP_SECONDS + 60)
+    close_args = ["-H", "Connection: close"] if close else []
+    r = subprocess.run(["wrk", "-t1", "-c1", f"-d{LOOP_SECONDS}s", "-s", str(script), *close_args, base],
+                       capture_output=True, text=True, timeout=LOOP_SECONDS + 60)
     cpu = tree_cpu_seconds(pid) - c0
     m = re.search(r"(\d+) requests in", r.stdout)
-    if r.returncode != 0 or not m or "Non-2xx" in r.stdout:
+    if r.returncode != 0 or not m or "Non-2xx" in r.stdout or "Socket errors" in r.stdout:
         raise RuntimeError(f"wrk {base}: rc={r.returncode}\n{r.stdout}\n{r.stderr}")
     return cpu, int(m.group(1))
 
@@ -124,13 +127,15 @@ def run(bench, Series, verdict, fmt_ratio, log, tree_cpu_seconds):
             pairs.append(took["binaryrepo"] / took["nginx"])
         per_run = 3 * len(names)
         go_cpu = {p: cpu[p] * 1e6 / (per_run * len(res[p].values)) for p in targets}
-        loop = {p: [0.0, 0] for p in targets}
+        loops = {kind: {p: [0.0, 0] for p in targets} for kind in ("keep-alive", "new-connection")}
         for i in range(2):
             for p in (list(targets) if i % 2 == 0 else list(targets)[::-1]):
-                c, n = keepalive_cpu(work, targets[p], pids[p], files(names), tree_cpu_seconds)
-                loop[p][0] += c
-                loop[p][1] += n
-        loop_cpu = {p: loop[p][0] * 1e6 / max(1, loop[p][1]) for p in targets}
+                for kind, loop in loops.items():
+                    c, n = loop_cpu(work, targets[p], pids[p], files(names), tree_cpu_seconds,
+                                    close=kind == "new-connection")
+                    loop[p][0] += c
+                    loop[p][1] += n
+        per_req = {kind: {p: loop[p][0] * 1e6 / max(1, loop[p][1]) for p in targets} for kind, loop in loops.items()}
         log("go warm: " + ", ".join(f"{p} {res[p].fmt_median(1000, 'ms')}" for p in targets))
         for p in targets:
             warm_row.values[p] = res[p].fmt_median(1000, "ms")
@@ -139,13 +144,18 @@ def run(bench, Series, verdict, fmt_ratio, log, tree_cpu_seconds):
                            f"pairs: median {statistics.median(pairs):.2f}× ({min(pairs):.2f}–{max(pairs):.2f}×)"]
         warm_row.verdict = verdict(r <= 1.0)
         warm_row.raw = {p: res[p].values for p in targets}
-        warm_row.raw["server_cpu_us_per_request"] = {"go runs": go_cpu, "keep-alive loop": loop_cpu,
-                                                     "loop requests": {p: loop[p][1] for p in targets}}
+        warm_row.raw["server_cpu_us_per_request"] = {"go runs": go_cpu, "keep-alive loop": per_req["keep-alive"],
+                                                     "new-connection loop": per_req["new-connection"],
+                                                     "loop requests": {kind: {p: loop[p][1] for p in targets}
+                                                                       for kind, loop in loops.items()}}
         bench.notes.append(f"G1: {len(names)} module versions ({sum((tree / esc(n.split('@')[0]) / '@v' / (n.split('@')[1] + '.zip')).stat().st_size for n in names):,} bytes of zips); the nginx column is nginx serving the tree from disk, not a cache, with buffered access lines as binaryrepo's.")
         bench.notes.append("G1: server CPU (user + system, all threads / workers) per request: during the `go` runs "
                            + ", ".join(f"{p} {go_cpu[p]:,.1f} µs" for p in targets)
-                           + f"; keep-alive loop (wrk -t1 -c1, 2 × {LOOP_SECONDS} s each) "
-                           + ", ".join(f"{p} {loop_cpu[p]:,.1f} µs ({loop[p][1] / (2 * LOOP_SECONDS):,.0f} requests/s)" for p in targets))
+                           + "".join(f"; {kind} loop (wrk -t1 -c1{', Connection: close' if kind != 'keep-alive' else ''}, "
+                                     f"2 × {LOOP_SECONDS} s each) "
+                                     + ", ".join(f"{p} {per_req[kind][p]:,.1f} µs ({loop[p][1] / (2 * LOOP_SECONDS):,.0f} requests/s)"
+                                                 for p in targets)
+                                     for kind, loop in loops.items()))
 
         # cold: a second remote repository with an empty store, `clients` concurrent downloads
         br.create(name="go-cold", type="remote", format="go", url=up.url, tag_check_seconds=3600)
