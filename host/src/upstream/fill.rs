@@ -299,17 +299,17 @@ impl Fills {
     ) -> Result<(Joined, bool), FillError> {
         let count = |result| self.upstream.metrics().blob_fetch(repo.name.as_str(), result);
         let key: FillKey = (repo.name.clone(), target.clone());
+        // Joining a fill under way needs no lookup.
+        if let Some(fill) = self.inflight.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            count("joined");
+            return Ok((Joined::Filling(fill.clone()), false));
+        }
         // The store is asked before the lock is taken: on S3 a lookup is a request, and the
         // runtime thread that waits for it must not hold a lock other runtime threads block on
         // (with every one of them blocked, nothing drives the request: the node hangs). A fill
         // commits before it leaves the map, so a blob is either in flight or stored here, never
         // fetched twice: a lookup is taken as still true under the lock unless a fill left the
         // map since, and made again otherwise.
-        // Joining a fill under way needs no lookup.
-        if let Some(fill) = self.inflight.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            count("joined");
-            return Ok((Joined::Filling(fill.clone()), false));
-        }
         let (mut inflight, digest) = loop {
             let generation = self.left.load(std::sync::atomic::Ordering::Acquire);
             let found = match &target {
