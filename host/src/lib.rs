@@ -241,8 +241,12 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
 /// largest buffer freed so far) then trim its heaps back to the OS after nearly every chunk, so
 /// the next receive faults in and zeroes fresh pages: perf put that at ~10% of a cold 500 MiB
 /// GET's CPU (`do_anonymous_page` under `recv`), and ~2% with these settings. The cost is that
-/// up to `TRIM` of freed memory per arena stays mapped after a burst. A `GLIBC_TUNABLES` that
-/// sets malloc parameters is left to rule.
+/// up to `TRIM` of freed memory per arena stays mapped after a burst. Arenas are therefore held
+/// to one per core: glibc's default (eight per core) gave each cache fill's threads (staging
+/// writer, hasher, upload) arenas of their own, each keeping its top, and a node's RSS grew with
+/// the number of fills at once (eight concurrent cold fills on S3: 60–65 MiB peak, 50 MiB with
+/// one arena per core; threads beyond the cores cannot all allocate at once anyway). A
+/// `GLIBC_TUNABLES` that sets malloc parameters is left to rule.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -252,10 +256,12 @@ pub fn tune_allocator() {
         const TRIM: libc::c_int = 16 << 20;
         // Buffers up to this size come from the heap, not from mmap (blob chunks are ≤ 1 MiB).
         const MMAP: libc::c_int = 4 << 20;
+        let arenas = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 64) as libc::c_int;
         // SAFETY: mallopt only sets allocator parameters; called before any other thread starts.
         unsafe {
             libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM);
             libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP);
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
         }
     }
 }

@@ -180,37 +180,49 @@ fn presigned(f: Fixture) {
     assert_eq!(client.get(&short).send().unwrap().status(), 403, "an expired URL is refused");
 }
 
-/// How a fill writes a blob whose digest it knows: through the backend's upload as the bytes
-/// arrive where it has one (S3), the staged file committed after verification otherwise, in
-/// chunks as they come off the network. `cut_at` ends the body early (the upstream went away);
-/// `verified` is the fill's verdict on the digest. The blob is stored only when both went well.
+/// How a fill writes a blob whose digest and length it knows: to its staging file, in chunks as
+/// they come off the network, telling the backend's upload how far the file is written where it
+/// has one (S3), the staged file committed after verification otherwise. `cut_at` ends the body
+/// early (the upstream went away); `verified` is the fill's verdict on the digest. The blob is
+/// stored only when both went well.
 fn fill(f: &Fixture, data: &[u8], digest: &Digest, cut_at: Option<usize>, verified: bool) -> Result<(), BlobError> {
     let body = &data[..cut_at.unwrap_or(data.len())];
     let whole = cut_at.is_none() && verified;
     let refused = || Err(BlobError::DigestMismatch { expected: digest.clone(), actual: digest.clone() });
-    match f.store.begin_upload(digest) {
+    let path = f.store.layout().staged();
+    let mut staged = std::fs::File::create(&path).unwrap();
+    match f.store.begin_upload(digest, &path, data.len() as u64) {
         Some(mut upload) => {
+            let mut written = 0u64;
             for chunk in body.chunks(256 * 1024) {
-                upload.write(chunk).unwrap();
+                staged.write_all(chunk).unwrap();
+                written += chunk.len() as u64;
+                upload.staged(written).unwrap();
             }
             if !whole {
                 drop(upload); // a fill that failed drops its upload: aborted
+                let _ = std::fs::remove_file(&path);
                 return refused();
             }
-            // (the fill's staged copy, removed once the upload completes)
-            f.store.complete_upload(upload, &f.store.layout().staged(), digest, body.len() as u64)
+            f.store.complete_upload(upload, &path, digest, body.len() as u64)
         }
         None => {
-            let mut staged = f.store.stage(digest.algorithm())?;
-            for chunk in body.chunks(256 * 1024) {
-                staged.write_all(chunk).unwrap();
-            }
-            if cut_at.is_some() {
+            staged.write_all(body).unwrap();
+            drop(staged);
+            if !whole {
+                let _ = std::fs::remove_file(&path);
                 return refused();
             }
-            staged.commit(Some(digest)).map(drop)
+            f.store.commit_verified(&path, digest)
         }
     }
+}
+
+/// A fill's staging file holding `data`, whole.
+fn staged_file(f: &Fixture, data: &[u8]) -> std::path::PathBuf {
+    let path = f.store.layout().staged();
+    std::fs::write(&path, data).unwrap();
+    path
 }
 
 /// No object under any key and, on S3, no multipart upload left holding parts (the abort runs
@@ -250,11 +262,13 @@ fn fill_with_wrong_digest_stores_nothing(f: Fixture) {
     assert_nothing_stored(&f, &wrong);
     // An upload told the wrong length at completion refuses it.
     let d = Digest::of(Algorithm::Sha256, &data);
-    if let Some(mut u) = f.store.begin_upload(&d) {
-        u.write(&data).unwrap();
-        assert!(f.store.complete_upload(u, &f.store.layout().staged(), &d, data.len() as u64 + 1).is_err());
+    let path = staged_file(&f, &data);
+    if let Some(mut u) = f.store.begin_upload(&d, &path, data.len() as u64) {
+        u.staged(data.len() as u64).unwrap();
+        assert!(f.store.complete_upload(u, &path, &d, data.len() as u64 + 1).is_err());
         assert_nothing_stored(&f, &d);
     }
+    let _ = std::fs::remove_file(&path);
 }
 
 /// A large blob filled as it streams (several parts, the last one short) and a small one (one

@@ -4,11 +4,16 @@ bucket (each object hashes to its name, nothing under the data directory's blobs
 and ctr; with `blob_redirect`, blob GETs are answered with a 307 to a presigned URL that skopeo, podman,
 ctr and a real Docker Engine follow, so binaryrepo itself sends under 1% of a large blob, and an anonymous caller
 is refused before any redirect."""
+import hashlib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from harness.clients import dir_image, skopeo_copy
 from harness.images import skopeo
-from harness.util import request, stream_get, wait_until
+from harness.util import proc_status, request, stream_get, wait_until
 
 LOCAL, REMOTE = "docker-local", "docker-remote"
 
@@ -159,3 +164,69 @@ def test_blob_redirect_sends_clients_to_the_object_store(make_binaryrepo, images
     # hidden from callers who may not read it)
     denied = request("GET", br.v2("private", f"e2e/big/blobs/{layer}"))
     assert denied.status in (401, 404) and denied.header("Location") is None, denied
+
+
+# The issue's figure for a node while it streams (O3 in the bench).
+RSS_LIMIT_MIB = 64
+
+
+def test_concurrent_cold_fills_keep_a_node_under_64_mib(make_binaryrepo, s3, tmp_path):
+    """Eight clients each pull a different 48 MiB layer, cold, at once: eight fills stream to their clients
+    and go up to the bucket as multipart uploads together. Upload parts come out of one budget per node, read
+    back from the staging files, and received bytes waiting for their staging writers are bounded per node,
+    so the node's RSS stays under 64 MiB however many fills run (with parts held per fill and a queue bounded
+    in chunks it peaked at 71-76 MiB here); every layer ends up in the bucket hashing to its name, fetched
+    from upstream once. (Before fills looked the store up outside the fill map's lock, eight concurrent cold
+    fills on S3 hung the node: its runtime threads all blocked on that lock while the holder waited for an
+    S3 HEAD.)"""
+    from harness.fakeregistry import FakeRegistry
+    n, size = 8, 48 << 20
+    fake = FakeRegistry()
+    layers = {}
+    for i in range(n):
+        f = tmp_path / f"layer-{i}"
+        data = os.urandom(size)
+        f.write_bytes(data)
+        d = "sha256:" + hashlib.sha256(data).hexdigest()
+        fake.blobs[d] = f
+        layers[d] = size
+    del data
+    fake.start()
+    try:
+        # A node of its own compiled-plugin cache, restarted once it is filled: its RSS is then a node's
+        # that loaded its plugins, not one that just compiled them (or shares the cache with other runs).
+        br = make_binaryrepo(config={"storage": s3.storage_config(), "compiled_plugin_dir": str(tmp_path / "compiled")},
+                             start=False).start(timeout=180)
+        br.create_remote(REMOTE, fake.url)
+        br.restart()
+        before = proc_status(br.pid)
+        peak, stop = dict(before), threading.Event()
+
+        def watch():
+            while not stop.wait(0.02):
+                try:
+                    now = proc_status(br.pid)
+                except OSError:
+                    return
+                if now["VmRSS"] > peak["VmRSS"]:
+                    peak.update(now)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        with ThreadPoolExecutor(n) as pool:
+            got = list(pool.map(lambda d: (d, stream_get(br.v2(REMOTE, f"library/layers/blobs/{d}"), timeout=300)), layers))
+        # the uploads finish behind the clients: the node is watched until every layer is in the bucket
+        wait_until(lambda: set(layers) <= set(s3.blobs()), timeout=300, what="every layer to be in the bucket")
+        stop.set()
+        watcher.join()
+        for d, r in got:
+            assert r.status == 200 and r.complete and r.digest == d and r.nbytes == size, (d, r)
+        assert {d: s3.blobs()[d] for d in layers} == layers
+        assert not s3.pending_uploads()
+        assert fake.count("GET", "/blobs/") == n, "each layer fetched from upstream once"
+        mib = {k: v // 1024 for k, v in peak.items()}
+        print(f"{n} concurrent cold fills of {size >> 20} MiB on S3: RSS before {before['VmRSS'] // 1024} MiB, "
+              f"peak {mib['VmRSS']} MiB (anon {mib['RssAnon']}, file {mib['RssFile']}), VmHWM {proc_status(br.pid)['VmHWM'] // 1024} MiB")
+        assert peak["VmRSS"] < RSS_LIMIT_MIB << 10, f"RSS peaked at {mib}"
+    finally:
+        fake.stop()

@@ -259,8 +259,8 @@ impl BlobStore {
     /// An upload of `digest` fed while its bytes arrive, where the backend takes one (S3); None
     /// where committing the staged file afterwards is the way (the filesystem), or when the
     /// backend cannot start one now (then the staged file is committed as usual).
-    pub fn begin_upload(&self, digest: &Digest) -> Option<Box<dyn Upload>> {
-        self.backend.begin_upload(digest).unwrap_or_else(|e| {
+    pub fn begin_upload(&self, digest: &Digest, staged: &Path, len: u64) -> Option<Box<dyn Upload>> {
+        self.backend.begin_upload(digest, staged, len).unwrap_or_else(|e| {
             tracing::warn!(%digest, error = %e, "cannot start an upload while the blob streams; it goes up once verified");
             None
         })

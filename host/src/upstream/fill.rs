@@ -51,7 +51,13 @@ use crate::storage::{BlobStore, mapped};
 
 /// Progress is published to readers at least this often (bytes), and at the end.
 const PUBLISH_EVERY: u64 = 256 * 1024;
-const HASH_CHUNK: usize = 1024 * 1024;
+/// What a hasher reads at a time: one buffer per fill being verified.
+const HASH_CHUNK: usize = 256 * 1024;
+/// Bytes received from upstreams and not yet written to their staging files, over all fills of
+/// the node, in KiB. Past it a fill stops reading its upstream until its writer catches up (the
+/// upstream waits on TCP), so what waits in memory stays bounded however many fills run at once
+/// (a queue bounded in chunks alone let each fill hold tens of its upstream's buffers).
+const QUEUED_KIB: u32 = 2 * 1024;
 /// How much of what was last written stays in memory for readers that keep up. When the upstream
 /// is faster than the client (a LAN upstream; loopback in the bench), a client that loses the CPU
 /// for a few ms falls this far behind: at 4 MiB ~12% of a lone cold 500 MiB GET's server CPU went
@@ -203,6 +209,11 @@ pub struct Fills {
     upstream: Arc<Upstream>,
     limits: FillLimits,
     inflight: Mutex<HashMap<FillKey, Arc<Fill>>>,
+    /// Counts fills leaving `inflight`: a lookup in the store made before taking the lock is
+    /// still good under it only if no fill left (committed) in between.
+    left: std::sync::atomic::AtomicU64,
+    /// The node's budget of received bytes waiting for their writers (`QUEUED_KIB`).
+    queued: Arc<tokio::sync::Semaphore>,
     recent_files: Mutex<HashMap<FillKey, (Digest, u64, Instant)>>,
     #[cfg(test)]
     panic_in_run: std::sync::atomic::AtomicBool,
@@ -228,6 +239,7 @@ impl Drop for Slot {
         let mut inflight = self.fills.inflight.lock().unwrap_or_else(|e| e.into_inner());
         if inflight.get(&self.key).is_some_and(|f| Arc::ptr_eq(f, &self.fill)) {
             inflight.remove(&self.key);
+            self.fills.left.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
     }
 }
@@ -239,6 +251,8 @@ impl Fills {
             upstream,
             limits,
             inflight: Mutex::new(HashMap::new()),
+            left: Default::default(),
+            queued: Arc::new(tokio::sync::Semaphore::new(QUEUED_KIB as usize)),
             recent_files: Mutex::new(HashMap::new()),
             #[cfg(test)]
             panic_in_run: Default::default(),
@@ -285,31 +299,49 @@ impl Fills {
     ) -> Result<(Joined, bool), FillError> {
         let count = |result| self.upstream.metrics().blob_fetch(repo.name.as_str(), result);
         let key: FillKey = (repo.name.clone(), target.clone());
-        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(fill) = inflight.get(&key) {
+        // Joining a fill under way needs no lookup.
+        if let Some(fill) = self.inflight.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             count("joined");
             return Ok((Joined::Filling(fill.clone()), false));
         }
-        // Checked under the lock: a fill commits before it leaves the map, so a blob is
-        // either in flight or stored here, never fetched twice.
-        let digest = match &target {
-            Target::Digest(d) => {
-                if self.store.stat(d).map_err(|e| FillError::Storage(e.to_string()))?.is_some() {
+        // The store is asked before the lock is taken: on S3 a lookup is a request, and the
+        // runtime thread that waits for it must not hold a lock other runtime threads block on
+        // (with every one of them blocked, nothing drives the request: the node hangs). A fill
+        // commits before it leaves the map, so a blob is either in flight or stored here, never
+        // fetched twice: a lookup is taken as still true under the lock unless a fill left the
+        // map since, and made again otherwise.
+        let (mut inflight, digest) = loop {
+            let generation = self.left.load(std::sync::atomic::Ordering::Acquire);
+            let found = match &target {
+                Target::Digest(d) => self.store.stat(d).map_err(|e| FillError::Storage(e.to_string()))?.map(|_| (d.clone(), 0)),
+                Target::File(_) => {
+                    let recent = {
+                        let mut recent = self.recent_files.lock().unwrap_or_else(|e| e.into_inner());
+                        recent.retain(|_, (_, _, at)| at.elapsed() < RECENT_FILE_TTL);
+                        recent.get(&key).map(|(d, size, _)| (d.clone(), *size))
+                    };
+                    recent.filter(|(d, _)| self.store.stat(d).ok().flatten().is_some())
+                }
+            };
+            let inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(fill) = inflight.get(&key) {
+                count("joined");
+                return Ok((Joined::Filling(fill.clone()), false));
+            }
+            if self.left.load(std::sync::atomic::Ordering::Acquire) != generation {
+                continue;
+            }
+            match (found, &target) {
+                (Some(_), Target::Digest(_)) => {
                     count("stored");
                     return Ok((Joined::Stored, false));
                 }
-                Some(d.clone())
-            }
-            Target::File(_) => {
-                let mut recent = self.recent_files.lock().unwrap_or_else(|e| e.into_inner());
-                recent.retain(|_, (_, _, at)| at.elapsed() < RECENT_FILE_TTL);
-                if let Some((d, size, _)) = recent.get(&key)
-                    && self.store.stat(d).ok().flatten().is_some()
-                {
+                (Some((d, size)), Target::File(_)) => {
                     count("stored");
-                    return Ok((Joined::StoredAs(d.clone(), *size), false));
+                    return Ok((Joined::StoredAs(d, size), false));
                 }
-                None
+                (None, Target::Digest(d)) => break (inflight, Some(d.clone())),
+                (None, Target::File(_)) => break (inflight, None),
             }
         };
         if let Some(refused) = self.over_limit(&inflight, &repo.name) {
@@ -477,7 +509,7 @@ impl Fills {
         });
 
         let shared = Arc::new(Shared::default());
-        let (chunks_tx, chunks_rx) = mpsc::channel::<Bytes>(32);
+        let (chunks_tx, chunks_rx) = mpsc::channel::<(Bytes, tokio::sync::OwnedSemaphorePermit)>(32);
         let write_task = tokio::task::spawn_blocking({
             let shared = shared.clone();
             let tx = tx.clone();
@@ -503,14 +535,17 @@ impl Fills {
             })?
         };
 
-        // Where the backend keeps blobs elsewhere (S3), the bytes go up while they stream, read
-        // from the staging file right behind the writer; completed by the caller once verified.
-        let upload_task = match fill.digest.as_ref().and_then(|d| self.store.begin_upload(d)) {
+        // Where the backend keeps blobs elsewhere (S3), the bytes go up while they stream: the
+        // backend reads them back from the staging file behind the writer, so clients never wait
+        // for it; completed by the caller once verified. A blob of unknown length goes up whole.
+        let upload = match (fill.digest.as_ref(), total) {
+            (Some(d), Some(len)) => self.store.begin_upload(d, &path, len),
+            _ => None,
+        };
+        let upload_task = match upload {
             Some(upload) => {
                 let shared = shared.clone();
-                let recent = fill.recent.clone();
-                let reader = File::open(&path).map_err(|e| FillError::Storage(e.to_string()))?;
-                Some(spawn_thread("fill-upload", move || upload_loop(reader, upload, &shared, &recent))?)
+                Some(spawn_thread("fill-upload", move || upload_loop(upload, &shared))?)
             }
             None => None,
         };
@@ -536,7 +571,12 @@ impl Fills {
                         last_byte = Instant::now();
                         floor.record(chunk.len() as u64, last_byte)?;
                         received_bytes.inc_by(chunk.len() as u64);
-                        if chunks_tx.send(chunk).await.is_err() {
+                        // A chunk larger than the whole budget takes all of it.
+                        let kib = u32::try_from(chunk.len().div_ceil(1024)).unwrap_or(u32::MAX).min(QUEUED_KIB);
+                        let Ok(queued) = self.queued.clone().acquire_many_owned(kib).await else {
+                            return Err(FillError::Storage("the node's receive budget is closed".into()));
+                        };
+                        if chunks_tx.send((chunk, queued)).await.is_err() {
                             return Err(FillError::Storage("staging writer stopped".into()));
                         }
                     }
@@ -653,7 +693,7 @@ impl Shared {
 
 fn write_loop(
     mut file: File,
-    mut chunks: mpsc::Receiver<Bytes>,
+    mut chunks: mpsc::Receiver<(Bytes, tokio::sync::OwnedSemaphorePermit)>,
     shared: &Shared,
     recent: Option<&Recent>,
     tx: &watch::Sender<Progress>,
@@ -662,7 +702,8 @@ fn write_loop(
     let mut published = 0u64;
     let mut count = 0u64;
     let result = (|| {
-        while let Some(chunk) = chunks.blocking_recv() {
+        // The chunk's share of the node's receive budget is given back once it is written.
+        while let Some((chunk, _queued)) = chunks.blocking_recv() {
             count += 1;
             file.write_all(&chunk).map_err(|e| FillError::Storage(e.to_string()))?;
             let len = chunk.len() as u64;
@@ -743,37 +784,22 @@ fn lower_thread_priority() {
     }
 }
 
-/// Feeds the upload from the staging file as it is written (from the kept chunks where it keeps
-/// up); the upload back once every byte is in it, None when the fill or the upload failed
-/// (then the upload is dropped, which aborts it).
-fn upload_loop(reader: File, mut upload: Box<dyn Upload>, shared: &Shared, recent: &Recent) -> Option<Box<dyn Upload>> {
-    let mut buf = vec![0u8; HASH_CHUNK];
+/// Tells the upload how much of the staging file is written, as it grows; the upload back once
+/// every byte is in it, None when the fill or the upload failed (then the upload is dropped,
+/// which aborts it).
+fn upload_loop(mut upload: Box<dyn Upload>, shared: &Shared) -> Option<Box<dyn Upload>> {
     let mut pos = 0u64;
     loop {
         let state = shared.wait_past(pos);
         if state.failed {
             return None;
         }
-        while pos < state.written {
-            let sent = if let Some(kept) = recent.get(pos, state.written) {
-                upload.write(&kept).map(|()| kept.len())
-            } else {
-                let want = ((state.written - pos) as usize).min(buf.len());
-                match reader.read_at(&mut buf[..want], pos) {
-                    Ok(0) => return None,
-                    Ok(n) => upload.write(&buf[..n]).map(|()| n),
-                    Err(e) => Err(e),
-                }
-            };
-            match sent {
-                Ok(n) => pos += n as u64,
-                Err(e) => {
-                    tracing::warn!(error = %e, "upload while streaming failed; the blob goes up once verified");
-                    return None;
-                }
-            }
+        if let Err(e) = upload.staged(state.written) {
+            tracing::warn!(error = %e, "upload while streaming failed; the blob goes up once verified");
+            return None;
         }
-        if state.done && pos >= state.written {
+        pos = state.written;
+        if state.done {
             return Some(upload);
         }
     }

@@ -13,13 +13,15 @@
 //! upload completed only after every part is in on S3. Nothing else ever writes under a final
 //! key, so an object under a final key always hashes to its name.
 //!
-//! A backend that keeps blobs elsewhere may also take a blob whose digest is known while it
-//! is still arriving (`begin_upload`): a cache fill sends it up part by part as it streams to
-//! its clients, and completes it only once the bytes hash to the digest, so the object is
+//! A backend that keeps blobs elsewhere may also take a blob whose digest and length are known
+//! while it is still arriving (`begin_upload`): a cache fill tells it how much of its staging
+//! file is written, the backend sends it up part by part from that file behind the fill's
+//! clients, and the fill completes it only once the bytes hash to the digest, so the object is
 //! stored when the fill ends rather than one upload later. Until `complete` nothing is under
 //! the final key; an upload dropped without it is aborted.
 
 pub mod fs;
+mod parts;
 pub mod s3;
 
 use std::fs::File;
@@ -78,10 +80,11 @@ pub trait Backend: Send + Sync + 'static {
     /// A URL that serves the blob to whoever holds it for `ttl`, where the backend can make one.
     fn presign(&self, digest: &Digest, ttl: Duration) -> io::Result<Option<String>>;
 
-    /// Starts storing the blob `digest` from bytes written as they arrive, where that saves
-    /// uploading the staged file afterwards; None where `commit` of the staged file is as good
-    /// (the filesystem renames it).
-    fn begin_upload(&self, _digest: &Digest) -> io::Result<Option<Box<dyn Upload>>> {
+    /// Starts storing the blob `digest`, of `len` bytes, from the local file `staged` while it
+    /// is being written, where that saves uploading the staged file afterwards; None where
+    /// `commit` of the staged file is as good (the filesystem renames it; a blob small enough
+    /// for one request goes up whole once verified).
+    fn begin_upload(&self, _digest: &Digest, _staged: &Path, _len: u64) -> io::Result<Option<Box<dyn Upload>>> {
         Ok(None)
     }
 
@@ -120,15 +123,19 @@ pub trait Chunks: Send + Sync {
     fn list(&self, visit: &mut dyn FnMut(&str, SystemTime)) -> io::Result<()>;
 }
 
-/// A blob on its way into the backend under a known digest. Memory stays bounded: `write`
-/// waits while the backend's bounded buffers are full. Dropped without `complete`, the upload
-/// is aborted and nothing is stored.
+/// A blob on its way into the backend under a known digest and length, read from the local
+/// file it is being written to. Memory stays bounded whatever the number of uploads: `staged`
+/// waits while the backend's buffers are all in use, and the bytes wait in the file. Dropped
+/// without `complete`, the upload is aborted and nothing is stored.
 pub trait Upload: Send {
-    /// Appends bytes; blocks while earlier parts are still in flight.
-    fn write(&mut self, data: &[u8]) -> io::Result<()>;
+    /// The file now holds the blob's first `written` bytes: sends what the backend takes of
+    /// them now (S3: whole parts, and the last one once all are there). Blocks while the
+    /// backend's buffers are all in use.
+    fn staged(&mut self, written: u64) -> io::Result<()>;
 
-    /// Makes the object visible under its final key. The caller has verified that the bytes
-    /// written hash to the digest; `len` is their count, checked against what was written.
+    /// Makes the object visible under its final key, once every byte of the file is in. The
+    /// caller has verified that the file hashes to the digest; `len` is its length, checked
+    /// against the length the upload began with.
     fn complete(self: Box<Self>, len: u64) -> io::Result<()>;
 }
 

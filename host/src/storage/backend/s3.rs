@@ -3,18 +3,21 @@
 //!
 //! A commit uploads the verified spool file: small ones with one PUT, larger ones as a
 //! multipart upload that is completed only once every part is in (and aborted otherwise), so
-//! a failed commit leaves no object under the final key. A cache fill, whose digest is known
-//! before its bytes arrive, uploads as it streams instead (`begin_upload`): the first part is
-//! kept in memory, and a blob larger than one part goes up as a multipart upload, part by part
-//! behind the fill, completed only after the fill verified the digest and aborted otherwise.
-//! Parts the upload holds in memory are bounded (`STREAM_PART`, one in flight while the next
-//! fills). An upload cut by a crash stays incomplete, invisible under the key: the bucket's
-//! lifecycle rule for incomplete multipart uploads removes its parts (docs/storage.md).
+//! a failed commit leaves no object under the final key. A cache fill, whose digest and length
+//! are known before its bytes arrive, uploads as it streams instead (`begin_upload`): a blob
+//! larger than one part goes up as a multipart upload, each part read back from the fill's
+//! staging file once the fill wrote it, completed only after the fill verified the digest and
+//! aborted otherwise. Part buffers come out of one budget per node (`parts.rs`), so memory
+//! stays bounded however many fills and commits run at once; an upload that waits for a
+//! buffer falls behind its fill, never the other way round. An upload cut by a crash stays
+//! incomplete, invisible under the key: the bucket's lifecycle rule for incomplete multipart
+//! uploads removes its parts (docs/storage.md).
 //! Reads are ranged GETs streamed to the client. The blob store's interface is synchronous (the filesystem's is, and its callers run
 //! on blocking threads); this backend runs each request on the server's runtime and waits.
 
+use std::collections::VecDeque;
 use std::future::Future;
-use std::io::{self, Read};
+use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -24,21 +27,32 @@ use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as Key;
 use object_store::signer::Signer;
-use object_store::{ClientOptions, GetOptions, GetRange, ObjectStore, PutPayload, WriteMultipart};
+use object_store::{ClientOptions, GetOptions, GetRange, MultipartUpload, ObjectStore, PutPayload, WriteMultipart};
 
+use super::parts::PartBudget;
 use super::{Backend, Chunks, Listed, StorageConfig, Stored, Upload, blob_key};
 use crate::digest::Digest;
 
-/// Parts of a multipart upload; S3 wants at least 5 MiB for every part but the last.
-const PART: usize = 8 * 1024 * 1024;
-/// Parts in flight at once: what a commit holds in memory is at most this many parts.
-const PARTS_IN_FLIGHT: usize = 2;
-/// Parts of an upload made while a fill streams: S3's least part size, one part in flight while
-/// the next one fills, so each fill holds at most two parts (10 MiB) whatever the blob's size.
-const STREAM_PART: usize = 5 * 1024 * 1024;
+/// S3's least part size: every part of a multipart upload but the last is at least this.
+const MIN_PART: u64 = 5 * 1024 * 1024;
+/// S3's most parts in one multipart upload.
+const MAX_PARTS: u64 = 10_000;
+/// Part buffers a node holds at most, over all of its uploads, in MiB: two 5 MiB parts, so an
+/// upload can keep a part in flight while it reads the next. Past it uploads wait; their bytes
+/// wait in the local file, not in memory. (A node's RSS while streaming is meant to stay under
+/// 64 MiB: docs/performance.md, O3.)
+const PART_BUDGET_MIB: u32 = 10;
+/// Parts of one upload in flight at once: one being sent while the next one is read.
+const PARTS_PER_UPLOAD: usize = 2;
 /// The largest object S3 copies in one request; a session of one larger chunk is composed by
 /// streaming it instead.
 const COPY_MAX: u64 = 5 * 1024 * 1024 * 1024;
+
+/// The part size for a blob of `len` bytes: S3's least, or what keeps a very large blob
+/// within S3's part count (in whole MiB).
+fn part_size(len: u64) -> u64 {
+    MIN_PART.max(len.div_ceil(MAX_PARTS).next_multiple_of(1024 * 1024))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum S3ConfigError {
@@ -52,6 +66,8 @@ pub struct S3Backend {
     store: Arc<AmazonS3>,
     prefix: String,
     runtime: tokio::runtime::Handle,
+    /// What every upload of this node takes its part buffers from.
+    budget: Arc<PartBudget>,
 }
 
 impl S3Backend {
@@ -87,7 +103,7 @@ impl S3Backend {
             .with_virtual_hosted_style_request(config.virtual_hosted_style.unwrap_or(false))
             .with_client_options(ClientOptions::new().with_allow_http(plain_http));
         let prefix = config.prefix.as_deref().unwrap_or("").trim_matches('/').to_owned();
-        Ok(S3Backend { store: Arc::new(b.build()?), prefix, runtime })
+        Ok(S3Backend { store: Arc::new(b.build()?), prefix, runtime, budget: Arc::new(PartBudget::new(PART_BUDGET_MIB)) })
     }
 
     fn key(&self, digest: &Digest) -> Key {
@@ -108,35 +124,18 @@ impl S3Backend {
     }
 
     async fn upload(&self, staged: &Path, key: &Key) -> io::Result<()> {
-        let mut file = std::fs::File::open(staged)?;
+        let file = std::fs::File::open(staged)?;
         let len = file.metadata()?.len();
-        if len <= PART as u64 {
-            let mut buf = Vec::with_capacity(len as usize);
-            file.read_to_end(&mut buf)?;
-            self.store.put(key, PutPayload::from(buf)).await.map_err(to_io)?;
+        if len <= part_size(len) {
+            let bytes = self.budget.read(&file, 0, len as usize).await?;
+            self.store.put(key, PutPayload::from_bytes(bytes)).await.map_err(to_io)?;
             return Ok(());
         }
-        let upload = self.store.put_multipart(key).await.map_err(to_io)?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
-        let mut buf = vec![0u8; 1024 * 1024];
-        let sent: io::Result<()> = async {
-            loop {
-                writer.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(to_io)?;
-                let n = file.read(&mut buf)?;
-                if n == 0 {
-                    return Ok(());
-                }
-                writer.write(&buf[..n]);
-            }
-        }
-        .await;
-        match sent {
-            // Completed only now: until here no object exists under the key.
-            Ok(()) => writer.finish().await.map(drop).map_err(to_io),
+        let mut parts = Parts::new(self, key.clone(), file, len);
+        match parts.finish(len).await {
+            Ok(()) => Ok(()),
             Err(e) => {
-                if let Err(abort) = writer.abort().await {
-                    tracing::warn!(key = %key, error = %abort, "aborting a multipart upload failed; the bucket's lifecycle rule removes its parts");
-                }
+                parts.abort().await;
                 Err(e)
             }
         }
@@ -151,78 +150,134 @@ fn block_on<F: Future>(runtime: &tokio::runtime::Handle, f: F) -> F::Output {
     }
 }
 
-/// A blob uploaded as it arrives (see the module's comment).
-struct S3Upload {
+/// The parts of one multipart upload of a local file, each read from the file into a buffer
+/// from the node's budget once the file holds its bytes. The upload is started with its first
+/// part; nothing is under the key until `finish` completes it.
+struct Parts {
     store: Arc<AmazonS3>,
     key: Key,
+    budget: Arc<PartBudget>,
     runtime: tokio::runtime::Handle,
-    /// The bytes so far while they fit in one part: a small blob is one PUT at `complete`.
-    first: Vec<u8>,
-    multipart: Option<WriteMultipart>,
-    written: u64,
+    file: std::fs::File,
+    part: u64,
+    upload: Option<Box<dyn MultipartUpload>>,
+    /// Bytes of the file handed to parts so far.
+    sent: u64,
+    in_flight: VecDeque<tokio::task::JoinHandle<object_store::Result<()>>>,
 }
 
-impl S3Upload {
-    fn block<F: Future>(&self, f: F) -> F::Output {
-        block_on(&self.runtime, f)
+impl Parts {
+    fn new(backend: &S3Backend, key: Key, file: std::fs::File, len: u64) -> Parts {
+        Parts {
+            store: backend.store.clone(),
+            key,
+            budget: backend.budget.clone(),
+            runtime: backend.runtime.clone(),
+            file,
+            part: part_size(len),
+            upload: None,
+            sent: 0,
+            in_flight: VecDeque::new(),
+        }
     }
+
+    /// Sends every whole part of the file's first `written` bytes, and the last, shorter part
+    /// too when `end`. Waits while this upload has its share of parts in flight, or while the
+    /// node's part budget is spent.
+    async fn send(&mut self, written: u64, end: bool) -> io::Result<()> {
+        while self.sent + self.part <= written || (end && self.sent < written) {
+            let len = (written - self.sent).min(self.part);
+            while self.in_flight.len() >= PARTS_PER_UPLOAD {
+                self.wait_oldest().await?;
+            }
+            let bytes = self.budget.read(&self.file, self.sent, len as usize).await?;
+            let upload = match &mut self.upload {
+                Some(upload) => upload,
+                None => self.upload.insert(self.store.put_multipart(&self.key).await.map_err(to_io)?),
+            };
+            // Parts are numbered in the order `put_part` is called; they travel concurrently.
+            let part = upload.put_part(PutPayload::from_bytes(bytes));
+            self.in_flight.push_back(self.runtime.spawn(part));
+            self.sent += len;
+        }
+        Ok(())
+    }
+
+    async fn wait_oldest(&mut self) -> io::Result<()> {
+        if let Some(part) = self.in_flight.pop_front() {
+            part.await.map_err(io::Error::other)?.map_err(to_io)?;
+        }
+        Ok(())
+    }
+
+    /// Sends what is left of the file's `len` bytes and completes the upload once every part is
+    /// in: only then is there an object under the key. On an error the upload is left to `abort`.
+    async fn finish(&mut self, len: u64) -> io::Result<()> {
+        self.send(len, true).await?;
+        while !self.in_flight.is_empty() {
+            self.wait_oldest().await?;
+        }
+        let Some(mut upload) = self.upload.take() else {
+            return Err(io::Error::other(format!("no part of {} was sent", self.key)));
+        };
+        match upload.complete().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.upload = Some(upload);
+                Err(to_io(e))
+            }
+        }
+    }
+
+    /// Discards the upload: waits for the parts in flight to end (a part that lands after the
+    /// abort would hold storage again), then aborts it.
+    fn abort(&mut self) -> impl Future<Output = ()> + Send + 'static {
+        let in_flight = std::mem::take(&mut self.in_flight);
+        let upload = self.upload.take();
+        let key = self.key.clone();
+        async move {
+            for part in in_flight {
+                let _ = part.await;
+            }
+            if let Some(mut upload) = upload
+                && let Err(e) = upload.abort().await
+            {
+                tracing::warn!(key = %key, error = %e, "aborting a multipart upload failed; the bucket's lifecycle rule removes its parts");
+            }
+        }
+    }
+}
+
+/// A blob uploaded as a fill writes it to its staging file (see the module's comment).
+struct S3Upload {
+    parts: Parts,
+    len: u64,
 }
 
 impl Upload for S3Upload {
-    fn write(&mut self, data: &[u8]) -> io::Result<()> {
-        self.written += data.len() as u64;
-        if self.multipart.is_none() && self.first.len() + data.len() <= STREAM_PART {
-            self.first.extend_from_slice(data);
-            return Ok(());
+    fn staged(&mut self, written: u64) -> io::Result<()> {
+        if written > self.len {
+            return Err(io::Error::other(format!("{written} bytes staged for {}, announced {}", self.parts.key, self.len)));
         }
-        let runtime = self.runtime.clone();
-        let (store, key) = (self.store.clone(), self.key.clone());
-        let first = std::mem::take(&mut self.first);
-        let mut multipart = self.multipart.take();
-        let result = block_on(&runtime, async {
-            let writer = match &mut multipart {
-                Some(w) => w,
-                None => {
-                    let upload = store.put_multipart(&key).await.map_err(to_io)?;
-                    let w = multipart.insert(WriteMultipart::new_with_chunk_size(upload, STREAM_PART));
-                    w.write(&first);
-                    w
-                }
-            };
-            // At most one part in flight before the buffer takes more: memory stays two parts.
-            writer.wait_for_capacity(1).await.map_err(to_io)?;
-            writer.write(data);
-            Ok(())
-        });
-        self.multipart = multipart;
-        result
+        let runtime = self.parts.runtime.clone();
+        block_on(&runtime, self.parts.send(written, written == self.len))
     }
 
     fn complete(mut self: Box<Self>, len: u64) -> io::Result<()> {
-        if len != self.written {
-            return Err(io::Error::other(format!("upload of {} got {} bytes, the blob has {len}", self.key, self.written)));
+        if len != self.len {
+            return Err(io::Error::other(format!("upload of {} holds {} bytes, the blob has {len}", self.parts.key, self.len)));
         }
-        match self.multipart.take() {
-            // Completed only now: until here no object exists under the key.
-            Some(writer) => self.block(writer.finish()).map(drop).map_err(to_io),
-            None => {
-                let first = std::mem::take(&mut self.first);
-                self.block(self.store.put(&self.key, PutPayload::from(first))).map(drop).map_err(to_io)
-            }
-        }
+        let runtime = self.parts.runtime.clone();
+        block_on(&runtime, self.parts.finish(len))
     }
 }
 
 impl Drop for S3Upload {
     fn drop(&mut self) {
         // Not completed: the parts sent so far are discarded; nothing was ever under the key.
-        if let Some(writer) = self.multipart.take() {
-            let key = self.key.clone();
-            self.runtime.spawn(async move {
-                if let Err(e) = writer.abort().await {
-                    tracing::warn!(key = %key, error = %e, "aborting a multipart upload failed; the bucket's lifecycle rule removes its parts");
-                }
-            });
+        if self.parts.upload.is_some() || !self.parts.in_flight.is_empty() {
+            let abort = self.parts.abort();
+            self.parts.runtime.spawn(abort);
         }
     }
 }
@@ -333,15 +388,13 @@ impl Backend for S3Backend {
         Some(self)
     }
 
-    fn begin_upload(&self, digest: &Digest) -> io::Result<Option<Box<dyn Upload>>> {
-        Ok(Some(Box::new(S3Upload {
-            store: self.store.clone(),
-            key: self.key(digest),
-            runtime: self.runtime.clone(),
-            first: Vec::new(),
-            multipart: None,
-            written: 0,
-        })))
+    fn begin_upload(&self, digest: &Digest, staged: &Path, len: u64) -> io::Result<Option<Box<dyn Upload>>> {
+        // A blob of one part goes up with one PUT of the verified staged file.
+        if len <= part_size(len) {
+            return Ok(None);
+        }
+        let file = std::fs::File::open(staged)?;
+        Ok(Some(Box::new(S3Upload { parts: Parts::new(self, self.key(digest), file, len), len })))
     }
 }
 
@@ -377,8 +430,10 @@ impl Chunks for S3Backend {
             _ => self.block(async {
                 // Every chunk streamed, in order, into one multipart upload completed only
                 // once all of it is in: the same bounded memory as a fill's upload.
+                // Its two parts (one filling, one in flight) come out of the node's budget.
+                let _held = self.budget.hold(2 * MIN_PART).await?;
                 let upload = self.store.put_multipart(&key).await.map_err(to_io)?;
-                let mut writer = WriteMultipart::new_with_chunk_size(upload, STREAM_PART);
+                let mut writer = WriteMultipart::new_with_chunk_size(upload, MIN_PART as usize);
                 let mut sent = 0u64;
                 let copied: io::Result<()> = async {
                     for chunk in chunks {
