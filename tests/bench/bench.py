@@ -3,7 +3,7 @@
 
 Peers: CNCF distribution as the upstream (holding library/test:1: layers of 5 MiB, 100 MiB, 500 MiB), a
 distribution pull-through proxy of it, nginx proxy_cache + proxy_cache_lock in front of it, and binaryrepo
-with a remote repository `bench` for it. Workloads (select with --only, comma-separated):
+with a remote repository `bench-remote` for it. Workloads (select with --only, comma-separated):
 
   warm        warm GET of the 500 MiB blob (curl to /dev/null): binaryrepo vs upstream direct, proxy, nginx
   cold        the same GET through a fresh cache each run (new data dir / wiped nginx cache / fresh proxy)
@@ -750,7 +750,7 @@ class Bench:
 
 HOW = """How each figure is taken (tests/bench/README.md has more):
 1. `curl -o /dev/null` of the 500 MiB layer, curl's `time_total`; one untimed warm-up GET per peer first, the
-   peers' order rotates between runs. binaryrepo: `/v2/bench/library/test/blobs/…`, cached beforehand.
+   peers' order rotates between runs. binaryrepo: `/v2/bench-remote/library/test/blobs/…`, cached beforehand.
 2. the same GET, each run through an emptied cache (binaryrepo: new data dir, restart, repository re-created;
    nginx: cache wiped, restart; distribution proxy: storage wiped, restart). "direct" is the upstream itself.
 3. N `skopeo copy docker://… dir:…` started at once through a freshly emptied cache; upstream bytes are the

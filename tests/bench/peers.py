@@ -30,7 +30,7 @@ MIB = 1 << 20
 IMAGE_REPO, IMAGE_TAG = "library/test", "1"
 IMAGE_SIZES = [5 * MIB, 100 * MIB, 500 * MIB]
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-BR_REPO = "bench"  # the remote repository created in binaryrepo
+BR_REPO = "bench-remote"  # the remote repository created in binaryrepo (a name with "-": the path method)
 
 
 def cache_root() -> Path:
@@ -382,7 +382,7 @@ def snapshot_binary(dest: Path, attempts: int = 5, wait: float = 60, log=print) 
 
 class Binaryrepo:
     """binaryrepo (harness.binaryrepo.BinaryRepo: generated TOML with `repositories = []`) plus the remote
-    repository `bench` for the upstream, created with the API. `fresh()` = new data dir, restart, create."""
+    repository `bench-remote` for the upstream, created with the API. `fresh()` = new data dir, restart, create."""
 
     def __init__(self, workdir: Path, upstream_url: str, tag_check_seconds: int = 300, resnapshot=None):
         self.br = BinaryRepo(workdir, "binaryrepo")
