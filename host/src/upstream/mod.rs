@@ -84,10 +84,8 @@ pub struct Upstream {
     policy: Arc<AddressPolicy>,
     config: UpstreamConfig,
     health: Health,
-    /// Origins each remote (repository name, remote origin) named as auth realms.
-    realms: Mutex<HashMap<(String, String), HashSet<String>>>,
-    /// The realms themselves (URLs without query): a GET of one is a token request.
-    realm_urls: Mutex<HashMap<(String, String), HashSet<String>>>,
+    /// What each remote (repository name, remote origin) named.
+    named: Mutex<HashMap<(String, String), Named>>,
     metrics: Arc<Metrics>,
     /// `upstream.fetch` calls in flight (single-flight by repository and key).
     documents: document::Documents,
@@ -97,6 +95,23 @@ pub struct Upstream {
 
 /// Origins one repository may have named (realms and `allow-origin`).
 const MAX_NAMED_ORIGINS: usize = 1024;
+
+/// What a remote named: the origins it may be reached at besides its own (auth realms and
+/// `allow-origin`), and its auth realms themselves (URLs without query: a GET of one is a token
+/// request).
+#[derive(Default)]
+struct Named {
+    origins: HashSet<String>,
+    realms: HashSet<String>,
+}
+
+/// Adds what a challenge named; past `REALMS_PER_REMOTE` the new ones replace those remembered.
+fn remember_bounded(set: &mut HashSet<String>, found: impl ExactSizeIterator<Item = String>) {
+    if set.len() + found.len() > REALMS_PER_REMOTE {
+        set.clear();
+    }
+    set.extend(found.take(REALMS_PER_REMOTE));
+}
 
 fn origin(url: &Url) -> String {
     url.origin().ascii_serialization()
@@ -170,8 +185,7 @@ impl Upstream {
             policy,
             health: Health::new(config.down_for),
             config,
-            realms: Mutex::new(HashMap::new()),
-            realm_urls: Mutex::new(HashMap::new()),
+            named: Mutex::new(HashMap::new()),
             metrics,
             documents: Default::default(),
             shared: Default::default(),
@@ -194,8 +208,8 @@ impl Upstream {
     /// like a realm the remote named.
     pub fn allow_origin(&self, repo: &Repository, named: String) {
         let Ok(remote) = remote_of(repo) else { return };
-        let mut realms = self.realms.lock().unwrap_or_else(|e| e.into_inner());
-        let set = realms.entry(Self::realm_key(repo, &remote)).or_default();
+        let mut all = self.named.lock().unwrap_or_else(|e| e.into_inner());
+        let set = &mut all.entry(Self::realm_key(repo, &remote)).or_default().origins;
         // Bounded: a remote that names origins without end cannot grow the host's memory.
         if set.len() < MAX_NAMED_ORIGINS {
             set.insert(named);
@@ -204,8 +218,8 @@ impl Upstream {
 
     /// Whether the remote named `url`'s origin as an auth realm.
     fn named_realm(&self, repo: &Repository, remote: &Url, url: &Url) -> bool {
-        let realms = self.realms.lock().unwrap_or_else(|e| e.into_inner());
-        realms.get(&Self::realm_key(repo, remote)).is_some_and(|set| set.contains(&origin(url)))
+        let named = self.named.lock().unwrap_or_else(|e| e.into_inner());
+        named.get(&Self::realm_key(repo, remote)).is_some_and(|n| n.origins.contains(&origin(url)))
     }
 
     /// A repository may reach its remote's origin and the realms that remote named.
@@ -224,30 +238,20 @@ impl Upstream {
             .filter_map(|r| Url::parse(r).ok())
             .filter(|u| matches!(u.scheme(), "http" | "https"))
             .collect();
-        if !urls.is_empty() {
-            let mut named = self.realm_urls.lock().unwrap_or_else(|e| e.into_inner());
-            let set = named.entry(Self::realm_key(repo, remote)).or_default();
-            if set.len() + urls.len() > REALMS_PER_REMOTE {
-                set.clear();
-            }
-            set.extend(urls.iter().take(REALMS_PER_REMOTE).map(without_query));
+        if urls.is_empty() {
+            return;
         }
-        let found: Vec<String> = urls.iter().map(origin).collect();
-        if !found.is_empty() {
-            let mut realms = self.realms.lock().unwrap_or_else(|e| e.into_inner());
-            let set = realms.entry(Self::realm_key(repo, remote)).or_default();
-            if set.len() + found.len() > REALMS_PER_REMOTE {
-                set.clear();
-            }
-            set.extend(found.into_iter().take(REALMS_PER_REMOTE));
-        }
+        let mut all = self.named.lock().unwrap_or_else(|e| e.into_inner());
+        let named = all.entry(Self::realm_key(repo, remote)).or_default();
+        remember_bounded(&mut named.realms, urls.iter().map(without_query));
+        remember_bounded(&mut named.origins, urls.iter().map(origin));
     }
 
     /// Whether `url` is an auth realm `repo`'s remote named in a challenge (a token service).
     pub(crate) fn is_realm(&self, repo: &Repository, url: &Url) -> bool {
         let Ok(remote) = remote_of(repo) else { return false };
-        let named = self.realm_urls.lock().unwrap_or_else(|e| e.into_inner());
-        named.get(&Self::realm_key(repo, &remote)).is_some_and(|set| set.contains(&without_query(url)))
+        let named = self.named.lock().unwrap_or_else(|e| e.into_inner());
+        named.get(&Self::realm_key(repo, &remote)).is_some_and(|n| n.realms.contains(&without_query(url)))
     }
 
     /// One hop of `req` (the first, or a redirect) to `url`. What the plugin put in the request to

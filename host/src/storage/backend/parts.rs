@@ -43,15 +43,14 @@ impl PartBudget {
         if len == 0 {
             return Ok(Bytes::new());
         }
-        let want = u32::try_from(len.div_ceil(MIB)).unwrap_or(u32::MAX).min(self.mib);
-        let permit = self.permits.clone().acquire_many_owned(want).await.map_err(io::Error::other)?;
+        let permit = self.hold(len as u64).await?;
         let mut buf = PartBuffer::new(len, permit)?;
         file.read_exact_at(buf.as_mut(), offset)?;
         Ok(Bytes::from_owner(buf))
     }
 
-    /// Takes `bytes` of the budget for buffers kept elsewhere (a `WriteMultipart`'s), until
-    /// the permit is dropped.
+    /// Takes `bytes` of the budget (whole MiB; all of it at the most) until the permit is
+    /// dropped: for `read`'s buffers and for buffers kept elsewhere (a `WriteMultipart`'s).
     pub async fn hold(&self, bytes: u64) -> io::Result<OwnedSemaphorePermit> {
         let want = u32::try_from(bytes.div_ceil(MIB as u64)).unwrap_or(u32::MAX).min(self.mib);
         self.permits.clone().acquire_many_owned(want).await.map_err(io::Error::other)
