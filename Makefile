@@ -57,10 +57,18 @@ fmt-check:
 		for d in $(RUST_CRATES); do (cd $$d && cargo fmt --all --check) || { echo "not formatted: run make fmt" >&2; exit 1; }; done; \
 	else echo "rustfmt not installed: formatting not checked" >&2; fi
 
+# The tests' scratch files go to a directory of this run's own (--basetemp), not to pytest's shared
+# /tmp/pytest-of-USER, which keeps the last three runs whole and which other pytest runs on the machine
+# clean up: a run that passes removes its directory; one that fails keeps it and says where. Free space
+# is printed before and after, since a full /tmp fails every later test at set-up.
 test-e2e: test-plugins
+	@tmp=$$(mktemp -d /tmp/br-e2e.XXXXXX) && echo "e2e scratch: $$tmp; free: $$(df -h --output=avail /tmp | tail -1)" && \
 	BINARYREPO_BIN=$(CURDIR)/$(RELEASE)/binaryrepo BINARYREPO_PLUGINS=$(CURDIR)/$(PLUGIN_OUT) \
 		BINARYREPO_TEST_PLUGINS=$(CURDIR)/$(TEST_PLUGIN_OUT) \
-		.venv/bin/python -m pytest tests/e2e -q $(if $(E2E_WORKERS),-n $(E2E_WORKERS) --dist worksteal) $(PYTEST_ARGS)
+		.venv/bin/python -m pytest tests/e2e -q --basetemp=$$tmp \
+		$(if $(E2E_WORKERS),-n $(E2E_WORKERS) --dist worksteal) $(PYTEST_ARGS); \
+	rc=$$?; echo "e2e scratch used: $$(du -sh $$tmp 2>/dev/null | cut -f1); free: $$(df -h --output=avail /tmp | tail -1)"; \
+	if [ $$rc = 0 ]; then rm -rf $$tmp; else echo "e2e scratch kept: $$tmp"; fi; exit $$rc
 
 # Benchmarks against the peers (distribution, distribution proxy, nginx proxy_cache, Docker Engine), all on
 # 127.0.0.1; not part of the test suite. Writes tests/bench/results/latest.md.
