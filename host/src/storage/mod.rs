@@ -10,6 +10,7 @@ pub mod layout;
 pub mod mapped;
 pub mod meta;
 pub mod postgres;
+pub mod postgres_tls;
 pub mod resumable;
 pub mod shared_uploads;
 pub mod small_cache;

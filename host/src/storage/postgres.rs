@@ -13,12 +13,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::meta::MetaError;
+use super::postgres_tls::{self, PgTls};
 
-type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+type Pool = r2d2::Pool<PostgresConnectionManager<PgTls>>;
 
 /// How long a caller waits for a free connection before the store counts as failing.
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -134,6 +134,18 @@ fn prefix_end(prefix: &str) -> Option<String> {
     None
 }
 
+/// An error with its causes: the client library's own text is only its kind ("db error").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 fn pg(e: postgres::Error) -> MetaError {
     MetaError::Postgres(Box::new(e))
 }
@@ -155,10 +167,26 @@ impl Drop for PgMeta {
 
 impl PgMeta {
     /// Connects (at most `connections` at once) and creates the tables that are missing.
-    /// Blocking.
+    /// TLS as the connection string's libpq options say (see `postgres_tls`). Blocking.
     pub fn connect(url: &DatabaseUrl, connections: u32) -> Result<PgMeta, MetaError> {
-        let config: postgres::Config = url.0.parse().map_err(pg)?;
-        let manager = PostgresConnectionManager::new(config, NoTls);
+        let (conn, tls) = postgres_tls::split(&url.0)?;
+        let mut config: postgres::Config = conn.parse().map_err(pg)?;
+        tls.apply(&mut config);
+        let connector = tls.connector()?;
+        // One connection first, outside the pool: its error says at once what is wrong (the
+        // pool would retry for CHECKOUT_TIMEOUT and keep only the last error's text). It also
+        // creates the schema. Dropped where it may shut its runtime down (see `Drop`).
+        off_runtime(|| -> Result<(), MetaError> {
+            let mut first = config.connect(connector.clone()).map_err(|e| match tls.explain(&e, &config) {
+                Some(tls) => MetaError::from(tls),
+                None => MetaError::Connect(chain(&e)),
+            })?;
+            let mut txn = first.transaction().map_err(pg)?;
+            txn.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK]).map_err(pg)?;
+            txn.batch_execute(SCHEMA).map_err(pg)?;
+            txn.commit().map_err(pg)
+        })?;
+        let manager = PostgresConnectionManager::new(config, connector);
         let pool = r2d2::Pool::builder()
             .max_size(connections.max(1))
             .min_idle(Some(1))
@@ -168,16 +196,10 @@ impl PgMeta {
             .test_on_check_out(false)
             .build(manager)
             .map_err(MetaError::Pool)?;
-        let store = PgMeta { pool: Some(pool) };
-        let mut c = store.conn()?;
-        let mut txn = c.transaction().map_err(pg)?;
-        txn.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK]).map_err(pg)?;
-        txn.batch_execute(SCHEMA).map_err(pg)?;
-        txn.commit().map_err(pg)?;
-        Ok(store)
+        Ok(PgMeta { pool: Some(pool) })
     }
 
-    fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, MetaError> {
+    fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<PgTls>>, MetaError> {
         let pool = self.pool.as_ref().ok_or_else(|| MetaError::Unavailable("the shared metadata store is closed".into()))?;
         pool.get().map_err(MetaError::Pool)
     }
