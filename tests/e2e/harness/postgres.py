@@ -19,17 +19,25 @@ SCRIPT = REPO_ROOT / "tests" / "postgres.sh"
 
 
 class Postgres:
-    def __init__(self):
+    def __init__(self, tls=None, hba: str | None = None):
+        """tls: a harness.tlscerts.ServerCert: the server gets TLS (ssl=on) with its certificate. hba: the text
+        of pg_hba.conf (the default lets every local connection in, clear text or TLS)."""
         # Not under pytest's 0700 temp dirs: the cluster's owner must reach its data directory.
         self.root = Path(tempfile.mkdtemp(prefix="binaryrepo-e2e-pg."))
         os.chmod(self.root, 0o755)
         self.data = self.root / "data"
         self.port = free_port()
         self.url = None
+        self.extra = []
+        if tls is not None:
+            self.extra = [str(tls.cert), str(tls.key)]
+        if hba is not None:
+            (self.root / "pg_hba.conf").write_text(hba)
+            self.extra = self.extra + [str(self.root / "pg_hba.conf")]
 
     def start(self):
-        out = subprocess.run([str(SCRIPT), "start", str(self.data), str(self.port)], check=True, capture_output=True,
-                             text=True, timeout=120)
+        out = subprocess.run([str(SCRIPT), "start", str(self.data), str(self.port), *self.extra], check=True,
+                             capture_output=True, text=True, timeout=120)
         self.url = out.stdout.strip().splitlines()[-1]
         return self
 
