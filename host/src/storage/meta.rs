@@ -42,15 +42,21 @@ pub enum MetaError {
     /// Another node changed a shared document since this one read it: read again and retry.
     #[error("{0} was changed by another node at the same time; retry")]
     Conflict(String),
-    /// TLS to the shared store is misconfigured or was refused (start-up).
+    /// TLS to the shared store is misconfigured or was refused (start-up). Boxed, as `Store`.
     #[error("shared metadata store: {0}")]
-    Tls(#[from] super::postgres_tls::PgTlsError),
+    Tls(Box<super::postgres_tls::PgTlsError>),
     /// The first connection to the shared store failed (start-up), with its causes.
     #[error("shared metadata store: cannot connect: {0}")]
     Connect(String),
     /// No connection to the shared store could be had in time.
     #[error("shared metadata store: no connection: {0}")]
     Pool(r2d2::Error),
+}
+
+impl From<super::postgres_tls::PgTlsError> for MetaError {
+    fn from(e: super::postgres_tls::PgTlsError) -> MetaError {
+        MetaError::Tls(Box::new(e))
+    }
 }
 
 impl MetaError {

@@ -285,9 +285,11 @@ fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, PgTlsError> {
 
 fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, PgTlsError> {
     let pem = read_pem(what, path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| PgTlsError::File { what, path: path.to_owned(), detail: format!("not PEM: {e}") })?;
+    let certs = CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>().map_err(|e| PgTlsError::File {
+        what,
+        path: path.to_owned(),
+        detail: format!("not PEM: {e}"),
+    })?;
     if certs.is_empty() {
         return Err(PgTlsError::File { what, path: path.to_owned(), detail: "no CERTIFICATE block".into() });
     }
@@ -338,11 +340,16 @@ impl TlsOptions {
             Some((cert, key)) => {
                 let chain = read_certs("sslcert", cert)?;
                 let key_pem = read_pem("sslkey", key)?;
-                let private = PrivateKeyDer::from_pem_slice(&key_pem)
-                    .map_err(|e| PgTlsError::File { what: "sslkey", path: key.clone(), detail: format!("no private key: {e}") })?;
-                builder
-                    .with_client_auth_cert(chain, private)
-                    .map_err(|source| PgTlsError::ClientCert { cert: cert.clone(), key: key.clone(), source })?
+                let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| PgTlsError::File {
+                    what: "sslkey",
+                    path: key.clone(),
+                    detail: format!("no private key: {e}"),
+                })?;
+                builder.with_client_auth_cert(chain, private).map_err(|source| PgTlsError::ClientCert {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    source,
+                })?
             }
         };
         Ok(PgTls { config: Arc::new(config) })
@@ -654,7 +661,9 @@ mod tests {
 
     #[test]
     fn url_options_are_taken_out_and_the_rest_kept_as_written() {
-        let (rest, o) = opts("postgresql://u:p%40ss@db:5432/meta?connect_timeout=3&sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&application_name=a+b");
+        let (rest, o) = opts(
+            "postgresql://u:p%40ss@db:5432/meta?connect_timeout=3&sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&application_name=a+b",
+        );
         assert_eq!(rest, "postgresql://u:p%40ss@db:5432/meta?connect_timeout=3&application_name=a+b");
         assert_eq!(o.mode, SslMode::VerifyFull);
         assert_eq!(o.roots, Some(Roots::File("/etc/ca.pem".into())));
