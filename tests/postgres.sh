@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # A throw-away PostgreSQL cluster on loopback for the shared-metadata tests (Debian's postgresql).
-#   tests/postgres.sh start DIR PORT [CERT KEY [HBA]]
+#   tests/postgres.sh start DIR PORT [CERT KEY [HBA [CLIENT_CA]]]
 #                                      initdb in DIR (once), start on 127.0.0.1:PORT, print the URL;
 #                                      with CERT and KEY (PEM files), TLS on (ssl=on) with that pair;
-#                                      with HBA, that file as pg_hba.conf
+#                                      with HBA, that file as pg_hba.conf; with CLIENT_CA, client
+#                                      certificates from that CA are checked (pg_hba's `cert`)
 #   tests/postgres.sh stop DIR         stop it (fast shutdown)
 #   tests/postgres.sh run CMD...       start a cluster in a temp dir, run CMD with
 #                                      BINARYREPO_TEST_POSTGRES_URL set, stop and remove it
@@ -25,7 +26,7 @@ install_owned() {
 }
 
 start() {
-  local dir=$1 port=$2 cert=${3:-} key=${4:-} hba=${5:-} ssl=()
+  local dir=$1 port=$2 cert=${3:-} key=${4:-} hba=${5:-} client_ca=${6:-} ssl=()
   mkdir -p "$dir"
   [ "$(id -u)" = 0 ] && chown postgres: "$dir"
   if [ ! -f "$dir/PG_VERSION" ]; then
@@ -37,6 +38,10 @@ start() {
     ssl=(-c ssl=on)
   fi
   if [ -n "$hba" ]; then install_owned "$hba" "$dir/pg_hba.conf" 600; fi
+  if [ -n "$client_ca" ]; then
+    install_owned "$client_ca" "$dir/client-ca.crt" 644
+    ssl+=(-c ssl_ca_file=client-ca.crt)
+  fi
   # fsync off: a test cluster is thrown away, and syncs would dominate its time.
   as_owner "$BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 30 \
     -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 ${ssl[*]:-}" \
@@ -61,5 +66,5 @@ case "${1:-}" in
     url=$(start "$dir/data" "$port")
     BINARYREPO_TEST_POSTGRES_URL=$url "$@"
     ;;
-  *) echo "usage: $0 start DIR PORT [CERT KEY [HBA]] | stop DIR | run CMD..." >&2; exit 2 ;;
+  *) echo "usage: $0 start DIR PORT [CERT KEY [HBA [CLIENT_CA]]] | stop DIR | run CMD..." >&2; exit 2 ;;
 esac

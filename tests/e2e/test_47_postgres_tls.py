@@ -4,11 +4,19 @@ throw-away CA (harness/tlscerts.py), whose pg_hba.conf turns every clear-text co
 only) and asks for a SCRAM password. A node with `verify-full` and that CA pushes and pulls, and the server's
 `pg_stat_ssl` shows its connections encrypted; the password is bound to the TLS channel; a certificate from
 another CA, or one that does not name the host, stops the start with one line that says so; `require`
-against a server without TLS (the session's clear-text server) refuses; the password is never in a log."""
+against a server without TLS (the session's clear-text server) refuses; a client certificate (`sslcert`,
+`sslkey`) signs a node in without a password; the password is never in a log."""
+import datetime
+import os
 import urllib.parse
 import uuid
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from harness.binaryrepo import BinaryRepo
 from harness.oci import Oci, build_image, sha256
@@ -25,6 +33,7 @@ HBA = """\
 local     all all                      trust
 hostnossl all all        0.0.0.0/0     reject
 hostssl   all binaryrepo 127.0.0.1/32  trust
+hostssl   all certnode   127.0.0.1/32  cert
 hostssl   all all        127.0.0.1/32  scram-sha-256
 """
 
@@ -37,21 +46,41 @@ def pki(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tls_postgres(pki):
     """one TLS-only PostgreSQL server for this file's tests"""
-    pg = Postgres(tls=pki.server(name="postgres", cn="postgres-e2e"), hba=HBA).start()
+    pg = Postgres(tls=pki.server(name="postgres", cn="postgres-e2e"), hba=HBA, client_ca=pki.path).start()
     pg.sql(f"CREATE ROLE node LOGIN PASSWORD '{PASSWORD}'")
+    pg.sql("CREATE ROLE certnode LOGIN")
     yield pg
     pg.stop()
 
 
-def database(pg: Postgres) -> str:
+def database(pg: Postgres, owner: str = "node") -> str:
     name = "t" + uuid.uuid4().hex[:16]
-    pg.sql(f"CREATE DATABASE {name} OWNER node")
+    pg.sql(f"CREATE DATABASE {name} OWNER {owner}")
     return name
 
 
-def url(pg: Postgres, db: str, host: str = "127.0.0.1", **params) -> str:
+def url(pg: Postgres, db: str, host: str = "127.0.0.1", user: str = f"node:{PASSWORD}", **params) -> str:
     query = urllib.parse.urlencode(params, safe="/")
-    return f"postgresql://node:{PASSWORD}@{host}:{pg.port}/{db}" + (f"?{query}" if query else "")
+    return f"postgresql://{user}@{host}:{pg.port}/{db}" + (f"?{query}" if query else "")
+
+
+def client_cert(ca: CA, cn: str) -> tuple[Path, Path]:
+    """a client certificate for the database user `cn` (pg_hba's `cert` maps the CN to the user)"""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])).issuer_name(ca.cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca.key, hashes.SHA256()))
+    cert_path, key_path = ca.dir / f"{cn}.crt", ca.dir / f"{cn}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    os.chmod(key_path, 0o600)
+    return cert_path, key_path
 
 
 def node(tmp_path, db_url: str, name: str = "node") -> BinaryRepo:
@@ -113,6 +142,24 @@ def test_prefer_by_default_takes_tls_and_binds_the_password_to_it(tmp_path, tls_
         assert any(r["name"] == LOCAL for r in n.repos())
         seen = encrypted(tls_postgres, db)
         assert seen and all(s.startswith("t|") for s in seen), seen
+    finally:
+        n.stop()
+
+
+def test_a_client_certificate_signs_the_node_in(tmp_path, tls_postgres, pki):
+    """pg_hba's `cert`: no password, the node is the user its certificate names"""
+    db = database(tls_postgres, owner="certnode")
+    cert, key = client_cert(pki, "certnode")
+    base = dict(user="certnode", sslmode="verify-full", sslrootcert=str(pki.path))
+    line = refused(node(tmp_path, url(tls_postgres, db, **base), name="no-cert"))
+    assert "cannot connect" in line and "certificate" in line, line
+    n = node(tmp_path, url(tls_postgres, db, **base, sslcert=str(cert), sslkey=str(key)))
+    n.start(timeout=180)
+    try:
+        n.create_local(LOCAL)
+        out = tls_postgres.sql("SELECT DISTINCT s.client_dn FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+                               f"WHERE a.datname = '{db}'")
+        assert out.split() == ["/CN=certnode"], out
     finally:
         n.stop()
 

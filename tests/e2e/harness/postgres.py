@@ -19,9 +19,10 @@ SCRIPT = REPO_ROOT / "tests" / "postgres.sh"
 
 
 class Postgres:
-    def __init__(self, tls=None, hba: str | None = None):
+    def __init__(self, tls=None, hba: str | None = None, client_ca: Path | None = None):
         """tls: a harness.tlscerts.ServerCert: the server gets TLS (ssl=on) with its certificate. hba: the text
-        of pg_hba.conf (the default lets every local connection in, clear text or TLS)."""
+        of pg_hba.conf (the default lets every local connection in, clear text or TLS). client_ca: the CA
+        file client certificates are checked against (with tls and hba)."""
         # Not under pytest's 0700 temp dirs: the cluster's owner must reach its data directory.
         self.root = Path(tempfile.mkdtemp(prefix="binaryrepo-e2e-pg."))
         os.chmod(self.root, 0o755)
@@ -34,6 +35,8 @@ class Postgres:
         if hba is not None:
             (self.root / "pg_hba.conf").write_text(hba)
             self.extra = self.extra + [str(self.root / "pg_hba.conf")]
+        if client_ca is not None:
+            self.extra = self.extra + [str(client_ca)]
 
     def start(self):
         out = subprocess.run([str(SCRIPT), "start", str(self.data), str(self.port), *self.extra], check=True,
