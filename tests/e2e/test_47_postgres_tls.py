@@ -128,7 +128,8 @@ def test_verify_full_with_the_servers_ca_pushes_and_pulls_over_tls(tmp_path, tls
         assert seen and all(s.startswith("t|TLSv1.") for s in seen), seen
     finally:
         n.stop()
-    assert PASSWORD not in n.logfile.read_text()
+    log = n.logfile.read_text()
+    assert PASSWORD not in log and "panicked" not in log, log
 
 
 def test_prefer_by_default_takes_tls_and_binds_the_password_to_it(tmp_path, tls_postgres):
