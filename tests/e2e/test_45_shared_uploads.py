@@ -290,16 +290,20 @@ def _pullable_everywhere(nodes, image, ref, built, s3):
         assert stored.get(d) == len(data), f"{d} not in the bucket as pushed"
 
 
-def test_gc_on_one_node_waits_for_a_manifest_put_the_other_began_before_it(nodes, s3):
+def test_gc_on_one_node_waits_for_a_manifest_put_the_other_began_before_it(nodes, s3, postgres):
     """A manifest PUT that began on B before A's collection, whose layers are old and unreferenced, lands after the
     collection started: A waits (phase "nodes") until B has finished its earlier requests, so the mark finds the
-    manifest and the layers stay; the image is pullable through both nodes."""
-    from harness.oci import build_image
+    manifest and the layers stay; the image is pullable through both nodes. Meanwhile B records every blob reference
+    in the shared store before using the blob, and answers 503 when it cannot."""
+    from harness.oci import build_image, errors_of
     a, b = nodes
     on_b = Oci(b.url, LOCAL)
     built = build_image("late-manifest", layer_sizes=(2048,))
     for d, data in built.blobs.items():
         on_b.push_blob("e2e/late", data, d)
+    other = build_image("refused-manifest", layer_sizes=(512,))
+    for d, data in other.blobs.items():
+        on_b.push_blob("e2e/refused", data, d)
     time.sleep(4)  # every blob older than the grace period below, and nothing refers to them yet
     finish = _manifest_put_in_flight(b, "e2e/late", "1", built.manifest)
     time.sleep(0.5)  # the request has begun on B
@@ -313,6 +317,18 @@ def test_gc_on_one_node_waits_for_a_manifest_put_the_other_began_before_it(nodes
                what="A's collection to reach its wait for the other nodes")
     time.sleep(2)  # B's heartbeat went by more than once: A still waits for the request B began before
     status = phase()
+    if status.get("phase") == "nodes":
+        # B writes its references synchronously now; one it cannot write fails its request (503, the OCI shape)
+        # instead of using a blob the collection might remove: a blob HEAD, and a manifest PUT's layer check
+        db = a.config["metadata"]["url"].rsplit("/", 1)[1]
+        postgres.sql("ALTER TABLE binaryrepo_collection_refs RENAME TO refs_away", db=db)
+        try:
+            head = on_b.head_blob("e2e/late", built.layers[0])
+            assert head.status == 503 and head.header("retry-after"), head
+            refused = on_b.put_manifest("e2e/refused", "1", other.manifest)
+            assert refused.status == 503 and errors_of(refused) and refused.header("retry-after"), refused
+        finally:
+            postgres.sql("ALTER TABLE refs_away RENAME TO binaryrepo_collection_refs", db=db)
     code, response = finish()
     assert code == 201, f"the manifest PUT B began before the collection: {response[:600]!r}; A's run: {status}"
     assert status.get("state") == "running" and status.get("phase") == "nodes", \

@@ -116,6 +116,13 @@ impl DatabaseUrl {
     }
 }
 
+#[cfg(test)]
+impl DatabaseUrl {
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 impl std::fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("DatabaseUrl(…)")
@@ -672,7 +679,7 @@ impl PgMeta {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::{DatabaseUrl, PgMeta, prefix_end};
 
     /// Guards `Drop for PgMeta`: a node dropping its store on a runtime thread (shutdown) used to
@@ -686,13 +693,16 @@ mod tests {
     }
 
     /// A database of its own: heartbeats end the runs of every node they find stale.
-    fn fresh() -> Option<PgMeta> {
+    pub(crate) fn fresh_url() -> Option<DatabaseUrl> {
         let url = crate::storage::meta::tests::postgres_url()?;
         let name = format!("t{}", uuid::Uuid::new_v4().simple());
         let mut admin = postgres::Client::connect(&url.0, postgres::NoTls).unwrap();
         admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
-        let url = DatabaseUrl::new(format!("{}/{name}", url.0.rsplit_once('/').unwrap().0));
-        Some(PgMeta::connect(&url, 4).unwrap())
+        Some(DatabaseUrl::new(format!("{}/{name}", url.0.rsplit_once('/').unwrap().0)))
+    }
+
+    fn fresh() -> Option<PgMeta> {
+        Some(PgMeta::connect(&fresh_url()?, 4).unwrap())
     }
 
     /// Guards the cross-node part of garbage collection: a run waits for every live node's

@@ -452,6 +452,52 @@ mod tests {
         assert!(t.last_reference(&b) >= t.last_reference(&a) && t.last_reference(&a).is_some());
     }
 
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Guards the node's side of a collection on another node: once it has seen the run it
+    /// records each reference in the shared store before the blob is used (so the run's removal
+    /// keeps the blob), acknowledges the run after its fence, and fails a reference it cannot
+    /// record.
+    #[test]
+    fn a_run_on_another_node_makes_references_synchronous() {
+        let Some(url) = crate::storage::postgres::tests::fresh_url() else { return };
+        let meta = MetaStore::connect(&url, 4).unwrap();
+        let t = Arc::new(Touches::default());
+        t.share(meta.clone());
+        let pg = meta.shared().unwrap();
+        let d = Digest::of(Algorithm::Sha256, b"found by a push");
+        t.touch(&d).unwrap();
+        pg.heartbeat("other", NODE_EXPIRY).unwrap();
+        pg.collection_begin("other/1", "other").unwrap();
+        let in_flight = t.enter();
+        wait_for("the node to see the run", || !t.shared.get().unwrap().runs().active.is_empty());
+        t.touch(&d).unwrap();
+        assert_eq!(pg.collection_remove("other/1", &d.to_string(), || ()).unwrap(), None, "the reference is recorded");
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(pg.collection_waiting_for("other/1", NODE_EXPIRY).unwrap().len(), 1, "not acknowledged while a request runs");
+        drop(in_flight);
+        wait_for("the node to acknowledge", || pg.collection_waiting_for("other/1", NODE_EXPIRY).unwrap().is_empty());
+        pg.heartbeat("other", NODE_EXPIRY).unwrap();
+        meta.shared().unwrap().collection_end("other/1").unwrap();
+        pg.collection_begin("other/2", "other").unwrap();
+        wait_for("the node to see the second run", || t.shared.get().unwrap().runs().active == ["other/2"]);
+        let mut c = postgres::Client::connect(&url_string(&url), postgres::NoTls).unwrap();
+        c.batch_execute("ALTER TABLE binaryrepo_collection_refs RENAME TO away").unwrap();
+        assert!(t.touch(&d).is_err(), "a reference that cannot be recorded fails");
+        c.batch_execute("ALTER TABLE away RENAME TO binaryrepo_collection_refs").unwrap();
+        pg.collection_end("other/2").unwrap();
+    }
+
+    fn url_string(url: &crate::storage::postgres::DatabaseUrl) -> String {
+        url.as_str().to_owned()
+    }
+
     #[tokio::test]
     async fn the_fence_waits_for_earlier_requests_only() {
         let t = Arc::new(Touches::default());
