@@ -447,11 +447,8 @@ impl PgMeta {
         off_runtime(|| {
             let mut c = self.conn()?;
             let mut txn = c.transaction().map_err(pg)?;
-            txn.execute(
-                "INSERT INTO binaryrepo_nodes (id, seen) VALUES ($1, now()) ON CONFLICT (id) DO UPDATE SET seen = now()",
-                &[&node],
-            )
-            .map_err(pg)?;
+            txn.execute("INSERT INTO binaryrepo_nodes (id, seen) VALUES ($1, now()) ON CONFLICT (id) DO UPDATE SET seen = now()", &[&node])
+                .map_err(pg)?;
             let expired = txn
                 .query(
                     "DELETE FROM binaryrepo_collections c WHERE NOT EXISTS
@@ -466,7 +463,8 @@ impl PgMeta {
                 txn.execute("DELETE FROM binaryrepo_collection_acks WHERE run = ANY($1)", &[&ids]).map_err(pg)?;
                 txn.execute("DELETE FROM binaryrepo_collection_refs WHERE run = ANY($1)", &[&ids]).map_err(pg)?;
             }
-            txn.execute("DELETE FROM binaryrepo_nodes WHERE seen < now() - make_interval(secs => $1::float8 * 10)", &[&expiry]).map_err(pg)?;
+            txn.execute("DELETE FROM binaryrepo_nodes WHERE seen < now() - make_interval(secs => $1::float8 * 10)", &[&expiry])
+                .map_err(pg)?;
             let rows = txn.query("SELECT id FROM binaryrepo_collections ORDER BY id", &[]).map_err(pg)?;
             txn.commit().map_err(pg)?;
             Ok(rows.into_iter().map(|r| r.get(0)).collect())

@@ -316,7 +316,10 @@ impl Touches {
                 // switched them): what remains is the requests that may have batched theirs.
                 // The batch too: a blob a finished request found (a HEAD) has its grace counted
                 // from that reference by the run's sweep.
-                let fenced = touches.fence_blocking(ACK_FENCE_WAIT).map_err(|e| e.to_string()).and_then(|()| shared.flush().map_err(|e| e.to_string()));
+                let fenced = touches
+                    .fence_blocking(ACK_FENCE_WAIT)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| shared.flush().map_err(|e| e.to_string()));
                 if let Err(e) = fenced {
                     tracing::warn!(runs = ?todo, error = %e, "collections of other nodes not acknowledged; they remove nothing");
                     shared.acking.store(false, Ordering::SeqCst);

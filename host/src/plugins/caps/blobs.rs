@@ -33,9 +33,7 @@ async fn reference(state: &Scope, digest: &Digest) -> Result<(), HostError> {
     // node it is a map update, done here.
     let touched = if touches.shared_store().is_some() {
         let (touches, digest) = (touches.clone(), digest.clone());
-        tokio::task::spawn_blocking(move || touches.touch(&digest).map_err(|e| e.to_string()))
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()))
+        tokio::task::spawn_blocking(move || touches.touch(&digest).map_err(|e| e.to_string())).await.unwrap_or_else(|e| Err(e.to_string()))
     } else {
         touches.touch(digest).map_err(|e| e.to_string())
     };
