@@ -6,6 +6,9 @@
 //!
 //! 1. fence: start recording every blob reference (`storage::touch`), then wait for requests
 //!    that began before that, so any reference they wrote is in the metadata marked next;
+//!    with a shared store (several nodes), the run is announced there first and waits for
+//!    every live node to acknowledge it: each then records its references in the shared store
+//!    before using a blob, and its own requests that began before have finished (`nodes`);
 //! 2. cleanup: each local repository with cleanup rules has its plugin remove the tags and
 //!    manifests they select (`cleanup`), so the mark finds what only those used unreferenced;
 //!    a plugin that fails here is logged and its repository left as it was;
@@ -44,6 +47,9 @@ use crate::storage::access::AccessLog;
 
 /// How long the fence waits for requests that began before a run (an upload of a large layer).
 const FENCE_WAIT: Duration = Duration::from_secs(15 * 60);
+/// How long a run waits for the other nodes to acknowledge it: their fences wait as long, and
+/// a little more for their heartbeat.
+const NODES_WAIT: Duration = Duration::from_secs(15 * 60 + 30);
 /// CPU a `cleanup` call gets per metadata key of its repository, on top of `plugin_cpu_ms`.
 const CPU_PER_KEY: Duration = Duration::from_micros(500);
 /// CPU a `live-blobs-page` call gets on top of `plugin_cpu_ms`: a page reads about a thousand keys.
@@ -80,6 +86,9 @@ pub enum GcError {
     Plugin { repo: String, message: String },
     #[error("{0}; nothing collected")]
     Fence(#[from] crate::storage::touch::FenceTimeout),
+    /// Nodes that may still use blobs without recording it: nothing may be removed.
+    #[error("nodes {nodes:?} did not acknowledge the collection within {after:?}; nothing collected")]
+    Nodes { nodes: Vec<String>, after: Duration },
     #[error("metadata: {0}")]
     Meta(#[from] crate::storage::meta::MetaError),
     #[error("blob store: {0}")]
@@ -269,12 +278,40 @@ pub async fn scheduled(app: Arc<App>) {
     }
 }
 
-/// Records references for the run and stops when the run ends, however it ends.
+/// Records references for the run and stops when the run ends, however it ends; with a shared
+/// store, the run announced there ends too (the other nodes go back to batching references).
 struct Recording<'a>(&'a crate::storage::touch::Touches);
 
 impl Drop for Recording<'_> {
     fn drop(&mut self) {
         self.0.end_collecting();
+        if let (Some(run), Some(pg)) = (self.0.run(), self.0.shared_store()) {
+            self.0.set_run(None);
+            if let Err(e) = pg.collection_end(&run) {
+                // The other nodes end it once this node's heartbeat lapses.
+                tracing::warn!(run, error = %e, "collection not ended in the shared store");
+            }
+        }
+    }
+}
+
+/// Announces the run to the other nodes and waits until each live one has acknowledged it.
+async fn join_nodes(touches: &crate::storage::touch::Touches, run: &Run) -> Result<(), GcError> {
+    let (Some(pg), Some(node)) = (touches.shared_store(), touches.node()) else { return Ok(()) };
+    let id = format!("{node}/{}-{}", run.id, uuid::Uuid::new_v4().simple());
+    pg.collection_begin(&id, node)?;
+    touches.set_run(Some(id.clone()));
+    run.set_phase(Phase::Nodes);
+    let started = std::time::Instant::now();
+    loop {
+        let waiting = pg.collection_waiting_for(&id, crate::storage::touch::NODE_EXPIRY)?;
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if started.elapsed() >= NODES_WAIT {
+            return Err(GcError::Nodes { nodes: waiting, after: NODES_WAIT });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -285,6 +322,7 @@ async fn execute(app: &App, run: &Arc<Run>) -> Result<(), GcError> {
     let _recording = Recording(&touches);
     run.set_phase(Phase::Fence);
     touches.wait_for_earlier_requests(FENCE_WAIT).await?;
+    join_nodes(&touches, run).await?;
 
     let repos: Vec<_> = app.repos.list().into_iter().filter(|r| r.repo_type != RepoType::Virtual).collect();
     run.set_phase(Phase::Cleanup);

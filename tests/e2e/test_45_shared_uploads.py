@@ -243,3 +243,148 @@ def test_gc_on_one_node_counts_the_grace_from_references_on_the_other(nodes, s3)
     time.sleep(6)
     a.gc(LOCAL, grace_seconds=5)
     assert old not in s3.blobs(), "unreferenced for longer than the grace period: collected"
+
+
+def _manifest_put_in_flight(node, image, ref, body: bytes):
+    """A manifest PUT whose last byte is still to come: the request has begun on `node` and its handler waits for
+    the body. Returns (socket, finish) where finish() sends the last byte and returns (status, response bytes)."""
+    import socket
+    host, port = node.url.split("//", 1)[1].split(":")
+    s = socket.create_connection((host, int(port)), timeout=60)
+    head = (f"PUT /v2/{LOCAL}/{image}/manifests/{ref} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Content-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: close\r\n\r\n").encode()
+    s.sendall(head + body[:-1])
+
+    def finish():
+        s.sendall(body[-1:])
+        got = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        s.close()
+        return int(got.split(b" ", 2)[1]), got
+    return finish
+
+
+def _gc_in_background(node, grace_seconds):
+    import threading
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("report", node.gc(LOCAL, grace_seconds=grace_seconds)), daemon=True)
+    t.start()
+    return t, out
+
+
+def _pullable_everywhere(nodes, image, ref, built, s3):
+    for node in nodes:
+        on = Oci(node.url, LOCAL)
+        got = on.get_manifest(image, ref)
+        assert got.status == 200 and got.body == built.manifest, (node.url, got)
+        for d, data in built.blobs.items():
+            blob = on.get_blob(image, d)
+            assert blob.status == 200 and sha256(blob.body) == d, (node.url, d, blob.status)
+    stored = s3.blobs()
+    for d, data in built.blobs.items():
+        assert stored.get(d) == len(data), f"{d} not in the bucket as pushed"
+
+
+def test_gc_on_one_node_waits_for_a_manifest_put_the_other_began_before_it(nodes, s3, postgres):
+    """A manifest PUT that began on B before A's collection, whose layers are old and unreferenced, lands after the
+    collection started: A waits (phase "nodes") until B has finished its earlier requests, so the mark finds the
+    manifest and the layers stay; the image is pullable through both nodes. Meanwhile B records every blob reference
+    in the shared store before using the blob, and answers 503 when it cannot."""
+    from harness.oci import build_image, errors_of
+    a, b = nodes
+    on_b = Oci(b.url, LOCAL)
+    built = build_image("late-manifest", layer_sizes=(2048,))
+    for d, data in built.blobs.items():
+        on_b.push_blob("e2e/late", data, d)
+    other = build_image("refused-manifest", layer_sizes=(512,))
+    for d, data in other.blobs.items():
+        on_b.push_blob("e2e/refused", data, d)
+    time.sleep(4)  # every blob older than the grace period below, and nothing refers to them yet
+    finish = _manifest_put_in_flight(b, "e2e/late", "1", built.manifest)
+    time.sleep(0.5)  # the request has begun on B
+    run, out = _gc_in_background(a, grace_seconds=3)
+
+    def phase():
+        r = a.api("GET", "/api/gc")
+        assert r.status == 200, r
+        return r.json()
+    wait_until(lambda: phase().get("phase") == "nodes" or phase().get("state") != "running", timeout=30,
+               what="A's collection to reach its wait for the other nodes")
+    time.sleep(2)  # B's heartbeat went by more than once: A still waits for the request B began before
+    status = phase()
+    if status.get("phase") == "nodes":
+        # B writes its references synchronously now; one it cannot write fails its request (503, the OCI shape)
+        # instead of using a blob the collection might remove: a blob HEAD, and a manifest PUT's layer check
+        db = a.config["metadata"]["url"].rsplit("/", 1)[1]
+        postgres.sql("ALTER TABLE binaryrepo_collection_refs RENAME TO refs_away", db=db)
+        try:
+            head = on_b.head_blob("e2e/late", built.layers[0])
+            assert head.status == 503 and head.header("retry-after"), head
+            refused = on_b.put_manifest("e2e/refused", "1", other.manifest)
+            assert refused.status == 503 and errors_of(refused) and refused.header("retry-after"), refused
+        finally:
+            postgres.sql("ALTER TABLE refs_away RENAME TO binaryrepo_collection_refs", db=db)
+    code, response = finish()
+    assert code == 201, f"the manifest PUT B began before the collection: {response[:600]!r}; A's run: {status}"
+    assert status.get("state") == "running" and status.get("phase") == "nodes", \
+        f"A's collection went on while B's earlier manifest PUT was in flight: {status}"
+    run.join(timeout=120)
+    assert "report" in out, "the collection on A did not finish"
+    print("collection on A:", out["report"])
+    _pullable_everywhere((a, b), "e2e/late", "1", built, s3)
+
+
+def test_gc_on_one_node_keeps_a_blob_the_other_references_between_its_candidates_and_its_removal(nodes, s3, postgres):
+    """B finds an old, unreferenced layer (HEAD) while A's collection has chosen it for removal but not removed it
+    yet, then pushes a manifest that uses it: A keeps the layer, because B recorded the reference in the shared store
+    under the blob's lock before answering, and A removes only under that lock what no node referenced during the
+    run. The pause: the test holds the shared-store lock of another candidate that A removes first."""
+    import subprocess
+    from harness.oci import build_image
+    a, b = nodes
+    on_b = Oci(b.url, LOCAL)
+    built = build_image("found-layer", layer_sizes=(2048,))
+    layer = built.layers[0]
+    # another old, unreferenced blob whose digest sorts before the layer's: A's sweep removes it first
+    n = 0
+    while True:
+        other_data = f"an older candidate {n}".encode() * 50
+        if sha256(other_data) < layer:
+            break
+        n += 1
+    other = on_b.push_blob("e2e/other", other_data)
+    on_b.push_blob("e2e/found", built.blobs[layer], layer)
+    time.sleep(4)  # both older than the grace period below
+    db = a.config["metadata"]["url"].rsplit("/", 1)[1]
+    lock = subprocess.Popen(["psql", "-h", "127.0.0.1", "-p", str(postgres.port), "-U", "binaryrepo", "-d", db, "-qAt"],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        # the lock the sweep takes to remove that blob (host/src/storage/postgres.rs, BLOB_LOCK_SPACE)
+        lock.stdin.write(f"SELECT pg_advisory_lock(1651664230, hashtext('{other}'));\n")
+        lock.stdin.flush()
+        held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        wait_until(lambda: postgres.sql(held, db=db).strip() == "1", timeout=10, what="the test to hold the lock")
+        run, out = _gc_in_background(a, grace_seconds=3)
+        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        wait_until(lambda: postgres.sql(waiting, db=db).strip() == "1" or "report" in out, timeout=60,
+                   what="A's sweep to reach the first candidate")
+        # A has read the live set and chosen its candidates; B's push finds the layer and uses it
+        found = on_b.head_blob("e2e/found", layer)
+        assert found.status == 200, f"B's push did not find the layer: {found!r}; A's run: {out}"
+        on_b.push_blob("e2e/found", built.blobs[built.config], built.config)
+        r = on_b.put_manifest("e2e/found", "1", built.manifest)
+        assert r.status == 201, r
+    finally:
+        lock.stdin.write("SELECT pg_advisory_unlock_all();\n\\q\n")
+        lock.stdin.flush()
+        lock.wait(timeout=30)
+    run.join(timeout=120)
+    assert "report" in out, "the collection on A did not finish"
+    print("collection on A:", out["report"])
+    assert other not in s3.blobs(), "the other candidate was collected"
+    _pullable_everywhere((a, b), "e2e/found", "1", built, s3)

@@ -138,7 +138,7 @@ mod tests {
         let fresh = blob(&f, 10, 4, now - DAY);
         f.store.touches().end_collecting();
         f.store.touches().begin_collecting();
-        f.store.touches().touch(&touched); // pulled while the run goes on
+        f.store.touches().touch(&touched).unwrap(); // pulled while the run goes on
         let live: LiveSet = [stale.clone(), shared.clone(), touched.clone(), fresh.clone()].into_iter().collect();
         let limits = CacheLimits { max_bytes: None, max_age_days: Some(30) };
         let out = evict(&f.store, &f.access, "r", &live, &[shared.clone()].into_iter().collect(), limits, now, &f.run).unwrap();

@@ -14,6 +14,9 @@ use super::{GcReport, unix_now};
 pub enum Phase {
     /// waiting for requests that began before the run
     Fence,
+    /// waiting for every other node (shared store) to write its blob references synchronously
+    /// and to finish its requests that began before the run
+    Nodes,
     /// applying local repositories' cleanup rules (tag retention)
     Cleanup,
     /// asking every repository's plugin what it still needs

@@ -43,14 +43,26 @@ pub fn sweep(store: &BlobStore, live: &LiveSet, grace: Duration, run: &Run) -> s
 
 /// Removes the blob unless a request referenced it since the run began; the decision and the
 /// removal happen under the lock a reference takes first. Nothing is removed once references
-/// went unrecorded.
+/// went unrecorded. With a shared store, the same holds for the references of every node: the
+/// removal happens under the blob's lock in the shared store, and only if no node recorded a
+/// reference to it during the run (`storage::touch`).
 pub fn remove_unless_touched(store: &BlobStore, digest: &Digest) -> std::io::Result<bool> {
-    let sweeping = store.touches().sweeping();
+    let touches = store.touches();
+    let sweeping = touches.sweeping();
     if sweeping.overflowed() || sweeping.touched(digest) {
         return Ok(false);
     }
-    match store.remove(digest) {
-        Ok(removed) => Ok(removed),
-        Err(e) => Err(std::io::Error::other(e)),
-    }
+    let remove = || store.remove(digest);
+    let removed = match touches.shared_store() {
+        None => remove(),
+        // Without a run announced to the other nodes, their references are not known.
+        Some(pg) => match touches.run() {
+            None => return Ok(false),
+            Some(run) => match pg.collection_remove(&run, &digest.to_string(), remove).map_err(std::io::Error::other)? {
+                None => return Ok(false),
+                Some(removed) => removed,
+            },
+        },
+    };
+    removed.map_err(std::io::Error::other)
 }

@@ -79,7 +79,13 @@ macro_rules! call {
             let cpu = warm.store.data().clock.account();
             let $f = &warm.instance;
             let $store = &mut warm.store;
-            let result = cpu::metered(cpu, $call).await.map_err(|e| Self::trapped($plugin, e));
+            let mut result = cpu::metered(cpu, $call).await.map_err(|e| Self::trapped($plugin, e));
+            // A capability could not do its part safely: the call's answer is not used.
+            if result.is_ok()
+                && let Some(message) = warm.store.data().refused.get()
+            {
+                result = Err(PluginError::Unavailable { format: $plugin.meta.format.clone(), message: message.clone() });
+            }
             // An instance of a plugin replaced meanwhile is not kept for the new one's requests.
             if result.is_ok() && $self.is_current($plugin) {
                 $self.warm.give_back(warm);
@@ -143,6 +149,11 @@ pub enum PluginError {
     OverBudget { format: String, limit: budget::OverBudget },
     #[error("wasm engine: {0}")]
     Engine(String),
+    /// A capability could not do its part safely (a blob reference a garbage collection in
+    /// progress must see was not recorded): the server's unavailability, which may pass when
+    /// retried.
+    #[error("plugin {format} call refused: {message}")]
+    Unavailable { format: String, message: String },
 }
 
 impl PluginError {
@@ -151,6 +162,7 @@ impl PluginError {
         match self {
             PluginError::Failed { message, .. } => message.clone(),
             PluginError::OverBudget { limit, .. } => limit.to_string(),
+            PluginError::Unavailable { message, .. } => message.clone(),
             other => other.to_string(),
         }
     }

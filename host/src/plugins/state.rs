@@ -36,6 +36,10 @@ pub struct CallState {
     /// Garbage collection's call: long by nature and alone, so a long call is not paused
     /// between ticks (it only yields), and the blobs it looks at are not references.
     pub collection: bool,
+    /// Set by a capability that could not do its part safely (a blob reference a collection in
+    /// progress must see): the call fails as the server's unavailability, whatever the plugin
+    /// made of the capability's error.
+    pub refused: std::sync::Arc<std::sync::OnceLock<String>>,
 }
 
 /// `scheme://host[:port]` origins that appeared in documents a call received, so a plugin may
@@ -100,6 +104,7 @@ impl CallState {
             readable: super::caps::Readable::all(),
             seen: SeenOrigins::default(),
             collection: false,
+            refused: Default::default(),
         }
     }
 
@@ -113,6 +118,7 @@ impl CallState {
         self.offer = None;
         self.only_read = true;
         self.collection = false;
+        self.refused = Default::default();
     }
 
     /// This call is garbage collection's: `budget` of CPU, not throttled.
@@ -133,6 +139,7 @@ impl CallState {
             repo: self.repo.clone(),
             readable: self.readable.clone(),
             collection: self.collection,
+            refused: self.refused.clone(),
         }
     }
 

@@ -103,6 +103,11 @@ pub fn plugin_failed(format: &str, e: &PluginError) -> Response<Body> {
     if let PluginError::OverBudget { .. } = e {
         return with_retry_after(plain_failure(&over_budget(format, e)));
     }
+    if let PluginError::Unavailable { message, .. } = e {
+        tracing::warn!(plugin = format, "answered 503: {message}");
+        let failure = Failure { kind: FailureKind::Unavailable, status: None, message: message.clone(), access: None };
+        return with_retry_after(plain_failure(&failure));
+    }
     tracing::error!(plugin = format, "plugin call failed: {}", e.detail());
     fault_response(format, e.cause())
 }
@@ -357,10 +362,14 @@ impl Exchange<'_> {
     /// (rendered by a fresh call) with `Retry-After`; anything else the plugin's fault (500).
     pub async fn plugin_error(&self, e: &PluginError) -> Response<Body> {
         let format = &self.plugin.meta.format;
-        if !matches!(e, PluginError::OverBudget { .. }) {
-            return plugin_failed(format, e);
-        }
-        let failure = over_budget(format, e);
+        let failure = match e {
+            PluginError::OverBudget { .. } => over_budget(format, e),
+            PluginError::Unavailable { message, .. } => {
+                tracing::warn!(plugin = format, "answered 503: {message}");
+                Failure { kind: FailureKind::Unavailable, status: None, message: message.clone(), access: None }
+            }
+            _ => return plugin_failed(format, e),
+        };
         let rendered = self
             .app
             .plugins
@@ -427,7 +436,10 @@ impl Exchange<'_> {
         let store = self.app.caps.store.clone();
         // Before the look-up, so a collection running now either keeps the blob or has removed
         // it already (see `storage::touch`).
-        store.touches().touch(&digest);
+        if let Err(e) = store.touches().touch(&digest) {
+            tracing::warn!(%digest, error = %e, "blob not served");
+            return with_retry_after(self.failure(FailureKind::Unavailable, None, e.to_string()).await);
+        }
         self.pulled(&digest);
         if !self.head
             && let Some(repo) = self.repo.as_deref().filter(|r| r.blob_redirect)

@@ -252,7 +252,7 @@ impl BlobStore {
     /// reach the disk before this returns). The staged file is consumed.
     pub fn commit_verified(&self, staged: &Path, digest: &Digest) -> Result<(), BlobError> {
         // What a client just stored is about to be referenced: a collection running now keeps it.
-        self.touches.touch(digest);
+        self.reference(digest)?;
         self.backend.commit(staged, digest).inspect_err(|e| _ = self.health.note(e)).map_err(backend_err(&self.path(digest)))
     }
 
@@ -269,7 +269,7 @@ impl BlobStore {
     /// Completes an upload whose `len` bytes the caller verified hash to `digest`, and removes
     /// the staged copy. On an error the staged file is kept, for `commit_verified`.
     pub fn complete_upload(&self, upload: Box<dyn Upload>, staged: &Path, digest: &Digest, len: u64) -> Result<(), BlobError> {
-        self.touches.touch(digest);
+        self.reference(digest)?;
         upload.complete(len).inspect_err(|e| _ = self.health.note(e)).map_err(backend_err(&self.path(digest)))?;
         let _ = fs::remove_file(staged);
         Ok(())
@@ -278,11 +278,17 @@ impl BlobStore {
     /// Stores the concatenation of an upload session's chunks, whose `len` bytes the caller
     /// verified hash to `digest`, as that blob (backends that keep chunks: `Backend::chunks`).
     pub fn compose(&self, chunks: &[String], digest: &Digest, len: u64) -> Result<(), BlobError> {
-        self.touches.touch(digest);
+        self.reference(digest)?;
         let Some(store) = self.backend.chunks() else {
             return Err(backend_err(&self.path(digest))(io::Error::other("this backend keeps no upload chunks")));
         };
         store.compose(chunks, digest, len).inspect_err(|e| _ = self.health.note(e)).map_err(backend_err(&self.path(digest)))
+    }
+
+    /// The blob is about to be referenced (`touch`); a reference a collection in progress must
+    /// see but that could not be recorded fails the write.
+    fn reference(&self, digest: &Digest) -> Result<(), BlobError> {
+        self.touches.touch(digest).map_err(|e| BlobError::Io { path: self.path(digest), source: io::Error::other(e) })
     }
 
     pub fn remove(&self, digest: &Digest) -> Result<bool, BlobError> {

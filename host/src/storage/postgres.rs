@@ -62,6 +62,25 @@ CREATE TABLE IF NOT EXISTS binaryrepo_documents (
     body    bytea NOT NULL,
     version bigint NOT NULL
 );
+CREATE TABLE IF NOT EXISTS binaryrepo_nodes (
+    id   text PRIMARY KEY,
+    seen timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS binaryrepo_collections (
+    id      text PRIMARY KEY,
+    node    text NOT NULL,
+    started timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS binaryrepo_collection_acks (
+    run  text NOT NULL,
+    node text NOT NULL,
+    PRIMARY KEY (run, node)
+);
+CREATE TABLE IF NOT EXISTS binaryrepo_collection_refs (
+    run    text NOT NULL,
+    digest text COLLATE "C" NOT NULL,
+    PRIMARY KEY (run, digest)
+);
 "#;
 
 const BUMP: &str =
@@ -94,6 +113,13 @@ pub struct DatabaseUrl(String);
 impl DatabaseUrl {
     pub fn new(url: String) -> DatabaseUrl {
         DatabaseUrl(url)
+    }
+}
+
+#[cfg(test)]
+impl DatabaseUrl {
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -424,6 +450,156 @@ impl PgMeta {
     }
 }
 
+/// The lock space of per-blob locks (`pg_advisory_xact_lock(int, int)`, apart from the
+/// single-key locks above): a reference during a collection and the collection's removal of
+/// the same blob take the same lock, so one of them comes first.
+const BLOB_LOCK_SPACE: i32 = 0x6272_6566;
+
+/// Collections that several nodes take part in (`gc`, `storage::touch`): a run is announced
+/// here, every live node acknowledges it once its own references are written synchronously
+/// (`collection_reference`), and the run removes a blob only under that blob's lock and only
+/// if no node referenced it since.
+impl PgMeta {
+    /// This node is alive; returns the runs in progress. Runs whose node stopped heartbeating
+    /// for `expiry` end here (with what they recorded), so a crashed collector does not keep
+    /// the other nodes writing references synchronously. Times are the server's: the nodes'
+    /// clocks need not agree.
+    pub fn heartbeat(&self, node: &str, expiry: Duration) -> Result<Vec<String>, MetaError> {
+        let expiry = expiry.as_secs_f64();
+        off_runtime(|| {
+            let mut c = self.conn()?;
+            let mut txn = c.transaction().map_err(pg)?;
+            txn.execute("INSERT INTO binaryrepo_nodes (id, seen) VALUES ($1, now()) ON CONFLICT (id) DO UPDATE SET seen = now()", &[&node])
+                .map_err(pg)?;
+            let expired = txn
+                .query(
+                    "DELETE FROM binaryrepo_collections c WHERE NOT EXISTS
+                       (SELECT 1 FROM binaryrepo_nodes n WHERE n.id = c.node AND n.seen > now() - make_interval(secs => $1::float8))
+                     RETURNING id",
+                    &[&expiry],
+                )
+                .map_err(pg)?;
+            if !expired.is_empty() {
+                let ids: Vec<String> = expired.into_iter().map(|r| r.get(0)).collect();
+                tracing::warn!(runs = ?ids, "collections whose node stopped heartbeating ended");
+                txn.execute("DELETE FROM binaryrepo_collection_acks WHERE run = ANY($1)", &[&ids]).map_err(pg)?;
+                txn.execute("DELETE FROM binaryrepo_collection_refs WHERE run = ANY($1)", &[&ids]).map_err(pg)?;
+            }
+            txn.execute("DELETE FROM binaryrepo_nodes WHERE seen < now() - make_interval(secs => $1::float8 * 10)", &[&expiry])
+                .map_err(pg)?;
+            let rows = txn.query("SELECT id FROM binaryrepo_collections ORDER BY id", &[]).map_err(pg)?;
+            txn.commit().map_err(pg)?;
+            Ok(rows.into_iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    /// Announces a run of `node`.
+    pub fn collection_begin(&self, run: &str, node: &str) -> Result<(), MetaError> {
+        off_runtime(|| {
+            self.conn()?
+                .execute("INSERT INTO binaryrepo_collections (id, node, started) VALUES ($1, $2, now())", &[&run, &node])
+                .map(drop)
+                .map_err(pg)
+        })
+    }
+
+    /// `node` writes its references for `run` synchronously now, and every request it began
+    /// before has finished.
+    pub fn collection_ack(&self, run: &str, node: &str) -> Result<(), MetaError> {
+        off_runtime(|| {
+            self.conn()?
+                .execute(
+                    "INSERT INTO binaryrepo_collection_acks (run, node)
+                     SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM binaryrepo_collections WHERE id = $1) ON CONFLICT DO NOTHING",
+                    &[&run, &node],
+                )
+                .map(drop)
+                .map_err(pg)
+        })
+    }
+
+    /// The live nodes (heartbeat within `expiry`) other than the run's own that have not
+    /// acknowledged `run` yet. An error if the run is gone (expired).
+    pub fn collection_waiting_for(&self, run: &str, expiry: Duration) -> Result<Vec<String>, MetaError> {
+        let expiry = expiry.as_secs_f64();
+        off_runtime(|| {
+            let mut c = self.conn()?;
+            let Some(owner) =
+                c.query_opt("SELECT node FROM binaryrepo_collections WHERE id = $1", &[&run]).map_err(pg)?.map(|r| r.get::<_, String>(0))
+            else {
+                return Err(MetaError::Unavailable(format!("collection {run} was ended by another node (its heartbeat lapsed)")));
+            };
+            let rows = c
+                .query(
+                    "SELECT n.id FROM binaryrepo_nodes n
+                     WHERE n.seen > now() - make_interval(secs => $2::float8) AND n.id <> $3
+                       AND NOT EXISTS (SELECT 1 FROM binaryrepo_collection_acks a WHERE a.run = $1 AND a.node = n.id)
+                     ORDER BY n.id",
+                    &[&run, &expiry, &owner],
+                )
+                .map_err(pg)?;
+            Ok(rows.into_iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    /// Records that a request is about to reference `digest`, for every run in progress, under
+    /// the blob's lock: a removal by any run either finished before (the request then finds the
+    /// blob gone) or will see this row and keep the blob.
+    pub fn collection_reference(&self, digest: &str) -> Result<(), MetaError> {
+        off_runtime(|| {
+            let mut c = self.conn()?;
+            let mut txn = c.transaction().map_err(pg)?;
+            txn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", &[&BLOB_LOCK_SPACE, &digest]).map_err(pg)?;
+            txn.execute(
+                "INSERT INTO binaryrepo_collection_refs (run, digest) SELECT id, $1 FROM binaryrepo_collections ON CONFLICT DO NOTHING",
+                &[&digest],
+            )
+            .map_err(pg)?;
+            txn.commit().map_err(pg)
+        })
+    }
+
+    /// Runs `remove` under the blob's lock unless a node referenced `digest` during `run`;
+    /// `Ok(None)` when it was referenced. The run's row is held (shared) meanwhile, so the run
+    /// cannot be expired (and the nodes go back to batching their references) mid-removal; a
+    /// run already expired removes nothing (an error).
+    pub fn collection_remove<T>(&self, run: &str, digest: &str, remove: impl FnOnce() -> T + Send) -> Result<Option<T>, MetaError>
+    where
+        T: Send,
+    {
+        off_runtime(|| {
+            let mut c = self.conn()?;
+            let mut txn = c.transaction().map_err(pg)?;
+            if txn.query_opt("SELECT 1 FROM binaryrepo_collections WHERE id = $1 FOR SHARE", &[&run]).map_err(pg)?.is_none() {
+                return Err(MetaError::Unavailable(format!("collection {run} was ended by another node (its heartbeat lapsed)")));
+            }
+            txn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", &[&BLOB_LOCK_SPACE, &digest]).map_err(pg)?;
+            let referenced = txn
+                .query_opt("SELECT 1 FROM binaryrepo_collection_refs WHERE run = $1 AND digest = $2", &[&run, &digest])
+                .map_err(pg)?
+                .is_some();
+            if referenced {
+                return Ok(None);
+            }
+            let out = remove();
+            txn.commit().map_err(pg)?;
+            Ok(Some(out))
+        })
+    }
+
+    /// Ends a run: the nodes go back to batching their references.
+    pub fn collection_end(&self, run: &str) -> Result<(), MetaError> {
+        off_runtime(|| {
+            let mut c = self.conn()?;
+            let mut txn = c.transaction().map_err(pg)?;
+            txn.execute("DELETE FROM binaryrepo_collections WHERE id = $1", &[&run]).map_err(pg)?;
+            txn.execute("DELETE FROM binaryrepo_collection_acks WHERE run = $1", &[&run]).map_err(pg)?;
+            txn.execute("DELETE FROM binaryrepo_collection_refs WHERE run = $1", &[&run]).map_err(pg)?;
+            txn.commit().map_err(pg)
+        })
+    }
+}
+
 /// Upload sessions shared between nodes.
 impl PgMeta {
     /// Records a new empty session unless `repo` holds `per_repo` sessions or all repositories
@@ -523,8 +699,8 @@ impl PgMeta {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::{PgMeta, prefix_end};
+pub(crate) mod tests {
+    use super::{DatabaseUrl, PgMeta, prefix_end};
 
     /// Guards `Drop for PgMeta`: a node dropping its store on a runtime thread (shutdown) used to
     /// panic with "Cannot start a runtime from within a runtime".
@@ -534,6 +710,66 @@ mod tests {
         let store = PgMeta::connect(&url, 2).unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
         runtime.block_on(async move { tokio::spawn(async move { drop(store) }).await }).unwrap();
+    }
+
+    /// A database of its own: heartbeats end the runs of every node they find stale.
+    pub(crate) fn fresh_url() -> Option<DatabaseUrl> {
+        let url = crate::storage::meta::tests::postgres_url()?;
+        let name = format!("t{}", uuid::Uuid::new_v4().simple());
+        let mut admin = postgres::Client::connect(&url.0, postgres::NoTls).unwrap();
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        Some(DatabaseUrl::new(format!("{}/{name}", url.0.rsplit_once('/').unwrap().0)))
+    }
+
+    fn fresh() -> Option<PgMeta> {
+        Some(PgMeta::connect(&fresh_url()?, 4).unwrap())
+    }
+
+    /// Guards the cross-node part of garbage collection: a run waits for every live node's
+    /// acknowledgement, a blob a node referenced during the run is not removed, and a reference
+    /// made while a removal holds the blob's lock waits for the removal to commit.
+    #[test]
+    fn a_run_waits_for_live_nodes_and_keeps_what_they_referenced() {
+        let Some(store) = fresh() else { return };
+        let expiry = std::time::Duration::from_secs(15);
+        assert!(store.heartbeat("a", expiry).unwrap().is_empty());
+        store.heartbeat("b", expiry).unwrap();
+        store.collection_begin("a/1", "a").unwrap();
+        assert_eq!(store.heartbeat("b", expiry).unwrap(), ["a/1"], "b sees the run");
+        assert_eq!(store.collection_waiting_for("a/1", expiry).unwrap(), ["b"], "the run waits for b, not for its own node");
+        store.collection_reference("sha256:kept").unwrap();
+        store.collection_ack("a/1", "b").unwrap();
+        assert!(store.collection_waiting_for("a/1", expiry).unwrap().is_empty());
+        assert_eq!(store.collection_remove("a/1", "sha256:kept", || "removed").unwrap(), None, "referenced during the run");
+        assert_eq!(store.collection_remove("a/1", "sha256:other", || "removed").unwrap(), Some("removed"));
+
+        // A reference that comes while a removal holds the lock waits for it.
+        let store = std::sync::Arc::new(store);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let remover = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                store
+                    .collection_remove("a/1", "sha256:raced", || {
+                        tx.send(()).unwrap();
+                        std::thread::sleep(std::time::Duration::from_millis(500));
+                        std::time::Instant::now()
+                    })
+                    .unwrap()
+                    .unwrap()
+            })
+        };
+        rx.recv().unwrap();
+        store.collection_reference("sha256:raced").unwrap();
+        let referenced = std::time::Instant::now();
+        assert!(referenced >= remover.join().unwrap(), "the reference waited for the removal to commit");
+
+        // A run whose node stopped heartbeating ends, and removes nothing more.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert!(store.heartbeat("b", std::time::Duration::from_secs(1)).unwrap().is_empty(), "a's run expired");
+        assert!(store.collection_remove("a/1", "sha256:late", || ()).is_err());
+        assert!(store.collection_waiting_for("a/1", expiry).is_err());
+        store.collection_end("a/1").unwrap();
     }
 
     #[test]

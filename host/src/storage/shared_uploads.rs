@@ -197,7 +197,7 @@ impl SharedUploads {
         }
         // Two clients pushing the same blob both succeed: the blob is there already. Either way
         // this push references it, before looking (a collection keeps it for the manifest).
-        self.store.touches().touch(&actual);
+        self.store.touches().touch(&actual).map_err(|e| UploadError::Io(std::io::Error::other(e)))?;
         if self.store.stat(&actual)? != Some(size) {
             self.store.compose(&row.chunks, &actual, size)?;
         }

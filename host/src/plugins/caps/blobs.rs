@@ -20,13 +20,32 @@ fn err(e: BlobError) -> HostError {
     }
 }
 
+/// Before the look-up: a plugin asks for a blob because it is about to reference it (a layer of
+/// a push, a mount, a manifest's layers), and garbage collection must know. A reference that
+/// a collection in progress must see but that could not be recorded refuses the whole call
+/// (`Scope::refuse`): the request is answered 503, whatever the plugin makes of the error.
+async fn reference(state: &Scope, digest: &Digest) -> Result<(), HostError> {
+    if state.collection {
+        return Ok(());
+    }
+    let touches = state.caps.store.touches();
+    // A reference may be a statement on the shared store: off the plugin's thread then. On one
+    // node it is a map update, done here.
+    let touched = if touches.shared_store().is_some() {
+        let (touches, digest) = (touches.clone(), digest.clone());
+        tokio::task::spawn_blocking(move || touches.touch(&digest).map_err(|e| e.to_string())).await.unwrap_or_else(|e| Err(e.to_string()))
+    } else {
+        touches.touch(digest).map_err(|e| e.to_string())
+    };
+    touched.map_err(|e| {
+        state.refuse(e.clone());
+        HostError::Internal(e)
+    })
+}
+
 pub async fn stat(state: &Scope, digest: String) -> Result<Option<BlobInfo>, HostError> {
     let digest = parse(&digest)?;
-    // Before the look-up: a plugin asks whether a blob exists because it is about to reference
-    // it (a layer of a push, a mount, a manifest's layers), and garbage collection must know.
-    if !state.collection {
-        state.caps.store.touches().touch(&digest);
-    }
+    reference(state, &digest).await?;
     if let Some(b) = state.caps.store.cached(&digest) {
         return Ok(Some(BlobInfo { size: b.len() as u64 }));
     }
@@ -36,9 +55,7 @@ pub async fn stat(state: &Scope, digest: String) -> Result<Option<BlobInfo>, Hos
 
 pub async fn read(state: &Scope, digest: String) -> Result<Vec<u8>, HostError> {
     let digest = parse(&digest)?;
-    if !state.collection {
-        state.caps.store.touches().touch(&digest);
-    }
+    reference(state, &digest).await?;
     if let Some(b) = state.caps.store.cached(&digest).filter(|b| b.len() as u64 <= SMALL_LIMIT) {
         return Ok(b.to_vec());
     }

@@ -25,6 +25,8 @@ pub struct Scope {
     pub readable: Readable,
     /// The call is garbage collection's own: what it looks at is not a reference to keep.
     pub collection: bool,
+    /// Why the call must be answered 503 whatever it returns (`CallState::refused`).
+    pub refused: Arc<std::sync::OnceLock<String>>,
 }
 
 /// Which repositories the request's caller may read: views of other repositories
@@ -52,6 +54,11 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Ho
 }
 
 impl Scope {
+    /// The server cannot serve this call safely now (a blob reference it could not record).
+    pub fn refuse(&self, why: String) {
+        let _ = self.refused.set(why);
+    }
+
     /// The format whose repositories this call may read.
     pub fn format(&self) -> Result<String, HostError> {
         self.repo
