@@ -489,7 +489,7 @@ impl Repos {
         self
     }
 
-    fn read_stored(&self) -> Result<Option<(Vec<u8>, Option<i64>)>, RepoError> {
+    fn read_stored(&self) -> Result<Option<Stored>, RepoError> {
         let load = |message: String| RepoError::Load { path: self.path.clone(), message };
         match &self.shared {
             Some(shared) => {
@@ -725,6 +725,9 @@ impl Repos {
         crate::storage::durable::replace(&self.path, &json, 0o600).map_err(err)
     }
 }
+
+/// The stored definitions document and, in a shared store, its version.
+type Stored = (Vec<u8>, Option<i64>);
 
 #[cfg(test)]
 mod tests {

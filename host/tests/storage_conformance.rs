@@ -61,7 +61,7 @@ fn put(store: &BlobStore, data: &[u8], expected: Option<&Digest>) -> Result<Dige
 fn listed(store: &BlobStore) -> Vec<(Digest, u64)> {
     let mut all = Vec::new();
     store.list(&mut |b| all.push((b.digest, b.size))).unwrap();
-    all.sort_by(|a, b| a.0.to_string().cmp(&b.0.to_string()));
+    all.sort_by_key(|a| a.0.to_string());
     all
 }
 

@@ -85,7 +85,10 @@ const SIZE_TTL: Duration = Duration::from_secs(15);
 /// Sizes computed recently, one entry per repository (entries of deleted ones are dropped on the
 /// next store, so the map stays as large as the repository list).
 #[derive(Default)]
-pub struct SizeCache(Mutex<HashMap<String, (Instant, Option<u64>, Option<u64>)>>);
+pub struct SizeCache(Mutex<HashMap<String, Sizes>>);
+
+/// When they were computed, and the repository's (blob bytes, stored bytes).
+type Sizes = (Instant, Option<u64>, Option<u64>);
 
 impl SizeCache {
     fn get(&self, repo: &str) -> Option<(Option<u64>, Option<u64>)> {

@@ -31,6 +31,8 @@ struct Cached {
 }
 
 /// `needed_elsewhere`: digests another repository's plugin listed as live.
+// One call per repository from the run, each argument a different piece of the run's state.
+#[allow(clippy::too_many_arguments)]
 pub fn evict(
     store: &BlobStore,
     access: &AccessLog,

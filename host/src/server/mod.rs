@@ -302,6 +302,8 @@ pub async fn token_endpoint(app: &App, req: Request<Incoming>, client: std::net:
 }
 
 /// A request refused before its plugin is asked, in the format's shape.
+// The request's parts and what the refusal says, as `render_failure` takes them, plus the body to drain.
+#[allow(clippy::too_many_arguments)]
 async fn refuse(
     app: &App,
     resolved: &resolve::Resolved,

@@ -128,14 +128,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_body_that_stops_is_cut_at_the_idle_limit() {
         let body = Paced::new(trickle(Duration::from_secs(60), 1), &limits(Duration::from_secs(5), 0, Duration::from_secs(30)));
-        let err = body.collect().await.err().expect("a stalled body was read to its end");
+        let err = body.collect().await.expect_err("a stalled body was read to its end");
         assert!(err.to_string().contains("no request body bytes for 5 s"), "{err}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_body_that_crawls_is_cut_at_the_end_of_a_window() {
         let lim = limits(Duration::from_secs(5), 100, Duration::from_secs(3));
-        let err = Paced::new(trickle(Duration::from_secs(1), 100), &lim).collect().await.err().expect("a 1 B/s body was read");
+        let err = Paced::new(trickle(Duration::from_secs(1), 100), &lim).collect().await.expect_err("a 1 B/s body was read");
         assert!(err.to_string().contains("too slow"), "{err}");
         // fast enough: read whole
         let ok = Paced::new(trickle(Duration::from_millis(1), 1000), &lim).collect().await.expect("a fast body was cut");

@@ -131,7 +131,7 @@ impl ReadCache {
 /// what was decided from that metadata (a plugin's reusable plan) can tell it is out of date.
 pub type Generation = Arc<AtomicU64>;
 
-type Opener = Box<dyn Fn() -> Result<Database, redb::Error> + Send + Sync>;
+type Opener = Box<dyn Fn() -> Result<Database, Box<redb::Error>> + Send + Sync>;
 
 /// The open database, and how to open it again. redb latches the first I/O error of a commit (a
 /// full disk) and refuses every later write until the database is reopened, which needs the old
@@ -169,11 +169,11 @@ impl MetaStore {
     /// (`Immediate`: synced before `commit` returns), so an acknowledged tag survives a crash.
     pub fn open(path: &Path) -> Result<MetaStore, MetaError> {
         let path = path.to_owned();
-        Self::open_with(Box::new(move || Database::create(&path).map_err(Into::into)))
+        Self::open_with(Box::new(move || Database::create(&path).map_err(|e| Box::new(e.into()))))
     }
 
     fn open_with(open: Opener) -> Result<MetaStore, MetaError> {
-        let db = open().map_err(db_err)?;
+        let db = open().map_err(MetaError::Store)?;
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(META).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
@@ -307,7 +307,7 @@ impl MetaStore {
                 }
             }
         }
-        let reopened = (handle.open)().map_err(db_err).and_then(|db| Self::probe(&db).map(|()| db));
+        let reopened = (handle.open)().map_err(MetaError::Store).and_then(|db| Self::probe(&db).map(|()| db));
         let ok = match reopened {
             Ok(db) => {
                 *slot = Some(Arc::new(db));
@@ -736,10 +736,15 @@ pub(crate) mod tests {
         let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let f = fail.clone();
         let m = MetaStore::open_with(Box::new(move || {
-            let file =
-                std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(redb::Error::Io)?;
-            let inner = redb::backends::FileBackend::new(file).map_err(redb::Error::from)?;
-            Database::builder().create_with_backend(Flaky { inner, fail: f.clone() }).map_err(Into::into)
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| Box::new(redb::Error::Io(e)))?;
+            let inner = redb::backends::FileBackend::new(file).map_err(|e| Box::new(redb::Error::from(e)))?;
+            Database::builder().create_with_backend(Flaky { inner, fail: f.clone() }).map_err(|e| Box::new(e.into()))
         }))
         .unwrap();
         m.put("a", "tag/x:1", b"one").unwrap();

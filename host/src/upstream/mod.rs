@@ -531,7 +531,7 @@ mod tests {
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
         for path in [dir.path().join("missing.pem"), empty] {
-            let err = ca_certificates(&path).err().expect("accepted");
+            let err = ca_certificates(&path).expect_err("accepted");
             assert!(matches!(err, ClientError::CaFile { .. }) && err.to_string().contains("upstream_ca_file"), "{err}");
         }
     }

@@ -32,7 +32,9 @@ pub struct Scope {
 /// Which repositories the request's caller may read: views of other repositories
 /// (`repositories` import) show only those. The host's own calls (garbage collection) see all.
 #[derive(Clone)]
-pub struct Readable(Option<Arc<dyn Fn(&Repository) -> bool + Send + Sync>>);
+pub struct Readable(Option<CanRead>);
+
+type CanRead = Arc<dyn Fn(&Repository) -> bool + Send + Sync>;
 
 impl Readable {
     pub fn all() -> Readable {
