@@ -388,3 +388,24 @@ def test_gc_on_one_node_keeps_a_blob_the_other_references_between_its_candidates
     print("collection on A:", out["report"])
     assert other not in s3.blobs(), "the other candidate was collected"
     _pullable_everywhere((a, b), "e2e/found", "1", built, s3)
+
+
+def test_a_node_that_stopped_cleanly_is_not_waited_for_by_a_collection(nodes, s3):
+    """A node that shuts down on SIGTERM leaves the nodes a collection waits for: a collection on A
+    right after B stopped finishes at once instead of waiting for B's heartbeat to lapse (15 s);
+    a node killed with SIGKILL is waited for until then."""
+    a, b = nodes
+    b.stop()
+    started = time.monotonic()
+    report = a.gc(LOCAL, grace_seconds=0)
+    took = time.monotonic() - started
+    assert report["state"] == "finished", report
+    assert took < 8, f"the collection waited {took:.1f} s for a node that had stopped cleanly"
+
+    b.start(timeout=180)
+    time.sleep(2.5)  # B heartbeats every second: it is among the live nodes now
+    b.kill()
+    started = time.monotonic()
+    report = a.gc(LOCAL, grace_seconds=0)
+    assert report["state"] == "finished" and time.monotonic() - started >= 5, \
+        f"a killed node is waited for until its heartbeat lapses: {report}, {time.monotonic() - started:.1f} s"

@@ -661,6 +661,7 @@ pub async fn run(app: Arc<App>) -> std::io::Result<()> {
     while app.fills.in_flight() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    app.caps.store.touches().leave();
     Ok(())
 }
 

@@ -493,6 +493,12 @@ impl PgMeta {
         })
     }
 
+    /// `node` stopped serving (a clean shutdown): a run that starts now need not wait for its
+    /// acknowledgement until its heartbeat lapses.
+    pub fn node_left(&self, node: &str) -> Result<(), MetaError> {
+        off_runtime(|| self.conn()?.execute("DELETE FROM binaryrepo_nodes WHERE id = $1", &[&node]).map(drop).map_err(pg))
+    }
+
     /// Announces a run of `node`.
     pub fn collection_begin(&self, run: &str, node: &str) -> Result<(), MetaError> {
         off_runtime(|| {
@@ -742,6 +748,11 @@ pub(crate) mod tests {
         assert!(store.collection_waiting_for("a/1", expiry).unwrap().is_empty());
         assert_eq!(store.collection_remove("a/1", "sha256:kept", || "removed").unwrap(), None, "referenced during the run");
         assert_eq!(store.collection_remove("a/1", "sha256:other", || "removed").unwrap(), Some("removed"));
+        // A node that stopped cleanly is not waited for, though its heartbeat is recent.
+        store.heartbeat("c", expiry).unwrap();
+        assert_eq!(store.collection_waiting_for("a/1", expiry).unwrap(), ["c"]);
+        store.node_left("c").unwrap();
+        assert!(store.collection_waiting_for("a/1", expiry).unwrap().is_empty(), "c left");
 
         // A reference that comes while a removal holds the lock waits for it.
         let store = std::sync::Arc::new(store);

@@ -99,6 +99,8 @@ struct Shared {
     runs: Mutex<Runs>,
     /// An acknowledging thread is running.
     acking: AtomicBool,
+    /// This node stopped serving: no more heartbeats.
+    left: AtomicBool,
 }
 
 /// The runs in progress on any node, as this node last saw them.
@@ -263,7 +265,14 @@ impl Touches {
     /// collections of every node (see the module comment). The thread ends with `self`.
     pub fn share(self: &std::sync::Arc<Self>, meta: MetaStore) {
         let node = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
-        let shared = Shared { meta, node, pending: Mutex::default(), runs: Mutex::default(), acking: AtomicBool::new(false) };
+        let shared = Shared {
+            meta,
+            node,
+            pending: Mutex::default(),
+            runs: Mutex::default(),
+            acking: AtomicBool::new(false),
+            left: AtomicBool::new(false),
+        };
         if shared.meta.shared().is_none() || self.shared.set(shared).is_err() {
             return;
         }
@@ -273,6 +282,9 @@ impl Touches {
                 std::thread::sleep(SHARED_CHECK_WINDOW);
                 let Some(touches) = touches.upgrade() else { return };
                 let Some(shared) = touches.shared.get() else { return };
+                if shared.left.load(Ordering::SeqCst) {
+                    return;
+                }
                 if let Err(e) = shared.flush() {
                     tracing::warn!(error = %e, "blob references not written to the shared store");
                 }
@@ -284,6 +296,20 @@ impl Touches {
         });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot share blob references with other nodes");
+        }
+    }
+
+    /// This node has stopped serving (every request finished): its references are written and
+    /// it leaves the nodes a collection waits for, instead of being waited for until its
+    /// heartbeat lapses.
+    pub fn leave(&self) {
+        let Some(shared) = self.shared.get() else { return };
+        shared.left.store(true, Ordering::SeqCst);
+        if let Err(e) = shared.flush() {
+            tracing::warn!(error = %e, "blob references not written to the shared store");
+        }
+        if let Err(e) = shared.pg().and_then(|pg| pg.node_left(&shared.node)) {
+            tracing::warn!(error = %e, "shared metadata: this node's heartbeat not removed; collections wait for it to lapse");
         }
     }
 
