@@ -60,9 +60,10 @@ fmt-check:
 # The tests' scratch files go to a directory of this run's own (--basetemp), not to pytest's shared
 # /tmp/pytest-of-USER, which keeps the last three runs whole and which other pytest runs on the machine
 # clean up: a run that passes removes its directory; one that fails keeps it and says where. Free space
-# is printed before and after, since a full /tmp fails every later test at set-up.
+# is printed before and after, since a full /tmp fails every later test at set-up. Its name has digits
+# only: podman reads an `oci:` path as an image name, which must be lower case.
 test-e2e: test-plugins
-	@tmp=$$(mktemp -d /tmp/br-e2e.XXXXXX) && echo "e2e scratch: $$tmp; free: $$(df -h --output=avail /tmp | tail -1)" && \
+	@tmp=/tmp/br-e2e.$$(date +%s)-$$$$ && mkdir -m 700 $$tmp && echo "e2e scratch: $$tmp; free: $$(df -h --output=avail /tmp | tail -1)" && \
 	BINARYREPO_BIN=$(CURDIR)/$(RELEASE)/binaryrepo BINARYREPO_PLUGINS=$(CURDIR)/$(PLUGIN_OUT) \
 		BINARYREPO_TEST_PLUGINS=$(CURDIR)/$(TEST_PLUGIN_OUT) \
 		.venv/bin/python -m pytest tests/e2e -q --basetemp=$$tmp \
