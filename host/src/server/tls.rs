@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 /// A PEM chain and key are a few KiB; a larger file is not one.
-const MAX_PEM_BYTES: u64 = 1024 * 1024;
+pub(crate) const MAX_PEM_BYTES: u64 = 1024 * 1024;
 
 /// What is wrong with the configured certificate or key: the operator's to fix.
 #[derive(Debug, thiserror::Error)]
@@ -191,17 +191,18 @@ pub async fn refuse_plain_http(mut stream: TcpStream) {
 }
 
 fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
-    let read = |path: &Path| -> io::Result<Vec<u8>> {
-        let file = std::fs::File::open(path)?;
-        let mut bytes = Vec::new();
-        io::Read::read_to_end(&mut io::Read::take(file, MAX_PEM_BYTES + 1), &mut bytes)?;
-        Ok(bytes)
-    };
-    let bytes = read(path).map_err(|source| TlsError::Read { path: path.into(), source })?;
-    if bytes.len() as u64 > MAX_PEM_BYTES {
-        return Err(TlsError::TooLarge { path: path.into() });
-    }
-    Ok(bytes)
+    read_pem_file(path)
+        .map_err(|source| TlsError::Read { path: path.into(), source })?
+        .ok_or_else(|| TlsError::TooLarge { path: path.into() })
+}
+
+/// A certificate or key file, never read past `MAX_PEM_BYTES`; None when it is larger (then
+/// it is not one). For the listeners' files and the PostgreSQL client's.
+pub(crate) fn read_pem_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(file, MAX_PEM_BYTES + 1), &mut bytes)?;
+    Ok((bytes.len() as u64 <= MAX_PEM_BYTES).then_some(bytes))
 }
 
 fn load_pair(files: &TlsFiles, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {

@@ -33,9 +33,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// A CA or certificate file larger than this is not one (and is not read whole into memory).
-const MAX_PEM_BYTES: u64 = 1 << 20;
-
 /// libpq's `sslmode`, less `allow` (clear text first, TLS only if the server insists), which the
 /// client library cannot do and no operator who asks for TLS wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,13 +271,9 @@ fn key_values(s: &str) -> Vec<(String, String, &str)> {
 
 fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, PgTlsError> {
     let file_err = |detail: String| PgTlsError::File { what, path: path.to_owned(), detail };
-    let file = std::fs::File::open(path).map_err(|e| file_err(format!("cannot read: {e}")))?;
-    let mut bytes = Vec::new();
-    io::Read::read_to_end(&mut io::Read::take(file, MAX_PEM_BYTES + 1), &mut bytes).map_err(|e| file_err(format!("cannot read: {e}")))?;
-    if bytes.len() as u64 > MAX_PEM_BYTES {
-        return Err(file_err(format!("larger than {MAX_PEM_BYTES} bytes: not a PEM file")));
-    }
-    Ok(bytes)
+    crate::server::tls::read_pem_file(path)
+        .map_err(|e| file_err(format!("cannot read: {e}")))?
+        .ok_or_else(|| file_err(format!("larger than {} bytes: not a PEM file", crate::server::tls::MAX_PEM_BYTES)))
 }
 
 fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, PgTlsError> {
