@@ -7,6 +7,11 @@
 //! outside this process. An entry names the generation of the user record it was verified
 //! against; any change to that user (password, groups, admin, deletion) gives the record a
 //! new generation, so the entry is dropped at its next look-up.
+//!
+//! A client that opens many connections at once (Docker, containerd and wrk open 4–16) sends the
+//! same new credentials on all of them before the first check has finished. They take turns by
+//! key (`turn`): the first runs bcrypt, the others find its result in the cache, so a burst costs
+//! one bcrypt instead of one per connection (each tens of milliseconds of a core).
 
 use std::time::Duration;
 
@@ -22,17 +27,24 @@ struct Entry {
     verified_at: Instant,
 }
 
+/// Turns are taken on one of these locks, chosen by the key: a fixed set, so nothing a client
+/// sends makes it grow. Two pairs that share a lock wait for each other's bcrypt, which the
+/// hasher's permits (one per core) would mostly have serialised anyway.
+const TURNS: usize = 256;
+
 pub struct CredentialCache {
     key: hmac::Key,
     entries: Option<Cache<Key, Entry>>,
     ttl: Duration,
+    turns: Box<[tokio::sync::Mutex<()>]>,
 }
 
 impl CredentialCache {
     /// `capacity` 0 or a zero `ttl` turns caching off.
     pub fn new(process_key: &[u8; 32], capacity: usize, ttl: Duration) -> CredentialCache {
         let entries = (capacity > 0 && !ttl.is_zero()).then(|| Cache::new(capacity));
-        CredentialCache { key: hmac::Key::new(hmac::HMAC_SHA256, process_key), entries, ttl }
+        let turns = (0..TURNS).map(|_| tokio::sync::Mutex::new(())).collect();
+        CredentialCache { key: hmac::Key::new(hmac::HMAC_SHA256, process_key), entries, ttl, turns }
     }
 
     pub fn key(&self, user: &str, password: &[u8]) -> Key {
@@ -56,6 +68,13 @@ impl CredentialCache {
             }
             None => false,
         }
+    }
+
+    /// Waits for the checks of the same pair that are under way; hold the guard while checking,
+    /// and look in the cache again once it is held. None when caching is off (nothing to wait for).
+    pub async fn turn(&self, key: &Key) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        self.entries.as_ref()?;
+        Some(self.turns[usize::from(key[0]) % TURNS].lock().await)
     }
 
     pub fn insert(&self, key: Key, generation: u64) {

@@ -278,7 +278,8 @@ impl Auth {
     /// `user:password`, Basic `user:<API token>`, Bearer `<API token>` and Bearer `<signed token>`.
     ///
     /// A password verified once is then recognised for `credential_cache_seconds` by a keyed
-    /// hash and a map look-up; bcrypt runs only on a miss, on the blocking pool. A refusal is
+    /// hash and a map look-up; bcrypt runs only on a miss, on the blocking pool, and once for a
+    /// burst of requests that bring the same new credentials together. A refusal is
     /// logged as an audit line and, past `login_failures_before_delay` failures from the same
     /// address, answered only after a growing delay (1 s … 10 s).
     pub async fn authenticate(&self, authorization: Option<&http::HeaderValue>, client: IpAddr) -> Result<Identity, AuthFailure> {
@@ -335,6 +336,10 @@ impl Auth {
             return Err(bad(AuthFailure::BadCredentials));
         };
         let key = self.cache.key(name.as_str(), password);
+        if self.cache.hit(&key, record.generation) {
+            return Ok(Identity::User(record.by_password.clone()));
+        }
+        let _turn = self.cache.turn(&key).await;
         if self.cache.hit(&key, record.generation) {
             return Ok(Identity::User(record.by_password.clone()));
         }

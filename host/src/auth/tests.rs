@@ -192,6 +192,31 @@ async fn wrong_password_is_refused_and_never_cached_right_one_is() {
     assert_eq!(auth.bcrypt_runs() - start, 3);
 }
 
+/// Guards `CredentialCache::turn`: a client that opens 16 connections at once and sends the same
+/// new credentials on each costs one bcrypt, not 16. Mutation check: without the turn (or without
+/// looking in the cache again once it is held) all 16 run bcrypt.
+#[tokio::test]
+async fn a_burst_of_the_same_new_credentials_costs_one_bcrypt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let auth = open(tmp.path(), &config());
+    add_user(&auth, "alice", "alice-password").await;
+    add_user(&auth, "bob", "bob-password1").await;
+    let start = auth.bcrypt_runs();
+    let burst = (0..16).map(|_| login(&auth, basic("alice", "alice-password")));
+    for identity in futures_util::future::join_all(burst).await {
+        assert_eq!(identity.unwrap().name(), "alice");
+    }
+    assert_eq!(auth.bcrypt_runs() - start, 1);
+    // Wrong passwords are never cached: each is still checked, turn or not.
+    let start = auth.bcrypt_runs();
+    let wrong = (0..3).map(|_| login(&auth, basic("bob", "not-bobs-password")));
+    for refused in futures_util::future::join_all(wrong).await {
+        assert_eq!(refused, Err(AuthFailure::BadCredentials));
+    }
+    assert_eq!(auth.bcrypt_runs() - start, 3);
+    assert_eq!(login(&auth, basic("bob", "bob-password1")).await.unwrap().name(), "bob");
+}
+
 /// Guards `CredentialCache::hit`: the generation comparison (a changed or deleted user) and the TTL.
 /// Mutation check: without the generation comparison the old password still signs in here.
 #[tokio::test(start_paused = true)]
