@@ -42,6 +42,8 @@ test: deps-test build test-unit test-fuzz test-e2e
 
 test-unit: fmt-check
 	tests/postgres.sh run cargo test --release -p binaryrepo
+	# the criterion benches are not run here, but `make bench` runs them: they must keep compiling
+	cargo build --release --quiet -p binaryrepo-benches --benches
 	plugins/build.sh test
 	cargo test --quiet --manifest-path examples/generic-file/Cargo.toml --target-dir target/examples
 
