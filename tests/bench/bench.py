@@ -627,10 +627,13 @@ class Bench:
         # Whole criterion runs on this VM come out at either ~4 or ~6.5 µs, whatever the build (the same binary
         # gave both within minutes): interference only adds time, so the lowest of three runs is the figure and
         # all three are in the note.
-        runs = []
+        runs, failed = [], None
         for _ in range(3):
-            subprocess.run(["cargo", "bench", "-p", "binaryrepo-benches", "--bench", "plugin_request"], cwd=REPO_ROOT,
-                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+            r = subprocess.run(["cargo", "bench", "-p", "binaryrepo-benches", "--bench", "plugin_request"], cwd=REPO_ROOT,
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+            if r.returncode != 0:
+                failed = r.stderr.strip().splitlines()[-12:]
+                continue
             if CRITERION.exists():
                 est = json.loads(CRITERION.read_text())
                 fr = json.loads(fresh_path.read_text())["mean"]["point_estimate"] if fresh_path.exists() else None
@@ -638,7 +641,10 @@ class Bench:
         if not runs:
             row.values["binaryrepo"] = "n/a"
             row.verdict = "n/a"
-            self.notes.append(f"7: no criterion result ({CRITERION.relative_to(REPO_ROOT)} missing).")
+            self.notes.append(f"7: no criterion result ({CRITERION.relative_to(REPO_ROOT)} missing)"
+                              + (": `cargo bench` failed: " + " / ".join(failed) if failed else "."))
+            if failed:
+                self.errors.append("7: `cargo bench -p binaryrepo-benches --bench plugin_request` failed")
             return
         est, fresh = min(runs, key=lambda r: r[0]["mean"]["point_estimate"])
         means = ", ".join(fmt_ns(r[0]["mean"]["point_estimate"]) for r in runs)
