@@ -82,7 +82,7 @@ fn versions(host: &impl Host, m: &ModulePath) -> Result<Vec<Version>, GoError> {
             out.push(v);
         }
     }
-    out.sort_by(|a, b| a.canonical().cmp(&b.canonical()));
+    out.sort_by_key(Version::canonical);
     Ok(out)
 }
 
@@ -125,6 +125,11 @@ pub fn read(host: &impl Host, route: &Route) -> Result<Plan, GoError> {
                 .ok_or_else(|| {
                     GoError::not_found(format!("{} has no published versions", m.as_str()))
                 })?;
+            // the published `.info` (its `Time` is what `go` shows), else one made
+            if let Some(s) = meta::get_json::<Stored>(host, &key(m, latest, Ext::Info))? {
+                host.reusable(3600, &[]);
+                return Ok(serve(&s.digest, Ext::Info));
+            }
             let zip = meta::get_json::<Stored>(host, &key(m, latest, Ext::Zip))?;
             respond(
                 "application/json",
@@ -156,7 +161,11 @@ pub fn read(host: &impl Host, route: &Route) -> Result<Plan, GoError> {
 
 fn canonical(route: &Route) -> Result<(&ModulePath, &Version, Ext), GoError> {
     match route {
-        Route::File(m, v, ext) if v.canonical().is_some() => Ok((m, v, *ext)),
+        // a version `go` refuses to unpack would also become the module's `@latest`
+        Route::File(m, v, ext) if v.canonical().is_some() => {
+            m.check_major(v)?;
+            Ok((m, v, *ext))
+        }
         Route::File(_, v, _) => Err(GoError::bad_request(format!(
             "{} is not a canonical version (vMAJOR.MINOR.PATCH[-pre][+incompatible])",
             v.as_str()
