@@ -6,7 +6,8 @@ is compared (exit status, `go mod download -json` with the bytes of the files it
   upper-case letters (escaped !r!c1), a retraction, no @latest upstream, an empty list, a list of pseudo-versions
   only, a branch query (`@master`: a query answer, revalidated after the check window, never kept for good);
   the .info of every path prefix `go get` probes answered 404 once, remembered for the window, asked again after it;
-  a query's .info larger than Go's 1 MiB refused and not stored;
+  a query's .info larger than Go's 1 MiB refused and not stored; an .info naming another version refused and not
+  kept (v2.0.0 answered as v2.0.0+incompatible served); `go list -m all` fetches go.mod files only;
 - local: versions `go` refuses to unpack (a major version its path does not allow) refused at publish time; @latest
   of a module with pseudo-versions only is the published .info (its Time), as the upstream answers it;
 - virtual: a member's list whose lines carry times (`v1.0.0 2020-01-01T00:00:00Z`) merged like the go command reads it."""
@@ -289,3 +290,53 @@ def test_virtual_merges_lists_whose_lines_carry_times(make_binaryrepo, goproxy, 
         got[name] = go(go_env(h, proxy), "list", "-m", "-versions", mod).stdout.decode().split()
     assert got["direct"] == [mod, "v1.0.0", "v1.1.0"], got
     assert got["virtual"] == [mod, "v1.0.0", "v1.1.0", "v1.2.0"], got
+
+
+def test_an_info_naming_another_version_is_not_kept(make_binaryrepo, goproxy, home):
+    """go refuses an .info that names another version than the one it asked for; kept for good, that answer would
+    break the version for every client after the upstream is fixed. An .info of v2.0.0 naming v2.0.0+incompatible
+    (a v2 without go.mod, asked for under its plain path) is the upstream's right answer and is served."""
+    up = goproxy()
+    mod = "example.com/alpha"
+    make_module(up.root, mod, "v1.0.0")
+    wrong = make_module(up.root, mod, "v1.0.1")
+    inc = make_module(up.root, "example.com/nomod", "v2.0.0+incompatible", go_mod=False)
+    up.put("example.com/nomod/@v/v2.0.0.info", inc["info"])
+    br = make_binaryrepo(repositories=[remote("go-remote", up.url)])
+    proxy = proxy_url(br, "go-remote")
+    up.overrides[f"/{mod}/@v/v1.0.0.info"] = (200, wrong["info"])
+    for name, url, why in (("direct", up.url, b"instead of requested version"), ("broken", proxy, b"names version")):
+        h = home(name)
+        p = go(go_env(h, url), "mod", "download", f"{mod}@v1.0.0", check=False)
+        assert p.returncode != 0 and why in p.stderr, (name, p.stderr)
+    r = request("GET", f"{proxy}/{mod}/@v/v1.0.0.info")
+    assert r.status == 502 and r.header("content-type").startswith("text/plain") and b"v1.0.1" in r.body, r
+    del up.overrides[f"/{mod}/@v/v1.0.0.info"]
+    h = home("fixed")
+    out = seen(go_env(h, proxy), h, "mod", "download", "-json", f"{mod}@v1.0.0")
+    assert out[0] == 0 and json.loads(out[2]["Info"])["Version"] == "v1.0.0", out
+    got = []
+    for name, url in (("inc-direct", up.url), ("inc-proxy", proxy)):
+        h = home(name)
+        got.append(seen(go_env(h, url), h, "mod", "download", "-json", "example.com/nomod@v2.0.0"))
+    assert got[0][0] == 0 and '"Version": "v2.0.0+incompatible"' in got[0][1], got[0]
+    assert got[1] == got[0]
+
+
+def test_modules_needed_for_their_go_mod_only(make_binaryrepo, goproxy, home):
+    """`go list -m all` reads the go.mod of every module in the graph and unpacks none: no .zip is fetched."""
+    up = goproxy()
+    make_module(up.root, "example.com/leaf", "v1.0.0")
+    make_module(up.root, "example.com/mid", "v1.0.0", requires={"example.com/leaf": "v1.0.0"})
+    make_module(up.root, "example.com/mid/v2", "v2.0.0", requires={"example.com/mid": "v1.0.0"})
+    br = make_binaryrepo(repositories=[remote("go-remote", up.url)])
+    got = []
+    for name, url in (("proxy", proxy_url(br, "go-remote")), ("direct", up.url)):
+        h = home(name)
+        d = h / "prog"
+        d.mkdir()
+        (d / "go.mod").write_text("module example.org/prog\n\ngo 1.16\n\nrequire example.com/mid/v2 v2.0.0\n")
+        got.append(go(go_env(h, url), "list", "-m", "all", cwd=d).stdout.decode())
+        if name == "proxy":
+            assert not [p for p in up.hits if p.endswith(".zip")], up.hits
+    assert got[0] == got[1] and "example.com/leaf v1.0.0" in got[0], got

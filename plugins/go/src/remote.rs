@@ -10,7 +10,7 @@ use crate::contract::{
     UpstreamRequest, header,
 };
 use crate::error::GoError;
-use crate::module::{Ext, Route};
+use crate::module::{Ext, ModulePath, Route, Version};
 use binaryrepo_plugin_sdk::live::{self, Step};
 use binaryrepo_plugin_sdk::{http, meta};
 use serde::{Deserialize, Serialize};
@@ -96,7 +96,7 @@ pub fn read(host: &impl Host, req: &Request, route: &Route) -> Result<Plan, GoEr
             Ext::Zip.content_type(),
             Ext::Zip.max_bytes(),
         ),
-        Route::File(_, v, ext) if v.canonical().is_some() => probed(host, req, &path, *ext),
+        Route::File(m, v, ext) if v.canonical().is_some() => probed(host, req, &path, (m, v, *ext)),
         Route::File(_, _, ext) => {
             let max = ext.max_bytes().min(MAX_DOC);
             mutable(host, req, &path, ext.content_type(), max)
@@ -153,7 +153,12 @@ fn immutable(
 /// remembered for the check window: `go get example.com/m/v2@v2.1.0` asks for the `.info` of
 /// every path prefix (`example.com/@v/v2.1.0.info`, `example.com/m/@v/...`), and all but one
 /// are not found.
-fn probed(host: &impl Host, req: &Request, path: &str, ext: Ext) -> Result<Plan, GoError> {
+fn probed(
+    host: &impl Host,
+    req: &Request,
+    path: &str,
+    (m, v, ext): (&ModulePath, &Version, Ext),
+) -> Result<Plan, GoError> {
     if let Some(f) = meta::get_json::<CachedFile>(host, &format!("{FILE_PREFIX}{path}"))?
         && host.blob_stat(&f.digest)?.is_some()
     {
@@ -167,6 +172,9 @@ fn probed(host: &impl Host, req: &Request, path: &str, ext: Ext) -> Result<Plan,
     let d = host.upstream_fetch(path, &request, ext.max_bytes())?;
     match (d.status, d.file) {
         (200..300, Some(file)) => {
+            if ext == Ext::Info && m.check_major(v).is_ok() {
+                names_version(host, &file, v)?;
+            }
             file_fetched(host, path, &file)?;
             Ok(serve(&file.digest, ext.content_type()))
         }
@@ -175,6 +183,24 @@ fn probed(host: &impl Host, req: &Request, path: &str, ext: Ext) -> Result<Plan,
             "upstream answered {status} for /{path}"
         ))),
     }
+}
+
+/// The `.info` of a version its module path allows must name that version: `go` refuses any
+/// other answer ("proxy returned info for version ... instead of requested version"), so
+/// keeping it for good would keep the version broken after the upstream is fixed. (For
+/// `example.com/m@v2.0.0` an upstream rightly answers `v2.0.0+incompatible`.)
+fn names_version(host: &impl Host, file: &FetchedFile, v: &Version) -> Result<(), GoError> {
+    let body = host.blob_read_range(&file.digest, 0, file.size)?;
+    let info: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+    let named = info.as_ref().and_then(|i| i.get("Version")?.as_str());
+    if named == Some(v.as_str()) {
+        return Ok(());
+    }
+    Err(GoError::bad_gateway(format!(
+        "the upstream's .info of {} names version {:?}: not kept",
+        v.as_str(),
+        named.unwrap_or("")
+    )))
 }
 
 fn get(
