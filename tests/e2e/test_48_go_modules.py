@@ -9,7 +9,8 @@ is compared (exit status, `go mod download -json` with the bytes of the files it
   a query's .info larger than Go's 1 MiB refused and not stored; an .info naming another version refused and not
   kept (v2.0.0 answered as v2.0.0+incompatible served); `go list -m all` fetches go.mod files only;
 - local: versions `go` refuses to unpack (a major version its path does not allow) refused at publish time; @latest
-  of a module with pseudo-versions only is the published .info (its Time), as the upstream answers it;
+  of a module with pseudo-versions only is the published .info (its Time), as the upstream answers it; an .info
+  whose Time go cannot parse refused at publish;
 - virtual: a member's list whose lines carry times (`v1.0.0 2020-01-01T00:00:00Z`) merged like the go command reads it."""
 import json
 import re
@@ -340,3 +341,21 @@ def test_modules_needed_for_their_go_mod_only(make_binaryrepo, goproxy, home):
         if name == "proxy":
             assert not [p for p in up.hits if p.endswith(".zip")], up.hits
     assert got[0] == got[1] and "example.com/leaf v1.0.0" in got[0], got
+
+
+def test_local_refuses_an_info_whose_time_go_cannot_parse(make_binaryrepo, home, tmp_path):
+    """go refuses an .info whose Time is not RFC 3339 ("invalid response from proxy"), and a published version is
+    immutable: such an .info would break the version for good, so it is refused at publish."""
+    mod = "example.com/timed"
+    files = make_module(tmp_path / "scratch", mod, "v1.0.0")
+    br = make_binaryrepo(repositories=[{"name": "go-local", "type": "local", "format": "go"}])
+    for ext in ("mod", "zip"):
+        assert put(br, "go-local", f"{mod}/@v/v1.0.0.{ext}", files[ext]).status == 201
+    for bad in ('"2020-01-01"', '"2020-01-01 00:00:00Z"', '12', '"2019-02-29T00:00:00Z"'):
+        r = put(br, "go-local", f"{mod}/@v/v1.0.0.info", f'{{"Version":"v1.0.0","Time":{bad}}}'.encode())
+        assert r.status == 400 and r.header("content-type").startswith("text/plain") and b"RFC 3339" in r.body, (bad, r)
+    good = b'{"Version":"v1.0.0","Time":"2019-12-31T10:00:00.5+02:00"}'
+    assert put(br, "go-local", f"{mod}/@v/v1.0.0.info", good).status == 201
+    h = home("l")
+    out = seen(go_env(h, proxy_url(br, "go-local")), h, "mod", "download", "-json", f"{mod}@v1.0.0")
+    assert out[0] == 0 and out[2]["Info"] == good, out
