@@ -11,7 +11,8 @@ is compared (exit status, `go mod download -json` with the bytes of the files it
 - local: versions `go` refuses to unpack (a major version its path does not allow) refused at publish time; @latest
   of a module with pseudo-versions only is the published .info (its Time), as the upstream answers it; an .info
   whose Time go cannot parse refused at publish;
-- virtual: a member's list whose lines carry times (`v1.0.0 2020-01-01T00:00:00Z`) merged like the go command reads it."""
+- virtual: a member's list whose lines carry times (`v1.0.0 2020-01-01T00:00:00Z`) merged like the go command reads it;
+  a member whose upstream answers 410 passes the request to the next member, like `GOPROXY=first,second`."""
 import json
 import re
 import time
@@ -359,3 +360,30 @@ def test_local_refuses_an_info_whose_time_go_cannot_parse(make_binaryrepo, home,
     h = home("l")
     out = seen(go_env(h, proxy_url(br, "go-local")), h, "mod", "download", "-json", f"{mod}@v1.0.0")
     assert out[0] == 0 and out[2]["Info"] == good, out
+
+
+def test_virtual_passes_a_gone_member_to_the_next(make_binaryrepo, goproxy, home):
+    """A member whose upstream answers 410 for a module does not hide the next member that has it: a virtual
+    repository over two remotes behaves like `GOPROXY=first,second` against the two upstreams directly."""
+    first, second = goproxy("first"), goproxy("second")
+    mod = "example.com/moved"
+    make_module(second.root, mod, "v1.0.0")
+    make_module(second.root, mod, "v1.1.0")
+    for path in ("@v/list", "@latest", *(f"@v/{v}.{ext}" for v in ("v1.0.0", "v1.1.0") for ext in ("info", "mod", "zip"))):
+        first.overrides[f"/{mod}/{path}"] = (410, b"gone\n")
+    br = make_binaryrepo(repositories=[
+        remote("go-first", first.url), remote("go-second", second.url),
+        {"name": "go-virtual", "type": "virtual", "format": "go", "members": ["go-first", "go-second"]}])
+    got = {}
+    for name, proxy in (("direct", f"{first.url},{second.url}"), ("virtual", proxy_url(br, "go-virtual"))):
+        h = home(name)
+        env = go_env(h, proxy)
+        d = h / "prog"
+        d.mkdir()
+        go(env, "mod", "init", "example.org/prog", cwd=d)
+        go(env, "get", f"{mod}@v1.0.0", cwd=d)
+        got[name] = (seen(env, h, "list", "-m", "-versions", mod), seen(env, h, "mod", "download", "-json", f"{mod}@latest"),
+                     (d / "go.sum").read_text())
+    assert got["virtual"] == got["direct"], got
+    assert got["direct"][0][1].split() == [mod, "v1.0.0", "v1.1.0"]
+    assert first.hit(f"/{mod}/@v/v1.0.0.zip") == 2, "asked by both, answered 410"
