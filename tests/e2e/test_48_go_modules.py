@@ -7,7 +7,9 @@ is compared (exit status, `go mod download -json` with the bytes of the files it
   only, a branch query (`@master`: a query answer, revalidated after the check window, never kept for good);
   the .info of every path prefix `go get` probes answered 404 once, remembered for the window, asked again after it;
   a query's .info larger than Go's 1 MiB refused and not stored; an .info naming another version refused and not
-  kept (v2.0.0 answered as v2.0.0+incompatible served); `go list -m all` fetches go.mod files only;
+  kept (v2.0.0 answered as v2.0.0+incompatible served); `go list -m all` fetches go.mod files only; ten concurrent
+  cold clients make one upstream request for an .info and a .mod; a fork's .mod naming the original module (what
+  `replace orig => fork v1.0.0` needs) passed on;
 - local: versions `go` refuses to unpack (a major version its path does not allow) refused at publish time; @latest
   of a module with pseudo-versions only is the published .info (its Time), as the upstream answers it; an .info
   whose Time go cannot parse refused at publish;
@@ -387,3 +389,49 @@ def test_virtual_passes_a_gone_member_to_the_next(make_binaryrepo, goproxy, home
     assert got["virtual"] == got["direct"], got
     assert got["direct"][0][1].split() == [mod, "v1.0.0", "v1.1.0"]
     assert first.hit(f"/{mod}/@v/v1.0.0.zip") == 2, "asked by both, answered 410"
+
+
+def test_concurrent_cold_info_and_mod_hit_upstream_once(make_binaryrepo, goproxy):
+    """The .info and .mod of a canonical version are fetched by the plugin (so that their 404s are remembered): ten
+    clients asking at once still make one upstream request."""
+    import concurrent.futures
+    up = goproxy(zip_delay=0.5)
+    files = make_module(up.root, "example.com/alpha", "v1.0.0")
+    br = make_binaryrepo(repositories=[remote("go-remote", up.url)])
+    for ext in ("info", "mod"):
+        up.delay_suffix = f".{ext}"
+        url = f"{proxy_url(br, 'go-remote')}/example.com/alpha/@v/v1.0.0.{ext}"
+        with concurrent.futures.ThreadPoolExecutor(10) as pool:
+            got = list(pool.map(lambda _: request("GET", url), range(10)))
+        assert all(r.status == 200 and r.body == files[ext] for r in got), [r.status for r in got]
+        assert up.hit(f"/example.com/alpha/@v/v1.0.0.{ext}") == 1
+
+
+def test_a_fork_whose_go_mod_names_the_original_is_passed_on(make_binaryrepo, goproxy, home):
+    """A remote passes on an upstream .mod whose module line names another module: that is how a fork used with
+    `replace orig => fork v1.0.0` looks, and the go command accepts it there (it refuses it anywhere else itself)."""
+    from harness.goproxy import module_zip
+    up = goproxy()
+    fork, orig = "example.com/fork", "example.com/orig"
+    gomod = f"module {orig}\n\ngo 1.19\n"
+    src = 'package orig\n\nfunc Hello() string { return "hello from the fork" }\n'
+    d = up.root / fork / "@v"
+    d.mkdir(parents=True)
+    (d / "list").write_text("v1.0.0\n")
+    (d / "v1.0.0.info").write_text('{"Version":"v1.0.0","Time":"2020-01-01T00:00:00Z"}')
+    (d / "v1.0.0.mod").write_text(gomod)
+    (d / "v1.0.0.zip").write_bytes(module_zip(fork, "v1.0.0", {"go.mod": gomod, "orig.go": src}))
+    br = make_binaryrepo(repositories=[remote("go-remote", up.url)])
+    got = {}
+    for name, proxy in (("direct", up.url), ("proxy", proxy_url(br, "go-remote"))):
+        h = home(name)
+        env = go_env(h, proxy)
+        p = h / "prog"
+        p.mkdir()
+        (p / "go.mod").write_text(f"module example.org/prog\n\ngo 1.19\n\nrequire {orig} v1.0.0\n\n"
+                                  f"replace {orig} => {fork} v1.0.0\n")
+        (p / "main.go").write_text(f'package main\n\nimport (\n\t"fmt"\n\n\t"{orig}"\n)\n\n'
+                                   'func main() { fmt.Println(orig.Hello()) }\n')
+        go(env, "build", "-o", "prog", ".", cwd=p)
+        got[name] = (p / "go.sum").read_text()
+    assert got["proxy"] == got["direct"] and f"{fork} v1.0.0 h1:" in got["direct"], got
