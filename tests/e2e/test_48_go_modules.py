@@ -12,7 +12,8 @@ is compared (exit status, `go mod download -json` with the bytes of the files it
   `replace orig => fork v1.0.0` needs) passed on;
 - local: versions `go` refuses to unpack (a major version its path does not allow) refused at publish time; @latest
   of a module with pseudo-versions only is the published .info (its Time), as the upstream answers it; an .info
-  whose Time go cannot parse refused at publish;
+  whose Time go cannot parse refused at publish; zips go refuses to unpack (a nested go.mod, a forbidden character
+  or Windows device name) refused, names go accepts (space, non-ASCII letter, directory entries) accepted;
 - virtual: a member's list whose lines carry times (`v1.0.0 2020-01-01T00:00:00Z`) merged like the go command reads it;
   a member whose upstream answers 410 passes the request to the next member, like `GOPROXY=first,second`."""
 import json
@@ -435,3 +436,49 @@ def test_a_fork_whose_go_mod_names_the_original_is_passed_on(make_binaryrepo, go
         go(env, "build", "-o", "prog", ".", cwd=p)
         got[name] = (p / "go.sum").read_text()
     assert got["proxy"] == got["direct"] and f"{fork} v1.0.0 h1:" in got["direct"], got
+
+
+def raw_zip(entries):
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, body in entries.items():
+            z.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), body)
+    return buf.getvalue()
+
+
+def test_local_refuses_zips_go_would_not_unpack(make_binaryrepo, goproxy, home):
+    """Each refused zip is one the go command itself refuses when an upstream serves it (a nested go.mod, as a
+    repository with a sub-module zipped whole has; a name with a character or a Windows device name go forbids); a
+    published version is immutable, so storing it would break the version for good. Names go accepts (a space, a
+    non-ASCII letter, directory entries, the bare prefix entry) are accepted."""
+    mod = "example.com/z"
+    pre = f"{mod}@v1.0.0/"
+    gomod = f"module {mod}\n\ngo 1.19\n"
+    base = {pre + "go.mod": gomod, pre + "z.go": "package z\n"}
+    bad = {"sub/go.mod": {pre + "sub/go.mod": "module example.com/z/sub\n"},
+           "GO.MOD": {pre + "GO.MOD": gomod},
+           "a:b.go": {pre + "a:b.go": "package z\n"},
+           "CON.go": {pre + "CON.go": "package z\n"},
+           "x./y.go": {pre + "x./y.go": "package z\n"}}
+    good = {pre: "", pre + "dir/": "", pre + "dir/a b.go": "package dir\n", pre + "dir/ü.go": "package dir\n"}
+    br = make_binaryrepo(repositories=[{"name": "go-local", "type": "local", "format": "go"}])
+    assert put(br, "go-local", f"{mod}/@v/v1.0.0.mod", gomod.encode()).status == 201
+    for name, extra in bad.items():
+        body = raw_zip({**base, **extra})
+        # served by an upstream directly, go refuses it
+        up = goproxy(f"up-{len(name)}-{name[:2]}")
+        make_module(up.root, mod, "v1.0.0")
+        (up.root / mod / "@v/v1.0.0.zip").write_bytes(body)
+        h = home(f"d-{len(name)}-{name[:2]}")
+        p = go(go_env(h, up.url), "mod", "download", f"{mod}@v1.0.0", check=False)
+        assert p.returncode != 0, (name, p.stderr)
+        r = put(br, "go-local", f"{mod}/@v/v1.0.0.zip", body)
+        assert r.status == 400 and r.header("content-type").startswith("text/plain"), (name, r.status, r.body)
+    assert br.upload_files() == [], "a refused zip leaves no upload session"
+    assert request("GET", f"{proxy_url(br, 'go-local')}/{mod}/@v/list").status == 404
+    assert put(br, "go-local", f"{mod}/@v/v1.0.0.zip", raw_zip({**base, **good})).status == 201
+    h = home("l")
+    out = json.loads(go(go_env(h, proxy_url(br, "go-local")), "mod", "download", "-json", f"{mod}@v1.0.0").stdout)
+    assert Path(out["Dir"], "dir", "ü.go").exists() and Path(out["Dir"], "dir", "a b.go").exists(), out

@@ -9,6 +9,7 @@ use crate::error::GoError;
 use crate::module::{self, Ext, ModulePath, Route, Version};
 use crate::zipcheck::{self, ZipError};
 use binaryrepo_plugin_sdk::live::{self, Step};
+use binaryrepo_plugin_sdk::time::is_rfc3339;
 use binaryrepo_plugin_sdk::{http, meta};
 use serde::{Deserialize, Serialize};
 
@@ -256,7 +257,7 @@ pub fn publish_small(
             // `go` refuses an .info whose time does not parse, and a version is immutable
             match info.get("Time") {
                 None | Some(serde_json::Value::Null) => {}
-                Some(t) if t.as_str().is_some_and(rfc3339) => {}
+                Some(t) if t.as_str().is_some_and(is_rfc3339) => {}
                 Some(t) => {
                     return Err(GoError::bad_request(format!(
                         "the .info's \"Time\" {t} is not an RFC 3339 time (2006-01-02T15:04:05Z)"
@@ -287,63 +288,6 @@ pub fn publish_small(
     }
     let digest = host.blob_write(body, None)?;
     record(host, req, &key(m, v, ext), digest, body.len() as u64)
-}
-
-/// Whether Go's `time.Parse(time.RFC3339, s)` accepts `s`: `2006-01-02T15:04:05Z`, with an
-/// optional fraction of a second and a `Z` or `±hh:mm` zone.
-fn rfc3339(s: &str) -> bool {
-    let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<u32> {
-        let d = b.get(r)?;
-        d.iter()
-            .all(u8::is_ascii_digit)
-            .then(|| d.iter().fold(0, |n, c| n * 10 + u32::from(c - b'0')))
-    };
-    let at = |i: usize, c: u8| b.get(i) == Some(&c);
-    let fields = [(0, 4), (5, 7), (8, 10), (11, 13), (14, 16), (17, 19)].map(|(a, z)| num(a..z));
-    let [Some(y), Some(mo), Some(d), Some(h), Some(mi), Some(se)] = fields else {
-        return false;
-    };
-    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
-    let month_days = [
-        31,
-        28 + u32::from(leap),
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ];
-    let seps = at(4, b'-') && at(7, b'-') && at(10, b'T') && at(13, b':') && at(16, b':');
-    if !seps || !(1..=12).contains(&mo) || d == 0 || d > month_days[mo as usize - 1] {
-        return false;
-    }
-    if h > 23 || mi > 59 || se > 59 {
-        return false;
-    }
-    let mut i = 19;
-    if at(i, b'.') {
-        i += 1;
-        let start = i;
-        while b.get(i).is_some_and(u8::is_ascii_digit) {
-            i += 1;
-        }
-        if i == start {
-            return false;
-        }
-    }
-    let zone = &b[i..];
-    zone == b"Z"
-        || (zone.len() == 6
-            && (zone[0] == b'+' || zone[0] == b'-')
-            && num(i + 1..i + 3).is_some_and(|h| h < 24)
-            && at(i + 3, b':')
-            && num(i + 4..i + 6).is_some_and(|m| m < 60))
 }
 
 /// After a `.zip` body is in session `id`: check, store, answer. Nothing stays stored on error.
@@ -405,34 +349,4 @@ pub fn live_blobs_page(host: &impl Host, cursor: Option<&str>) -> Result<LivePag
 /// The route a PUT names (upload-complete and handle-body see the request again).
 pub fn route_of(path: &str) -> Result<Route, GoError> {
     module::route(path)?.ok_or_else(|| GoError::not_found(format!("/{path} is not a GOPROXY path")))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn rfc3339_as_go_parses_it() {
-        for ok in [
-            "2020-01-01T00:00:00Z",
-            "2020-02-29T23:59:59.123456789Z",
-            "2019-12-31T10:00:00+02:00",
-            "2019-12-31T10:00:00-07:30",
-        ] {
-            assert!(super::rfc3339(ok), "{ok}");
-        }
-        for bad in [
-            "2020-01-01",
-            "2020-01-01 00:00:00Z",
-            "2020-01-01t00:00:00z",
-            "2019-02-29T00:00:00Z",
-            "2020-13-01T00:00:00Z",
-            "2020-01-01T24:00:00Z",
-            "2020-01-01T00:00:00",
-            "2020-01-01T00:00:00.Z",
-            "2020-01-01T00:00:00+0200",
-            "2020-01-01T00:00:00Zjunk",
-            "２020-01-01T00:00:00Z",
-        ] {
-            assert!(!super::rfc3339(bad), "{bad}");
-        }
-    }
 }
