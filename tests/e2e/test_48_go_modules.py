@@ -482,3 +482,29 @@ def test_local_refuses_zips_go_would_not_unpack(make_binaryrepo, goproxy, home):
     h = home("l")
     out = json.loads(go(go_env(h, proxy_url(br, "go-local")), "mod", "download", "-json", f"{mod}@v1.0.0").stdout)
     assert Path(out["Dir"], "dir", "ü.go").exists() and Path(out["Dir"], "dir", "a b.go").exists(), out
+
+
+def test_checksum_database_verifies_every_shape_through_the_proxy(make_binaryrepo, goproxy, home, tmp_path):
+    """GOSUMDB verification with GOPROXY as the only route, over the same module set: the lookups of a /v2 module,
+    a gopkg.in module, pseudo-versions and an upper-case pre-release (`lookup/example.com/rc@v1.0.0-!r!c1`) all
+    pass through, and go.sum is the one made against the upstream directly."""
+    from harness.goproxy import SumDB
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    module_set(truth)
+    db = SumDB("sumdb.test", truth)
+    try:
+        up = goproxy()
+        module_set(up.root)
+        up.sumdbs[db.name] = db.url
+        br = make_binaryrepo(repositories=[
+            {**remote("go-remote", up.url), "settings": {"checksum_databases": db.name}}])
+        got = {}
+        for name, proxy in (("direct", up.url), ("proxy", proxy_url(br, "go-remote"))):
+            h = home(name)
+            got[name] = program(go_env(h, proxy, sumdb=db.vkey), h)
+        assert got["proxy"] == got["direct"], got
+        assert "example.com/rc v1.0.0-RC1 h1:" in got["direct"][1]
+        assert up.hit("/sumdb/sumdb.test/lookup/example.com/rc@v1.0.0-!r!c1") == 2, "asked once directly, once by the proxy"
+    finally:
+        db.stop()
