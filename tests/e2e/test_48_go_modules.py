@@ -508,3 +508,4 @@ def test_checksum_database_verifies_every_shape_through_the_proxy(make_binaryrep
         assert up.hit("/sumdb/sumdb.test/lookup/example.com/rc@v1.0.0-!r!c1") == 2, "asked once directly, once by the proxy"
     finally:
         db.stop()
+

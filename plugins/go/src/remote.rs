@@ -236,6 +236,15 @@ fn remember_missing(host: &impl Host, req: &Request, path: &str, status: u16) ->
 
 /// After a fetch-file: the file's digest under its protocol path.
 pub fn file_fetched(host: &impl Host, key: &str, file: &FetchedFile) -> Result<(), HostError> {
+    // an upstream that answers 200 with a page (a captive portal, a catch-all web server) has
+    // it served this once, not kept for good as the version's zip: go refuses it anyway
+    if key.ends_with(".zip") && host.blob_read_range(&file.digest, 0, 2)? != b"PK" {
+        host.log(
+            Level::Warn,
+            &format!("/{key} from upstream is not a zip: not kept"),
+        );
+        return Ok(());
+    }
     let value = serde_json::to_vec(&CachedFile {
         digest: file.digest.clone(),
     })
