@@ -15,7 +15,8 @@ is compared (exit status, `go mod download -json` with the bytes of the files it
   whose Time go cannot parse refused at publish; zips go refuses to unpack (a nested go.mod, a forbidden character
   or Windows device name) refused, names go accepts (space, non-ASCII letter, directory entries) accepted;
 - virtual: a member's list whose lines carry times (`v1.0.0 2020-01-01T00:00:00Z`) merged like the go command reads it;
-  a member whose upstream answers 410 passes the request to the next member, like `GOPROXY=first,second`."""
+  a member whose upstream answers 410 passes the request to the next member, like `GOPROXY=first,second`;
+- GOPROXY lists of two repositories: `,` passes a 404/410 on (not a 502), `|` passes any failure on."""
 import json
 import re
 import time
@@ -509,3 +510,30 @@ def test_checksum_database_verifies_every_shape_through_the_proxy(make_binaryrep
     finally:
         db.stop()
 
+
+
+def test_goproxy_lists_of_two_repositories(make_binaryrepo, goproxy, home):
+    """`GOPROXY=br/a,br/b`: a 404 or 410 from the first repository passes to the second (and a 502 does not, as with
+    any proxy); `GOPROXY=br/a|br/b`: any failure of the first, such as its upstream being down, passes to the second."""
+    first, second = goproxy("first"), goproxy("second")
+    make_module(second.root, "example.com/x", "v1.0.0")
+    make_module(second.root, "example.com/y", "v1.0.0")
+    for ext in ("info", "mod", "zip"):
+        first.overrides[f"/example.com/y/@v/v1.0.0.{ext}"] = (410, b"gone\n")
+    br = make_binaryrepo(repositories=[remote("go-first", first.url), remote("go-second", second.url),
+                                       remote("go-down", "http://127.0.0.1:9")])
+    a, b, down = (proxy_url(br, n) for n in ("go-first", "go-second", "go-down"))
+    want = {}
+    for mod in ("example.com/x", "example.com/y"):
+        h = home(f"direct-{mod[-1]}")
+        want[mod] = seen(go_env(h, f"{first.url},{second.url}"), h, "mod", "download", "-json", f"{mod}@v1.0.0")
+        assert want[mod][0] == 0, want[mod]
+    for tag, proxy, ok in (("comma", f"{a},{b}", True), ("pipe-down", f"{down}|{b}", True),
+                           ("comma-down", f"{down},{b}", False)):
+        for mod in ("example.com/x", "example.com/y"):
+            h = home(f"{tag}-{mod[-1]}")
+            got = seen(go_env(h, proxy), h, "mod", "download", "-json", f"{mod}@v1.0.0")
+            if ok:
+                assert got[0] == 0 and got[2] == want[mod][2], (tag, mod, got[:2])
+            else:
+                assert got[0] != 0 and "502 Bad Gateway" in got[1], (tag, mod, got[:2])
