@@ -183,8 +183,9 @@ fn request_span(method: &http::Method, path: &str, repo: Option<&str>) -> tracin
 }
 
 /// A virtual repository resolves reads through its members in order (the first answer that
-/// is not a 404 wins) and sends writes to its default local member. Generic: nothing here
-/// knows a format, only HTTP's "not found".
+/// is not a 404 or 410 wins: a member's upstream that says "gone" does not hide the next
+/// member) and sends writes to its default local member. Generic: nothing here knows a format,
+/// only HTTP's "not found" and "gone".
 async fn run_virtual(
     app: &App,
     virt: &Arc<Repository>,
@@ -206,7 +207,7 @@ async fn run_virtual(
     for member in members() {
         let Some(plugin) = app.plugins.get(&member.format) else { continue };
         let resp = run_plan(app, &plugin, Some(member), parts, resolved, caller, None).await;
-        if resp.status() != StatusCode::NOT_FOUND {
+        if resp.status() != StatusCode::NOT_FOUND && resp.status() != StatusCode::GONE {
             return resp;
         }
         last = Some(resp);

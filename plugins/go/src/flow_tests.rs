@@ -101,6 +101,25 @@ fn remote_files_are_fetched_once_and_kept() {
 }
 
 #[test]
+fn an_upstream_page_for_a_zip_is_not_kept() {
+    let h = remote_host();
+    let path = "/example.com/!foo/@v/v1.1.0.zip";
+    h.upstream
+        .borrow_mut()
+        .put(&format!("{UP}{path}"), "<html>Please log in</html>");
+    let r = req(RepoType::Remote, "GET", path, 1000);
+    let Plan::FetchFile(f) = Go::handle(&h, &r) else {
+        panic!("not fetched")
+    };
+    let file = h.fetch_file(&f).unwrap();
+    Go::file_fetched(&h, &r, &f.key, &file).unwrap();
+    assert!(
+        matches!(Go::handle(&h, &r), Plan::FetchFile(_)),
+        "asked of the upstream again, not served from the store"
+    );
+}
+
+#[test]
 fn remote_list_is_cached_for_the_window_and_served_stale() {
     let h = remote_host();
     let url = format!("{UP}/example.com/!foo/@v/list");

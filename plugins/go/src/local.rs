@@ -9,6 +9,7 @@ use crate::error::GoError;
 use crate::module::{self, Ext, ModulePath, Route, Version};
 use crate::zipcheck::{self, ZipError};
 use binaryrepo_plugin_sdk::live::{self, Step};
+use binaryrepo_plugin_sdk::time::is_rfc3339;
 use binaryrepo_plugin_sdk::{http, meta};
 use serde::{Deserialize, Serialize};
 
@@ -82,7 +83,7 @@ fn versions(host: &impl Host, m: &ModulePath) -> Result<Vec<Version>, GoError> {
             out.push(v);
         }
     }
-    out.sort_by(|a, b| a.canonical().cmp(&b.canonical()));
+    out.sort_by_key(Version::canonical);
     Ok(out)
 }
 
@@ -125,6 +126,11 @@ pub fn read(host: &impl Host, route: &Route) -> Result<Plan, GoError> {
                 .ok_or_else(|| {
                     GoError::not_found(format!("{} has no published versions", m.as_str()))
                 })?;
+            // the published `.info` (its `Time` is what `go` shows), else one made
+            if let Some(s) = meta::get_json::<Stored>(host, &key(m, latest, Ext::Info))? {
+                host.reusable(3600, &[]);
+                return Ok(serve(&s.digest, Ext::Info));
+            }
             let zip = meta::get_json::<Stored>(host, &key(m, latest, Ext::Zip))?;
             respond(
                 "application/json",
@@ -156,7 +162,11 @@ pub fn read(host: &impl Host, route: &Route) -> Result<Plan, GoError> {
 
 fn canonical(route: &Route) -> Result<(&ModulePath, &Version, Ext), GoError> {
     match route {
-        Route::File(m, v, ext) if v.canonical().is_some() => Ok((m, v, *ext)),
+        // a version `go` refuses to unpack would also become the module's `@latest`
+        Route::File(m, v, ext) if v.canonical().is_some() => {
+            m.check_major(v)?;
+            Ok((m, v, *ext))
+        }
         Route::File(_, v, _) => Err(GoError::bad_request(format!(
             "{} is not a canonical version (vMAJOR.MINOR.PATCH[-pre][+incompatible])",
             v.as_str()
@@ -243,6 +253,16 @@ pub fn publish_small(
                     "the .info must name \"Version\": {:?}",
                     v.as_str()
                 )));
+            }
+            // `go` refuses an .info whose time does not parse, and a version is immutable
+            match info.get("Time") {
+                None | Some(serde_json::Value::Null) => {}
+                Some(t) if t.as_str().is_some_and(is_rfc3339) => {}
+                Some(t) => {
+                    return Err(GoError::bad_request(format!(
+                        "the .info's \"Time\" {t} is not an RFC 3339 time (2006-01-02T15:04:05Z)"
+                    )));
+                }
             }
         }
         Ext::Mod => {

@@ -29,7 +29,10 @@ pub fn merge(host: &impl Host, answers: &[MemberAnswer]) -> Result<Plan, GoError
     for a in answers.iter().filter(|a| a.status == 200) {
         found = true;
         for line in String::from_utf8_lossy(&body(host, a)?).lines() {
-            let v = line.trim();
+            // a line may carry the version's time after it (`v1.2.3 2019-01-01T00:00:00Z`)
+            let Some(v) = line.split_whitespace().next() else {
+                continue;
+            };
             if let Ok(parsed) = Version::parse(v) {
                 versions.insert((parsed.canonical(), v.to_owned()));
             }

@@ -127,6 +127,61 @@ impl ModulePath {
     pub fn escaped(&self) -> String {
         escape(&self.0)
     }
+
+    /// The major version the path's suffix demands (`/v2`, gopkg.in's `.v3`), `None` for a
+    /// path without one (v0 or v1); `Err` for a suffix Go rejects (`/v1`, `/v02`, a gopkg.in
+    /// path without `.vN`): Go's `module.SplitPathVersion`.
+    fn path_major(&self) -> Result<Option<u64>, ()> {
+        let p = self.0.as_str();
+        let gopkg = p.starts_with("gopkg.in/");
+        let stem = if gopkg {
+            p.strip_suffix("-unstable").unwrap_or(p)
+        } else {
+            p
+        };
+        let digits = stem.trim_end_matches(|c: char| c.is_ascii_digit());
+        let n = &stem[digits.len()..];
+        let sep = if gopkg { ".v" } else { "/v" };
+        if !digits.ends_with(sep) || digits.len() == sep.len() {
+            return if gopkg { Err(()) } else { Ok(None) };
+        }
+        match n.parse::<u64>() {
+            Ok(0) if gopkg && n == "0" => Ok(Some(0)),
+            Ok(m) if !n.starts_with('0') && (gopkg || m >= 2) => Ok(Some(m)),
+            _ => Err(()),
+        }
+    }
+
+    /// Whether `v` may be a version of this module, as the `go` command checks when it unpacks
+    /// it: `example.com/m` holds v0 and v1 (v2+ only `+incompatible`), `example.com/m/v2`
+    /// v2 only, `gopkg.in/yaml.v3` v3 only (Go's `module.CheckPathMajor`).
+    pub fn check_major(&self, v: &Version) -> Result<(), GoError> {
+        let major = v.canonical().map_or(0, |s| s.major);
+        let incompatible = v.as_str().ends_with("+incompatible");
+        let bad = |why: String| {
+            Err(GoError::bad_request(format!(
+                "{}@{}: invalid version: {why}",
+                self.as_str(),
+                v.as_str()
+            )))
+        };
+        match self.path_major() {
+            Err(()) => bad("the module path has an invalid major version suffix".into()),
+            Ok(None) if incompatible && major < 2 => bad(format!(
+                "+incompatible suffix not allowed: major version v{major} is compatible"
+            )),
+            Ok(None) if major < 2 || incompatible => Ok(()),
+            Ok(None) => bad(format!("should be v0 or v1, not v{major}")),
+            Ok(Some(_)) if incompatible => bad(
+                "+incompatible suffix not allowed: the module path has a major version suffix"
+                    .into(),
+            ),
+            // gopkg.in/x.v1's old pseudo-versions were v0.0.0-
+            Ok(Some(1)) if v.as_str().starts_with("v0.0.0-") => Ok(()),
+            Ok(Some(want)) if want == major => Ok(()),
+            Ok(Some(want)) => bad(format!("should be v{want}, not v{major}")),
+        }
+    }
 }
 
 impl Version {
@@ -333,6 +388,38 @@ mod tests {
     }
 
     #[test]
+    fn major_versions() {
+        let ok = |m: &str, v: &str| {
+            ModulePath::parse(m)
+                .unwrap()
+                .check_major(&Version::parse(v).unwrap())
+                .is_ok()
+        };
+        assert!(ok("example.com/m", "v1.2.3"));
+        assert!(ok("example.com/m", "v0.0.0-20190101000000-abcdef123456"));
+        assert!(ok("example.com/m", "v2.0.0+incompatible"));
+        assert!(!ok("example.com/m", "v2.0.0"));
+        assert!(!ok("example.com/m", "v1.0.0+incompatible"));
+        assert!(ok("example.com/m/v2", "v2.1.0"));
+        assert!(ok("example.com/m/v3", "v3.0.0-RC1"));
+        assert!(!ok("example.com/m/v2", "v1.0.0"));
+        assert!(!ok("example.com/m/v2", "v3.0.0"));
+        assert!(!ok("example.com/m/v2", "v2.0.0+incompatible"));
+        assert!(!ok("example.com/m/v1", "v1.0.0"));
+        assert!(!ok("example.com/m/v02", "v2.0.0"));
+        assert!(ok("example.com/m/v2x", "v1.0.0"));
+        assert!(ok("gopkg.in/yaml.v2", "v2.4.0"));
+        assert!(ok("gopkg.in/yaml.v0", "v0.1.0"));
+        assert!(ok(
+            "gopkg.in/check.v1",
+            "v0.0.0-20200227125254-8fa46927fb4f"
+        ));
+        assert!(ok("gopkg.in/src-d/go-git.v4-unstable", "v4.0.0"));
+        assert!(!ok("gopkg.in/yaml.v2", "v3.0.0"));
+        assert!(!ok("gopkg.in/yaml", "v1.0.0"));
+    }
+
+    #[test]
     fn canonical_versions() {
         let c = |v: &str| Version::parse(v).unwrap().canonical().is_some();
         assert!(c("v1.2.3"));
@@ -342,6 +429,7 @@ mod tests {
         assert!(!c("master"));
         assert!(!c("v1.2.3+meta"));
         assert!(!c("v01.2.3"));
+        assert!(!c("v1.0.0-01"), "a leading zero: not semver to Go, a query");
     }
 
     #[test]

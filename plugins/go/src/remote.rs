@@ -10,7 +10,7 @@ use crate::contract::{
     UpstreamRequest, header,
 };
 use crate::error::GoError;
-use crate::module::Route;
+use crate::module::{Ext, ModulePath, Route, Version};
 use binaryrepo_plugin_sdk::live::{self, Step};
 use binaryrepo_plugin_sdk::{http, meta};
 use serde::{Deserialize, Serialize};
@@ -89,18 +89,26 @@ pub fn read(host: &impl Host, req: &Request, route: &Route) -> Result<Plan, GoEr
         Route::Sumdb { name, .. } if !proxies_checksum_database(req, name) => Err(
             GoError::not_found(format!("checksum database {name} is not proxied here")),
         ),
-        Route::File(_, v, ext) if v.canonical().is_some() => {
-            immutable(host, req, &path, ext.content_type(), ext.max_bytes())
+        Route::File(_, v, Ext::Zip) if v.canonical().is_some() => immutable(
+            host,
+            req,
+            &path,
+            Ext::Zip.content_type(),
+            Ext::Zip.max_bytes(),
+        ),
+        Route::File(m, v, ext) if v.canonical().is_some() => probed(host, req, &path, (m, v, *ext)),
+        Route::File(_, _, ext) => {
+            let max = ext.max_bytes().min(MAX_DOC);
+            mutable(host, req, &path, ext.content_type(), max)
         }
-        Route::File(_, _, ext) => mutable(host, req, &path, ext.content_type()),
-        Route::List(_) => mutable(host, req, &path, TEXT),
-        Route::Latest(_) => mutable(host, req, &path, "application/json"),
+        Route::List(_) => mutable(host, req, &path, TEXT, MAX_DOC),
+        Route::Latest(_) => mutable(host, req, &path, "application/json", Ext::Info.max_bytes()),
         // a lookup answer and a tile never change; `latest` and `supported` may
         Route::Sumdb { rest, .. } if rest.starts_with("lookup/") || rest.starts_with("tile/") => {
             immutable(host, req, &path, TEXT, MAX_SUMDB)
         }
         Route::Sumdb { rest, .. } if rest == "latest" || rest == "supported" => {
-            mutable(host, req, &path, TEXT)
+            mutable(host, req, &path, TEXT, MAX_SUMDB)
         }
         Route::Sumdb { .. } => Err(GoError::not_found(format!("/{path} not found"))),
     }
@@ -140,8 +148,103 @@ fn immutable(
     }))
 }
 
+/// The `.info` or `.mod` of a canonical version: kept for good like a `.zip`, but fetched by
+/// the plugin (concurrent askers still share one upstream request) so that a 404 or 410 is
+/// remembered for the check window: `go get example.com/m/v2@v2.1.0` asks for the `.info` of
+/// every path prefix (`example.com/@v/v2.1.0.info`, `example.com/m/@v/...`), and all but one
+/// are not found.
+fn probed(
+    host: &impl Host,
+    req: &Request,
+    path: &str,
+    (m, v, ext): (&ModulePath, &Version, Ext),
+) -> Result<Plan, GoError> {
+    if let Some(f) = meta::get_json::<CachedFile>(host, &format!("{FILE_PREFIX}{path}"))?
+        && host.blob_stat(&f.digest)?.is_some()
+    {
+        host.reusable(IMMUTABLE_REUSE, &[]);
+        return Ok(serve(&f.digest, ext.content_type()));
+    }
+    if let Some(e) = known_missing(host, path) {
+        return Err(e);
+    }
+    let request = get(req, path, Vec::new())?;
+    let d = host.upstream_fetch(path, &request, ext.max_bytes())?;
+    match (d.status, d.file) {
+        (200..300, Some(file)) => {
+            if ext == Ext::Info && m.check_major(v).is_ok() {
+                names_version(host, &file, v)?;
+            }
+            file_fetched(host, path, &file)?;
+            Ok(serve(&file.digest, ext.content_type()))
+        }
+        (404 | 410, _) => Err(remember_missing(host, req, path, d.status)),
+        (status, _) => Err(GoError::bad_gateway(format!(
+            "upstream answered {status} for /{path}"
+        ))),
+    }
+}
+
+/// The `.info` of a version its module path allows must name that version: `go` refuses any
+/// other answer ("proxy returned info for version ... instead of requested version"), so
+/// keeping it for good would keep the version broken after the upstream is fixed. (For
+/// `example.com/m@v2.0.0` an upstream rightly answers `v2.0.0+incompatible`.)
+fn names_version(host: &impl Host, file: &FetchedFile, v: &Version) -> Result<(), GoError> {
+    let body = host.blob_read_range(&file.digest, 0, file.size)?;
+    let info: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+    let named = info.as_ref().and_then(|i| i.get("Version")?.as_str());
+    if named == Some(v.as_str()) {
+        return Ok(());
+    }
+    Err(GoError::bad_gateway(format!(
+        "the upstream's .info of {} names version {:?}: not kept",
+        v.as_str(),
+        named.unwrap_or("")
+    )))
+}
+
+fn get(
+    req: &Request,
+    path: &str,
+    headers: Vec<(String, String)>,
+) -> Result<UpstreamRequest, GoError> {
+    Ok(UpstreamRequest {
+        method: "GET".into(),
+        url: format!("{}/{path}", remote_url(req)?),
+        headers,
+        with_credentials: true,
+    })
+}
+
+/// A 404 or 410 the upstream gave for `path` within the check window, kept in the host's
+/// bounded scratch space only, so that no request for a path that does not exist can grow
+/// the repository's metadata.
+fn known_missing(host: &impl Host, path: &str) -> Option<GoError> {
+    let status = host.scratch_get(&format!("missing/{path}"))?;
+    Some(not_found(if status == b"410" { 410 } else { 404 }))
+}
+
+fn remember_missing(host: &impl Host, req: &Request, path: &str, status: u16) -> GoError {
+    let window = req.repository.as_ref().map_or(0, |r| r.tag_check_seconds);
+    host.scratch_put(
+        &format!("missing/{path}"),
+        status.to_string().as_bytes(),
+        window,
+    );
+    not_found(status)
+}
+
 /// After a fetch-file: the file's digest under its protocol path.
 pub fn file_fetched(host: &impl Host, key: &str, file: &FetchedFile) -> Result<(), HostError> {
+    // an upstream that answers 200 with a page (a captive portal, a catch-all web server) has
+    // it served this once, not kept for good as the version's zip: go refuses it anyway
+    if key.ends_with(".zip") && host.blob_read_range(&file.digest, 0, 2)? != b"PK" {
+        host.log(
+            Level::Warn,
+            &format!("/{key} from upstream is not a zip: not kept"),
+        );
+        return Ok(());
+    }
     let value = serde_json::to_vec(&CachedFile {
         digest: file.digest.clone(),
     })
@@ -150,14 +253,14 @@ pub fn file_fetched(host: &impl Host, key: &str, file: &FetchedFile) -> Result<(
 }
 
 /// A document that changes upstream: the last one within the check window, else revalidated.
-/// A 404 or 410 is passed on and remembered for the window in memory only (the host's bounded
-/// scratch space), so that `go get`'s probes of path prefixes are answered at once while no
-/// request for a path that does not exist can grow the repository's metadata.
+/// A 404 or 410 is passed on and remembered for the window (`known_missing`), so that `go
+/// get`'s probes of path prefixes are answered at once. At most `max_bytes` is taken.
 fn mutable(
     host: &impl Host,
     req: &Request,
     path: &str,
     content_type: &str,
+    max_bytes: u64,
 ) -> Result<Plan, GoError> {
     let window = req.repository.as_ref().map_or(0, |r| r.tag_check_seconds);
     let key = format!("{DOC_PREFIX}{path}");
@@ -171,9 +274,8 @@ fn mutable(
         host.reusable(c.checked + window - req.now, &[]);
         return Ok(serve(&c.digest, content_type));
     }
-    let missing = format!("missing/{path}");
-    if let Some(status) = host.scratch_get(&missing) {
-        return Err(not_found(if status == b"410" { 410 } else { 404 }));
+    if let Some(e) = known_missing(host, path) {
+        return Err(e);
     }
     let mut headers = Vec::new();
     if let Some(c) = &cached {
@@ -184,12 +286,7 @@ fn mutable(
             headers.push(("If-Modified-Since".to_owned(), m.clone()));
         }
     }
-    let request = UpstreamRequest {
-        method: "GET".into(),
-        url: format!("{}/{path}", remote_url(req)?),
-        headers,
-        with_credentials: true,
-    };
+    let request = get(req, path, headers)?;
     let stale = |c: &CachedDoc, why: String| {
         host.log(Level::Warn, &format!("serving the cached /{path}: {why}"));
         Ok(serve(&c.digest, content_type))
@@ -198,7 +295,7 @@ fn mutable(
         meta::put_json(host, &key, &doc)?;
         Ok(serve(&doc.digest, content_type))
     };
-    match (host.upstream_fetch(path, &request, MAX_DOC), cached) {
+    match (host.upstream_fetch(path, &request, max_bytes), cached) {
         (Ok(d), _) if (200..300).contains(&d.status) => {
             let file = d.file.ok_or_else(|| {
                 GoError::bad_gateway(format!("upstream answered /{path} without a body"))
@@ -215,11 +312,10 @@ fn mutable(
             ..c
         }),
         (Ok(d), cached) if d.status == 404 || d.status == 410 => {
-            host.scratch_put(&missing, d.status.to_string().as_bytes(), window);
             if cached.is_some() {
                 host.meta_delete(&key)?;
             }
-            Err(not_found(d.status))
+            Err(remember_missing(host, req, path, d.status))
         }
         (Ok(d), Some(c)) if d.status >= 500 || d.status == 429 => {
             stale(&c, format!("upstream answered {}", d.status))

@@ -40,21 +40,57 @@ fn u32_at(b: &[u8], i: usize) -> u64 {
     u64::from(u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]))
 }
 
-/// A file name inside a module zip: `module@version/` then a clean relative path.
-fn check_name(name: &str, prefix: &str) -> Result<(), ZipError> {
+/// `MaxGoMod` and `MaxLICENSE` of `golang.org/x/mod/zip`.
+const MAX_GO_MOD: u64 = 16 << 20;
+
+/// An element of a file path as Go's `module.CheckFilePath` allows it: not dots only, no
+/// trailing dot, letters (any script), digits and `!#$%&()+,-.=@[]^_{}~ `, no Windows device
+/// name (`CON`, `com1.go`).
+fn file_elem_ok(e: &str) -> bool {
+    let short = e.split('.').next().unwrap_or(e).to_ascii_uppercase();
+    let device = matches!(short.as_str(), "CON" | "PRN" | "AUX" | "NUL")
+        || (short.len() == 4
+            && (short.starts_with("COM") || short.starts_with("LPT"))
+            && short.ends_with(|c: char| ('1'..='9').contains(&c)));
+    !e.chars().all(|c| c == '.')
+        && !e.ends_with('.')
+        && !device
+        && e.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || "!#$%&()+,-.=@[]^_{}~ ".contains(c)
+                || (!c.is_ascii() && c.is_alphabetic())
+        })
+}
+
+/// A file name inside a module zip of `size` bytes unpacked, as Go's `modzip.Unzip` checks
+/// it: `module@version/` then a clean relative path, a `go.mod` only at the root.
+fn check_name(name: &str, prefix: &str, size: u64) -> Result<(), ZipError> {
     let Some(rest) = name.strip_prefix(prefix) else {
         return invalid(format!("{name:?} is not under {prefix}"));
     };
-    if rest.is_empty() || rest.contains('\\') || rest.contains('\0') {
-        return invalid(format!("{name:?} is not a file path"));
-    }
     // directories end with `/`: their elements are checked like a file's
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    if rest
-        .split('/')
-        .any(|e| e.is_empty() || e == "." || e == "..")
-    {
-        return invalid(format!("{name:?} has an empty, `.` or `..` element"));
+    let (path, dir) = match rest.strip_suffix('/') {
+        Some(p) => (p, true),
+        None => (rest, false),
+    };
+    if rest.is_empty() {
+        return Ok(());
+    }
+    if !path.split('/').all(file_elem_ok) {
+        return invalid(format!(
+            "{name:?} is not a file path go accepts (an empty, dot-only or dot-ended element, \
+             a character other than letters, digits and !#$%&()+,-.=@[]^_{{}}~ and space, \
+             or a Windows device name)"
+        ));
+    }
+    let base = path.rsplit('/').next().unwrap_or(path);
+    if !dir && base.eq_ignore_ascii_case("go.mod") && path != "go.mod" {
+        return invalid(format!(
+            "{name:?}: a go.mod only in the module root, spelled go.mod"
+        ));
+    }
+    if !dir && (path == "go.mod" || path == "LICENSE") && size > MAX_GO_MOD {
+        return invalid(format!("{name:?} is larger than 16 MiB"));
     }
     Ok(())
 }
@@ -120,7 +156,7 @@ pub fn check(
         let name_len = u16_at(&buf, 28) as usize;
         let name = std::str::from_utf8(&buf[46..46 + name_len])
             .map_err(|_| ZipError::Invalid("a file name that is not UTF-8".into()))?;
-        check_name(name, &prefix)?;
+        check_name(name, &prefix, u32_at(&buf, 24))?;
         if !seen.insert(name.to_lowercase()) {
             return invalid(format!(
                 "{name:?} appears twice (file names must differ in more than case)"
@@ -140,4 +176,47 @@ pub fn check(
         return invalid("the central directory does not hold the entries it announces");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_as_go_unzips_them() {
+        let p = "example.com/m@v1.0.0/";
+        let ok = |rest: &str| super::check_name(&format!("{p}{rest}"), p, 10).is_ok();
+        for good in [
+            "",
+            "go.mod",
+            "a b/ü.go",
+            "sub/",
+            "x/y.go",
+            "LICENSE",
+            "a~1.go",
+            "con2.go",
+        ] {
+            assert!(ok(good), "{good}");
+        }
+        for bad in [
+            "/",
+            "sub/go.mod",
+            "GO.MOD",
+            "a:b.go",
+            "x/../y",
+            "./x",
+            "x.",
+            "...",
+            "CON.go",
+            "x/com1",
+            "a\\b",
+            "a\0b",
+            "x//y",
+            "a\"b",
+            "a*b",
+            "a?b",
+        ] {
+            assert!(!ok(bad), "{bad}");
+        }
+        assert!(super::check_name(&format!("{p}go.mod"), p, 17 << 20).is_err());
+        assert!(super::check_name("other@v1.0.0/x.go", p, 1).is_err());
+    }
 }
