@@ -184,8 +184,8 @@ fn request_span(method: &http::Method, path: &str, repo: Option<&str>) -> tracin
 
 /// A virtual repository resolves reads through its members in order (the first answer that
 /// is not a 404 or 410 wins: a member's upstream that says "gone" does not hide the next
-/// member) and sends writes to its default local member. Generic: nothing here knows a format,
-/// only HTTP's "not found" and "gone".
+/// member, nor does one that is down) and sends writes to its default local member. Generic:
+/// nothing here knows a format, only HTTP's "not found", "gone" and "bad gateway".
 async fn run_virtual(
     app: &App,
     virt: &Arc<Repository>,
@@ -204,15 +204,22 @@ async fn run_virtual(
         return run_merged(app, virt, members().collect(), parts, resolved, caller).await;
     }
     let mut last = None;
+    // A member that cannot answer because its upstream is down (502, 503, 504) does not hide the
+    // members after it either, as a group repository skips an unavailable member in Nexus and
+    // Artifactory: its answer is given only when no later member has the file.
+    let mut unavailable = None;
     for member in members() {
         let Some(plugin) = app.plugins.get(&member.format) else { continue };
         let resp = run_plan(app, &plugin, Some(member), parts, resolved, caller, None).await;
-        if resp.status() != StatusCode::NOT_FOUND && resp.status() != StatusCode::GONE {
-            return resp;
+        match resp.status() {
+            StatusCode::NOT_FOUND | StatusCode::GONE => last = Some(resp),
+            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => {
+                unavailable.get_or_insert(resp);
+            }
+            _ => return resp,
         }
-        last = Some(resp);
     }
-    match last {
+    match unavailable.or(last) {
         Some(resp) => resp,
         None => run_plan(app, &resolved.plugin, Some(virt.clone()), parts, resolved, caller, None).await,
     }

@@ -112,7 +112,7 @@ impl Format for Go {
         let e = match (failure.kind, failure.status) {
             // passed on as it is, like a 404: both mean "not here" to `GOPROXY=a,b`
             (FailureKind::UpstreamStatus, Some(410)) => GoError::new(410, "gone upstream"),
-            _ => GoError::from_failure(failure),
+            _ => GoError::from_failure(failure).for_request_method(&req.method),
         };
         with_challenge(e.text()).for_method(&req.method)
     }

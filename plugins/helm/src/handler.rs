@@ -132,7 +132,7 @@ impl Format for Helm {
             FailureKind::DigestMismatch => {
                 HelmError::bad_gateway("the upstream's file does not match the digest in its index")
             }
-            _ => HelmError::from_failure(failure),
+            _ => HelmError::from_failure(failure).for_request_method(&req.method),
         };
         with_challenge(error::to_response(&e, is_api(req))).for_method(&req.method)
     }

@@ -44,6 +44,17 @@ impl HttpError {
         http::json(self.status, &serde_json::json!({ "error": self.message }))
     }
 
+    /// The error as the client of a request with this method sees it. A GET or HEAD has no body
+    /// of its own, so a "too large" there is about an upstream's answer (a document or file
+    /// past its limit): the upstream's fault, 502, not the client's 413.
+    pub fn for_request_method(self, method: &str) -> HttpError {
+        if self.status == 413 && (method == "GET" || method == "HEAD") {
+            HttpError::bad_gateway(format!("the upstream's answer is too large: {}", self.message))
+        } else {
+            self
+        }
+    }
+
     /// What a failure the host met while carrying out a plan (or a request it refused) means
     /// for the client. An upstream's 404 stays "not found"; its other errors are 502.
     pub fn from_failure(failure: &Failure) -> HttpError {
@@ -87,7 +98,7 @@ pub fn plan_for(
     match r {
         Ok(Plan::Respond(resp)) => Plan::Respond(resp.for_method(method)),
         Ok(p) => p,
-        Err(e) => Plan::Respond(render(&e).for_method(method)),
+        Err(e) => Plan::Respond(render(&e.for_request_method(method)).for_method(method)),
     }
 }
 
@@ -97,7 +108,8 @@ pub fn response_for(
     r: Result<Response, HttpError>,
     render: impl FnOnce(&HttpError) -> Response,
 ) -> Response {
-    r.unwrap_or_else(|e| render(&e)).for_method(method)
+    r.unwrap_or_else(|e| render(&e.for_request_method(method)))
+        .for_method(method)
 }
 
 pub fn with_challenge(response: Response) -> Response {
@@ -132,5 +144,37 @@ impl From<MetaError> for HttpError {
             MetaError::Host(h) => h.into(),
             c @ MetaError::Corrupt { .. } => HttpError::internal(c.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn too_large() -> Failure {
+        Failure {
+            kind: FailureKind::TooLarge,
+            status: None,
+            message: String::new(),
+            access: None,
+        }
+    }
+
+    /// Guards `for_request_method`: an upstream's answer past its limit is the upstream's fault
+    /// on a read (502), a request body past it the client's (413).
+    #[test]
+    fn too_large_is_the_upstreams_fault_on_a_read_and_the_clients_on_a_write() {
+        let of = |m| HttpError::from_failure(&too_large()).for_request_method(m).status;
+        assert_eq!((of("GET"), of("HEAD"), of("PUT"), of("POST")), (502, 502, 413, 413));
+        let answered = |m: &str| {
+            let r: Result<Response, HttpError> = Err(HostError::TooLarge(2 << 20).into());
+            response_for(m, r, HttpError::text).status
+        };
+        assert_eq!((answered("GET"), answered("PUT")), (502, 413));
+        let planned = match plan_for("GET", Err(HttpError::new(413, "big")), HttpError::text) {
+            Plan::Respond(r) => r.status,
+            _ => 0,
+        };
+        assert_eq!(planned, 502);
     }
 }
