@@ -418,6 +418,8 @@ def test_virtual_passes_a_member_whose_upstream_is_down_to_the_next(make_binaryr
     d.mkdir()
     go(env, "mod", "init", "example.org/prog", cwd=d)
     go(env, "mod", "download", "-json", f"{mod}@v1.0.0", cwd=d)
+    assert request("GET", f"{base}/{mod}/@v/list").body == b"v1.0.0\n"
+    assert request("GET", f"{base}/{mod}/@latest").body == files["info"]
     r = request("GET", f"{base}/example.com/nowhere/@v/v1.0.0.info")
     assert r.status == 502 and r.header("content-type").startswith("text/plain"), (r.status, r.body[:200])
 
