@@ -49,7 +49,10 @@ impl HttpError {
     /// past its limit): the upstream's fault, 502, not the client's 413.
     pub fn for_request_method(self, method: &str) -> HttpError {
         if self.status == 413 && (method == "GET" || method == "HEAD") {
-            HttpError::bad_gateway(format!("the upstream's answer is too large: {}", self.message))
+            HttpError::bad_gateway(format!(
+                "the upstream's answer is too large: {}",
+                self.message
+            ))
         } else {
             self
         }
@@ -164,8 +167,15 @@ mod tests {
     /// on a read (502), a request body past it the client's (413).
     #[test]
     fn too_large_is_the_upstreams_fault_on_a_read_and_the_clients_on_a_write() {
-        let of = |m| HttpError::from_failure(&too_large()).for_request_method(m).status;
-        assert_eq!((of("GET"), of("HEAD"), of("PUT"), of("POST")), (502, 502, 413, 413));
+        let of = |m| {
+            HttpError::from_failure(&too_large())
+                .for_request_method(m)
+                .status
+        };
+        assert_eq!(
+            (of("GET"), of("HEAD"), of("PUT"), of("POST")),
+            (502, 502, 413, 413)
+        );
         let answered = |m: &str| {
             let r: Result<Response, HttpError> = Err(HostError::TooLarge(2 << 20).into());
             response_for(m, r, HttpError::text).status
