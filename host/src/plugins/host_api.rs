@@ -162,7 +162,8 @@ impl upstream::Host for CallState {
 
     async fn fetch(&mut self, key: String, request: UpstreamRequest, max_bytes: u64) -> Result<FetchedDocument, HostError> {
         self.only_read = false;
-        let doc = timed!(self, caps::upstream::fetch(&self.scope(), key, request, max_bytes));
+        let scope = self.scope();
+        let doc = timed!(self, caps::upstream::fetch(&scope, &mut self.leases, key, request, max_bytes));
         // The body's origins count once the plugin reads it (`blobs.read-range`); the headers now.
         if let Ok(doc) = &doc {
             for (_, v) in &doc.headers {

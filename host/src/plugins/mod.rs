@@ -80,6 +80,7 @@ macro_rules! call {
             let $f = &warm.instance;
             let $store = &mut warm.store;
             let mut result = cpu::metered(cpu, $call).await.map_err(|e| Self::trapped($plugin, e));
+            warm.store.data_mut().end();
             // A capability could not do its part safely: the call's answer is not used.
             if result.is_ok()
                 && let Some(message) = warm.store.data().refused.get()

@@ -40,6 +40,9 @@ pub struct CallState {
     /// progress must see): the call fails as the server's unavailability, whatever the plugin
     /// made of the capability's error.
     pub refused: std::sync::Arc<std::sync::OnceLock<String>>,
+    /// Upstream documents this call started fetching: joinable by other calls until this one
+    /// has recorded what it made of them (`end`).
+    pub leases: Vec<crate::upstream::document::Lease>,
 }
 
 /// `scheme://host[:port]` origins that appeared in documents a call received, so a plugin may
@@ -105,7 +108,13 @@ impl CallState {
             seen: SeenOrigins::default(),
             collection: false,
             refused: Default::default(),
+            leases: Vec::new(),
         }
+    }
+
+    /// The call is over: the fetches it started are no longer joinable.
+    pub fn end(&mut self) {
+        self.leases.clear();
     }
 
     /// Starts the accounting of one more call in this store (a reused instance serves the next

@@ -4,6 +4,11 @@
 //! nothing stored. Concurrent fetches of the same key in one repository share one upstream
 //! request (single-flight, like blob fills), and the fetch runs in a task of its own, so a
 //! plugin call that gives up does not abort it for the others waiting on it.
+//!
+//! The fetch stays joinable until the plugin call that started it ends (its `Lease` is dropped
+//! with the call), not only until the upstream answered: that call records the answer (or
+//! decides not to keep it) after the fetch, and a call arriving in between would otherwise ask
+//! the upstream a second time for what is about to be recorded. A call after it asks afresh.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -49,8 +54,27 @@ pub struct Documents {
     inflight: Mutex<HashMap<(RepoName, String), watch::Receiver<Outcome>>>,
 }
 
+/// Keeps a fetch joinable while the call that started it runs; dropped with that call.
+pub struct Lease {
+    upstream: Arc<Upstream>,
+    key: (RepoName, String),
+    rx: watch::Receiver<Outcome>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut inflight = self.upstream.documents.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        // Only its own fetch: a later one under the same key is left alone.
+        if inflight.get(&self.key).is_some_and(|rx| rx.same_channel(&self.rx)) {
+            inflight.remove(&self.key);
+        }
+    }
+}
+
 impl Upstream {
-    /// Fetches `request` into `store` under the single-flight `key` of `repo`.
+    /// Fetches `request` into `store` under the single-flight `key` of `repo`. The lease (for
+    /// the call that started the fetch, None for one that joined it) keeps the fetch joinable
+    /// until it is dropped.
     pub async fn fetch_document(
         self: &Arc<Self>,
         store: &BlobStore,
@@ -58,8 +82,9 @@ impl Upstream {
         key: String,
         request: UpstreamRequest,
         max_bytes: u64,
-    ) -> Result<Document, DocumentError> {
+    ) -> (Result<Document, DocumentError>, Option<Lease>) {
         let map_key = (repo.name.clone(), key);
+        let mut lease = None;
         let mut rx = {
             let mut inflight = self.documents.inflight.lock().unwrap_or_else(|e| e.into_inner());
             match inflight.get(&map_key) {
@@ -67,6 +92,7 @@ impl Upstream {
                 None => {
                     let (tx, rx) = watch::channel(None);
                     inflight.insert(map_key.clone(), rx.clone());
+                    lease = Some(Lease { upstream: self.clone(), key: map_key.clone(), rx: rx.clone() });
                     let (up, store) = (self.clone(), store.clone());
                     let span = tracing::info_span!("document", repo = %repo.name, key = %map_key.1);
                     tokio::spawn(tracing::Instrument::instrument(
@@ -76,8 +102,7 @@ impl Upstream {
                                 Ok(d) => tracing::debug!(status = d.status, stored = ?d.file, "upstream document"),
                                 Err(e) => tracing::info!(error = %e, "upstream document not stored"),
                             }
-                            // Out of the map first: a caller that comes after the answer asks afresh.
-                            up.documents.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&map_key);
+                            // Stays in the map until the lease is dropped (the module's note).
                             let _ = tx.send(Some(outcome));
                         },
                         span,
@@ -88,10 +113,10 @@ impl Upstream {
         };
         loop {
             if let Some(outcome) = rx.borrow_and_update().clone() {
-                return outcome;
+                return (outcome, lease);
             }
             if rx.changed().await.is_err() {
-                return Err(DocumentError::Storage("document fetch ended without an answer".into()));
+                return (Err(DocumentError::Storage("document fetch ended without an answer".into())), lease);
             }
         }
     }
@@ -219,11 +244,31 @@ mod tests {
         let docs = futures_util::future::join_all(calls).await;
         assert_eq!(hits.load(Ordering::SeqCst), 1);
         let expected = Digest::of(Algorithm::Sha256, &body);
-        for doc in docs {
+        assert_eq!(docs.iter().filter(|(_, lease)| lease.is_some()).count(), 1, "one call started the fetch");
+        for (doc, _) in docs {
             let doc = doc.unwrap();
             assert_eq!((doc.status, doc.file), (200, Some((expected.clone(), body.len() as u64))));
         }
         assert_eq!(store.read_range(&expected, 0, u64::MAX).unwrap(), body);
+    }
+
+    /// Guards `Lease`: a call that comes after the fetch ended but while the call that started
+    /// it still runs (recording the answer) joins it instead of asking the upstream again; once
+    /// that call ends, the next asks afresh (a revalidation must reach the upstream).
+    #[tokio::test]
+    async fn a_fetch_stays_joinable_until_the_call_that_started_it_ends() {
+        let (url, hits) = server(b"list".to_vec(), false).await;
+        let (_dir, store, up, repo) = setup(&url);
+        let get = || super::super::parse_request("GET", &format!("{url}/list"), &[], false).unwrap();
+        let (first, lease) = up.fetch_document(&store, repo.clone(), "list".into(), get(), 1 << 20).await;
+        assert!(lease.is_some());
+        let (second, joined) = up.fetch_document(&store, repo.clone(), "list".into(), get(), 1 << 20).await;
+        assert!(joined.is_none());
+        assert_eq!((hits.load(Ordering::SeqCst), second.unwrap().file), (1, first.unwrap().file));
+        drop(lease);
+        let (_, again) = up.fetch_document(&store, repo, "list".into(), get(), 1 << 20).await;
+        assert!(again.is_some());
+        assert_eq!(hits.load(Ordering::SeqCst), 2, "after the call ended, the upstream is asked again");
     }
 
     /// Guards both refusals: by Content-Length before any byte, and while streaming without one.
@@ -234,7 +279,7 @@ mod tests {
             let (url, _) = server(body.clone(), chunked).await;
             let (dir, store, up, repo) = setup(&url);
             let get = super::super::parse_request("GET", &format!("{url}/index"), &[], false).unwrap();
-            let err = up.fetch_document(&store, repo, "k".into(), get, WRITE_CHUNK as u64).await.unwrap_err();
+            let err = up.fetch_document(&store, repo, "k".into(), get, WRITE_CHUNK as u64).await.0.unwrap_err();
             assert!(matches!(err, DocumentError::TooLarge { max, .. } if max == WRITE_CHUNK as u64), "{err:?}");
             assert_eq!(store.stat(&Digest::of(Algorithm::Sha256, &body)).unwrap(), None);
             assert_eq!(std::fs::read_dir(dir.path().join("staging")).unwrap().count(), 0, "no staged file left");

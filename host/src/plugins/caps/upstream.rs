@@ -2,7 +2,7 @@
 
 use super::Scope;
 use crate::plugins::bindings::types::{FetchedDocument, FetchedFile, HostError, UpstreamRequest, UpstreamResponse};
-use crate::upstream::document::DocumentError;
+use crate::upstream::document::{DocumentError, Lease};
 use crate::upstream::{UpstreamError, parse_request};
 
 pub fn to_host_error(e: UpstreamError) -> HostError {
@@ -26,11 +26,21 @@ pub async fn request(state: &Scope, req: UpstreamRequest) -> Result<UpstreamResp
     Ok(UpstreamResponse { status: resp.status.as_u16(), headers, body: resp.body.to_vec() })
 }
 
-/// `fetch`: a document of any size into the blob store (upstream/document.rs).
-pub async fn fetch(state: &Scope, key: String, req: UpstreamRequest, max_bytes: u64) -> Result<FetchedDocument, HostError> {
+/// `fetch`: a document of any size into the blob store (upstream/document.rs). The lease of a
+/// fetch this call started goes to `leases`, which the call keeps until it ends.
+pub async fn fetch(
+    state: &Scope,
+    leases: &mut Vec<Lease>,
+    key: String,
+    req: UpstreamRequest,
+    max_bytes: u64,
+) -> Result<FetchedDocument, HostError> {
     let repo = state.repo()?;
     let typed = parse_request(&req.method, &req.url, &req.headers, req.with_credentials).map_err(to_host_error)?;
-    let doc = state.caps.upstream.fetch_document(&state.caps.store, repo, key, typed, max_bytes).await.map_err(|e| match e {
+    let (doc, lease) = state.caps.upstream.fetch_document(&state.caps.store, repo, key, typed, max_bytes).await;
+    // Bounded by the call: a plugin that fetches many keys holds a lease per key until it returns.
+    leases.extend(lease);
+    let doc = doc.map_err(|e| match e {
         DocumentError::Upstream(e) => to_host_error(e),
         DocumentError::TooLarge { seen, .. } => HostError::TooLarge(seen),
         DocumentError::Storage(m) => HostError::Internal(m),
