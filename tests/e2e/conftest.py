@@ -16,6 +16,7 @@ import pytest
 from harness.accesslog import LINE
 from harness.binaryrepo import BinaryRepo, binary_path
 from harness.clients import Containerd, Dockerd, EgressTrap, Podman
+from harness.goproxy import GoProxy, clean
 from harness.helm import Helm
 from harness.images import ensure_images
 from harness.nginx import Nginx
@@ -198,3 +199,24 @@ def s3(tmp_path):
     s = S3Server(tmp_path).start()
     yield s
     s.stop()
+
+
+@pytest.fixture
+def goproxy(tmp_path):
+    """GOPROXY upstreams serving module trees under tmp_path (harness/goproxy.py)."""
+    yield from server_factory(lambda name="up", **kw: GoProxy(tmp_path / name, **kw))
+
+
+@pytest.fixture
+def gohome(tmp_path):
+    """gohome(name): a private HOME/GOPATH for one `go` client; its read-only module cache is removed after."""
+    made = []
+
+    def make(name):
+        h = tmp_path / "go" / name
+        h.mkdir(parents=True)
+        made.append(h)
+        return h
+    yield make
+    for h in made:
+        clean(h)

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from harness.binaryrepo import ADMIN, basic
-from harness.goproxy import GoProxy, SumDB, clean, esc, go, go_available, go_env, make_module
-from harness.util import Mute, request, server_factory
+from harness.goproxy import SumDB, esc, go, go_available, go_env, go_remote as remote, make_module, proxy_url
+from harness.util import Mute, request
 
 pytestmark = pytest.mark.skipif(not go_available(), reason="go and golang-golang-x-mod-dev are not installed "
                                 "(tests/install-deps.sh installs them)")
@@ -32,32 +32,6 @@ ALPHA, BETA, GAMMA = "example.com/alpha", "example.com/BigCo/beta", "example.com
 INCOMPATIBLE = "v2.0.0+incompatible"
 
 
-@pytest.fixture
-def goproxy(tmp_path):
-    yield from server_factory(lambda name="up", **kw: GoProxy(tmp_path / name, **kw))
-
-
-@pytest.fixture
-def gohome(tmp_path):
-    made = []
-
-    def make(name):
-        h = tmp_path / "go" / name
-        h.mkdir(parents=True)
-        made.append(h)
-        return h
-    yield make
-    for h in made:
-        clean(h)
-
-
-def remote(name, url, window=300, **settings):
-    r = {"name": name, "type": "remote", "format": "go", "url": url, "tag_check_seconds": window}
-    return {**r, "settings": settings} if settings else r
-
-
-def proxy_url(br, name):
-    return f"{br.url}/go/{name}"
 
 
 def three_modules(root):

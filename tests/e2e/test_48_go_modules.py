@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from harness.binaryrepo import ADMIN, basic
-from harness.goproxy import GoProxy, clean, esc, go, go_available, go_env, make_module
-from harness.util import request, server_factory
+from harness.goproxy import esc, go, go_available, go_env, go_remote as remote, make_module, proxy_url
+from harness.util import request
 
 pytestmark = pytest.mark.skipif(not go_available(), reason="go and golang-golang-x-mod-dev are not installed "
                                 "(tests/install-deps.sh installs them)")
@@ -36,31 +36,6 @@ PSEUDO = ("v0.0.0-20190101000000-abcdef123456", "v1.2.4-0.20190101000000-abcdef1
 MASTER_1, MASTER_2 = "v0.0.0-20200101000000-bbbbbbbbbbbb", "v0.0.0-20200202000000-cccccccccccc"
 
 
-@pytest.fixture
-def goproxy(tmp_path):
-    yield from server_factory(lambda name="up", **kw: GoProxy(tmp_path / name, **kw))
-
-
-@pytest.fixture
-def home(tmp_path):
-    made = []
-
-    def make(name):
-        h = tmp_path / "go" / name
-        h.mkdir(parents=True)
-        made.append(h)
-        return h
-    yield make
-    for h in made:
-        clean(h)
-
-
-def remote(name, url, window=300):
-    return {"name": name, "type": "remote", "format": "go", "url": url, "tag_check_seconds": window}
-
-
-def proxy_url(br, name):
-    return f"{br.url}/go/{name}"
 
 
 def put(br, repo, path, body):
@@ -139,17 +114,17 @@ def program(env, h):
     return listed, (d / "go.sum").read_text()
 
 
-def test_module_shapes_match_direct(make_binaryrepo, goproxy, home):
+def test_module_shapes_match_direct(make_binaryrepo, goproxy, gohome):
     up = goproxy()
     module_set(up.root)
     br = make_binaryrepo(repositories=[remote("go-remote", up.url, window=2)])
     proxy = proxy_url(br, "go-remote")
     for i, cmd in enumerate(COMMANDS):
-        hd, hp = home(f"d{i}"), home(f"p{i}")
+        hd, hp = gohome(f"d{i}"), gohome(f"p{i}")
         direct, through = seen(go_env(hd, up.url), hd, *cmd), seen(go_env(hp, proxy), hp, *cmd)
         assert direct[0] == 0, (cmd, direct)
         assert through == direct, f"go {' '.join(cmd)} differs:\n{through}\nvs direct:\n{direct}"
-    hd, hp = home("prog-d"), home("prog-p")
+    hd, hp = gohome("prog-d"), gohome("prog-p")
     direct, through = program(go_env(hd, up.url), hd), program(go_env(hp, proxy), hp)
     assert through == direct, f"{through}\nvs direct:\n{direct}"
     assert "example.com/ret v1.0.0 (retracted) [v1.1.0]" in direct[0][0][1], direct
@@ -158,12 +133,12 @@ def test_module_shapes_match_direct(make_binaryrepo, goproxy, home):
     moved = make_module(up.root, "example.com/q", MASTER_2, time_="2020-02-02T00:00:00Z")
     (up.root / "example.com/q/@v/master.info").write_bytes(moved["info"])
     time.sleep(2.2)
-    h = home("moved")
+    h = gohome("moved")
     out = json.loads(go(go_env(h, proxy), "mod", "download", "-json", "example.com/q@master").stdout)
     assert out["Version"] == MASTER_2, out
 
 
-def test_go_get_path_prefix_probes_are_remembered(make_binaryrepo, goproxy, home):
+def test_go_get_path_prefix_probes_are_remembered(make_binaryrepo, goproxy, gohome):
     """`go get example.com/m/v2@v2.1.0` asks for the .info of v2.1.0 under every path prefix; those not found upstream
     are asked once per check window (like the probes of @v/list), not once per client."""
     up = goproxy()
@@ -172,7 +147,7 @@ def test_go_get_path_prefix_probes_are_remembered(make_binaryrepo, goproxy, home
     proxy = proxy_url(br, "go-remote")
     sums = []
     for name in ("a", "b", "c"):
-        h = home(name)
+        h = gohome(name)
         env = go_env(h, proxy)
         d = h / "prog"
         d.mkdir()
@@ -193,7 +168,7 @@ def test_go_get_path_prefix_probes_are_remembered(make_binaryrepo, goproxy, home
     r = request("GET", url)
     assert r.status == 200 and json.loads(r.body)["Version"] == "v2.2.0"
     # against the upstream directly: the same go.sum
-    h = home("direct")
+    h = gohome("direct")
     env = go_env(h, up.url)
     d = h / "prog"
     d.mkdir()
@@ -224,7 +199,7 @@ def publish(br, repo, root, mod, version):
             for ext in ("mod", "zip", "info")]
 
 
-def test_local_refuses_versions_go_would_not_unpack(make_binaryrepo, home, tmp_path):
+def test_local_refuses_versions_go_would_not_unpack(make_binaryrepo, gohome, tmp_path):
     scratch = tmp_path / "scratch"
     br = make_binaryrepo(repositories=[{"name": "go-local", "type": "local", "format": "go"}])
     good = [("example.com/bad", "v1.0.0"), ("example.com/m/v2", "v2.1.0"), ("gopkg.in/yaml.v2", "v2.4.0"),
@@ -249,7 +224,7 @@ def test_local_refuses_versions_go_would_not_unpack(make_binaryrepo, home, tmp_p
     assert request("GET", f"{base}/example.com/m/v2/@v/list").body == b"v2.1.0\n"
     assert request("GET", f"{base}/example.com/m/v1/@v/list").status == 404
     # so @latest stays a version go can use
-    h = home("l")
+    h = gohome("l")
     env = go_env(h, base)
     d = h / "prog"
     d.mkdir()
@@ -260,7 +235,7 @@ def test_local_refuses_versions_go_would_not_unpack(make_binaryrepo, home, tmp_p
     assert sorted(mods[1:]) == sorted(f"{m} {v}" for m, v in good), mods
 
 
-def test_local_latest_of_pseudo_versions_is_the_published_info(make_binaryrepo, goproxy, home):
+def test_local_latest_of_pseudo_versions_is_the_published_info(make_binaryrepo, goproxy, gohome):
     """A module with pseudo-versions only: `go` filters them out of the list and asks @latest; its .info (the Time
     `go list -m` shows) is the one published, the same as the upstream serves."""
     up = goproxy()
@@ -270,14 +245,14 @@ def test_local_latest_of_pseudo_versions_is_the_published_info(make_binaryrepo, 
     assert [r.status for r in publish(br, "go-local", up.root, mod, v)] == [201] * 3
     results = []
     for name, proxy in (("direct", up.url), ("local", proxy_url(br, "go-local"))):
-        h = home(name)
+        h = gohome(name)
         results.append((seen(go_env(h, proxy), h, "mod", "download", "-json", f"{mod}@latest"),
                         seen(go_env(h, proxy), h, "list", "-m", "-json", f"{mod}@latest")))
     assert results[1] == results[0], f"{results[1]}\nvs direct:\n{results[0]}"
     assert '"Time": "2019-01-01T00:00:00Z"' in results[0][1][1]
 
 
-def test_virtual_merges_lists_whose_lines_carry_times(make_binaryrepo, goproxy, home, tmp_path):
+def test_virtual_merges_lists_whose_lines_carry_times(make_binaryrepo, goproxy, gohome, tmp_path):
     """The go command reads the first field of each @v/list line (a proxy may add the version's time after it)."""
     up = goproxy()
     mod = "example.com/timed"
@@ -293,13 +268,13 @@ def test_virtual_merges_lists_whose_lines_carry_times(make_binaryrepo, goproxy, 
         assert put(br, "go-local", f"{mod}/@v/v1.2.0.{ext}", local[ext]).status == 201
     got = {}
     for name, proxy in (("direct", up.url), ("virtual", proxy_url(br, "go-virtual"))):
-        h = home(name)
+        h = gohome(name)
         got[name] = go(go_env(h, proxy), "list", "-m", "-versions", mod).stdout.decode().split()
     assert got["direct"] == [mod, "v1.0.0", "v1.1.0"], got
     assert got["virtual"] == [mod, "v1.0.0", "v1.1.0", "v1.2.0"], got
 
 
-def test_an_info_naming_another_version_is_not_kept(make_binaryrepo, goproxy, home):
+def test_an_info_naming_another_version_is_not_kept(make_binaryrepo, goproxy, gohome):
     """go refuses an .info that names another version than the one it asked for; kept for good, that answer would
     break the version for every client after the upstream is fixed. An .info of v2.0.0 naming v2.0.0+incompatible
     (a v2 without go.mod, asked for under its plain path) is the upstream's right answer and is served."""
@@ -313,24 +288,24 @@ def test_an_info_naming_another_version_is_not_kept(make_binaryrepo, goproxy, ho
     proxy = proxy_url(br, "go-remote")
     up.overrides[f"/{mod}/@v/v1.0.0.info"] = (200, wrong["info"])
     for name, url, why in (("direct", up.url, b"instead of requested version"), ("broken", proxy, b"names version")):
-        h = home(name)
+        h = gohome(name)
         p = go(go_env(h, url), "mod", "download", f"{mod}@v1.0.0", check=False)
         assert p.returncode != 0 and why in p.stderr, (name, p.stderr)
     r = request("GET", f"{proxy}/{mod}/@v/v1.0.0.info")
     assert r.status == 502 and r.header("content-type").startswith("text/plain") and b"v1.0.1" in r.body, r
     del up.overrides[f"/{mod}/@v/v1.0.0.info"]
-    h = home("fixed")
+    h = gohome("fixed")
     out = seen(go_env(h, proxy), h, "mod", "download", "-json", f"{mod}@v1.0.0")
     assert out[0] == 0 and json.loads(out[2]["Info"])["Version"] == "v1.0.0", out
     got = []
     for name, url in (("inc-direct", up.url), ("inc-proxy", proxy)):
-        h = home(name)
+        h = gohome(name)
         got.append(seen(go_env(h, url), h, "mod", "download", "-json", "example.com/nomod@v2.0.0"))
     assert got[0][0] == 0 and '"Version": "v2.0.0+incompatible"' in got[0][1], got[0]
     assert got[1] == got[0]
 
 
-def test_modules_needed_for_their_go_mod_only(make_binaryrepo, goproxy, home):
+def test_modules_needed_for_their_go_mod_only(make_binaryrepo, goproxy, gohome):
     """`go list -m all` reads the go.mod of every module in the graph and unpacks none: no .zip is fetched."""
     up = goproxy()
     make_module(up.root, "example.com/leaf", "v1.0.0")
@@ -339,7 +314,7 @@ def test_modules_needed_for_their_go_mod_only(make_binaryrepo, goproxy, home):
     br = make_binaryrepo(repositories=[remote("go-remote", up.url)])
     got = []
     for name, url in (("proxy", proxy_url(br, "go-remote")), ("direct", up.url)):
-        h = home(name)
+        h = gohome(name)
         d = h / "prog"
         d.mkdir()
         (d / "go.mod").write_text("module example.org/prog\n\ngo 1.16\n\nrequire example.com/mid/v2 v2.0.0\n")
@@ -349,7 +324,7 @@ def test_modules_needed_for_their_go_mod_only(make_binaryrepo, goproxy, home):
     assert got[0] == got[1] and "example.com/leaf v1.0.0" in got[0], got
 
 
-def test_local_refuses_an_info_whose_time_go_cannot_parse(make_binaryrepo, home, tmp_path):
+def test_local_refuses_an_info_whose_time_go_cannot_parse(make_binaryrepo, gohome, tmp_path):
     """go refuses an .info whose Time is not RFC 3339 ("invalid response from proxy"), and a published version is
     immutable: such an .info would break the version for good, so it is refused at publish."""
     mod = "example.com/timed"
@@ -362,12 +337,12 @@ def test_local_refuses_an_info_whose_time_go_cannot_parse(make_binaryrepo, home,
         assert r.status == 400 and r.header("content-type").startswith("text/plain") and b"RFC 3339" in r.body, (bad, r)
     good = b'{"Version":"v1.0.0","Time":"2019-12-31T10:00:00.5+02:00"}'
     assert put(br, "go-local", f"{mod}/@v/v1.0.0.info", good).status == 201
-    h = home("l")
+    h = gohome("l")
     out = seen(go_env(h, proxy_url(br, "go-local")), h, "mod", "download", "-json", f"{mod}@v1.0.0")
     assert out[0] == 0 and out[2]["Info"] == good, out
 
 
-def test_virtual_passes_a_gone_member_to_the_next(make_binaryrepo, goproxy, home):
+def test_virtual_passes_a_gone_member_to_the_next(make_binaryrepo, goproxy, gohome):
     """A member whose upstream answers 410 for a module does not hide the next member that has it: a virtual
     repository over two remotes behaves like `GOPROXY=first,second` against the two upstreams directly."""
     first, second = goproxy("first"), goproxy("second")
@@ -381,7 +356,7 @@ def test_virtual_passes_a_gone_member_to_the_next(make_binaryrepo, goproxy, home
         {"name": "go-virtual", "type": "virtual", "format": "go", "members": ["go-first", "go-second"]}])
     got = {}
     for name, proxy in (("direct", f"{first.url},{second.url}"), ("virtual", proxy_url(br, "go-virtual"))):
-        h = home(name)
+        h = gohome(name)
         env = go_env(h, proxy)
         d = h / "prog"
         d.mkdir()
@@ -394,7 +369,7 @@ def test_virtual_passes_a_gone_member_to_the_next(make_binaryrepo, goproxy, home
     assert first.hit(f"/{mod}/@v/v1.0.0.zip") == 2, "asked by both, answered 410"
 
 
-def test_virtual_passes_a_member_whose_upstream_is_down_to_the_next(make_binaryrepo, goproxy, home):
+def test_virtual_passes_a_member_whose_upstream_is_down_to_the_next(make_binaryrepo, goproxy, gohome):
     """A remote member whose upstream is down does not hide the members after it (a local one here), as a group
     repository skips an unavailable member in Nexus and Artifactory; a file no member has gets the down member's
     502, not a 404 that would send `GOPROXY=virtual,next` on to the next proxy as if the module did not exist."""
@@ -405,14 +380,14 @@ def test_virtual_passes_a_member_whose_upstream_is_down_to_the_next(make_binaryr
         remote("go-down", down_url), {"name": "go-hosted", "type": "local", "format": "go"},
         {"name": "go-virtual", "type": "virtual", "format": "go", "members": ["go-down", "go-hosted"]}])
     mod = "example.com/hosted"
-    src = home("src")
+    src = gohome("src")
     files = make_module(src, mod, "v1.0.0")
     assert [r.status for r in publish(br, "go-hosted", src, mod, "v1.0.0")] == [201, 201, 201]
     base = proxy_url(br, "go-virtual")
     for ext in ("info", "mod", "zip"):
         r = request("GET", f"{base}/{mod}/@v/v1.0.0.{ext}")
         assert r.status == 200 and r.body == files[ext], (ext, r.status, r.body[:200])
-    h = home("client")
+    h = gohome("client")
     env = go_env(h, base)
     d = h / "prog"
     d.mkdir()
@@ -440,7 +415,7 @@ def test_concurrent_cold_info_and_mod_hit_upstream_once(make_binaryrepo, goproxy
         assert up.hit(f"/example.com/alpha/@v/v1.0.0.{ext}") == 1
 
 
-def test_a_fork_whose_go_mod_names_the_original_is_passed_on(make_binaryrepo, goproxy, home):
+def test_a_fork_whose_go_mod_names_the_original_is_passed_on(make_binaryrepo, goproxy, gohome):
     """A remote passes on an upstream .mod whose module line names another module: that is how a fork used with
     `replace orig => fork v1.0.0` looks, and the go command accepts it there (it refuses it anywhere else itself)."""
     from harness.goproxy import module_zip
@@ -457,7 +432,7 @@ def test_a_fork_whose_go_mod_names_the_original_is_passed_on(make_binaryrepo, go
     br = make_binaryrepo(repositories=[remote("go-remote", up.url)])
     got = {}
     for name, proxy in (("direct", up.url), ("proxy", proxy_url(br, "go-remote"))):
-        h = home(name)
+        h = gohome(name)
         env = go_env(h, proxy)
         p = h / "prog"
         p.mkdir()
@@ -480,7 +455,7 @@ def raw_zip(entries):
     return buf.getvalue()
 
 
-def test_local_refuses_zips_go_would_not_unpack(make_binaryrepo, goproxy, home):
+def test_local_refuses_zips_go_would_not_unpack(make_binaryrepo, goproxy, gohome):
     """Each refused zip is one the go command itself refuses when an upstream serves it (a nested go.mod, as a
     repository with a sub-module zipped whole has; a name with a character or a Windows device name go forbids); a
     published version is immutable, so storing it would break the version for good. Names go accepts (a space, a
@@ -503,7 +478,7 @@ def test_local_refuses_zips_go_would_not_unpack(make_binaryrepo, goproxy, home):
         up = goproxy(f"up-{len(name)}-{name[:2]}")
         make_module(up.root, mod, "v1.0.0")
         (up.root / mod / "@v/v1.0.0.zip").write_bytes(body)
-        h = home(f"d-{len(name)}-{name[:2]}")
+        h = gohome(f"d-{len(name)}-{name[:2]}")
         p = go(go_env(h, up.url), "mod", "download", f"{mod}@v1.0.0", check=False)
         assert p.returncode != 0, (name, p.stderr)
         r = put(br, "go-local", f"{mod}/@v/v1.0.0.zip", body)
@@ -511,12 +486,12 @@ def test_local_refuses_zips_go_would_not_unpack(make_binaryrepo, goproxy, home):
     assert br.upload_files() == [], "a refused zip leaves no upload session"
     assert request("GET", f"{proxy_url(br, 'go-local')}/{mod}/@v/list").status == 404
     assert put(br, "go-local", f"{mod}/@v/v1.0.0.zip", raw_zip({**base, **good})).status == 201
-    h = home("l")
+    h = gohome("l")
     out = json.loads(go(go_env(h, proxy_url(br, "go-local")), "mod", "download", "-json", f"{mod}@v1.0.0").stdout)
     assert Path(out["Dir"], "dir", "ü.go").exists() and Path(out["Dir"], "dir", "a b.go").exists(), out
 
 
-def test_checksum_database_verifies_every_shape_through_the_proxy(make_binaryrepo, goproxy, home, tmp_path):
+def test_checksum_database_verifies_every_shape_through_the_proxy(make_binaryrepo, goproxy, gohome, tmp_path):
     """GOSUMDB verification with GOPROXY as the only route, over the same module set: the lookups of a /v2 module,
     a gopkg.in module, pseudo-versions and an upper-case pre-release (`lookup/example.com/rc@v1.0.0-!r!c1`) all
     pass through, and go.sum is the one made against the upstream directly."""
@@ -533,7 +508,7 @@ def test_checksum_database_verifies_every_shape_through_the_proxy(make_binaryrep
             {**remote("go-remote", up.url), "settings": {"checksum_databases": db.name}}])
         got = {}
         for name, proxy in (("direct", up.url), ("proxy", proxy_url(br, "go-remote"))):
-            h = home(name)
+            h = gohome(name)
             got[name] = program(go_env(h, proxy, sumdb=db.vkey), h)
         assert got["proxy"] == got["direct"], got
         assert "example.com/rc v1.0.0-RC1 h1:" in got["direct"][1]
@@ -543,7 +518,7 @@ def test_checksum_database_verifies_every_shape_through_the_proxy(make_binaryrep
 
 
 
-def test_goproxy_lists_of_two_repositories(make_binaryrepo, goproxy, home):
+def test_goproxy_lists_of_two_repositories(make_binaryrepo, goproxy, gohome):
     """`GOPROXY=br/a,br/b`: a 404 or 410 from the first repository passes to the second (and a 502 does not, as with
     any proxy); `GOPROXY=br/a|br/b`: any failure of the first, such as its upstream being down, passes to the second."""
     first, second = goproxy("first"), goproxy("second")
@@ -556,13 +531,13 @@ def test_goproxy_lists_of_two_repositories(make_binaryrepo, goproxy, home):
     a, b, down = (proxy_url(br, n) for n in ("go-first", "go-second", "go-down"))
     want = {}
     for mod in ("example.com/x", "example.com/y"):
-        h = home(f"direct-{mod[-1]}")
+        h = gohome(f"direct-{mod[-1]}")
         want[mod] = seen(go_env(h, f"{first.url},{second.url}"), h, "mod", "download", "-json", f"{mod}@v1.0.0")
         assert want[mod][0] == 0, want[mod]
     for tag, proxy, ok in (("comma", f"{a},{b}", True), ("pipe-down", f"{down}|{b}", True),
                            ("comma-down", f"{down},{b}", False)):
         for mod in ("example.com/x", "example.com/y"):
-            h = home(f"{tag}-{mod[-1]}")
+            h = gohome(f"{tag}-{mod[-1]}")
             got = seen(go_env(h, proxy), h, "mod", "download", "-json", f"{mod}@v1.0.0")
             if ok:
                 assert got[0] == 0 and got[2] == want[mod][2], (tag, mod, got[:2])

@@ -189,3 +189,14 @@ def clean(home: Path):
             except OSError:
                 pass
     shutil.rmtree(home, ignore_errors=True)
+
+
+def go_remote(name: str, url: str, window: int = 300, **settings) -> dict:
+    """A `go` remote repository's definition; `window`: its check window (tag_check_seconds)."""
+    r = {"name": name, "type": "remote", "format": "go", "url": url, "tag_check_seconds": window}
+    return {**r, "settings": settings} if settings else r
+
+
+def proxy_url(br, name: str) -> str:
+    """The GOPROXY URL of repository `name` (the path method)."""
+    return f"{br.url}/go/{name}"
