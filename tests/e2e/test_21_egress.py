@@ -11,7 +11,7 @@ import pytest
 
 from harness.fakeregistry import FakeRegistry
 from harness.testca import TestCA
-from harness.util import request, sha256_bytes, stream_get
+from harness.util import request, sha256_bytes, stream_get, wait_until
 
 PW = "egress-Pa55"
 BASIC = "Basic " + base64.b64encode(f"alice:{PW}".encode()).decode()
@@ -140,8 +140,11 @@ def test_an_http_realm_on_another_port_gets_no_credentials(make_binaryrepo, fake
     assert got.status == 200 and got.digest == digest and got.nbytes == len(data), got
     assert ts.count() >= 1, "the realm was never asked"
     assert all(r["authorization"] is None for r in ts.requests), ts.requests
-    log = br.logfile.read_bytes()[mark:].decode("utf-8", "replace")
-    assert "credentials withheld" in log and f"127.0.0.1:{ts.port}" in log, log[-2000:]
+    # log lines are written by their own thread, shortly after the request is answered
+    def withheld():
+        log = br.logfile.read_bytes()[mark:].decode("utf-8", "replace")
+        return "credentials withheld" in log and f"127.0.0.1:{ts.port}" in log
+    wait_until(withheld, timeout=10, what="the withheld credentials in the log")
 
 
 def test_an_https_realm_gets_the_credentials(make_binaryrepo, fakes, blobs, token_server, ca):
