@@ -200,17 +200,20 @@ fn range_not_satisfiable(len: u64) -> Response<Body> {
 
 impl Exchange<'_> {
     pub async fn execute(&self, plan: Plan, body: Option<Incoming>) -> Response<Body> {
+        // Only what a cached read takes is inline: every request's future is as large as the
+        // largest branch it could take, and is moved and touched on every request (see
+        // `server::request`). Uploads and upstream fetches pay one allocation instead.
         let resp = match plan {
-            Plan::ReadBody(max) => return self.read_body(max, body).await,
-            Plan::ReceiveUpload(u) => return self.receive_upload(u, body).await,
+            Plan::ReadBody(max) => return Box::pin(self.read_body(max, body)).await,
+            Plan::ReceiveUpload(u) => return Box::pin(self.receive_upload(u, body)).await,
             Plan::Respond(r) => self.respond(r),
             Plan::ServeBlob(s) => self.serve_blob(&s.digest, s.headers).await,
-            Plan::FetchBlob(f) => self.fetch_blob(f).await,
-            Plan::FetchFile(f) => self.fetch_file(f).await,
+            Plan::FetchBlob(f) => Box::pin(self.fetch_blob(f)).await,
+            Plan::FetchFile(f) => Box::pin(self.fetch_file(f)).await,
         };
         match body {
-            Some(body) => discard_unread(body, self.content_length, resp).await,
-            None => resp,
+            Some(body) if !hyper::body::Body::is_end_stream(&body) => Box::pin(discard_unread(body, self.content_length, resp)).await,
+            _ => resp,
         }
     }
 
@@ -370,11 +373,14 @@ impl Exchange<'_> {
             }
             _ => return plugin_failed(format, e),
         };
-        let rendered = self
-            .app
-            .plugins
-            .render_failure(self.plugin, self.repo.clone(), self.caller.readable.clone(), self.request.get(), &failure)
-            .await;
+        let rendered = Box::pin(self.app.plugins.render_failure(
+            self.plugin,
+            self.repo.clone(),
+            self.caller.readable.clone(),
+            self.request.get(),
+            &failure,
+        ))
+        .await;
         with_retry_after(match rendered {
             Ok(Some(r)) => self.respond(r),
             Ok(None) | Err(_) => plain_failure(&failure),
@@ -382,12 +388,16 @@ impl Exchange<'_> {
     }
 
     /// The failure in the format's shape, as the repository's plugin renders it.
+    /// Boxed: a plugin call is a large future, and the requests that may fail are most requests.
     pub async fn render(&self, failure: Failure) -> Response<Body> {
-        let rendered = self
-            .app
-            .plugins
-            .render_failure(self.plugin, self.repo.clone(), self.caller.readable.clone(), self.request.get(), &failure)
-            .await;
+        let rendered = Box::pin(self.app.plugins.render_failure(
+            self.plugin,
+            self.repo.clone(),
+            self.caller.readable.clone(),
+            self.request.get(),
+            &failure,
+        ))
+        .await;
         match rendered {
             Ok(Some(r)) => self.respond(r),
             Ok(None) => plain_failure(&failure),
@@ -443,7 +453,7 @@ impl Exchange<'_> {
         self.pulled(&digest);
         if !self.head
             && let Some(repo) = self.repo.as_deref().filter(|r| r.blob_redirect)
-            && let Some(resp) = self.redirect_to_store(repo, &digest, &headers).await
+            && let Some(resp) = Box::pin(self.redirect_to_store(repo, &digest, &headers)).await
         {
             return resp;
         }
