@@ -32,6 +32,14 @@ impl RepoName {
     }
 }
 
+// A name orders as its string (the derived `Ord` is the `String`'s), so maps keyed by names can
+// be searched with a `&str`.
+impl std::borrow::Borrow<str> for RepoName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl TryFrom<String> for RepoName {
     type Error = RepoError;
     fn try_from(s: String) -> Result<Self, RepoError> {
@@ -462,8 +470,61 @@ impl RepositoryInput {
 pub struct Repos {
     path: PathBuf,
     inner: RwLock<BTreeMap<RepoName, Arc<Repository>>>,
+    /// What routes a request to a repository other than its name, kept apart from `inner` so that
+    /// a request does not visit every repository to find none bound to its host or port.
+    routes: RwLock<Routes>,
     reserved_port: u16,
     shared: Option<Shared>,
+}
+
+/// The repositories bound to a port or a host name, and the default one; rebuilt whenever the
+/// definitions change (`Writing` drops).
+#[derive(Default)]
+struct Routes {
+    ports: Vec<(u16, Arc<Repository>)>,
+    hostnames: Vec<(String, Arc<Repository>)>,
+    default: Option<Arc<Repository>>,
+}
+
+impl Routes {
+    fn of(map: &BTreeMap<RepoName, Arc<Repository>>) -> Routes {
+        let mut routes = Routes::default();
+        for repo in map.values() {
+            if let Some(port) = repo.port {
+                routes.ports.push((port, repo.clone()));
+            }
+            routes.hostnames.extend(repo.hostnames.iter().map(|h| (h.clone(), repo.clone())));
+            if repo.default && routes.default.is_none() {
+                routes.default = Some(repo.clone());
+            }
+        }
+        routes
+    }
+}
+
+/// The definitions held for a change; the routes follow them when it is done.
+struct Writing<'a> {
+    map: std::sync::RwLockWriteGuard<'a, BTreeMap<RepoName, Arc<Repository>>>,
+    routes: &'a RwLock<Routes>,
+}
+
+impl std::ops::Deref for Writing<'_> {
+    type Target = BTreeMap<RepoName, Arc<Repository>>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl std::ops::DerefMut for Writing<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.map
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        *self.routes.write().unwrap_or_else(|e| e.into_inner()) = Routes::of(&self.map);
+    }
 }
 
 /// The definitions in the shared metadata store, and the version of them this node holds.
@@ -478,7 +539,7 @@ const DOCUMENT: &str = "repositories.json";
 impl Repos {
     /// Repositories persisted at `path`; nothing is read until `load_or_seed`.
     pub fn new(path: PathBuf, reserved_port: u16) -> Repos {
-        Repos { path, inner: RwLock::new(BTreeMap::new()), reserved_port, shared: None }
+        Repos { path, inner: RwLock::new(BTreeMap::new()), routes: RwLock::default(), reserved_port, shared: None }
     }
 
     /// Repositories kept in the shared metadata store instead of a file (several nodes).
@@ -566,12 +627,16 @@ impl Repos {
         self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<RepoName, Arc<Repository>>> {
-        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    fn write(&self) -> Writing<'_> {
+        Writing { map: self.inner.write().unwrap_or_else(|e| e.into_inner()), routes: &self.routes }
+    }
+
+    fn routes(&self) -> std::sync::RwLockReadGuard<'_, Routes> {
+        self.routes.read().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Repository>> {
-        self.read().iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v.clone())
+        self.read().get(name).cloned()
     }
 
     pub fn list(&self) -> Vec<Arc<Repository>> {
@@ -579,15 +644,16 @@ impl Repos {
     }
 
     pub fn by_port(&self, port: u16) -> Option<Arc<Repository>> {
-        self.read().values().find(|r| r.port == Some(port)).cloned()
+        self.routes().ports.iter().find(|(p, _)| *p == port).map(|(_, r)| r.clone())
     }
 
+    /// `host`: as the client sent it, without the port; names compare without case.
     pub fn by_hostname(&self, host: &str) -> Option<Arc<Repository>> {
-        self.read().values().find(|r| r.hostnames.iter().any(|h| h.eq_ignore_ascii_case(host))).cloned()
+        self.routes().hostnames.iter().find(|(h, _)| h.eq_ignore_ascii_case(host)).map(|(_, r)| r.clone())
     }
 
     pub fn default_repository(&self) -> Option<Arc<Repository>> {
-        self.read().values().find(|r| r.default).cloned()
+        self.routes().default.clone()
     }
 
     /// Cross-repository rules: unique name, port, host names, one default, members exist.
@@ -689,7 +755,7 @@ impl Repos {
     pub fn delete(&self, name: &str) -> Result<Arc<Repository>, RepoError> {
         self.refresh_before_change();
         let mut map = self.write();
-        let key = map.keys().find(|k| k.as_str() == name).cloned().ok_or_else(|| RepoError::NotFound(name.to_owned()))?;
+        let key = map.get_key_value(name).map(|(k, _)| k.clone()).ok_or_else(|| RepoError::NotFound(name.to_owned()))?;
         if let Some(v) = map.values().find(|r| r.members.contains(&key)) {
             return Err(RepoError::Conflict(format!("repository {name} is a member of virtual repository {}", v.name)));
         }
@@ -795,5 +861,27 @@ mod tests {
         again.load_or_seed(vec![]).unwrap();
         assert_eq!(again.get("a").unwrap().port, Some(9000));
         assert_eq!(again.list().len(), 2);
+    }
+
+    /// The routes by port, host name and default follow every change, including a failed one.
+    #[test]
+    fn routes_follow_the_definitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let repos = Repos::new(dir.path().join("repos.json"), 8081);
+        let mk = |j: &str| input(j).validate(None, &formats()).unwrap();
+        repos.load_or_seed(vec![mk(r#"{"name":"a","type":"local","format":"docker","port":9000}"#)]).unwrap();
+        assert_eq!(repos.by_port(9000).unwrap().name.as_str(), "a");
+        assert!(repos.by_hostname("docker.example.com").is_none() && repos.default_repository().is_none());
+        repos.create(mk(r#"{"name":"b","type":"local","format":"docker","hostnames":["Docker.Example.com"],"default":true}"#)).unwrap();
+        assert_eq!(repos.by_hostname("DOCKER.example.COM").unwrap().name.as_str(), "b");
+        assert_eq!(repos.default_repository().unwrap().name.as_str(), "b");
+        repos.put(mk(r#"{"name":"a","type":"local","format":"docker","port":9001}"#)).unwrap();
+        assert!(repos.by_port(9000).is_none());
+        assert_eq!(repos.by_port(9001).unwrap().name.as_str(), "a");
+        assert!(repos.create(mk(r#"{"name":"c","type":"local","format":"docker","port":9001}"#)).is_err());
+        assert_eq!(repos.by_port(9001).unwrap().name.as_str(), "a");
+        repos.delete("b").unwrap();
+        assert!(repos.by_hostname("docker.example.com").is_none() && repos.default_repository().is_none());
+        assert!(repos.get("b").is_none() && repos.get("a").is_some());
     }
 }

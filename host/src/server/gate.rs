@@ -3,16 +3,14 @@
 //! shape (`render-failure` with `unauthenticated` or `denied`).
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use http::Method;
 
+use super::Caller;
 use super::resolve::Resolved;
-use super::{Caller, TOKEN_PATH};
 use crate::App;
 use crate::auth::{Access, AuditEvent, Identity, Outcome, audit, permits};
 use crate::plugins::bindings::types;
-use crate::plugins::caps::Readable;
 use crate::repos::{RepoType, Repository};
 
 /// The service name the token endpoint issues tokens for.
@@ -52,18 +50,8 @@ pub fn allowed(app: &App, identity: &Identity, repo: &Repository, access: Access
 }
 
 /// The caller as plugin calls see it.
-pub fn caller(app: &App, identity: &Identity, resolved: &Resolved) -> Caller {
-    let token_service = app
-        .config
-        .token_service
-        .then(|| types::TokenService { realm: [resolved.base_url.as_str(), TOKEN_PATH].concat(), service: TOKEN_SERVICE.to_owned() });
-    let readable = if identity.is_admin() {
-        Readable::all()
-    } else {
-        let who = identity.clone();
-        Readable::only(Arc::new(move |r: &Repository| permits(&who, r.grants(), Access::Read)))
-    };
-    Caller { wit: types::Caller { user: identity.user().map(|u| u.name.as_str().to_owned()), token_service }, readable }
+pub fn caller<'a>(app: &App, identity: &'a Identity, resolved: &'a Resolved) -> Caller<'a> {
+    Caller::new(identity, app.config.token_service.then_some(resolved.base_url.as_str()))
 }
 
 /// The audit line of a request that changed something (or tried to).

@@ -72,13 +72,50 @@ fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// Who the request is from, as plugin calls need it.
-#[derive(Clone)]
-pub struct Caller {
-    pub wit: types::Caller,
-    /// which other repositories the caller may read
-    pub readable: Readable,
+/// Who the request is from, as plugin calls need it: made the first time a plugin call asks (a
+/// read answered by a reused plan calls none, and making it costs a few allocations).
+pub struct Caller<'a> {
+    identity: &'a Identity,
+    /// the token service's realm, when the server issues tokens: this base URL + `TOKEN_PATH`
+    token_base: Option<&'a str>,
+    wit: std::sync::OnceLock<types::Caller>,
+    readable: std::sync::OnceLock<Readable>,
 }
+
+impl<'a> Caller<'a> {
+    pub fn new(identity: &'a Identity, token_base: Option<&'a str>) -> Caller<'a> {
+        Caller { identity, token_base, wit: Default::default(), readable: Default::default() }
+    }
+
+    pub fn user(&self) -> Option<&str> {
+        self.identity.user().map(|u| u.name.as_str())
+    }
+
+    pub fn wit(&self) -> &types::Caller {
+        self.wit.get_or_init(|| types::Caller {
+            user: self.user().map(str::to_owned),
+            token_service: self
+                .token_base
+                .map(|base| types::TokenService { realm: [base, TOKEN_PATH].concat(), service: gate::TOKEN_SERVICE.to_owned() }),
+        })
+    }
+
+    /// Which other repositories the caller may read.
+    pub fn readable(&self) -> Readable {
+        self.readable
+            .get_or_init(|| {
+                if self.identity.is_admin() {
+                    Readable::all()
+                } else {
+                    let who = self.identity.clone();
+                    Readable::only(Arc::new(move |r: &Repository| crate::auth::permits(&who, r.grants(), crate::auth::Access::Read)))
+                }
+            })
+            .clone()
+    }
+}
+
+static ANONYMOUS: Identity = Identity::Anonymous;
 
 /// Credentials are the host's: plugins never see them.
 fn hidden_from_plugins(name: &http::HeaderName) -> bool {
@@ -90,7 +127,7 @@ pub(crate) fn wit_request(
     parts: &http::request::Parts,
     resolved: &resolve::Resolved,
     repo: Option<&Repository>,
-    caller: &types::Caller,
+    caller: &Caller<'_>,
 ) -> types::Request {
     types::Request {
         method: parts.method.as_str().to_owned(),
@@ -107,7 +144,7 @@ pub(crate) fn wit_request(
         repository: repo.map(wit_repository),
         mount: resolved.mount,
         now: now_unix(),
-        caller: caller.clone(),
+        caller: caller.wit().clone(),
     }
 }
 
@@ -119,7 +156,7 @@ async fn run_plan(
     repo: Option<Arc<Repository>>,
     parts: &http::request::Parts,
     resolved: &resolve::Resolved,
-    caller: &Caller,
+    caller: &Caller<'_>,
     body: Option<Incoming>,
 ) -> Response<Body> {
     let exchange = Exchange {
@@ -127,7 +164,7 @@ async fn run_plan(
         plugin,
         repo: repo.clone(),
         caller,
-        request: PluginRequest::new(parts, resolved, repo.as_deref(), &caller.wit),
+        request: PluginRequest::new(parts, resolved, repo.as_deref(), caller),
         head: parts.method == http::Method::HEAD,
         range: parts.headers.get(http::header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned),
         content_length: parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()),
@@ -144,7 +181,7 @@ async fn run_plan(
         &resolved.base_url,
         resolved.path_repo.as_deref(),
         resolved.mount,
-        caller.wit.user.as_deref(),
+        caller.user(),
     );
     if let Some(key) = &key {
         let removals = app.plugins.blob_removals();
@@ -165,7 +202,7 @@ async fn run_plan(
     Box::pin(
         async {
             let snapshot = key.as_ref().map(|_| app.plugins.snapshot(repo.clone()));
-            let (plan, offer) = match app.plugins.handle(plugin, repo.clone(), caller.readable.clone(), exchange.request.get()).await {
+            let (plan, offer) = match app.plugins.handle(plugin, repo.clone(), caller.readable(), exchange.request.get()).await {
                 Ok(handled) => handled,
                 Err(e) => return exchange.plugin_error(&e).await,
             };
@@ -194,7 +231,7 @@ async fn run_virtual(
     virt: &Arc<Repository>,
     parts: &http::request::Parts,
     resolved: &resolve::Resolved,
-    caller: &Caller,
+    caller: &Caller<'_>,
     body: Incoming,
 ) -> Response<Body> {
     let members = || virt.members.iter().filter_map(|m| app.repos.get(m.as_str()));
@@ -237,7 +274,7 @@ async fn run_merged(
     members: Vec<Arc<Repository>>,
     parts: &http::request::Parts,
     resolved: &resolve::Resolved,
-    caller: &Caller,
+    caller: &Caller<'_>,
 ) -> Response<Body> {
     let plugin = &resolved.plugin;
     let exchange = Exchange {
@@ -245,7 +282,7 @@ async fn run_merged(
         plugin,
         repo: Some(virt.clone()),
         caller,
-        request: PluginRequest::new(parts, resolved, Some(virt), &caller.wit),
+        request: PluginRequest::new(parts, resolved, Some(virt), caller),
         head: parts.method == http::Method::HEAD,
         range: parts.headers.get(http::header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned),
         content_length: None,
@@ -256,14 +293,14 @@ async fn run_merged(
         if member.format != virt.format {
             continue;
         }
-        let request = wit_request(parts, resolved, Some(&member), &caller.wit);
-        let plan = match app.plugins.handle(plugin, Some(member.clone()), caller.readable.clone(), &request).await {
+        let request = wit_request(parts, resolved, Some(&member), caller);
+        let plan = match app.plugins.handle(plugin, Some(member.clone()), caller.readable(), &request).await {
             Ok((plan, _)) => plan,
             Err(e) => return exchange.plugin_error(&e).await,
         };
         answers.push(merge::answer(app, plugin, &member, &request, plan).await);
     }
-    let plan = match app.plugins.merge(plugin, Some(virt.clone()), caller.readable.clone(), exchange.request.get(), &answers).await {
+    let plan = match app.plugins.merge(plugin, Some(virt.clone()), caller.readable(), exchange.request.get(), &answers).await {
         Ok(plan) => plan,
         Err(e) => return exchange.plugin_error(&e).await,
     };
@@ -319,7 +356,7 @@ async fn refuse(
     app: &App,
     resolved: &resolve::Resolved,
     parts: &http::request::Parts,
-    caller: &Caller,
+    caller: &Caller<'_>,
     body: Incoming,
     kind: types::FailureKind,
     access: Option<crate::auth::Access>,
@@ -335,7 +372,7 @@ pub(crate) async fn render_failure(
     app: &App,
     resolved: &resolve::Resolved,
     parts: &http::request::Parts,
-    caller: &Caller,
+    caller: &Caller<'_>,
     kind: types::FailureKind,
     access: Option<crate::auth::Access>,
     message: String,
@@ -345,7 +382,7 @@ pub(crate) async fn render_failure(
         plugin: &resolved.plugin,
         repo: resolved.repo.clone(),
         caller,
-        request: PluginRequest::new(parts, resolved, resolved.repo.as_deref(), &caller.wit),
+        request: PluginRequest::new(parts, resolved, resolved.repo.as_deref(), caller),
         head: parts.method == http::Method::HEAD,
         range: None,
         content_length: None,
@@ -386,7 +423,7 @@ async fn dispatch(
     let identity = match identity {
         Ok(i) => i,
         Err(e) => {
-            let caller = gate::caller(app, &Identity::Anonymous, &resolved);
+            let caller = gate::caller(app, &ANONYMOUS, &resolved);
             let kind = match e {
                 AuthFailure::Unavailable(_) => types::FailureKind::Unavailable,
                 _ => types::FailureKind::Unauthenticated,

@@ -140,7 +140,8 @@ async fn rendered(listener: &Listener, head: &[u8], status: StatusCode) -> http:
     else {
         return plain();
     };
-    let caller = super::gate::caller(app, &Identity::Anonymous, &resolved);
+    let anonymous = Identity::Anonymous;
+    let caller = super::gate::caller(app, &anonymous, &resolved);
     super::render_failure(app, &resolved, &parts, &caller, FailureKind::BadRequest, None, message(status).to_owned()).await
 }
 

@@ -40,15 +40,14 @@ fn first_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(|v| v.split(',').next().unwrap_or("").trim()).filter(|v| !v.is_empty())
 }
 
-/// `host[:port]` without the port, lowercased.
-fn host_only(authority: &str) -> String {
+/// `host[:port]` without the port (case as sent: host names are matched without case).
+fn host_only(authority: &str) -> &str {
     let a = authority.trim();
-    let host = if let Some(rest) = a.strip_prefix('[') {
+    if let Some(rest) = a.strip_prefix('[') {
         rest.split(']').next().unwrap_or(rest)
     } else {
         a.rsplit_once(':').map_or(a, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { a })
-    };
-    host.to_ascii_lowercase()
+    }
 }
 
 /// The external base URL. Behind a proxy that sets `X-Forwarded-Host`, the client sees the
@@ -111,7 +110,7 @@ pub fn resolve(
         .flatten()
         .or_else(|| headers.get(http::header::HOST).and_then(|v| v.to_str().ok()))
         .or(authority);
-    if let Some(repo) = host.and_then(|h| app.repos.by_hostname(&host_only(h))) {
+    if let Some(repo) = host.and_then(|h| app.repos.by_hostname(host_only(h))) {
         return whole(repo, path, "", Mount::Host);
     }
     if let Some(rest) = path.strip_prefix("/repo/") {
@@ -162,7 +161,7 @@ mod tests {
 
     #[test]
     fn hosts() {
-        assert_eq!(host_only("Docker-Remote.example.com:8081"), "docker-remote.example.com");
+        assert_eq!(host_only("Docker-Remote.example.com:8081"), "Docker-Remote.example.com");
         assert_eq!(host_only("[::1]:80"), "::1");
         assert_eq!(host_only("plain"), "plain");
     }

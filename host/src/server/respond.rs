@@ -28,7 +28,7 @@ pub struct PluginRequest<'a> {
     parts: &'a http::request::Parts,
     resolved: &'a super::resolve::Resolved,
     repo: Option<&'a Repository>,
-    caller: &'a types::Caller,
+    caller: &'a super::Caller<'a>,
     built: std::sync::OnceLock<types::Request>,
 }
 
@@ -37,7 +37,7 @@ impl<'a> PluginRequest<'a> {
         parts: &'a http::request::Parts,
         resolved: &'a super::resolve::Resolved,
         repo: Option<&'a Repository>,
-        caller: &'a types::Caller,
+        caller: &'a super::Caller<'a>,
     ) -> Self {
         PluginRequest { parts, resolved, repo, caller, built: std::sync::OnceLock::new() }
     }
@@ -52,7 +52,7 @@ pub struct Exchange<'a> {
     pub app: &'a App,
     pub plugin: &'a Arc<LoadedPlugin>,
     pub repo: Option<Arc<Repository>>,
-    pub caller: &'a super::Caller,
+    pub caller: &'a super::Caller<'a>,
     pub request: PluginRequest<'a>,
     pub head: bool,
     pub range: Option<String>,
@@ -237,15 +237,11 @@ impl Exchange<'_> {
                 return with_close(resp);
             }
         };
-        let plan = match self
-            .app
-            .plugins
-            .handle_body(self.plugin, self.repo.clone(), self.caller.readable.clone(), self.request.get(), &bytes)
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => return self.plugin_error(&e).await,
-        };
+        let plan =
+            match self.app.plugins.handle_body(self.plugin, self.repo.clone(), self.caller.readable(), self.request.get(), &bytes).await {
+                Ok(p) => p,
+                Err(e) => return self.plugin_error(&e).await,
+            };
         if matches!(plan, Plan::ReadBody(_) | Plan::ReceiveUpload(_)) {
             return plugin_fault(format, "handle-body asked for the body again");
         }
@@ -269,7 +265,7 @@ impl Exchange<'_> {
         let resp = match self
             .app
             .plugins
-            .upload_complete(self.plugin, Some(repo), self.caller.readable.clone(), self.request.get(), &plan.id, &outcome)
+            .upload_complete(self.plugin, Some(repo), self.caller.readable(), self.request.get(), &plan.id, &outcome)
             .await
         {
             Ok(r) => self.respond(r),
@@ -373,14 +369,9 @@ impl Exchange<'_> {
             }
             _ => return plugin_failed(format, e),
         };
-        let rendered = Box::pin(self.app.plugins.render_failure(
-            self.plugin,
-            self.repo.clone(),
-            self.caller.readable.clone(),
-            self.request.get(),
-            &failure,
-        ))
-        .await;
+        let rendered =
+            Box::pin(self.app.plugins.render_failure(self.plugin, self.repo.clone(), self.caller.readable(), self.request.get(), &failure))
+                .await;
         with_retry_after(match rendered {
             Ok(Some(r)) => self.respond(r),
             Ok(None) | Err(_) => plain_failure(&failure),
@@ -390,14 +381,9 @@ impl Exchange<'_> {
     /// The failure in the format's shape, as the repository's plugin renders it.
     /// Boxed: a plugin call is a large future, and the requests that may fail are most requests.
     pub async fn render(&self, failure: Failure) -> Response<Body> {
-        let rendered = Box::pin(self.app.plugins.render_failure(
-            self.plugin,
-            self.repo.clone(),
-            self.caller.readable.clone(),
-            self.request.get(),
-            &failure,
-        ))
-        .await;
+        let rendered =
+            Box::pin(self.app.plugins.render_failure(self.plugin, self.repo.clone(), self.caller.readable(), self.request.get(), &failure))
+                .await;
         match rendered {
             Ok(Some(r)) => self.respond(r),
             Ok(None) => plain_failure(&failure),
