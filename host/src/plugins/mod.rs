@@ -464,8 +464,8 @@ impl Plugins {
         self.registry().get(format).cloned()
     }
 
-    /// The plugin whose root the path starts under, with that root.
-    pub fn by_root(&self, path: &str) -> Option<(Arc<LoadedPlugin>, String)> {
+    /// The plugin whose root the path starts under, with that root's length (`Registry::by_root`).
+    pub fn by_root(&self, path: &str) -> Option<(Arc<LoadedPlugin>, Option<usize>)> {
         self.registry().by_root(path)
     }
 

@@ -46,13 +46,18 @@ pub struct Refused {
 #[derive(Default)]
 pub struct Registry {
     by_format: HashMap<String, Arc<LoadedPlugin>>,
+    /// every plugin's roots, the longest first: the first that a path starts under is its route
+    roots: Vec<(String, Arc<LoadedPlugin>)>,
     refused: Vec<Refused>,
 }
 
 impl Registry {
     pub fn new(plugins: impl IntoIterator<Item = Arc<LoadedPlugin>>, mut refused: Vec<Refused>) -> Registry {
         refused.sort_by(|a, b| a.file.cmp(&b.file));
-        Registry { by_format: plugins.into_iter().map(|p| (p.meta.format.clone(), p)).collect(), refused }
+        let by_format: HashMap<_, _> = plugins.into_iter().map(|p| (p.meta.format.clone(), p)).collect();
+        let mut roots: Vec<_> = by_format.values().flat_map(|p| p.meta.roots.iter().map(|r| (r.clone(), p.clone()))).collect();
+        roots.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        Registry { by_format, roots, refused }
     }
 
     pub fn get(&self, format: &str) -> Option<&Arc<LoadedPlugin>> {
@@ -76,18 +81,17 @@ impl Registry {
         self.refused.iter().find(|r| r.file == file)
     }
 
-    /// The plugin whose root the path starts under, with that root (the longest root wins).
-    pub fn by_root(&self, path: &str) -> Option<(Arc<LoadedPlugin>, String)> {
-        let mut best: Option<(&Arc<LoadedPlugin>, &String)> = None;
-        for p in self.by_format.values() {
-            for root in &p.meta.roots {
-                let matches = path.starts_with(root.as_str()) || path == root.trim_end_matches('/');
-                if matches && best.is_none_or(|(_, r)| root.len() > r.len()) {
-                    best = Some((p, root));
-                }
+    /// The plugin whose root the path starts under (the longest root wins), with the length of
+    /// that root when the path goes on under it (`/v2/x` under `/v2/`), None when the path is
+    /// the root without its slash (`/v2`).
+    pub fn by_root(&self, path: &str) -> Option<(Arc<LoadedPlugin>, Option<usize>)> {
+        self.roots.iter().find_map(|(root, p)| {
+            if path.starts_with(root.as_str()) {
+                Some((p.clone(), Some(root.len())))
+            } else {
+                (path == root.trim_end_matches('/')).then(|| (p.clone(), None))
             }
-        }
-        best.map(|(p, r)| (p.clone(), r.clone()))
+        })
     }
 }
 

@@ -118,15 +118,15 @@ pub fn resolve(
         let repo = app.repos.get(name).ok_or_else(|| ResolveError::UnknownRepository(name.to_owned()))?;
         return whole(repo, &["/", tail].concat(), &["/repo/", name].concat(), Mount::Prefix);
     }
-    let (plugin, root) = app.plugins.by_root(path).ok_or_else(|| ResolveError::NoRoute(path.to_owned()))?;
-    if let Some(after) = path.strip_prefix(root.as_str())
+    let (plugin, root_len) = app.plugins.by_root(path).ok_or_else(|| ResolveError::NoRoute(path.to_owned()))?;
+    if let Some((root, after)) = root_len.and_then(|n| Some((path.get(..n)?, path.get(n..)?)))
         && let Some((segment, tail)) = after.split_once('/')
         && path_method_name(segment)
         && let Some(repo) = app.repos.get(segment).filter(|r| r.format == plugin.meta.format)
     {
         return Ok(Resolved {
             plugin,
-            path: [root.as_str(), tail].concat(),
+            path: [root, tail].concat(),
             base_url: base_url(headers, forwarded, authority, "", scheme),
             path_repo: Some(repo.name.to_string()),
             repo: Some(repo),
