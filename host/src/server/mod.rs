@@ -168,6 +168,7 @@ async fn run_plan(
         head: parts.method == http::Method::HEAD,
         range: parts.headers.get(http::header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned),
         content_length: parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()),
+        series: Some(app.metrics.series(repo.as_ref().map(|r| r.name.as_str()))),
     };
     // Garbage collection waits for requests that began before it (see `storage::touch`).
     let _in_flight = app.caps.store.touches().enter();
@@ -186,7 +187,7 @@ async fn run_plan(
     if let Some(key) = &key {
         let removals = app.plugins.blob_removals();
         if let Some(plan) = app.plugins.plans.lookup(key, repo.as_ref(), &parts.headers, removals) {
-            app.metrics.series(repo_name).plan(&plan, true);
+            exchange.series().plan(&plan, true);
             let resp = exchange.execute(plan, body).await;
             // A reused plan that no longer works (its blob was removed) is decided afresh next time.
             if !resp.status().is_success() {
@@ -209,7 +210,7 @@ async fn run_plan(
             if let (Some(key), Some(snapshot), Some(offer)) = (key, snapshot, offer) {
                 app.plugins.plans.insert(key, snapshot, offer, &plan, &parts.headers);
             }
-            app.metrics.series(repo_name).plan(&plan, false);
+            exchange.series().plan(&plan, false);
             exchange.execute(plan, body).await
         }
         .instrument(span),
@@ -286,6 +287,7 @@ async fn run_merged(
         head: parts.method == http::Method::HEAD,
         range: parts.headers.get(http::header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned),
         content_length: None,
+        series: None,
     };
     let mut answers = Vec::with_capacity(members.len());
     for member in members {
@@ -386,6 +388,7 @@ pub(crate) async fn render_failure(
         head: parts.method == http::Method::HEAD,
         range: None,
         content_length: None,
+        series: None,
     };
     let failure = types::Failure { kind, status: None, message, access: access.map(gate::wit_access) };
     exchange.render(failure).await

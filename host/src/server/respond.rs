@@ -57,6 +57,8 @@ pub struct Exchange<'a> {
     pub head: bool,
     pub range: Option<String>,
     pub content_length: Option<u64>,
+    /// the repository's metric series, when the request already looked it up
+    pub series: Option<Arc<crate::metrics::Series>>,
 }
 
 /// Request bodies are written to upload sessions in pieces of this size.
@@ -199,6 +201,13 @@ fn range_not_satisfiable(len: u64) -> Response<Body> {
 }
 
 impl Exchange<'_> {
+    pub fn series(&self) -> Arc<crate::metrics::Series> {
+        match &self.series {
+            Some(s) => s.clone(),
+            None => self.app.metrics.series(self.repo.as_ref().map(|r| r.name.as_str())),
+        }
+    }
+
     pub async fn execute(&self, plan: Plan, body: Option<Incoming>) -> Response<Body> {
         // Only what a cached read takes is inline: every request's future is as large as the
         // largest branch it could take, and is moved and touched on every request (see
@@ -471,7 +480,10 @@ impl Exchange<'_> {
         if !self.head
             && let Some(repo) = &self.repo
         {
-            self.app.metrics.served_from_store(repo.name.as_str(), count);
+            match &self.series {
+                Some(series) => series.served_from_store(count),
+                None => self.app.metrics.served_from_store(repo.name.as_str(), count),
+            }
         }
         let body = match opened {
             _ if self.head => body::empty(),

@@ -29,7 +29,15 @@ fn db_err<E: Into<redb::Error>>(e: E) -> MetaError {
 pub struct AccessLog {
     /// Its table lives in the metadata store's database, which is reopened after a failed write.
     meta: MetaStore,
-    pending: Mutex<HashMap<(String, Digest), u64>>,
+    pending: Mutex<Pending>,
+}
+
+/// Unwritten records by repository, then blob: a blob pulled again updates its time in place,
+/// without a copy of its names.
+#[derive(Default)]
+struct Pending {
+    by_repo: HashMap<String, HashMap<Digest, u64>>,
+    len: usize,
 }
 
 impl AccessLog {
@@ -40,8 +48,21 @@ impl AccessLog {
     pub fn record(&self, repo: &str, digest: &Digest, now: u64) {
         let full = {
             let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            p.insert((repo.to_owned(), digest.clone()), now);
-            p.len() >= PENDING_MAX
+            let added = match p.by_repo.get_mut(repo) {
+                Some(blobs) => match blobs.get_mut(digest) {
+                    Some(at) => {
+                        *at = now;
+                        false
+                    }
+                    None => blobs.insert(digest.clone(), now).is_none(),
+                },
+                None => {
+                    p.by_repo.insert(repo.to_owned(), HashMap::from([(digest.clone(), now)]));
+                    true
+                }
+            };
+            p.len += usize::from(added);
+            p.len >= PENDING_MAX
         };
         if full && let Err(e) = self.flush() {
             tracing::warn!(error = %e, "blob access times not recorded");
@@ -50,10 +71,12 @@ impl AccessLog {
 
     /// Writes what was recorded since the last flush.
     pub fn flush(&self) -> Result<usize, MetaError> {
-        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
-        if batch.is_empty() {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        if pending.len == 0 {
             return Ok(0);
         }
+        let batch: Vec<((String, Digest), u64)> =
+            pending.by_repo.into_iter().flat_map(|(repo, blobs)| blobs.into_iter().map(move |(d, at)| ((repo.clone(), d), at))).collect();
         if let Some(pg) = self.meta.shared() {
             let rows: Vec<_> = batch.iter().map(|((repo, digest), at)| (repo.clone(), digest.to_string(), *at)).collect();
             pg.record_access(&rows)?;

@@ -226,10 +226,15 @@ impl Touches {
                 inner.overflowed = true;
             }
         }
-        if inner.last.len() >= LAST_MAX && !inner.last.contains_key(digest) {
-            forget_oldest(&mut inner.last);
+        // A blob referenced again (most references) updates its time in place, without a copy.
+        if let Some(at) = inner.last.get_mut(digest) {
+            *at = now;
+        } else {
+            if inner.last.len() >= LAST_MAX {
+                forget_oldest(&mut inner.last);
+            }
+            inner.last.insert(digest.clone(), now);
         }
-        inner.last.insert(digest.clone(), now);
         drop(inner);
         if let Some(shared) = self.shared.get() {
             if shared.collecting()? {
