@@ -42,8 +42,9 @@ test: deps-test build test-unit test-fuzz test-e2e
 
 test-unit: fmt-check
 	tests/postgres.sh run cargo test --release -p binaryrepo
-	# the criterion benches are not run here, but `make bench` runs them: they must keep compiling
-	cargo build --release --quiet -p binaryrepo-benches --benches
+	# the criterion benches and the bench tools' servers are not run here, but `make bench` and
+	# tests/bench/go_floor.py run them: they must keep compiling
+	cargo build --release --quiet -p binaryrepo-benches --benches --examples
 	plugins/build.sh test
 	cargo test --quiet --manifest-path examples/generic-file/Cargo.toml --target-dir target/examples
 
