@@ -42,8 +42,9 @@ mod plugins {
             self.0.iter().find(|p| p.meta.format == format).cloned()
         }
 
-        /// As `host/src/plugins/registry.rs`: the longest root the path starts with.
-        pub fn by_root(&self, path: &str) -> Option<(Arc<LoadedPlugin>, String)> {
+        /// As `host/src/plugins/registry.rs`: the longest root the path starts with, and its
+        /// length when the path goes on under it.
+        pub fn by_root(&self, path: &str) -> Option<(Arc<LoadedPlugin>, Option<usize>)> {
             let mut best: Option<(&Arc<LoadedPlugin>, &String)> = None;
             for p in &self.0 {
                 for root in &p.meta.roots {
@@ -53,7 +54,7 @@ mod plugins {
                     }
                 }
             }
-            best.map(|(p, r)| (p.clone(), r.clone()))
+            best.map(|(p, r)| (p.clone(), path.starts_with(r.as_str()).then_some(r.len())))
         }
     }
 }
@@ -79,7 +80,8 @@ mod repos {
             self.0.iter().find(|r| r.port == Some(port)).cloned()
         }
         pub fn by_hostname(&self, host: &str) -> Option<Arc<Repository>> {
-            self.0.iter().find(|r| r.hostname == Some(host)).cloned()
+            // as `host/src/repos.rs`: host names match without case
+            self.0.iter().find(|r| r.hostname.is_some_and(|h| h.eq_ignore_ascii_case(host))).cloned()
         }
         pub fn default_repository(&self) -> Option<Arc<Repository>> {
             self.0.iter().find(|r| r.default).cloned()
