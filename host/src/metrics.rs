@@ -291,11 +291,6 @@ impl Metrics {
         self.fills.get_or_create(&FillLabels { repository: repository.to_owned(), outcome }).inc();
     }
 
-    /// A blob body of `bytes` served from the store (not a HEAD).
-    pub fn served_from_store(&self, repository: &str, bytes: u64) {
-        self.series(Some(repository)).served_from_store(bytes);
-    }
-
     /// A blob GET was answered with a redirect to the object store (`blob_redirect`).
     pub fn blob_redirected(&self, repository: &str) {
         self.blob_redirects.get_or_create(&RepoLabels { repository: repository.to_owned() }).inc();
@@ -468,7 +463,7 @@ mod tests {
         m.blob_fetch("r", "started");
         m.blob_fetch("r", "joined");
         m.blob_fetch("other", "started");
-        m.served_from_store("r", 600);
+        m.series(Some("r")).served_from_store(600);
         let s = m.cache_stats("r");
         assert_eq!((s.fetched_upstream, s.joined_in_flight, s.served_from_store, s.served_from_store_bytes), (1, 1, 1, 600));
         assert_eq!((s.client_bytes, s.upstream_bytes, s.bytes_saved()), (1000, 400, 600));

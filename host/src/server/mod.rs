@@ -115,6 +115,7 @@ impl<'a> Caller<'a> {
     }
 }
 
+/// The identity of a request refused before its credentials counted (see `dispatch`, `oversized`).
 static ANONYMOUS: Identity = Identity::Anonymous;
 
 /// Credentials are the host's: plugins never see them.

@@ -21,7 +21,6 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::App;
-use crate::auth::Identity;
 use crate::plugins::bindings::types::FailureKind;
 use crate::storage::mapped;
 
@@ -140,8 +139,7 @@ async fn rendered(listener: &Listener, head: &[u8], status: StatusCode) -> http:
     else {
         return plain();
     };
-    let anonymous = Identity::Anonymous;
-    let caller = super::gate::caller(app, &anonymous, &resolved);
+    let caller = super::gate::caller(app, &super::ANONYMOUS, &resolved);
     super::render_failure(app, &resolved, &parts, &caller, FailureKind::BadRequest, None, message(status).to_owned()).await
 }
 

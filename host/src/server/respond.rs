@@ -477,13 +477,8 @@ impl Exchange<'_> {
             Some(Ok((start, count))) => (StatusCode::PARTIAL_CONTENT, start, count),
             Some(Err(())) => return range_not_satisfiable(len),
         };
-        if !self.head
-            && let Some(repo) = &self.repo
-        {
-            match &self.series {
-                Some(series) => series.served_from_store(count),
-                None => self.app.metrics.served_from_store(repo.name.as_str(), count),
-            }
+        if !self.head && self.repo.is_some() {
+            self.series().served_from_store(count);
         }
         let body = match opened {
             _ if self.head => body::empty(),
