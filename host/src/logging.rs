@@ -302,7 +302,19 @@ fn format_access(line: &mut Vec<u8>, a: &Access<'_>, now: SystemTime, ansi: bool
     line.extend_from_slice(b" ms=");
     number(line, a.elapsed.as_millis() as u64);
     line.extend_from_slice(b" client=");
-    let _ = write!(line, "{}", a.client);
+    match a.client {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    line.push(b'.');
+                }
+                number(line, octet.into());
+            }
+        }
+        v6 => {
+            let _ = write!(line, "{v6}");
+        }
+    }
     if let Some(user) = a.user {
         line.extend_from_slice(b" user=");
         line.extend_from_slice(user.as_bytes());
@@ -325,9 +337,40 @@ fn number(out: &mut Vec<u8>, mut n: u64) {
 }
 
 /// RFC 3339 UTC with microseconds, as tracing's fmt layer writes it: `2026-11-23T03:12:01.620610Z`.
+/// The date and time of day are formatted once a second per thread (`SECOND`), the
+/// microseconds on every line.
 fn timestamp(out: &mut Vec<u8>, now: SystemTime) {
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "{}", humantime::format_rfc3339_micros(now));
+    let Ok(since) = now.duration_since(std::time::UNIX_EPOCH) else {
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "{}", humantime::format_rfc3339_micros(now));
+        return;
+    };
+    let secs = since.as_secs();
+    SECOND.with(|cell| {
+        let mut second = cell.borrow_mut();
+        if second.0 != secs || second.1.is_empty() {
+            second.1.clear();
+            let whole = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            // `2026-11-23T03:12:01Z`: the part before the `Z` is kept.
+            let _ = write!(second.1, "{}", humantime::format_rfc3339_seconds(whole));
+            second.1.pop();
+            second.0 = secs;
+        }
+        out.extend_from_slice(&second.1);
+    });
+    let micros = since.subsec_micros();
+    let mut digits = [b'.', b'0', b'0', b'0', b'0', b'0', b'0', b'Z'];
+    let mut n = micros;
+    for d in digits[1..7].iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.extend_from_slice(&digits);
+}
+
+thread_local! {
+    /// The second the access lines of this thread were last stamped with, formatted.
+    static SECOND: std::cell::RefCell<(u64, Vec<u8>)> = const { std::cell::RefCell::new((0, Vec::new())) };
 }
 
 #[cfg(test)]
@@ -364,6 +407,18 @@ mod tests {
             "2000-02-29T00:00:00.000000Z  INFO request{method=GET path=/v2/bench/library/test/manifests/1}: \
              binaryrepo::server: served status=404 bytes=- ms=1 client=127.0.0.1\n"
         );
+        // the same second again (its date and time kept by the thread), and an IPv6 client
+        let mut line = Vec::new();
+        let v6 = Access { client: std::net::IpAddr::from([0, 0, 0, 0, 0, 0, 0, 1]), ..a };
+        format_access(&mut line, &v6, UNIX_EPOCH + Duration::from_micros(951_782_400_000_042), false);
+        assert_eq!(
+            String::from_utf8(line).unwrap(),
+            "2000-02-29T00:00:00.000042Z  INFO request{method=GET path=/v2/bench/library/test/manifests/1}: \
+             binaryrepo::server: served status=404 bytes=- ms=1 client=::1\n"
+        );
+        let mut line = Vec::new();
+        format_access(&mut line, &a, UNIX_EPOCH + Duration::from_micros(999_999), false);
+        assert!(String::from_utf8(line).unwrap().starts_with("1970-01-01T00:00:00.999999Z  INFO "));
         let mut line = Vec::new();
         format_access_json(&mut line, &Access { user: Some("bob"), ..a }, UNIX_EPOCH);
         let v: serde_json::Value = serde_json::from_slice(&line).unwrap();

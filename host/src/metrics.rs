@@ -22,6 +22,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry, Unit};
 
 use crate::plugins::bindings::types::Plan;
+use crate::plugins::reuse::Ready;
 
 /// The Content-Type of the exposition (OpenMetrics text, which Prometheus scrapes natively).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -90,6 +91,24 @@ pub struct Series {
     common: [std::sync::OnceLock<Counter<u64, AtomicU64>>; 8],
 }
 
+/// Where a `Repository` keeps its series once found, so that its requests find it without the
+/// map look-up. A definition changed is a new `Repository` and finds it again (by name); a copy
+/// starts empty, so it can never hold another repository's series.
+#[derive(Default)]
+pub struct SeriesSlot(std::sync::OnceLock<Arc<Series>>);
+
+impl Clone for SeriesSlot {
+    fn clone(&self) -> Self {
+        SeriesSlot::default()
+    }
+}
+
+impl std::fmt::Debug for SeriesSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SeriesSlot")
+    }
+}
+
 /// Where `Series::common` keeps the counter of a (method, status), if it keeps it.
 fn common_slot(method: &http::Method, status: u16) -> Option<usize> {
     let m = match *method {
@@ -123,6 +142,15 @@ impl Series {
             Plan::ReceiveUpload(_) => 3,
             Plan::ReadBody(_) => 4,
         };
+        self.count_plan(kind, reused);
+    }
+
+    /// A plan kept from an earlier request carried out again.
+    pub fn reused(&self, ready: &Ready) {
+        self.count_plan(if matches!(ready, Ready::Respond { .. }) { 0 } else { 1 }, true);
+    }
+
+    fn count_plan(&self, kind: usize, reused: bool) {
         if let Some(c) = self.plans.get(kind + if reused { PLAN_KINDS.len() } else { 0 }) {
             c.inc();
         }
@@ -229,6 +257,15 @@ impl Metrics {
             blob_redirects: register(r, "blob_redirects", "Blob GETs redirected to a presigned URL of the object store", None),
             plugin_calls: register(r, "plugin_calls", "Calls into format plugins, by export and outcome", None),
             registry: root,
+        }
+    }
+
+    /// The series of a request's repository (None: the management API and requests for no
+    /// repository), kept by the repository after its first request.
+    pub fn series_of(&self, repository: Option<&crate::repos::Repository>) -> Arc<Series> {
+        match repository {
+            Some(r) => r.series.0.get_or_init(|| self.series(Some(r.name.as_str()))).clone(),
+            None => self.series(None),
         }
     }
 
@@ -423,6 +460,25 @@ impl Collector for Process {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repository_keeps_its_own_series_and_a_copy_finds_it_again() {
+        let m = Metrics::new();
+        let input = crate::repos::RepositoryInput {
+            name: Some("r".into()),
+            repo_type: Some("local".into()),
+            format: Some("docker".into()),
+            ..Default::default()
+        };
+        let repo = input.validate(None, &["docker".to_string()]).unwrap_or_else(|e| panic!("{e}"));
+        let first = m.series_of(Some(&repo));
+        assert!(Arc::ptr_eq(&first, &m.series_of(Some(&repo))));
+        assert!(Arc::ptr_eq(&first, &m.series(Some("r"))));
+        let copy = repo.clone();
+        assert!(copy.series.0.get().is_none(), "a copy starts without a series");
+        assert!(Arc::ptr_eq(&first, &m.series_of(Some(&copy))));
+        assert!(Arc::ptr_eq(&m.series_of(None), &m.series(None)));
+    }
 
     #[test]
     fn exposition_names_every_family_with_its_labels() {

@@ -112,6 +112,9 @@ pub struct Repository {
     /// (where the storage backend has them), so the bytes do not flow through binaryrepo.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub blob_redirect: bool,
+    /// Its metric series, found on its first request (not a definition: never stored).
+    #[serde(skip)]
+    pub series: crate::metrics::SeriesSlot,
 }
 
 /// Per-repository settings of a format (`{"checksum_databases": "sum.golang.org"}` for Go):
@@ -461,6 +464,7 @@ impl RepositoryInput {
             cleanup,
             settings,
             blob_redirect: self.blob_redirect.unwrap_or(false),
+            series: Default::default(),
         })
     }
 }

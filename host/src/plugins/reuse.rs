@@ -14,9 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use super::bindings::types::{Mount, Plan};
+use crate::digest::Digest;
 use crate::repos::Repository;
 use crate::storage::meta::Generation;
 
@@ -133,8 +135,56 @@ impl Snapshot {
     }
 }
 
+/// A kept plan in the form the server carries it out: its status, digest and headers checked
+/// and parsed once, when it was kept, instead of on every request that reuses it.
+#[derive(Debug)]
+pub enum Ready {
+    Respond { status: StatusCode, headers: Headers, body: Bytes },
+    ServeBlob { digest: Digest, headers: Headers },
+}
+
+/// A plugin's response headers, parsed.
+pub type Headers = Vec<(HeaderName, HeaderValue)>;
+
+/// Parses a plugin's response headers; the error names the one that is not HTTP.
+pub fn parse_headers(headers: &[(String, String)]) -> Result<Headers, String> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("invalid header name {k:?}"))?;
+            let value = HeaderValue::from_bytes(v.as_bytes()).map_err(|_| format!("invalid value for header {k}"))?;
+            Ok((name, value))
+        })
+        .collect()
+}
+
+/// A response's status as a plugin may give it: a final one. 1xx would leave the client waiting
+/// or be replaced by hyper, and `StatusCode` takes anything up to 999.
+pub fn final_status(status: u16) -> Result<StatusCode, String> {
+    match StatusCode::from_u16(status) {
+        Ok(s) if (200..=599).contains(&status) => Ok(s),
+        _ => Err(format!("status {status} is not a final HTTP status")),
+    }
+}
+
+impl Ready {
+    /// None for a plan that is not kept (it fetches or reads a body) or that does not parse (its
+    /// request gets the plugin's fault from the plan as given, and the next call decides again).
+    fn of(plan: &Plan) -> Option<Ready> {
+        match plan {
+            Plan::Respond(r) => Some(Ready::Respond {
+                status: final_status(r.status).ok()?,
+                headers: parse_headers(&r.headers).ok()?,
+                body: Bytes::copy_from_slice(&r.body),
+            }),
+            Plan::ServeBlob(b) => Some(Ready::ServeBlob { digest: b.digest.parse().ok()?, headers: parse_headers(&b.headers).ok()? }),
+            _ => None,
+        }
+    }
+}
+
 struct Entry {
-    plan: Plan,
+    ready: Arc<Ready>,
     decided: Snapshot,
     expires: Instant,
     /// the headers the plan varies on, with the values the deciding request had
@@ -212,21 +262,24 @@ impl PlanCache {
     }
 
     /// A plan that answers this request, if one is kept and still holds.
-    pub fn lookup(&self, key: &Key, repo: Option<&Arc<Repository>>, headers: &HeaderMap, removals: u64) -> Option<Plan> {
+    pub fn lookup(&self, key: &Key, repo: Option<&Arc<Repository>>, headers: &HeaderMap, removals: u64) -> Option<Arc<Ready>> {
         let kept = self.entries.get(key.0.as_str())?;
         if kept.entry.decided.epoch != self.epoch() || !kept.entry.valid(Instant::now(), repo, removals) {
             self.entries.remove(key.0.as_str());
             return None;
         }
-        kept.entry.fits(headers).then(|| kept.entry.plan.clone())
+        kept.entry.fits(headers).then(|| kept.entry.ready.clone())
     }
 
     /// Keeps `plan` for the request it answered, when the plugin offered it and the plan can be
     /// reused (a response or a stored blob; never a fetch or anything that reads a body).
     pub fn insert(&self, key: Key, decided: Snapshot, offer: Offer, plan: &Plan, headers: &HeaderMap) {
-        if !matches!(plan, Plan::Respond(_) | Plan::ServeBlob(_)) || key.0.len() > MAX_KEY || decided.epoch != self.epoch() {
+        if key.0.len() > MAX_KEY || decided.epoch != self.epoch() {
             return;
         }
+        let Some(ready) = Ready::of(plan) else {
+            return;
+        };
         let now = Instant::now();
         let vary: Vec<_> = offer
             .vary
@@ -237,7 +290,7 @@ impl PlanCache {
             })
             .collect();
         let weight = weigh(plan, &vary);
-        let entry = Entry { plan: plan.clone(), decided, expires: now + Duration::from_secs(offer.seconds).min(MAX_REUSE), vary };
+        let entry = Entry { ready: Arc::new(ready), decided, expires: now + Duration::from_secs(offer.seconds).min(MAX_REUSE), vary };
         self.entries.insert(key.0, Arc::new(Kept { entry, weight }));
     }
 
@@ -260,7 +313,7 @@ impl PlanCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugins::bindings::types::Response;
+    use crate::plugins::bindings::types::{Response, ServeBlob};
 
     fn local() -> Repository {
         let input = crate::repos::RepositoryInput {
@@ -280,9 +333,9 @@ mod tests {
         Plan::Respond(Response { status: 200, headers: vec![], body: body.as_bytes().to_vec() })
     }
 
-    fn body(p: Option<Plan>) -> Option<String> {
-        match p {
-            Some(Plan::Respond(r)) => Some(String::from_utf8_lossy(&r.body).into_owned()),
+    fn body(p: Option<Arc<Ready>>) -> Option<String> {
+        match p.as_deref() {
+            Some(Ready::Respond { body, .. }) => Some(String::from_utf8_lossy(body).into_owned()),
             _ => None,
         }
     }
@@ -371,6 +424,32 @@ mod tests {
 
         cache.insert(key("/f"), snap(), offer.clone(), &Plan::ReadBody(10), &h);
         assert!(cache.lookup(&key("/f"), Some(&repo), &h, 0).is_none());
+        // A plan that would not parse is not kept: its request gets the plugin's fault, and the
+        // next one asks the plugin again.
+        let blob = |digest: &str, header: (&str, &str)| {
+            Plan::ServeBlob(ServeBlob { digest: digest.into(), headers: vec![(header.0.into(), header.1.into())] })
+        };
+        let good = format!("sha256:{}", "a".repeat(64));
+        for (i, bad) in [
+            Plan::Respond(Response { status: 101, headers: vec![], body: vec![] }),
+            Plan::Respond(Response { status: 200, headers: vec![("bad name".into(), "v".into())], body: vec![] }),
+            blob("sha256:short", ("content-type", "a/b")),
+            blob(&good, ("content-type", "line\nbreak")),
+        ]
+        .iter()
+        .enumerate()
+        {
+            cache.insert(key(&format!("/bad{i}")), snap(), offer.clone(), bad, &h);
+            assert!(cache.lookup(&key(&format!("/bad{i}")), Some(&repo), &h, 0).is_none(), "{bad:?}");
+        }
+        cache.insert(key("/blob"), snap(), offer.clone(), &blob(&good, ("content-type", "a/b")), &h);
+        match cache.lookup(&key("/blob"), Some(&repo), &h, 0).as_deref() {
+            Some(Ready::ServeBlob { digest, headers }) => {
+                assert_eq!(digest.to_string(), good);
+                assert_eq!(headers, &vec![(http::header::CONTENT_TYPE, HeaderValue::from_static("a/b"))]);
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(super::offer(60, &["bad name".to_owned()]).is_none());
         assert!(super::offer(0, &[]).is_none());
         assert!(Key::of(&http::Method::PUT, "/a", None, None, "", None, Mount::Root, None).is_none());
@@ -388,7 +467,8 @@ mod tests {
         }
         assert!(cache.weight() <= 1 << 20, "{} bytes kept", cache.weight());
         assert!(cache.len() < 20, "{} plans of 64 KiB in 1 MiB", cache.len());
-        let mut e = Entry { plan: plan("x"), decided: snap(), expires: Instant::now(), vary: vec![] };
+        let ready = Arc::new(Ready::of(&plan("x")).unwrap_or_else(|| unreachable!()));
+        let mut e = Entry { ready, decided: snap(), expires: Instant::now(), vary: vec![] };
         assert!(!e.valid(Instant::now(), Some(&repo), 0));
         e.expires = Instant::now() + Duration::from_secs(5);
         assert!(e.valid(Instant::now(), Some(&repo), 0));

@@ -169,7 +169,7 @@ async fn run_plan(
         head: parts.method == http::Method::HEAD,
         range: parts.headers.get(http::header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned),
         content_length: parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()),
-        series: Some(app.metrics.series(repo.as_ref().map(|r| r.name.as_str()))),
+        series: Some(app.metrics.series_of(repo.as_deref())),
     };
     // Garbage collection waits for requests that began before it (see `storage::touch`).
     let _in_flight = app.caps.store.touches().enter();
@@ -187,9 +187,9 @@ async fn run_plan(
     );
     if let Some(key) = &key {
         let removals = app.plugins.blob_removals();
-        if let Some(plan) = app.plugins.plans.lookup(key, repo.as_ref(), &parts.headers, removals) {
-            exchange.series().plan(&plan, true);
-            let resp = exchange.execute(plan, body).await;
+        if let Some(ready) = app.plugins.plans.lookup(key, repo.as_ref(), &parts.headers, removals) {
+            exchange.series().reused(&ready);
+            let resp = exchange.execute_ready(&ready, body).await;
             // A reused plan that no longer works (its blob was removed) is decided afresh next time.
             if !resp.status().is_success() {
                 app.plugins.plans.forget(key);
@@ -310,7 +310,7 @@ async fn run_merged(
     if matches!(plan, types::Plan::ReadBody(_) | types::Plan::ReceiveUpload(_)) {
         return respond::plugin_fault(&plugin.meta.format, "merge answered a read with a plan for a request body");
     }
-    app.metrics.series(Some(virt.name.as_str())).plan(&plan, false);
+    app.metrics.series_of(Some(virt)).plan(&plan, false);
     exchange.execute(plan, None).await
 }
 
@@ -535,7 +535,7 @@ async fn handle(app: Arc<App>, main_listener: bool, local_port: u16, peer: Socke
                 _ => None,
             },
         };
-        app.metrics.request(&app.metrics.series(repo_name), &method, access.status, access.bytes, access.elapsed);
+        app.metrics.request(&app.metrics.series_of(repo.as_deref()), &method, access.status, access.bytes, access.elapsed);
         logging::access(&access);
         resp
     }

@@ -14,6 +14,7 @@ use super::range::parse_range;
 use crate::App;
 use crate::digest::Digest;
 use crate::plugins::bindings::types::{self, Failure, FailureKind, Plan, UploadDone, UploadOutcome};
+use crate::plugins::reuse::{self, Ready};
 use crate::plugins::{LoadedPlugin, PluginError};
 use crate::repos::Repository;
 use crate::storage::blobs::{BlobError, Opened};
@@ -186,6 +187,15 @@ fn apply_headers(resp: &mut Response<Body>, headers: Vec<(String, String)>) -> R
     Ok(())
 }
 
+/// Headers parsed before (a reused plan's), with room for the ones the host adds.
+fn append_headers(resp: &mut Response<Body>, headers: &[(HeaderName, HeaderValue)]) {
+    let map = resp.headers_mut();
+    map.reserve(headers.len() + 3);
+    for (name, value) in headers {
+        map.append(name.clone(), value.clone());
+    }
+}
+
 /// `Content-Range` for `count` bytes from `start` of a `len`-byte blob.
 fn content_range(start: u64, count: u64, len: u64) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!("bytes {}-{}/{}", start, start + count - 1, len)).ok()
@@ -204,7 +214,7 @@ impl Exchange<'_> {
     pub fn series(&self) -> Arc<crate::metrics::Series> {
         match &self.series {
             Some(s) => s.clone(),
-            None => self.app.metrics.series(self.repo.as_ref().map(|r| r.name.as_str())),
+            None => self.app.metrics.series_of(self.repo.as_deref()),
         }
     }
 
@@ -216,10 +226,27 @@ impl Exchange<'_> {
             Plan::ReadBody(max) => return Box::pin(self.read_body(max, body)).await,
             Plan::ReceiveUpload(u) => return Box::pin(self.receive_upload(u, body)).await,
             Plan::Respond(r) => self.respond(r),
-            Plan::ServeBlob(s) => self.serve_blob(&s.digest, s.headers).await,
+            Plan::ServeBlob(s) => match s.digest.parse::<Digest>() {
+                Ok(digest) => self.serve_stored(&digest, &s.headers).await,
+                Err(e) => plugin_fault(&self.plugin.meta.format, format!("serve-blob: {e}")),
+            },
             Plan::FetchBlob(f) => Box::pin(self.fetch_blob(f)).await,
             Plan::FetchFile(f) => Box::pin(self.fetch_file(f)).await,
         };
+        self.finish(resp, body).await
+    }
+
+    /// Carries out a plan kept from an earlier request (`reuse`), parsed when it was kept.
+    pub async fn execute_ready(&self, ready: &Ready, body: Option<Incoming>) -> Response<Body> {
+        let resp = match ready {
+            Ready::Respond { status, headers, body } => self.respond_with(*status, headers, body.clone()),
+            Ready::ServeBlob { digest, headers } => self.serve_blob(digest, headers).await,
+        };
+        self.finish(resp, body).await
+    }
+
+    /// A request body the plan left unread is drained (or the connection closed) after `resp`.
+    async fn finish(&self, resp: Response<Body>, body: Option<Incoming>) -> Response<Body> {
         match body {
             Some(body) if !hyper::body::Body::is_end_stream(&body) => Box::pin(discard_unread(body, self.content_length, resp)).await,
             _ => resp,
@@ -347,11 +374,9 @@ impl Exchange<'_> {
     }
 
     fn respond(&self, r: types::Response) -> Response<Body> {
-        // A final answer: 1xx would leave the client waiting or be replaced by hyper, and
-        // `StatusCode` takes anything up to 999.
-        let status = match StatusCode::from_u16(r.status) {
-            Ok(s) if (200..=599).contains(&r.status) => s,
-            _ => return plugin_fault(&self.plugin.meta.format, format!("status {} is not a final HTTP status", r.status)),
+        let status = match reuse::final_status(r.status) {
+            Ok(s) => s,
+            Err(e) => return plugin_fault(&self.plugin.meta.format, e),
         };
         // HEAD answers keep the plugin's Content-Length (it describes the GET) but no body.
         let mut resp = Response::new(if self.head { body::empty() } else { body::full(r.body) });
@@ -359,6 +384,13 @@ impl Exchange<'_> {
         if let Err(e) = apply_headers(&mut resp, r.headers) {
             return plugin_fault(&self.plugin.meta.format, e);
         }
+        resp
+    }
+
+    fn respond_with(&self, status: StatusCode, headers: &[(HeaderName, HeaderValue)], body: Bytes) -> Response<Body> {
+        let mut resp = Response::new(if self.head { body::empty() } else { body::full(body) });
+        *resp.status_mut() = status;
+        append_headers(&mut resp, headers);
         resp
     }
 
@@ -414,7 +446,7 @@ impl Exchange<'_> {
             Err(e) => return plugin_fault(format, format!("fetch-file: {e}")),
         };
         let (fill, started) = match self.app.fills.join_or_start_file(repo.clone(), plan.key.clone(), request, plan.max_bytes) {
-            Ok((Joined::StoredAs(digest, _), _)) => return self.serve_blob(&digest.to_string(), plan.headers).await,
+            Ok((Joined::StoredAs(digest, _), _)) => return self.serve_stored(&digest, &plan.headers).await,
             Ok((Joined::Stored, _)) => return self.failure(FailureKind::Internal, None, "file fill found no file".into()).await,
             Ok((Joined::Filling(fill), started)) => (fill, started),
             Err(e) => return self.fill_failure(e).await,
@@ -433,26 +465,30 @@ impl Exchange<'_> {
         self.stream_fill(fill, plan.headers).await
     }
 
-    async fn serve_blob(&self, digest: &str, headers: Vec<(String, String)>) -> Response<Body> {
-        let digest: Digest = match digest.parse() {
-            Ok(d) => d,
-            Err(e) => return plugin_fault(&self.plugin.meta.format, format!("serve-blob: {e}")),
-        };
+    /// `serve_blob` with the headers as the plugin gave them.
+    async fn serve_stored(&self, digest: &Digest, headers: &[(String, String)]) -> Response<Body> {
+        match reuse::parse_headers(headers) {
+            Ok(headers) => self.serve_blob(digest, &headers).await,
+            Err(e) => plugin_fault(&self.plugin.meta.format, e),
+        }
+    }
+
+    async fn serve_blob(&self, digest: &Digest, headers: &[(HeaderName, HeaderValue)]) -> Response<Body> {
         let store = self.app.caps.store.clone();
         // Before the look-up, so a collection running now either keeps the blob or has removed
         // it already (see `storage::touch`).
-        if let Err(e) = store.touches().touch(&digest) {
+        if let Err(e) = store.touches().touch(digest) {
             tracing::warn!(%digest, error = %e, "blob not served");
             return with_retry_after(self.failure(FailureKind::Unavailable, None, e.to_string()).await);
         }
-        self.pulled(&digest);
+        self.pulled(digest);
         if !self.head
             && let Some(repo) = self.repo.as_deref().filter(|r| r.blob_redirect)
-            && let Some(resp) = Box::pin(self.redirect_to_store(repo, &digest, &headers)).await
+            && let Some(resp) = Box::pin(self.redirect_to_store(repo, digest, headers)).await
         {
             return resp;
         }
-        let opened = match store.cached(&digest) {
+        let opened = match store.cached(digest) {
             Some(bytes) => Ok(Ok(Opened::Small(bytes))),
             None => {
                 tokio::task::spawn_blocking({
@@ -484,13 +520,11 @@ impl Exchange<'_> {
             _ if self.head => body::empty(),
             Opened::Small(b) => body::full(b.slice(start as usize..(start + count) as usize)),
             Opened::File(file, _) => body::file_range(Arc::new(file), start, count),
-            Opened::Object(_) => body::stream(self.app.caps.store.stream(&digest, start, count)),
+            Opened::Object(_) => body::stream(self.app.caps.store.stream(digest, start, count)),
         };
         let mut resp = Response::new(body);
         *resp.status_mut() = status;
-        if let Err(e) = apply_headers(&mut resp, headers) {
-            return plugin_fault(&self.plugin.meta.format, e);
-        }
+        append_headers(&mut resp, headers);
         let h = resp.headers_mut();
         h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(count));
         h.insert(http::header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -509,12 +543,12 @@ impl Exchange<'_> {
         &self,
         repo: &crate::repos::Repository,
         digest: &Digest,
-        headers: &[(String, String)],
+        headers: &[(HeaderName, HeaderValue)],
     ) -> Option<Response<Body>> {
         // A document the plugin serves with its own media type (a manifest) stays here: the
         // object store would answer it as plain bytes.
         let typed =
-            headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("content-type") && !v.eq_ignore_ascii_case("application/octet-stream"));
+            headers.iter().any(|(k, v)| k == http::header::CONTENT_TYPE && !v.as_bytes().eq_ignore_ascii_case(b"application/octet-stream"));
         if typed {
             return None;
         }
@@ -542,9 +576,7 @@ impl Exchange<'_> {
         let location = HeaderValue::from_str(&url).ok()?;
         let mut resp = Response::new(body::empty());
         *resp.status_mut() = StatusCode::TEMPORARY_REDIRECT;
-        if let Err(e) = apply_headers(&mut resp, headers.to_vec()) {
-            return Some(plugin_fault(&self.plugin.meta.format, e));
-        }
+        append_headers(&mut resp, headers);
         let h = resp.headers_mut();
         // The plugin's headers describe the blob; the redirect itself has no body.
         h.remove(http::header::CONTENT_LENGTH);
@@ -579,7 +611,7 @@ impl Exchange<'_> {
         };
         self.pulled(&digest);
         let fill = match self.app.fills.join_or_start(repo, digest.clone(), request) {
-            Ok(Joined::Stored | Joined::StoredAs(..)) => return self.serve_blob(&plan.digest, plan.headers).await,
+            Ok(Joined::Stored | Joined::StoredAs(..)) => return self.serve_stored(&digest, &plan.headers).await,
             Ok(Joined::Filling(fill)) => fill,
             Err(e) => return self.fill_failure(e).await,
         };

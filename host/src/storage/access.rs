@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use redb::TableDefinition;
 
-use crate::digest::Digest;
+use crate::digest::{Digest, DigestMap};
 use crate::storage::meta::{MetaError, MetaStore};
 
 /// `<repository>\0<digest>` → unix seconds of the last pull.
@@ -36,7 +36,7 @@ pub struct AccessLog {
 /// without a copy of its names.
 #[derive(Default)]
 struct Pending {
-    by_repo: HashMap<String, HashMap<Digest, u64>>,
+    by_repo: HashMap<String, DigestMap<u64>, foldhash::fast::RandomState>,
     len: usize,
 }
 
@@ -57,7 +57,7 @@ impl AccessLog {
                     None => blobs.insert(digest.clone(), now).is_none(),
                 },
                 None => {
-                    p.by_repo.insert(repo.to_owned(), HashMap::from([(digest.clone(), now)]));
+                    p.by_repo.insert(repo.to_owned(), DigestMap::from_iter([(digest.clone(), now)]));
                     true
                 }
             };

@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::digest::Digest;
+use crate::digest::{Digest, DigestMap, DigestSet};
 use crate::storage::MetaStore;
 use crate::storage::meta::{MetaError, SHARED_CHECK_WINDOW};
 use crate::storage::postgres::PgMeta;
@@ -60,8 +60,8 @@ const COLLECT_MAX: usize = 1_000_000;
 
 #[derive(Default)]
 struct Inner {
-    last: HashMap<Digest, SystemTime>,
-    collecting: Option<HashSet<Digest>>,
+    last: DigestMap<SystemTime>,
+    collecting: Option<DigestSet>,
     overflowed: bool,
 }
 
@@ -394,7 +394,7 @@ impl Touches {
     /// Starts recording references for a collection.
     pub fn begin_collecting(&self) {
         let mut inner = self.inner();
-        inner.collecting = Some(HashSet::new());
+        inner.collecting = Some(DigestSet::default());
         inner.overflowed = false;
     }
 
@@ -457,7 +457,7 @@ impl Touches {
 }
 
 /// Drops the older half of the references: rare (only past `LAST_MAX`), so a sort is fine.
-fn forget_oldest(last: &mut HashMap<Digest, SystemTime>) {
+fn forget_oldest(last: &mut DigestMap<SystemTime>) {
     let mut times: Vec<SystemTime> = last.values().copied().collect();
     times.sort_unstable();
     let Some(&cutoff) = times.get(times.len() / 2) else { return };
