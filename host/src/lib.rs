@@ -44,8 +44,8 @@ pub struct App {
     /// Garbage collection runs and what cache eviction goes by.
     pub gc: gc::Gc,
     pub shutdown: tokio::sync::watch::Sender<bool>,
-    /// Held by every connection task, so shutdown can wait for them.
-    pub open_connections: Arc<()>,
+    /// The open connections: shutdown tells each to close and waits for them.
+    pub connections: Arc<server::stop::Connections>,
     /// Settings a configuration reload changes while serving.
     pub live: config::Live,
     /// Recent sizes on disk per repository, for `GET /api/stats`.
@@ -166,7 +166,7 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
         tls,
         gc,
         shutdown: server::shutdown_channel(),
-        open_connections: Arc::new(()),
+        connections: Default::default(),
         live,
         sizes: Default::default(),
     });

@@ -10,6 +10,7 @@ pub mod pace;
 pub mod range;
 pub mod resolve;
 pub mod respond;
+pub mod stop;
 pub mod tls;
 pub mod zero_copy;
 
@@ -586,7 +587,6 @@ fn accept_loop(
 }
 
 async fn accept_loop_inner(app: Arc<App>, listener: TcpListener, main_listener: bool) {
-    let open = app.open_connections.clone();
     let mut shutdown = app.shutdown.subscribe();
     loop {
         let accepted = tokio::select! {
@@ -604,13 +604,12 @@ async fn accept_loop_inner(app: Arc<App>, listener: TcpListener, main_listener: 
         };
         let _ = stream.set_nodelay(true);
         let local_port = stream.local_addr().map_or(0, |a| a.port());
-        let mut stop = app.shutdown.subscribe();
+        let (open, mut stop) = app.connections.open();
         let tls = app.tls.clone();
         let sendfile = tls.is_none();
         let listener = oversized::Listener { app: app.clone(), main_listener, local_port, peer };
         let app = app.clone();
         let service = service_fn(move |req| request(app.clone(), main_listener, local_port, peer, sendfile, req));
-        let open = open.clone();
         tokio::spawn(async move {
             let _open = open;
             match tls {
@@ -656,7 +655,7 @@ async fn tls_handshake(tls: &tls::Tls, stream: TcpStream, peer: SocketAddr) -> O
 
 /// HTTP/1.1 or HTTP/2 (by ALPN over TLS, by the connection preface otherwise) until the client
 /// closes or the server shuts down.
-async fn serve_connection<S, F>(stream: S, service: F, stop: &mut watch::Receiver<bool>, peer: SocketAddr)
+async fn serve_connection<S, F>(stream: S, service: F, stop: &mut tokio::sync::oneshot::Receiver<()>, peer: SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = std::convert::Infallible> + Send,
@@ -667,7 +666,7 @@ where
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
-        _ = stop.changed() => {
+        _ = stop => {
             // Finish the request in flight, then close.
             conn.as_mut().graceful_shutdown();
             conn.await
@@ -698,10 +697,10 @@ pub async fn run(app: Arc<App>) -> std::io::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = app.shutdown.send(true);
+    app.connections.stop_all();
     let _ = main.await;
-    // Every connection task holds a clone of `open_connections`; wait for them to finish.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while Arc::strong_count(&app.open_connections) > 1 && Instant::now() < deadline {
+    while app.connections.count() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Fills run on without their clients: most are only being verified by now (hashing follows
