@@ -15,7 +15,8 @@ is compared (exit status, `go mod download -json` with the bytes of the files it
   whose Time go cannot parse refused at publish; zips go refuses to unpack (a nested go.mod, a forbidden character
   or Windows device name) refused, names go accepts (space, non-ASCII letter, directory entries) accepted;
 - virtual: a member's list whose lines carry times (`v1.0.0 2020-01-01T00:00:00Z`) merged like the go command reads it;
-  a member whose upstream answers 410 passes the request to the next member, like `GOPROXY=first,second`;
+  a member whose upstream answers 410 passes the request to the next member, like `GOPROXY=first,second`; @latest
+  of a module with pseudo-versions only is the newest any member has;
 - GOPROXY lists of two repositories: `,` passes a 404/410 on (not a 502), `|` passes any failure on."""
 import json
 import re
@@ -397,6 +398,30 @@ def test_virtual_passes_a_member_whose_upstream_is_down_to_the_next(make_binaryr
     assert request("GET", f"{base}/{mod}/@latest").body == files["info"]
     r = request("GET", f"{base}/example.com/nowhere/@v/v1.0.0.info")
     assert r.status == 502 and r.header("content-type").startswith("text/plain"), (r.status, r.body[:200])
+    for merged in ("@v/list", "@latest"):
+        r = request("GET", f"{base}/example.com/nowhere/{merged}")
+        assert r.status == 502 and r.header("content-type").startswith("text/plain"), (merged, r.status, r.body[:200])
+
+
+def test_virtual_latest_is_the_newest_any_member_has(make_binaryrepo, goproxy, gohome):
+    """A module with pseudo-versions only (go then asks @latest), at an older commit on the first member and a newer
+    one on the second: through the virtual repository `go` gets the newer, as the merged list gives the highest tag
+    whichever member has it (`GOPROXY=first,second` directly stops at the first); its files come from the second."""
+    first, second = goproxy("first"), goproxy("second")
+    mod = "example.com/untagged"
+    make_module(first.root, mod, MASTER_1)
+    newer = make_module(second.root, mod, MASTER_2)
+    br = make_binaryrepo(repositories=[
+        remote("go-first", first.url), remote("go-second", second.url),
+        {"name": "go-virtual", "type": "virtual", "format": "go", "members": ["go-first", "go-second"]}])
+    got = {}
+    for name, proxy in (("first", first.url), ("second", second.url), ("virtual", proxy_url(br, "go-virtual"))):
+        h = gohome(name)
+        got[name] = seen(go_env(h, proxy), h, "mod", "download", "-json", f"{mod}@latest")
+    assert got["first"][0] == 0 and f'"Version": "{MASTER_1}"' in got["first"][1], got["first"]
+    assert got["virtual"] == got["second"], got
+    assert got["virtual"][2]["Zip"] == newer["zip"]
+    assert request("GET", f"{proxy_url(br, 'go-virtual')}/{mod}/@latest").body == newer["info"]
 
 
 def test_concurrent_cold_info_and_mod_hit_upstream_once(make_binaryrepo, goproxy):

@@ -311,6 +311,52 @@ fn virtual_lists_merge() {
 }
 
 #[test]
+fn virtual_latest_is_the_highest_version_any_member_names() {
+    let h = FakeHost::new("go", NoUpstream);
+    let a = |repo: &str, status, body: &str| MemberAnswer {
+        repository: repo.into(),
+        status,
+        headers: vec![],
+        body: MemberBody::Inline(body.as_bytes().to_vec()),
+    };
+    let info = |v: &str| format!(r#"{{"Version":"{v}","Time":"2021-01-01T00:00:00Z"}}"#);
+    let older = info("v0.0.0-20200101000000-aaaaaaaaaaaa");
+    let newer = info("v0.0.0-20210101000000-bbbbbbbbbbbb");
+    let r = req(RepoType::Virtual, "GET", "/x.com/m/@latest", 0);
+    let latest = |answers: &[MemberAnswer]| match Go::merge(&h, &r, answers) {
+        Plan::Respond(p) => (p.status, String::from_utf8(p.body).unwrap()),
+        _ => panic!(),
+    };
+    // pseudo-versions order by the time in them, whichever member comes first
+    assert_eq!(
+        latest(&[a("l", 200, &older), a("x", 404, ""), a("r", 200, &newer)]),
+        (200, newer.clone())
+    );
+    assert_eq!(
+        latest(&[a("r", 200, &newer), a("l", 200, &older)]),
+        (200, newer.clone())
+    );
+    // a tag beats a pseudo-version before it; an answer naming no version loses to one that does
+    assert_eq!(
+        latest(&[a("l", 200, &newer), a("r", 200, &info("v1.0.0"))]),
+        (200, info("v1.0.0"))
+    );
+    assert_eq!(
+        latest(&[a("l", 200, "not json"), a("r", 200, &older)]),
+        (200, older.clone())
+    );
+    assert_eq!(latest(&[a("l", 404, ""), a("r", 410, "")]).0, 404);
+    // no member has it and one could not be asked: not "no such module" to GOPROXY=a,b
+    assert_eq!(latest(&[a("d", 502, ""), a("r", 404, "")]).0, 502);
+    let list = req(RepoType::Virtual, "GET", "/x.com/m/@v/list", 0);
+    let Plan::Respond(p) = Go::merge(&h, &list, &[a("r", 404, ""), a("d", 504, "")]) else {
+        panic!()
+    };
+    assert_eq!(p.status, 502);
+    assert!(Go::INFO.merged.contains(&"/@latest"));
+}
+
+#[test]
 fn only_configured_checksum_databases_are_proxied() {
     let mut f = Files::new("http://up.example");
     for db in ["sum.golang.org", "sum.example.com", "other.example.com"] {

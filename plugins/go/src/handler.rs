@@ -67,7 +67,7 @@ impl Format for Go {
     const INFO: PluginInfo = PluginInfo {
         format: FORMAT,
         roots: ROOTS,
-        merged: &["/@v/list"],
+        merged: &["/@v/list", "/@latest"],
         settings: &[remote::CHECKSUM_DATABASES],
     };
 
@@ -96,6 +96,9 @@ impl Format for Go {
     }
 
     fn merge(host: &impl Host, req: &Request, answers: &[MemberAnswer]) -> Plan {
+        if req.path.ends_with("/@latest") {
+            return plan(req, merge::latest(host, answers));
+        }
         plan(req, merge::merge(host, answers))
     }
 

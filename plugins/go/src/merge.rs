@@ -1,5 +1,6 @@
 //! A virtual repository's `@v/list`: the versions of every member that knows the module, each
-//! once, in semver order. Any other read is answered by the first member that has it.
+//! once, in semver order; its `@latest`: the member answer naming the highest version. Any other
+//! read is answered by the first member that has it.
 
 use crate::contract::{Host, MemberAnswer, MemberBody, Plan};
 use crate::error::GoError;
@@ -22,7 +23,8 @@ fn body(host: &impl Host, a: &MemberAnswer) -> Result<Vec<u8>, GoError> {
     }
 }
 
-/// The merged list; 404 when no member knows the module (so `GOPROXY=a,b` falls back).
+/// The merged list; 404 when no member knows the module (so `GOPROXY=a,b` falls back), 502 when
+/// none does and one could not be asked.
 pub fn merge(host: &impl Host, answers: &[MemberAnswer]) -> Result<Plan, GoError> {
     let mut versions: BTreeSet<(Option<semver::Version>, String)> = BTreeSet::new();
     let mut found = false;
@@ -39,7 +41,7 @@ pub fn merge(host: &impl Host, answers: &[MemberAnswer]) -> Result<Plan, GoError
         }
     }
     if !found {
-        return Err(GoError::not_found("no member has this module"));
+        return Err(none_has_it(answers));
     }
     let list: String = versions.into_iter().map(|(_, v)| v + "\n").collect();
     Ok(Plan::Respond(http::respond(
@@ -47,4 +49,49 @@ pub fn merge(host: &impl Host, answers: &[MemberAnswer]) -> Result<Plan, GoError
         "text/plain; charset=utf-8",
         list,
     )))
+}
+
+/// The part of an `.info` (`@latest`'s answer) that orders the answers.
+#[derive(serde::Deserialize)]
+struct Info {
+    #[serde(rename = "Version")]
+    version: String,
+}
+
+/// `@latest` over the members: go asks for it when a module has no tagged versions, so the
+/// members answer with pseudo-versions, which sort by the time in them; the answer naming the
+/// highest version wins (the first such member's on a tie, the first answer when none names a
+/// version). No member with it: as for the list.
+pub fn latest(host: &impl Host, answers: &[MemberAnswer]) -> Result<Plan, GoError> {
+    let mut best: Option<(Option<semver::Version>, Vec<u8>)> = None;
+    for a in answers.iter().filter(|a| a.status == 200) {
+        let info = body(host, a)?;
+        let version = serde_json::from_slice::<Info>(&info)
+            .ok()
+            .and_then(|i| Version::parse(&i.version).ok())
+            .and_then(|v| v.canonical());
+        let better = match &best {
+            None => true,
+            Some((held, _)) => version.is_some() && version > *held,
+        };
+        if better {
+            best = Some((version, info));
+        }
+    }
+    match best {
+        Some((_, info)) => Ok(Plan::Respond(http::respond(200, "application/json", info))),
+        None => Err(none_has_it(answers)),
+    }
+}
+
+/// No member answered 200: 502 when one could not be asked (its upstream down), since a 404
+/// would send `GOPROXY=virtual,next` on as if the module did not exist; else 404.
+fn none_has_it(answers: &[MemberAnswer]) -> GoError {
+    match answers.iter().find(|a| matches!(a.status, 502..=504)) {
+        Some(a) => GoError::bad_gateway(format!(
+            "member {} is unavailable ({})",
+            a.repository, a.status
+        )),
+        None => GoError::not_found("no member has this module"),
+    }
 }
