@@ -25,12 +25,6 @@ impl Algorithm {
     }
 }
 
-/// Maps and sets keyed by digest that every blob read visits. Clients name digests, so the keys
-/// still go through a seeded hasher (foldhash, seeded per process), several times quicker than
-/// std's SipHash on a 71-byte key.
-pub type DigestMap<V> = std::collections::HashMap<Digest, V, foldhash::fast::RandomState>;
-pub type DigestSet = std::collections::HashSet<Digest, foldhash::fast::RandomState>;
-
 /// A validated `algorithm:hex` digest (lowercase hex of the right length).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest {

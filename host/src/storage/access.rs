@@ -12,7 +12,8 @@ use std::sync::Mutex;
 
 use redb::TableDefinition;
 
-use crate::digest::{Digest, DigestMap};
+use crate::digest::Digest;
+use crate::storage::DigestMap;
 use crate::storage::meta::{MetaError, MetaStore};
 
 /// `<repository>\0<digest>` → unix seconds of the last pull.

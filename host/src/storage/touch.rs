@@ -35,10 +35,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::digest::{Digest, DigestMap, DigestSet};
+use crate::digest::Digest;
 use crate::storage::MetaStore;
 use crate::storage::meta::{MetaError, SHARED_CHECK_WINDOW};
 use crate::storage::postgres::PgMeta;
+use crate::storage::{DigestMap, DigestSet};
 
 /// How long a node batches its references on the strength of its last look at the runs in
 /// progress; past it, a reference looks again first.
