@@ -148,14 +148,14 @@ pub type Headers = Vec<(HeaderName, HeaderValue)>;
 
 /// Parses a plugin's response headers; the error names the one that is not HTTP.
 pub fn parse_headers(headers: &[(String, String)]) -> Result<Headers, String> {
-    headers
-        .iter()
-        .map(|(k, v)| {
-            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("invalid header name {k:?}"))?;
-            let value = HeaderValue::from_bytes(v.as_bytes()).map_err(|_| format!("invalid value for header {k}"))?;
-            Ok((name, value))
-        })
-        .collect()
+    headers.iter().map(|(k, v)| parse_header(k, Bytes::copy_from_slice(v.as_bytes()))).collect()
+}
+
+/// One of a plugin's response headers, parsed (`value` taken as it is, without a copy).
+pub fn parse_header(name: &str, value: Bytes) -> Result<(HeaderName, HeaderValue), String> {
+    let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
+    let value = HeaderValue::from_maybe_shared(value).map_err(|_| format!("invalid value for header {name}"))?;
+    Ok((parsed, value))
 }
 
 /// A response's status as a plugin may give it: a final one. 1xx would leave the client waiting

@@ -180,8 +180,7 @@ fn apply_headers(resp: &mut Response<Body>, headers: Vec<(String, String)>) -> R
     // and room for the ones the host adds (Content-Length, Accept-Ranges, Content-Range)
     map.reserve(headers.len() + 3);
     for (k, v) in headers {
-        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("invalid header name {k:?}"))?;
-        let value = HeaderValue::from_maybe_shared(Bytes::from(v)).map_err(|_| format!("invalid value for header {k}"))?;
+        let (name, value) = reuse::parse_header(&k, Bytes::from(v))?;
         map.append(name, value);
     }
     Ok(())

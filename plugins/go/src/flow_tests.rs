@@ -282,15 +282,19 @@ fn local_publish_is_immutable_and_listed() {
     assert_eq!(Go::live_blobs(&h, &repo(RepoType::Local)).unwrap().len(), 2);
 }
 
-#[test]
-fn virtual_lists_merge() {
-    let h = FakeHost::new("go", NoUpstream);
-    let a = |repo: &str, status, body: &str| MemberAnswer {
+/// A member's answer to a merged read, its body inline.
+fn a(repo: &str, status: u16, body: &str) -> MemberAnswer {
+    MemberAnswer {
         repository: repo.into(),
         status,
         headers: vec![],
         body: MemberBody::Inline(body.as_bytes().to_vec()),
-    };
+    }
+}
+
+#[test]
+fn virtual_lists_merge() {
+    let h = FakeHost::new("go", NoUpstream);
     let r = req(RepoType::Virtual, "GET", "/x.com/m/@v/list", 0);
     let Plan::Respond(p) = Go::merge(
         &h,
@@ -313,12 +317,6 @@ fn virtual_lists_merge() {
 #[test]
 fn virtual_latest_is_the_highest_version_any_member_names() {
     let h = FakeHost::new("go", NoUpstream);
-    let a = |repo: &str, status, body: &str| MemberAnswer {
-        repository: repo.into(),
-        status,
-        headers: vec![],
-        body: MemberBody::Inline(body.as_bytes().to_vec()),
-    };
     let info = |v: &str| format!(r#"{{"Version":"{v}","Time":"2021-01-01T00:00:00Z"}}"#);
     let older = info("v0.0.0-20200101000000-aaaaaaaaaaaa");
     let newer = info("v0.0.0-20210101000000-bbbbbbbbbbbb");

@@ -51,13 +51,6 @@ pub fn merge(host: &impl Host, answers: &[MemberAnswer]) -> Result<Plan, GoError
     )))
 }
 
-/// The part of an `.info` (`@latest`'s answer) that orders the answers.
-#[derive(serde::Deserialize)]
-struct Info {
-    #[serde(rename = "Version")]
-    version: String,
-}
-
 /// `@latest` over the members: go asks for it when a module has no tagged versions, so the
 /// members answer with pseudo-versions, which sort by the time in them; the answer naming the
 /// highest version wins (the first such member's on a tie, the first answer when none names a
@@ -66,9 +59,8 @@ pub fn latest(host: &impl Host, answers: &[MemberAnswer]) -> Result<Plan, GoErro
     let mut best: Option<(Option<semver::Version>, Vec<u8>)> = None;
     for a in answers.iter().filter(|a| a.status == 200) {
         let info = body(host, a)?;
-        let version = serde_json::from_slice::<Info>(&info)
-            .ok()
-            .and_then(|i| Version::parse(&i.version).ok())
+        let version = crate::remote::info_version(&info)
+            .and_then(|v| Version::parse(&v).ok())
             .and_then(|v| v.canonical());
         let better = match &best {
             None => true,

@@ -191,16 +191,21 @@ fn probed(
 /// `example.com/m@v2.0.0` an upstream rightly answers `v2.0.0+incompatible`.)
 fn names_version(host: &impl Host, file: &FetchedFile, v: &Version) -> Result<(), GoError> {
     let body = host.blob_read_range(&file.digest, 0, file.size)?;
-    let info: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
-    let named = info.as_ref().and_then(|i| i.get("Version")?.as_str());
-    if named == Some(v.as_str()) {
+    let named = info_version(&body);
+    if named.as_deref() == Some(v.as_str()) {
         return Ok(());
     }
     Err(GoError::bad_gateway(format!(
         "the upstream's .info of {} names version {:?}: not kept",
         v.as_str(),
-        named.unwrap_or("")
+        named.unwrap_or_default()
     )))
+}
+
+/// The version an `.info` names (its `"Version"`), if it is JSON that names one.
+pub fn info_version(info: &[u8]) -> Option<String> {
+    let info: serde_json::Value = serde_json::from_slice(info).ok()?;
+    Some(info.get("Version")?.as_str()?.to_owned())
 }
 
 fn get(
