@@ -46,6 +46,8 @@ pub struct App {
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// The open connections: shutdown tells each to close and waits for them.
     pub connections: Arc<server::stop::Connections>,
+    /// Anonymous reads indexed by the request as it arrived, to the plans that answer them.
+    pub front: server::front::Front,
     /// Settings a configuration reload changes while serving.
     pub live: config::Live,
     /// Recent sizes on disk per repository, for `GET /api/stats`.
@@ -154,7 +156,10 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
         Some(_) => auth::Auth::open_shared(&config.data_dir, &config.auth, caps.meta.clone())?,
         None => auth::Auth::open(&config.data_dir, &config.auth)?,
     });
+    // Half again the plans' memory: an entry is a key, a resolution and a reference to a plan.
+    let front = server::front::Front::new(config.plugins.plan_cache_bytes / 2);
     let app = Arc::new(App {
+        front,
         auth,
         config,
         repos,

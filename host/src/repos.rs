@@ -477,6 +477,8 @@ pub struct Repos {
     /// What routes a request to a repository other than its name, kept apart from `inner` so that
     /// a request does not visit every repository to find none bound to its host or port.
     routes: RwLock<Routes>,
+    /// Moves on after every change to the definitions (`Writing` drops), once the routes follow.
+    generation: std::sync::atomic::AtomicU64,
     reserved_port: u16,
     shared: Option<Shared>,
 }
@@ -510,6 +512,7 @@ impl Routes {
 struct Writing<'a> {
     map: std::sync::RwLockWriteGuard<'a, BTreeMap<RepoName, Arc<Repository>>>,
     routes: &'a RwLock<Routes>,
+    generation: &'a std::sync::atomic::AtomicU64,
 }
 
 impl std::ops::Deref for Writing<'_> {
@@ -528,6 +531,9 @@ impl std::ops::DerefMut for Writing<'_> {
 impl Drop for Writing<'_> {
     fn drop(&mut self) {
         *self.routes.write().unwrap_or_else(|e| e.into_inner()) = Routes::of(&self.map);
+        // After the routes and while the definitions are still held: whoever reads the new
+        // generation resolves with the new definitions (see `generation`).
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -543,7 +549,14 @@ const DOCUMENT: &str = "repositories.json";
 impl Repos {
     /// Repositories persisted at `path`; nothing is read until `load_or_seed`.
     pub fn new(path: PathBuf, reserved_port: u16) -> Repos {
-        Repos { path, inner: RwLock::new(BTreeMap::new()), routes: RwLock::default(), reserved_port, shared: None }
+        Repos {
+            path,
+            inner: RwLock::new(BTreeMap::new()),
+            routes: RwLock::default(),
+            generation: Default::default(),
+            reserved_port,
+            shared: None,
+        }
     }
 
     /// Repositories kept in the shared metadata store instead of a file (several nodes).
@@ -632,11 +645,17 @@ impl Repos {
     }
 
     fn write(&self) -> Writing<'_> {
-        Writing { map: self.inner.write().unwrap_or_else(|e| e.into_inner()), routes: &self.routes }
+        Writing { map: self.inner.write().unwrap_or_else(|e| e.into_inner()), routes: &self.routes, generation: &self.generation }
     }
 
     fn routes(&self) -> std::sync::RwLockReadGuard<'_, Routes> {
         self.routes.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves on after every change to the definitions. Read before a request is resolved, an
+    /// unchanged generation afterwards means the same request resolves the same way again.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Repository>> {

@@ -568,3 +568,46 @@ def test_goproxy_lists_of_two_repositories(make_binaryrepo, goproxy, gohome):
                 assert got[0] == 0 and got[2] == want[mod][2], (tag, mod, got[:2])
             else:
                 assert got[0] != 0 and "502 Bad Gateway" in got[1], (tag, mod, got[:2])
+
+
+def test_a_warm_read_follows_access_routes_and_credentials_at_once(make_binaryrepo, goproxy):
+    """Warm anonymous reads are answered from an index of the request as it arrived (server/front.rs), without
+    resolving or authenticating it again. None of that may outlive what it stood for: the next request after a
+    change of the repository's grants, its host names or its removal is answered as the change says, a request
+    with credentials is checked however often the same request without them was answered, and another Host is
+    another request."""
+    up = goproxy()
+    make_module(up.root, "example.com/front", "v1.0.0")
+    br = make_binaryrepo(repositories=[])
+    host = "goproxy.example.test"
+    definition = {**remote("go-remote", up.url), "hostnames": [host]}
+    assert br.api("PUT", "/api/repositories/go-remote", definition).status in (200, 201)
+    path = "/example.com/front/@v/v1.0.0.info"
+    url = f"{proxy_url(br, 'go-remote')}{path}"
+
+    def warm(*urls_hosts):
+        for _ in range(4):
+            for u, h in urls_hosts:
+                r = request("GET", u, host=h)
+                assert r.status == 200 and b'"Version":"v1.0.0"' in r.body.replace(b" ", b""), r
+
+    warm((url, None), (br.url + path, host))
+    assert up.hit(path) == 1
+    # credentials that do not check out are refused, however often the request without them was answered
+    assert request("GET", url, headers={"Authorization": basic("admin", "not-the-password")}).status == 401
+    # another Host is another request: it does not name the repository
+    assert request("GET", br.url + path, host="other.example.test").status == 404
+    # made private: anonymous reads are refused from the next request on, the admin's answered
+    private = {**definition, "access": [{"who": "authenticated", "allow": ["read"]}]}
+    assert br.api("PUT", "/api/repositories/go-remote", private).status == 200
+    for u, h in ((url, None), (br.url + path, host)):
+        assert request("GET", u, host=h).status == 401, u
+        assert request("GET", u, host=h, headers={"Authorization": basic(*ADMIN)}).status == 200, u
+    # open again, without its host name: the host no longer routes to it
+    assert br.api("PUT", "/api/repositories/go-remote", remote("go-remote", up.url)).status == 200
+    warm((url, None))
+    assert request("GET", br.url + path, host=host).status == 404
+    # removed: gone at once
+    assert br.api("DELETE", "/api/repositories/go-remote").status in (200, 204)
+    assert request("GET", url).status == 404
+    assert up.hit(path) == 1, "the cached file was fetched once"

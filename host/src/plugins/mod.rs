@@ -35,7 +35,7 @@ pub mod state;
 mod warm;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -227,6 +227,8 @@ pub struct Plugins {
     /// The plugins serving now. A read lock is held only to clone an `Arc` out (no await under
     /// it), and a reload takes the write lock once to swap: no contention worth a lock-free swap.
     registry: RwLock<Arc<Registry>>,
+    /// Moves on after every swap of the registry (see `generation`).
+    generation: AtomicU64,
     /// One reload at a time; holds the files seen changing at the previous poll.
     reloading: tokio::sync::Mutex<registry::Settling>,
     next_id: AtomicU64,
@@ -303,6 +305,7 @@ impl Plugins {
             dir: dir.into(),
             cache: cache.map(Path::to_path_buf),
             registry: RwLock::new(Arc::new(Registry::default())),
+            generation: AtomicU64::new(0),
             reloading: Default::default(),
             next_id: AtomicU64::new(1),
             limits,
@@ -331,6 +334,12 @@ impl Plugins {
     /// The plugins serving now: a request resolves its plugin from one snapshot.
     pub fn registry(&self) -> Arc<Registry> {
         self.registry.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Moves on after every change to the plugins serving. Read before a request is resolved,
+    /// an unchanged generation afterwards means its path finds the same plugin again.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     fn is_current(&self, plugin: &LoadedPlugin) -> bool {

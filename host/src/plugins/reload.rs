@@ -121,6 +121,7 @@ impl Plugins {
             }
         }
         *self.registry.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         // After the swap: a request that resolved the old plugin and finishes later has its
         // instance dropped (`is_current`) and its plan refused (the epoch moved on).
         if !retired.is_empty() {

@@ -44,9 +44,15 @@ pub fn offer(seconds: u64, vary: &[String]) -> Option<Offer> {
 }
 
 /// Which request a plan answers, apart from the headers it varies on.
+#[derive(Clone)]
 pub struct Key(String);
 
 impl Key {
+    /// Its bytes.
+    pub fn size(&self) -> usize {
+        self.0.len()
+    }
+
     /// Only reads are ever reused; None for anything else.
     // Every part of the request a plan may depend on, named one by one so none is left out.
     #[allow(clippy::too_many_arguments)]
@@ -202,9 +208,20 @@ impl Entry {
 }
 
 /// A kept plan and what it weighs against `plan_cache_mib`.
-struct Kept {
+pub struct Kept {
     entry: Entry,
     weight: u64,
+}
+
+impl Kept {
+    pub fn ready(&self) -> &Arc<Ready> {
+        &self.entry.ready
+    }
+
+    /// Bytes it holds besides its key.
+    pub fn weight(&self) -> u64 {
+        self.weight
+    }
 }
 
 /// Weighs an entry by the bytes it holds, so the cache is bounded in memory however large the
@@ -262,13 +279,24 @@ impl PlanCache {
     }
 
     /// A plan that answers this request, if one is kept and still holds.
-    pub fn lookup(&self, key: &Key, repo: Option<&Arc<Repository>>, headers: &HeaderMap, removals: u64) -> Option<Arc<Ready>> {
+    pub fn lookup(&self, key: &Key, repo: Option<&Arc<Repository>>, headers: &HeaderMap, removals: u64) -> Option<Arc<Kept>> {
         let kept = self.entries.get(key.0.as_str())?;
-        if kept.entry.decided.epoch != self.epoch() || !kept.entry.valid(Instant::now(), repo, removals) {
+        if !self.holds(&kept, repo, removals) {
             self.entries.remove(key.0.as_str());
             return None;
         }
-        kept.entry.fits(headers).then(|| kept.entry.ready.clone())
+        kept.entry.fits(headers).then_some(kept)
+    }
+
+    /// Whether a plan found earlier still holds for `repo` (the one the request resolved), as
+    /// `lookup` would find it now; the caller checks the headers it varies on (`answers`).
+    pub fn holds(&self, kept: &Kept, repo: Option<&Arc<Repository>>, removals: u64) -> bool {
+        kept.entry.decided.epoch == self.epoch() && kept.entry.valid(Instant::now(), repo, removals)
+    }
+
+    /// Whether a plan answers a request with these headers (the ones it varies on match).
+    pub fn answers(kept: &Kept, headers: &HeaderMap) -> bool {
+        kept.entry.fits(headers)
     }
 
     /// Keeps `plan` for the request it answered, when the plugin offered it and the plan can be
@@ -333,8 +361,8 @@ mod tests {
         Plan::Respond(Response { status: 200, headers: vec![], body: body.as_bytes().to_vec() })
     }
 
-    fn body(p: Option<Arc<Ready>>) -> Option<String> {
-        match p.as_deref() {
+    fn body(p: Option<Arc<Kept>>) -> Option<String> {
+        match p.as_deref().map(|k| &**k.ready()) {
             Some(Ready::Respond { body, .. }) => Some(String::from_utf8_lossy(body).into_owned()),
             _ => None,
         }
@@ -443,7 +471,7 @@ mod tests {
             assert!(cache.lookup(&key(&format!("/bad{i}")), Some(&repo), &h, 0).is_none(), "{bad:?}");
         }
         cache.insert(key("/blob"), snap(), offer.clone(), &blob(&good, ("content-type", "a/b")), &h);
-        match cache.lookup(&key("/blob"), Some(&repo), &h, 0).as_deref() {
+        match cache.lookup(&key("/blob"), Some(&repo), &h, 0).as_deref().map(|k| &**k.ready()) {
             Some(Ready::ServeBlob { digest, headers }) => {
                 assert_eq!(digest.to_string(), good);
                 assert_eq!(headers, &vec![(http::header::CONTENT_TYPE, HeaderValue::from_static("a/b"))]);

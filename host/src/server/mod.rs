@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod forwarded;
+pub mod front;
 pub mod gate;
 mod merge;
 pub mod oversized;
@@ -151,7 +152,9 @@ pub(crate) fn wit_request(
 }
 
 /// Asks `repo`'s plugin for a plan, or reuses the plan it offered for the same request, and
-/// carries it out.
+/// carries it out. `front`: the request may be indexed by the front index (`front.rs`).
+// The request's parts as `dispatch` and `run_virtual` have them, one by one.
+#[allow(clippy::too_many_arguments)]
 async fn run_plan(
     app: &App,
     plugin: &Arc<LoadedPlugin>,
@@ -160,18 +163,9 @@ async fn run_plan(
     resolved: &resolve::Resolved,
     caller: &Caller<'_>,
     body: Option<Incoming>,
+    front: Option<front::Admit>,
 ) -> Response<Body> {
-    let exchange = Exchange {
-        app,
-        plugin,
-        repo: repo.clone(),
-        caller,
-        request: PluginRequest::new(parts, resolved, repo.as_deref(), caller),
-        head: parts.method == http::Method::HEAD,
-        range: parts.headers.get(http::header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned),
-        content_length: parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()),
-        series: Some(app.metrics.series_of(repo.as_deref())),
-    };
+    let exchange = Exchange::of_request(app, plugin, repo.as_ref(), parts, resolved, caller);
     // Garbage collection waits for requests that began before it (see `storage::touch`).
     let _in_flight = app.caps.store.touches().enter();
     let repo_name = repo.as_ref().map(|r| r.name.as_str());
@@ -188,12 +182,16 @@ async fn run_plan(
     );
     if let Some(key) = &key {
         let removals = app.plugins.blob_removals();
-        if let Some(ready) = app.plugins.plans.lookup(key, repo.as_ref(), &parts.headers, removals) {
-            exchange.series().reused(&ready);
-            let resp = exchange.execute_ready(&ready, body).await;
+        if let Some(kept) = app.plugins.plans.lookup(key, repo.as_ref(), &parts.headers, removals) {
+            exchange.series().reused(kept.ready());
+            let resp = exchange.execute_ready(kept.ready(), body).await;
             // A reused plan that no longer works (its blob was removed) is decided afresh next time.
             if !resp.status().is_success() {
                 app.plugins.plans.forget(key);
+            } else if let Some(admit) = front
+                && let Some(arrived) = admit.arrived(parts)
+            {
+                app.front.insert(&arrived, admit.stamp(), resolved, kept, key.clone());
             }
             return resp;
         }
@@ -241,7 +239,7 @@ async fn run_virtual(
     let read = parts.method == http::Method::GET || parts.method == http::Method::HEAD;
     if !read {
         let target = virt.default_local.as_ref().and_then(|d| app.repos.get(d.as_str())).unwrap_or_else(|| virt.clone());
-        return run_plan(app, &resolved.plugin, Some(target), parts, resolved, caller, Some(body)).await;
+        return run_plan(app, &resolved.plugin, Some(target), parts, resolved, caller, Some(body), None).await;
     }
     if resolved.plugin.meta.merges(&resolved.path) {
         return run_merged(app, virt, members().collect(), parts, resolved, caller).await;
@@ -253,7 +251,7 @@ async fn run_virtual(
     let mut unavailable = None;
     for member in members() {
         let Some(plugin) = app.plugins.get(&member.format) else { continue };
-        let resp = run_plan(app, &plugin, Some(member), parts, resolved, caller, None).await;
+        let resp = run_plan(app, &plugin, Some(member), parts, resolved, caller, None, None).await;
         match resp.status() {
             StatusCode::NOT_FOUND | StatusCode::GONE => last = Some(resp),
             StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => {
@@ -264,7 +262,7 @@ async fn run_virtual(
     }
     match unavailable.or(last) {
         Some(resp) => resp,
-        None => run_plan(app, &resolved.plugin, Some(virt.clone()), parts, resolved, caller, None).await,
+        None => run_plan(app, &resolved.plugin, Some(virt.clone()), parts, resolved, caller, None, None).await,
     }
 }
 
@@ -408,6 +406,7 @@ async fn dispatch(
     req: Request<Incoming>,
     identity: &Result<Identity, AuthFailure>,
     client: std::net::IpAddr,
+    front: Option<front::Admit>,
 ) -> Response<Body> {
     let resolved = match resolved {
         Ok(r) => r,
@@ -457,7 +456,10 @@ async fn dispatch(
     }
     let resp = match resolved.repo.clone() {
         Some(repo) if repo.repo_type == RepoType::Virtual => Box::pin(run_virtual(app, &repo, &parts, &resolved, &caller, body)).await,
-        repo => run_plan(app, &resolved.plugin, repo, &parts, &resolved, &caller, Some(body)).await,
+        repo => {
+            let front = front.filter(|_| matches!(identity, Identity::Anonymous));
+            run_plan(app, &resolved.plugin, repo, &parts, &resolved, &caller, Some(body), front).await
+        }
     };
     // A write that failed inside the plugin's handling because the disk filled up (or the
     // metadata store failed) is the server's unavailability, not a bug: 503, not 500.
@@ -491,6 +493,12 @@ async fn handle(app: Arc<App>, main_listener: bool, local_port: u16, peer: Socke
     let page = main_listener && crate::ui::owns(path);
     // Resolved before the span exists, so that the span is made with its repository: recording a
     // field afterwards costs the log formatter a second pass.
+    // Before the resolution: a change to the definitions meanwhile leaves the index entry this
+    // request may make stale from birth.
+    let front = (!api && !page)
+        .then(|| front::Arrived::of(main_listener, local_port, forwarded, &method, &uri, req.headers()))
+        .flatten()
+        .map(|_| front::Admit::new(&app, main_listener, local_port));
     let resolved = (!api && !page).then(|| resolve::resolve(&app, main_listener, local_port, forwarded, (req.uri(), req.headers())));
     let page = page
         || (main_listener
@@ -517,31 +525,90 @@ async fn handle(app: Arc<App>, main_listener: bool, local_port: u16, peer: Socke
             _ if page => crate::ui::serve(&method, path),
             (None, _) if token => Box::pin(token_endpoint(&app, req, client)).await,
             (None, Some(identity)) => Box::pin(crate::api::handle(&app, req, identity)).await,
-            (Some(resolved), Some(identity)) => dispatch(&app, resolved, req, identity, client).await,
+            (Some(resolved), Some(identity)) => dispatch(&app, resolved, req, identity, client, front).await,
             (_, None) => Box::pin(token_endpoint(&app, req, client)).await,
         };
         if !matches!(method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS) && !token {
             gate::audit_request(identity.as_ref().and_then(|i| i.as_ref().ok()), client, repo_name, &method, path, resp.status().as_u16());
         }
-        let access = logging::Access {
-            method: method.as_str(),
-            path,
-            repo: repo_name,
-            status: resp.status().as_u16(),
-            bytes: body_length(&resp),
-            elapsed: started.elapsed(),
-            client,
-            user: match identity.as_ref().and_then(|i| i.as_ref().ok()) {
-                Some(Identity::User(u)) => Some(u.name.as_str()),
-                _ => None,
-            },
+        let user = match identity.as_ref().and_then(|i| i.as_ref().ok()) {
+            Some(Identity::User(u)) => Some(u.name.as_str()),
+            _ => None,
         };
-        app.metrics.request(&app.metrics.series_of(repo.as_deref()), &method, access.status, access.bytes, access.elapsed);
-        logging::access(&access);
+        account(&app, &method, path, repo.as_ref(), &resp, started, client, user);
         resp
     }
     .instrument(span);
     // Upstream answers asked for after this moment may serve the request (upstream/shared.rs).
+    crate::upstream::shared::ARRIVED.scope(started, resp).await
+}
+
+/// The request's access line and its request metrics.
+#[allow(clippy::too_many_arguments)]
+fn account(
+    app: &App,
+    method: &http::Method,
+    path: &str,
+    repo: Option<&Arc<Repository>>,
+    resp: &Response<Body>,
+    started: Instant,
+    client: std::net::IpAddr,
+    user: Option<&str>,
+) {
+    let access = logging::Access {
+        method: method.as_str(),
+        path,
+        repo: repo.map(|r| r.name.as_str()),
+        status: resp.status().as_u16(),
+        bytes: body_length(resp),
+        elapsed: started.elapsed(),
+        client,
+        user,
+    };
+    app.metrics.request(&app.metrics.series_of(repo.map(|r| &**r)), method, access.status, access.bytes, access.elapsed);
+    logging::access(&access);
+}
+
+/// A request the front index has an entry for (`front`): the plan it names is carried out as
+/// `run_plan` would reuse it, without resolving, authenticating or keying the request again.
+/// An entry whose plan no longer holds is dropped and the request handled in full.
+async fn serve_front(
+    app: Arc<App>,
+    entry: Arc<front::Entry>,
+    main_listener: bool,
+    local_port: u16,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    // Entered before the plan's blob removals are read, as in `run_plan`.
+    let in_flight = app.caps.store.touches().enter();
+    let arrived = front::Arrived::of(main_listener, local_port, false, &parts.method, &parts.uri, &parts.headers);
+    if !app.plugins.plans.holds(&entry.kept, entry.repo(), app.plugins.blob_removals()) {
+        if let Some(arrived) = &arrived {
+            app.front.forget(arrived);
+        }
+        drop(in_flight);
+        return Box::pin(handle(app.clone(), main_listener, local_port, peer, Request::from_parts(parts, body))).await;
+    }
+    let resp = async {
+        let resolved = &entry.resolved;
+        let caller = gate::caller(&app, &ANONYMOUS, resolved);
+        let exchange = Exchange::of_request(&app, &resolved.plugin, entry.repo(), &parts, resolved, &caller);
+        let ready = entry.kept.ready();
+        exchange.series().reused(ready);
+        let resp = exchange.execute_ready(ready, Some(body)).await;
+        if !resp.status().is_success() {
+            app.plugins.plans.forget(&entry.plan);
+            if let Some(arrived) = &arrived {
+                app.front.forget(arrived);
+            }
+        }
+        drop(in_flight);
+        account(&app, &parts.method, parts.uri.path(), entry.repo(), &resp, started, peer.ip(), None);
+        resp
+    };
     crate::upstream::shared::ARRIVED.scope(started, resp).await
 }
 
@@ -573,7 +640,14 @@ fn request(
     sendfile: bool,
     req: Request<Incoming>,
 ) -> impl Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send {
-    futures_util::FutureExt::map(zero_copy::scope(sendfile, handle(app, main_listener, local_port, peer, req)), Ok)
+    let forwarded = app.config.trusted_proxies.contains(peer.ip());
+    let indexed = front::Arrived::of(main_listener, local_port, forwarded, req.method(), req.uri(), req.headers())
+        .and_then(|arrived| app.front.find(front::Stamp::now(&app), &arrived, req.headers()));
+    let answer = match indexed {
+        Some(entry) => futures_util::future::Either::Left(serve_front(app, entry, main_listener, local_port, peer, req)),
+        None => futures_util::future::Either::Right(handle(app, main_listener, local_port, peer, req)),
+    };
+    futures_util::FutureExt::map(zero_copy::scope(sendfile, answer), Ok)
 }
 
 /// Boxed so that a listener started from an API request (inside a connection) can spawn

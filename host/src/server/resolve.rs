@@ -16,6 +16,7 @@ use crate::repos::Repository;
 
 pub use super::forwarded::{TrustedProxies, client_addr};
 
+#[derive(Clone)]
 pub struct Resolved {
     pub repo: Option<Arc<Repository>>,
     pub plugin: Arc<LoadedPlugin>,

@@ -62,6 +62,30 @@ pub struct Exchange<'a> {
     pub series: Option<Arc<crate::metrics::Series>>,
 }
 
+impl<'a> Exchange<'a> {
+    /// The context of a request to `repo` (a local or remote one, or none) as it arrived.
+    pub fn of_request(
+        app: &'a App,
+        plugin: &'a Arc<LoadedPlugin>,
+        repo: Option<&'a Arc<Repository>>,
+        parts: &'a http::request::Parts,
+        resolved: &'a super::resolve::Resolved,
+        caller: &'a super::Caller<'a>,
+    ) -> Exchange<'a> {
+        Exchange {
+            app,
+            plugin,
+            repo: repo.cloned(),
+            caller,
+            request: PluginRequest::new(parts, resolved, repo.map(|r| &**r), caller),
+            head: parts.method == http::Method::HEAD,
+            range: parts.headers.get(http::header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned),
+            content_length: parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()),
+            series: Some(app.metrics.series_of(repo.map(|r| &**r))),
+        }
+    }
+}
+
 /// Request bodies are written to upload sessions in pieces of this size.
 const APPEND_CHUNK: usize = 1024 * 1024;
 
