@@ -3,7 +3,8 @@ cannot starve the others. Each test names the guard it checks; each fails with t
 
 - the plan cache (host/src/plugins/reuse.rs, `PlanCache`): a flood of one-off keys (distinct queries, long queries)
   neither evicts a plan in use nor grows memory; `X-Forwarded-*` from a peer that is not in `trusted_proxies`
-  changes nothing (host/src/server/resolve.rs, `base_url`/`resolve` with `forwarded`);
+  changes nothing (host/src/server/resolve.rs, `base_url`/`resolve` with `forwarded`); the front index of requests
+  asked again (host/src/server/front.rs) stays within its share of `plan_cache_mib`;
 - upload sessions (host/src/storage/uploads.rs, `Uploads::start`): limited per repository and in all, refused with
   OCI 429 TOOMANYREQUESTS;
 - fills (host/src/upstream/fill.rs): joined only within a repository (`FillKey`), bounded (`over_limit`), and cut
@@ -91,6 +92,29 @@ def test_a_flood_of_one_off_requests_neither_evicts_a_hot_plan_nor_grows_memory(
     # ... and not the URLs handed out either
     r = oci.start_upload("bounds/app", headers={"X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https"})
     assert r.status == 202 and r.header("Location").startswith(br.url + "/"), r.headers
+
+
+def test_a_flood_of_requests_asked_twice_stays_bounded_in_the_front_index(make_binaryrepo):
+    """Guards the front index's bound (host/src/server/front.rs, `Front`, weighed with the plans its entries keep
+    alive): a request asked twice is indexed, so a client asking each of many distinct ~1 KiB queries twice makes
+    an entry for each; with `plan_cache_mib = 1` they stay within half a MiB more (unbounded, 4000 of them keep
+    about 12 MiB), and the hot tag is still answered from its plan."""
+    br = make_binaryrepo(config={"plan_cache_mib": 1})
+    br.create_local(LOCAL)
+    Oci(br.url, LOCAL).push_image("bounds/app", build_image("bounds-twice"), tag="1")
+    hot = f"/v2/{LOCAL}/bounds/app/manifests/1"
+    assert get_many(br, [hot, hot, hot], threads=1) == [200, 200, 200]
+    pad = "x" * 1000
+    warm = [f"{hot}?pad={pad}&n={i}" for i in range(200) for _ in range(2)]
+    assert set(get_many(br, warm, threads=1)) == {200}
+    before = rss_kib(br)
+    twice = [f"{hot}?pad={pad}&n={i}" for i in range(200, 4200) for _ in range(2)]
+    statuses = get_many(br, twice, threads=1)
+    assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    grown = rss_kib(br) - before
+    assert grown < 6 * 1024, f"RSS grew by {grown} KiB over 4000 distinct queries asked twice"
+    reused = plans(br, "reused")
+    assert get_many(br, [hot], threads=1) == [200] and plans(br, "reused") - reused == 1, "the hot tag was not reused"
 
 
 def test_forwarded_headers_count_from_a_trusted_proxy(make_binaryrepo):
