@@ -199,7 +199,10 @@ impl Front {
     pub fn find(&self, now: Stamp, arrived: &Arrived<'_>, headers: &HeaderMap) -> Option<Arc<Entry>> {
         let entry = self.entries.get(arrived)?;
         if entry.stamp != now {
-            self.entries.remove(arrived);
+            // The definitions moved on: every entry made before is stale. Dropped at once rather
+            // than one by one as they are asked for, so that a replaced plugin's code and old
+            // repository definitions are not kept alive by entries nobody asks for again.
+            self.entries.clear();
             return None;
         }
         reuse::PlanCache::answers(&entry.kept, headers).then_some(entry)

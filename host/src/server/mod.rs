@@ -491,14 +491,14 @@ async fn handle(app: Arc<App>, main_listener: bool, local_port: u16, peer: Socke
     let api = main_listener && (path == "/api" || path.starts_with("/api/") || path == "/metrics");
     // The web page: `/ui/` on the main listener, and `/` there when no repository answers it.
     let page = main_listener && crate::ui::owns(path);
-    // Resolved before the span exists, so that the span is made with its repository: recording a
-    // field afterwards costs the log formatter a second pass.
-    // Before the resolution: a change to the definitions meanwhile leaves the index entry this
-    // request may make stale from birth.
+    // Noted before the resolution: a change to the definitions meanwhile leaves the front index
+    // entry this request may make stale from birth.
     let front = (!api && !page)
         .then(|| front::Arrived::of(main_listener, local_port, forwarded, &method, &uri, req.headers()))
         .flatten()
         .map(|_| front::Admit::new(&app, main_listener, local_port));
+    // Resolved before the span exists, so that the span is made with its repository: recording a
+    // field afterwards costs the log formatter a second pass.
     let resolved = (!api && !page).then(|| resolve::resolve(&app, main_listener, local_port, forwarded, (req.uri(), req.headers())));
     let page = page
         || (main_listener
