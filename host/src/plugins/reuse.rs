@@ -218,6 +218,11 @@ impl Kept {
         &self.entry.ready
     }
 
+    /// Whether it answers a request with these headers (the ones it varies on match).
+    pub fn answers(&self, headers: &HeaderMap) -> bool {
+        self.entry.fits(headers)
+    }
+
     /// Bytes it holds besides its key.
     pub fn weight(&self) -> u64 {
         self.weight
@@ -285,18 +290,13 @@ impl PlanCache {
             self.entries.remove(key.0.as_str());
             return None;
         }
-        kept.entry.fits(headers).then_some(kept)
+        kept.answers(headers).then_some(kept)
     }
 
     /// Whether a plan found earlier still holds for `repo` (the one the request resolved), as
-    /// `lookup` would find it now; the caller checks the headers it varies on (`answers`).
+    /// `lookup` would find it now; the caller checks the headers it varies on (`Kept::answers`).
     pub fn holds(&self, kept: &Kept, repo: Option<&Arc<Repository>>, removals: u64) -> bool {
         kept.entry.decided.epoch == self.epoch() && kept.entry.valid(Instant::now(), repo, removals)
-    }
-
-    /// Whether a plan answers a request with these headers (the ones it varies on match).
-    pub fn answers(kept: &Kept, headers: &HeaderMap) -> bool {
-        kept.entry.fits(headers)
     }
 
     /// Keeps `plan` for the request it answered, when the plugin offered it and the plan can be

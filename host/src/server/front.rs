@@ -180,8 +180,8 @@ impl quick_cache::Weighter<Key, Arc<Entry>> for ByBytes {
     }
 }
 
-/// The index, bounded by weight (its plans' included) like the plan cache (S3-FIFO: a flood of one-off requests
-/// cycles through the probationary queue without evicting the entries in use).
+/// The index, bounded by weight (its plans' included) like the plan cache (S3-FIFO: a flood of
+/// one-off requests cycles through the probationary queue without evicting the entries in use).
 pub struct Front {
     entries: quick_cache::sync::Cache<Key, Arc<Entry>, ByBytes>,
 }
@@ -194,8 +194,8 @@ impl Front {
 
     /// The entry for this request, while the definitions it was found from have not changed
     /// and its plan answers these headers. The plan's own validity is checked by the caller,
-    /// once it has entered the blob store's touches (`PlanCache::holds`).
-    /// `now`: the definitions' stamp as the request finds them.
+    /// once it has entered the blob store's touches (`PlanCache::holds`). `now`: the definitions'
+    /// stamp as the request finds them.
     pub fn find(&self, now: Stamp, arrived: &Arrived<'_>, headers: &HeaderMap) -> Option<Arc<Entry>> {
         let entry = self.entries.get(arrived)?;
         if entry.stamp != now {
@@ -205,7 +205,7 @@ impl Front {
             self.entries.clear();
             return None;
         }
-        reuse::PlanCache::answers(&entry.kept, headers).then_some(entry)
+        entry.kept.answers(headers).then_some(entry)
     }
 
     /// Indexes a request that a kept plan answered. `stamp`: taken before it was resolved.

@@ -584,11 +584,14 @@ async fn serve_front(
     let (parts, body) = req.into_parts();
     // Entered before the plan's blob removals are read, as in `run_plan`.
     let in_flight = app.caps.store.touches().enter();
-    let arrived = front::Arrived::of(main_listener, local_port, false, &parts.method, &parts.uri, &parts.headers);
-    if !app.plugins.plans.holds(&entry.kept, entry.repo(), app.plugins.blob_removals()) {
-        if let Some(arrived) = &arrived {
-            app.front.forget(arrived);
+    // Only when the entry is dropped: the look-up in `request` had the key, but not past the move.
+    let forget = |parts: &http::request::Parts| {
+        if let Some(arrived) = front::Arrived::of(main_listener, local_port, false, &parts.method, &parts.uri, &parts.headers) {
+            app.front.forget(&arrived);
         }
+    };
+    if !app.plugins.plans.holds(&entry.kept, entry.repo(), app.plugins.blob_removals()) {
+        forget(&parts);
         drop(in_flight);
         return Box::pin(handle(app.clone(), main_listener, local_port, peer, Request::from_parts(parts, body))).await;
     }
@@ -601,9 +604,7 @@ async fn serve_front(
         let resp = exchange.execute_ready(ready, Some(body)).await;
         if !resp.status().is_success() {
             app.plugins.plans.forget(&entry.plan);
-            if let Some(arrived) = &arrived {
-                app.front.forget(arrived);
-            }
+            forget(&parts);
         }
         drop(in_flight);
         account(&app, &parts.method, parts.uri.path(), entry.repo(), &resp, started, peer.ip(), None);
