@@ -46,7 +46,7 @@ pub struct App {
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// The open connections: shutdown tells each to close and waits for them.
     pub connections: Arc<server::stop::Connections>,
-    /// Anonymous reads indexed by the request as it arrived, to the plans that answer them.
+    /// Reads indexed by the request as it arrived, to the plans that answer them (`server::front`).
     pub front: server::front::Front,
     /// Settings a configuration reload changes while serving.
     pub live: config::Live,

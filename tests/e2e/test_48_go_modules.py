@@ -611,3 +611,72 @@ def test_a_warm_read_follows_access_routes_and_credentials_at_once(make_binaryre
     assert br.api("DELETE", "/api/repositories/go-remote").status in (200, 204)
     assert request("GET", url).status == 404
     assert up.hit(path) == 1, "the cached file was fetched once"
+
+
+def test_a_warm_read_with_credentials_follows_users_tokens_and_grants_at_once(make_binaryrepo, goproxy):
+    """Warm reads with credentials are answered from the same index as anonymous ones (server/front.rs), keyed by the
+    header's MAC: the next request after a password change, a group or grant change, a revoked or expired token or a
+    deleted user is answered as the change says, however often the same request was answered before; the access
+    line still names the user."""
+    up = goproxy()
+    make_module(up.root, "example.com/creds", "v1.0.0")
+    br = make_binaryrepo(repositories=[], config={"token_ttl_seconds": 2})
+    grants = lambda *who: {**remote("go-remote", up.url), "access": [{"who": w, "allow": ["read"]} for w in who]}
+    assert br.api("PUT", "/api/repositories/go-remote", grants("group:dev")).status in (200, 201)
+    alice = ("alice", "alice-password-1")
+    assert br.api("POST", "/api/users", {"name": alice[0], "password": alice[1], "groups": ["dev"]}).status == 201
+    url = f"{proxy_url(br, 'go-remote')}/example.com/creds/@v/v1.0.0.info"
+
+    def status(authorization, times=4):
+        """the status of `times` GETs in a row (all must agree), the body checked when it is 200"""
+        seen = set()
+        for _ in range(times):
+            r = request("GET", url, headers={"Authorization": authorization})
+            if r.status == 200:
+                assert b'"Version":"v1.0.0"' in r.body.replace(b" ", b""), r
+            seen.add(r.status)
+        assert len(seen) == 1, (authorization[:12], seen)
+        return seen.pop()
+
+    mark = br.log_mark()
+    assert status(basic(*alice)) == 200
+    assert up.hit("/example.com/creds/@v/v1.0.0.info") == 1
+    served = [line for line in br._log_since(mark).splitlines() if "creds/@v/v1.0.0.info" in line and "served" in line]
+    assert len(served) == 4 and all("user=alice" in line for line in served), served
+    assert status(basic("alice", "alice-password-2"), times=1) == 401, "a wrong password is checked"
+    assert status(basic("bob", alice[1]), times=1) == 401, "another user's name with alice's password"
+    # a changed password: the old one is refused from the next request on
+    assert br.api("PATCH", "/api/users/alice", {"password": "alice-password-2"}).status == 200
+    assert status(basic(*alice), times=1) == 401
+    alice = ("alice", "alice-password-2")
+    assert status(basic(*alice)) == 200
+    # out of the group the repository grants to: denied at once; back in: answered
+    assert br.api("PATCH", "/api/users/alice", {"groups": []}).status == 200
+    assert status(basic(*alice)) == 403
+    assert br.api("PATCH", "/api/users/alice", {"groups": ["dev"]}).status == 200
+    assert status(basic(*alice)) == 200
+    # the grant itself changed: the same
+    assert br.api("PUT", "/api/repositories/go-remote", grants("user:admin")).status == 200
+    assert status(basic(*alice)) == 403
+    assert br.api("PUT", "/api/repositories/go-remote", grants("user:alice")).status == 200
+    assert status(basic(*alice)) == 200
+    # an API token, as a password and as a bearer token, until it is revoked
+    r = br.api("POST", "/api/tokens", {"name": "reader"}, auth=alice)
+    assert r.status == 201, r
+    token, token_id = r.json()["token"], r.json()["id"]
+    assert status(f"Bearer {token}") == 200 and status(basic("alice", token)) == 200
+    assert br.api("DELETE", f"/api/tokens/{token_id}", auth=alice).status == 204
+    assert status(f"Bearer {token}", times=1) == 401 and status(basic("alice", token), times=1) == 401
+    # tokens that expire: an API token of 2 s and a signed token of 2 s (token_ttl_seconds)
+    short = br.api("POST", "/api/tokens", {"name": "short", "expires_in_seconds": 2}, auth=alice).json()["token"]
+    t = request("GET", br.url + "/api/token?service=binaryrepo", headers={"Authorization": basic(*alice)})
+    assert t.status == 200, t
+    signed = t.json()["token"]
+    assert status(f"Bearer {short}") == 200 and status(f"Bearer {signed}") == 200
+    time.sleep(3.1)
+    assert status(f"Bearer {short}", times=1) == 401 and status(f"Bearer {signed}", times=1) == 401
+    # a deleted user: refused at once
+    assert status(basic(*alice)) == 200
+    assert br.api("DELETE", "/api/users/alice").status in (200, 204)
+    assert status(basic(*alice), times=1) == 401
+    assert up.hit("/example.com/creds/@v/v1.0.0.info") == 1, "the cached file was fetched once"

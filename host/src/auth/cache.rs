@@ -47,6 +47,11 @@ impl CredentialCache {
         CredentialCache { key: hmac::Key::new(hmac::HMAC_SHA256, process_key), entries, ttl, turns }
     }
 
+    /// How long a verified password is taken without bcrypt; None when caching is off.
+    pub fn ttl(&self) -> Option<Duration> {
+        self.entries.as_ref().map(|_| self.ttl)
+    }
+
     pub fn key(&self, user: &str, password: &[u8]) -> Key {
         let mut ctx = hmac::Context::with_key(&self.key);
         ctx.update(user.as_bytes());

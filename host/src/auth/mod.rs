@@ -92,6 +92,9 @@ pub struct Auth {
     signer: Signer,
     token_ttl: Duration,
     generation: AtomicU64,
+    /// Changes made to the users and API tokens: credentials may authenticate differently, or
+    /// not at all, after one (see `epoch`).
+    epoch: AtomicU64,
     /// Seconds added to the clock, so tests can step past expiry times.
     #[cfg(test)]
     clock_skew: AtomicU64,
@@ -252,6 +255,7 @@ impl Auth {
             signer: Signer::new(&key),
             token_ttl: config.token_ttl,
             generation,
+            epoch: AtomicU64::new(0),
             #[cfg(test)]
             clock_skew: AtomicU64::new(0),
         })
@@ -266,6 +270,19 @@ impl Auth {
 
     fn next_generation(&self) -> u64 {
         self.generation.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// How many changes the users and API tokens have seen. An answer given to credentials may
+    /// be given again to the same credentials without checking them while this stays the same
+    /// and their `trusted_until` has not passed (`server::front`).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Called after the users or tokens in use changed (their lock released or not: a reader
+    /// that sees the new epoch takes its lock after the change, and so sees it).
+    fn changed(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     fn user_record(&self, name: &UserName) -> Option<Arc<UserRecord>> {
@@ -390,6 +407,29 @@ impl Auth {
         }
     }
 
+    /// Until when (Unix seconds) the identity that `authorization` authenticated as may be
+    /// taken again for the same header without checking it, as long as no user or token
+    /// changes (`epoch`): `credential_cache_seconds` from now, as for a verified password,
+    /// and no later than the API token or signed token it carries expires. None: check it on
+    /// every request (the credential cache is off, or the header is not one that authenticates).
+    pub fn trusted_until(&self, authorization: &http::HeaderValue) -> Option<u64> {
+        let now = self.now();
+        let until = now.saturating_add(self.cache.ttl()?.as_secs());
+        let expires = match header::parse(authorization.as_bytes()).ok()? {
+            header::Credentials::Anonymous => None,
+            header::Credentials::Basic { password, .. } => {
+                let secret = std::str::from_utf8(&password).ok().filter(|p| p.starts_with(api_tokens::PREFIX));
+                // A password that merely starts like a token is a password (see `basic`).
+                secret.and_then(|s| read(&self.tokens).get(&api_tokens::hash(s)).map(|t| t.expires_at)).flatten()
+            }
+            header::Credentials::Bearer(token) if token.starts_with(api_tokens::PREFIX) => {
+                read(&self.tokens).get(&api_tokens::hash(token))?.expires_at
+            }
+            header::Credentials::Bearer(token) => Some(self.signer.verify(token, now).ok()?.exp),
+        };
+        Some(expires.map_or(until, |at| at.min(until))).filter(|&at| at > now)
+    }
+
     /// bcrypt runs so far (checks, hashes and decoys).
     pub fn bcrypt_runs(&self) -> u64 {
         self.hasher.runs()
@@ -475,6 +515,8 @@ impl Auth {
                 effective.insert(f.name().clone(), f.clone());
             }
             *users = UsersState { api, effective };
+            drop(users);
+            self.changed();
         }
         if self.store.changed("tokens.json")? {
             let stored = self.store.read_json::<TokensFile>("tokens.json")?.unwrap_or_default().tokens;
@@ -485,6 +527,7 @@ impl Auth {
                 }
             }
             *write(&self.tokens) = tokens;
+            self.changed();
         }
         Ok(())
     }
@@ -513,6 +556,8 @@ impl Auth {
             Some(r) => users.effective.insert(changed.clone(), r),
             None => users.effective.remove(changed),
         };
+        drop(users);
+        self.changed();
         Ok(())
     }
 
@@ -614,6 +659,7 @@ impl Auth {
         list.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         self.store.write_json("tokens.json", &TokensFile { tokens: list })?;
         *write(&self.tokens) = tokens;
+        self.changed();
         Ok(())
     }
 

@@ -327,6 +327,49 @@ async fn api_tokens_work_as_password_and_bearer_until_revoked_or_expired() {
     assert!(matches!(auth.create_token("ghost", "x", None), Err(UserError::NoSuchUser(_))));
 }
 
+/// Guards what lets the front index answer credentials without checking them (`epoch`,
+/// `trusted_until`): every change to users or tokens moves the epoch, and the time a header is
+/// trusted ends with the credential cache's TTL and its token's expiry. Mutation check: without
+/// `changed()` in `commit_tokens` a revoked token keeps the epoch where it was.
+#[tokio::test]
+async fn credentials_are_trusted_no_longer_than_the_cache_or_their_token_and_only_in_one_epoch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ttl = Duration::from_secs(120);
+    let auth = open(tmp.path(), &AuthConfig { credential_cache_ttl: ttl, token_ttl: Duration::from_secs(30), ..config() });
+    let mut epoch = auth.epoch();
+    let mut moved = |auth: &Auth, what: &str| {
+        assert!(auth.epoch() > epoch, "{what} moves the epoch");
+        epoch = auth.epoch();
+    };
+    add_user(&auth, "alice", "alice-password").await;
+    moved(&auth, "a new user");
+    let now = auth.now();
+    let until = auth.trusted_until(&basic("alice", "alice-password")).unwrap();
+    assert!((now + 120..=now + 121).contains(&until), "a password: the cache's TTL");
+    assert_eq!(auth.trusted_until(&HeaderValue::from_static("Basic Og==")).map(|u| u >= now + 120), Some(true));
+    let (view, short) = auth.create_token("alice", "short", Some(60)).unwrap();
+    moved(&auth, "a new token");
+    let at = auth.trusted_until(&bearer(short.expose())).unwrap();
+    assert!((now + 60..=now + 61).contains(&at), "an API token: its expiry");
+    assert_eq!(auth.trusted_until(&basic("alice", short.expose())), Some(at), "the same token as a password");
+    let alice = login(&auth, basic("alice", "alice-password")).await.unwrap();
+    let signed = auth.issue_token(&alice, "binaryrepo", &[]);
+    let at = auth.trusted_until(&bearer(&signed.token)).unwrap();
+    assert!((now + 30..=now + 31).contains(&at), "a signed token: its exp");
+    assert_eq!(auth.trusted_until(&HeaderValue::from_static("Digest x")), None, "not credentials");
+    assert_eq!(auth.trusted_until(&bearer("forged")), None, "a token that does not verify");
+    auth.revoke_token(&view.id).unwrap();
+    moved(&auth, "a revoked token");
+    auth.update_user("alice", UserUpdate { groups: Some(vec!["dev".into()]), ..Default::default() }).await.unwrap();
+    moved(&auth, "changed groups");
+    auth.delete_user("alice").unwrap();
+    moved(&auth, "a deleted user");
+    // With the credential cache off, no credentials are trusted without a check.
+    let off = tempfile::tempdir().unwrap();
+    let auth = open(off.path(), &AuthConfig { credential_cache_ttl: Duration::ZERO, ..config() });
+    assert_eq!(auth.trusted_until(&basic("admin", "first-admin-pw")), None);
+}
+
 /// Guards the delay in `Auth::authenticate` (and `Throttle::failure`'s growth) and the audit line.
 /// Mutation check: without the `sleep` every failure answers at once and the waits are all 0.
 #[tokio::test(start_paused = true)]

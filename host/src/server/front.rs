@@ -4,26 +4,32 @@
 //! authenticates, checks the repository's grants and builds the plan's key before it finds the
 //! plan. On a core that a request finds cold (a client's requests come in bursts) that is a
 //! sizeable part of its cost, for an answer that was the same the last time. The front index
-//! maps the request as it arrived (listener, method, authority, `Host`, path and query) to what
-//! that work found: the resolution and the kept plan.
+//! maps the request as it arrived (listener, method, authority, `Host`, credentials, path and
+//! query) to what that work found: the resolution, the identity and the kept plan.
 //!
-//! Only requests whose answer depends on nothing else are indexed: GET and HEAD without
-//! credentials (anonymous: what they may read is the repository's grants, part of its
-//! definition), not from a trusted proxy (whose `X-Forwarded-*` headers change the resolution
-//! and the client's address), to a local or remote repository. An entry is served only while
-//! everything it was found from holds: the repository definitions and the plugins serving
-//! (generations read before the request that made it was resolved, so a change during that
-//! request leaves the entry stale from birth), and the kept plan itself, checked as the plan
-//! cache checks it (its expiry, the repository's metadata, blob removals, plugin swaps, the
-//! headers it varies on).
+//! Only GET and HEAD to a local or remote repository are indexed, and not from a trusted proxy
+//! (whose `X-Forwarded-*` headers change the resolution and the client's address). An entry is
+//! served only while everything it was found from holds: the repository definitions (grants
+//! included), the plugins serving, and the users and API tokens (generations read before the
+//! request that made it was resolved, so a change during that request leaves the entry stale
+//! from birth); for a request with credentials, no longer than `Auth::trusted_until` (the
+//! credential cache's time, and the token's expiry); and the kept plan itself, checked as the
+//! plan cache checks it (its expiry, the repository's metadata, blob removals, plugin swaps,
+//! the headers it varies on).
+//!
+//! Credentials are part of the key as an HMAC under a key of this process (as in the
+//! credential cache): the index holds no password or token, and only the exact header that
+//! authenticated finds the entry; anything else is checked in full.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use http::{HeaderMap, Method, Uri};
+use ring::hmac;
 
 use super::resolve::Resolved;
 use crate::App;
+use crate::auth::Identity;
 use crate::plugins::reuse;
 
 /// A key longer than this is not indexed (as for the plan cache: real targets are short).
@@ -36,25 +42,31 @@ const ENTRY_OVERHEAD: usize = 320;
 pub struct Stamp {
     repos: u64,
     plugins: u64,
+    auth: u64,
 }
 
 impl Stamp {
     pub fn now(app: &App) -> Stamp {
-        Stamp { repos: app.repos.generation(), plugins: app.plugins.generation() }
+        Stamp { repos: app.repos.generation(), plugins: app.plugins.generation(), auth: app.auth.epoch() }
     }
 }
+
+/// The `Authorization` header a request brought, as the index keys it.
+#[derive(PartialEq, Eq, Hash, Clone, Copy)]
+pub struct Credential([u8; 32]);
 
 /// A request the index may take, noted before it was resolved.
 #[derive(Clone, Copy)]
 pub struct Admit {
     main_listener: bool,
     port: u16,
+    credential: Option<Credential>,
     stamp: Stamp,
 }
 
 impl Admit {
-    pub fn new(app: &App, main_listener: bool, port: u16) -> Admit {
-        Admit { main_listener, port, stamp: Stamp::now(app) }
+    pub fn new(app: &App, arrived: &Arrived<'_>) -> Admit {
+        Admit { main_listener: arrived.main_listener, port: arrived.port, credential: arrived.credential, stamp: Stamp::now(app) }
     }
 
     pub fn stamp(&self) -> Stamp {
@@ -63,7 +75,7 @@ impl Admit {
 
     /// The request's key parts (it was admitted, so it is one the index takes).
     pub fn arrived<'a>(&self, parts: &'a http::request::Parts) -> Option<Arrived<'a>> {
-        Arrived::of(self.main_listener, self.port, false, &parts.method, &parts.uri, &parts.headers)
+        Arrived::of(self.main_listener, self.port, self.credential, &parts.method, &parts.uri, &parts.headers)
     }
 }
 
@@ -73,27 +85,32 @@ pub struct Arrived<'a> {
     main_listener: bool,
     port: u16,
     head: bool,
+    credential: Option<Credential>,
     authority: Option<&'a str>,
     host: Option<&'a [u8]>,
     target: &'a str,
 }
 
 impl<'a> Arrived<'a> {
-    /// None for a request the index does not answer: not a GET or HEAD, with credentials, or
-    /// from a trusted proxy (`forwarded`).
-    pub fn of(main_listener: bool, port: u16, forwarded: bool, method: &Method, uri: &'a Uri, headers: &'a HeaderMap) -> Option<Self> {
+    /// None for a request that is not a GET or HEAD. `credential`: its `Authorization`, keyed.
+    fn of(
+        main_listener: bool,
+        port: u16,
+        credential: Option<Credential>,
+        method: &Method,
+        uri: &'a Uri,
+        headers: &'a HeaderMap,
+    ) -> Option<Self> {
         let head = match *method {
             Method::GET => false,
             Method::HEAD => true,
             _ => return None,
         };
-        if forwarded || headers.contains_key(http::header::AUTHORIZATION) {
-            return None;
-        }
         Some(Arrived {
             main_listener,
             port,
             head,
+            credential,
             authority: uri.authority().map(|a| a.as_str()),
             host: headers.get(http::header::HOST).map(|h| h.as_bytes()),
             target: uri.path_and_query().map_or("/", |p| p.as_str()),
@@ -109,6 +126,7 @@ impl<'a> Arrived<'a> {
             main_listener: self.main_listener,
             port: self.port,
             head: self.head,
+            credential: self.credential,
             authority: self.authority.map(Into::into),
             host: self.host.map(Into::into),
             target: self.target.into(),
@@ -122,6 +140,7 @@ pub struct Key {
     main_listener: bool,
     port: u16,
     head: bool,
+    credential: Option<Credential>,
     authority: Option<Box<str>>,
     host: Option<Box<[u8]>>,
     target: Box<str>,
@@ -133,6 +152,7 @@ impl Key {
             main_listener: self.main_listener,
             port: self.port,
             head: self.head,
+            credential: self.credential,
             authority: self.authority.as_deref(),
             host: self.host.as_deref(),
             target: &self.target,
@@ -153,13 +173,17 @@ impl quick_cache::Equivalent<Key> for Arrived<'_> {
     }
 }
 
-/// What the request's resolution found, and the plan that answered it.
+/// What the request's resolution and authentication found, and the plan that answered it.
 pub struct Entry {
     pub resolved: Resolved,
+    pub identity: Identity,
+    /// Unix seconds after which the request's credentials are checked again (`Auth::trusted_until`).
+    pub until: Option<u64>,
     pub kept: Arc<reuse::Kept>,
     /// The plan's key in the plan cache, to forget it when it fails.
     pub plan: reuse::Key,
-    stamp: Stamp,
+    /// Where the definitions stood before the request was resolved (`Admit::stamp`).
+    pub stamp: Stamp,
 }
 
 impl Entry {
@@ -184,12 +208,42 @@ impl quick_cache::Weighter<Key, Arc<Entry>> for ByBytes {
 /// one-off requests cycles through the probationary queue without evicting the entries in use).
 pub struct Front {
     entries: quick_cache::sync::Cache<Key, Arc<Entry>, ByBytes>,
+    /// Keys the `Authorization` header; a fresh one per process. None (no randomness to make
+    /// one from): requests with credentials are not indexed.
+    credentials: Option<hmac::Key>,
 }
 
 impl Front {
     pub fn new(bytes: u64) -> Front {
         let estimated_items = (bytes / 1024).clamp(16, 1 << 20) as usize;
-        Front { entries: quick_cache::sync::Cache::with_weighter(estimated_items, bytes.max(1), ByBytes) }
+        let credentials = hmac::Key::generate(hmac::HMAC_SHA256, &ring::rand::SystemRandom::new()).ok();
+        Front { entries: quick_cache::sync::Cache::with_weighter(estimated_items, bytes.max(1), ByBytes), credentials }
+    }
+
+    /// The request's key, or None for one the index does not answer: not a GET or HEAD, or
+    /// from a trusted proxy (`forwarded`).
+    pub fn arrived<'a>(
+        &self,
+        main_listener: bool,
+        port: u16,
+        forwarded: bool,
+        method: &Method,
+        uri: &'a Uri,
+        headers: &'a HeaderMap,
+    ) -> Option<Arrived<'a>> {
+        if forwarded || !matches!(*method, Method::GET | Method::HEAD) {
+            return None;
+        }
+        let credential = match headers.get(http::header::AUTHORIZATION) {
+            None => None,
+            Some(value) => {
+                let tag = hmac::sign(self.credentials.as_ref()?, value.as_bytes());
+                let mut bytes = [0u8; 32];
+                bytes.copy_from_slice(tag.as_ref());
+                Some(Credential(bytes))
+            }
+        };
+        Arrived::of(main_listener, port, credential, method, uri, headers)
     }
 
     /// The entry for this request, while the definitions it was found from have not changed
@@ -198,6 +252,10 @@ impl Front {
     /// stamp as the request finds them.
     pub fn find(&self, now: Stamp, arrived: &Arrived<'_>, headers: &HeaderMap) -> Option<Arc<Entry>> {
         let entry = self.entries.get(arrived)?;
+        if entry.until.is_some_and(|until| super::now_unix() >= until) {
+            self.entries.remove(arrived);
+            return None;
+        }
         if entry.stamp != now {
             // The definitions moved on: every entry made before is stale. Dropped at once rather
             // than one by one as they are asked for, so that a replaced plugin's code and old
@@ -208,12 +266,12 @@ impl Front {
         entry.kept.answers(headers).then_some(entry)
     }
 
-    /// Indexes a request that a kept plan answered. `stamp`: taken before it was resolved.
-    pub fn insert(&self, arrived: &Arrived<'_>, stamp: Stamp, resolved: &Resolved, kept: Arc<reuse::Kept>, plan: reuse::Key) {
-        if arrived.len() > MAX_KEY || resolved.repo.is_none() {
+    /// Indexes a request that a kept plan answered. A request with credentials must have an
+    /// `until`: without one they are checked every time.
+    pub fn insert(&self, arrived: &Arrived<'_>, entry: Entry) {
+        if arrived.len() > MAX_KEY || entry.resolved.repo.is_none() || (arrived.credential.is_some() && entry.until.is_none()) {
             return;
         }
-        let entry = Entry { resolved: resolved.clone(), kept, plan, stamp };
         self.entries.insert(arrived.owned(), Arc::new(entry));
     }
 
@@ -234,33 +292,55 @@ mod tests {
         b.body(()).unwrap_or_else(|e| panic!("{e}")).into_parts().0
     }
 
-    fn arrived(p: &http::request::Parts) -> Option<Arrived<'_>> {
-        Arrived::of(true, 8080, false, &p.method, &p.uri, &p.headers)
+    fn arrived<'a>(front: &Front, p: &'a http::request::Parts) -> Option<Arrived<'a>> {
+        front.arrived(true, 8080, false, &p.method, &p.uri, &p.headers)
     }
 
     #[test]
-    fn only_anonymous_reads_not_from_a_trusted_proxy_are_indexed() {
+    fn only_reads_not_from_a_trusted_proxy_are_indexed() {
+        let front = Front::new(1 << 20);
         let get = request("GET", "/go/r/m/@v/list", &[("host", "h")]);
-        assert!(arrived(&get).is_some());
-        assert!(arrived(&request("HEAD", "/go/r/m/@v/list", &[])).is_some());
+        assert!(arrived(&front, &get).is_some());
+        assert!(arrived(&front, &request("HEAD", "/go/r/m/@v/list", &[])).is_some());
         for method in ["PUT", "POST", "DELETE", "PATCH", "OPTIONS"] {
-            assert!(arrived(&request(method, "/go/r/m/@v/list", &[])).is_none(), "{method}");
+            assert!(arrived(&front, &request(method, "/go/r/m/@v/list", &[])).is_none(), "{method}");
         }
-        for auth in ["Basic YTpi", "Bearer x", ""] {
-            assert!(arrived(&request("GET", "/go/r/m/@v/list", &[("authorization", auth)])).is_none(), "{auth:?}");
+        assert!(front.arrived(true, 8080, true, &get.method, &get.uri, &get.headers).is_none(), "from a trusted proxy");
+    }
+
+    /// Guards the credential in the key: without it, a request with someone else's credentials
+    /// (or none) would be answered as the first one was.
+    #[test]
+    fn credentials_are_part_of_the_key_as_a_mac_not_as_sent() {
+        let front = Front::new(1 << 20);
+        let index: quick_cache::sync::Cache<Key, u32> = quick_cache::sync::Cache::new(64);
+        let with = |auth: &str| request("GET", "/go/r/m/@v/list", &[("host", "h"), ("authorization", auth)]);
+        let alice = with("Basic YWxpY2U6c2VjcmV0");
+        let Some(first) = arrived(&front, &alice) else { panic!("not indexed") };
+        index.insert(first.owned(), 1);
+        assert_eq!(arrived(&front, &with("Basic YWxpY2U6c2VjcmV0")).and_then(|a| index.get(&a)), Some(1));
+        for other in ["Basic YWxpY2U6c2VjcmV1", "Bearer YWxpY2U6c2VjcmV0", "basic YWxpY2U6c2VjcmV0", ""] {
+            assert_eq!(arrived(&front, &with(other)).and_then(|a| index.get(&a)), None, "{other:?}");
         }
-        assert!(Arrived::of(true, 8080, true, &get.method, &get.uri, &get.headers).is_none(), "from a trusted proxy");
+        let anonymous = request("GET", "/go/r/m/@v/list", &[("host", "h")]);
+        assert_eq!(arrived(&front, &anonymous).and_then(|a| index.get(&a)), None, "without credentials");
+        // Another process (another key) makes another MAC of the same header.
+        let elsewhere = Front::new(1 << 20);
+        assert_eq!(arrived(&elsewhere, &alice).and_then(|a| index.get(&a)), None, "another process's key");
+        let Some(Credential(mac)) = first.credential else { panic!("no credential") };
+        assert!(!mac.windows(6).any(|w| w == b"secret" || w == b"YWxpY2"), "the header is not kept");
     }
 
     #[test]
     fn a_request_is_found_by_every_part_of_its_key_and_only_so() {
+        let front = Front::new(1 << 20);
         let index: quick_cache::sync::Cache<Key, u32> = quick_cache::sync::Cache::new(64);
         let base = request("GET", "/go/r/m/@v/v1.0.0.info?x=1", &[("host", "a.test:80")]);
-        let Some(first) = arrived(&base) else { panic!("not indexed") };
+        let Some(first) = arrived(&front, &base) else { panic!("not indexed") };
         index.insert(first.owned(), 1);
         assert_eq!(index.get(&first), Some(1));
         let again = request("GET", "/go/r/m/@v/v1.0.0.info?x=1", &[("host", "a.test:80"), ("accept", "*/*")]);
-        assert_eq!(arrived(&again).and_then(|a| index.get(&a)), Some(1), "headers outside the key do not count");
+        assert_eq!(arrived(&front, &again).and_then(|a| index.get(&a)), Some(1), "headers outside the key do not count");
         let others = [
             request("HEAD", "/go/r/m/@v/v1.0.0.info?x=1", &[("host", "a.test:80")]),
             request("GET", "/go/r/m/@v/v1.0.0.info?x=2", &[("host", "a.test:80")]),
@@ -270,11 +350,11 @@ mod tests {
             request("GET", "http://a.test:80/go/r/m/@v/v1.0.0.info?x=1", &[("host", "a.test:80")]),
         ];
         for p in &others {
-            let Some(a) = arrived(p) else { panic!("not indexed") };
+            let Some(a) = arrived(&front, p) else { panic!("not indexed") };
             assert_eq!(index.get(&a), None, "{} {} {:?}", p.method, p.uri, p.headers.get("host"));
         }
         for (main_listener, port) in [(false, 8080), (true, 8081)] {
-            let a = Arrived::of(main_listener, port, false, &base.method, &base.uri, &base.headers);
+            let a = front.arrived(main_listener, port, false, &base.method, &base.uri, &base.headers);
             assert_eq!(a.and_then(|a| index.get(&a)), None, "another listener");
         }
     }

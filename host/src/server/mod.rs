@@ -191,7 +191,22 @@ async fn run_plan(
             } else if let Some(admit) = front
                 && let Some(arrived) = admit.arrived(parts)
             {
-                app.front.insert(&arrived, admit.stamp(), resolved, kept, key.clone());
+                // Anonymous: nothing to check again. With credentials: until they must be.
+                let trusted = match parts.headers.get(http::header::AUTHORIZATION) {
+                    None => Some(None),
+                    Some(h) => app.auth.trusted_until(h).map(Some),
+                };
+                if let Some(until) = trusted {
+                    let entry = front::Entry {
+                        resolved: resolved.clone(),
+                        identity: caller.identity.clone(),
+                        until,
+                        kept,
+                        plan: key.clone(),
+                        stamp: admit.stamp(),
+                    };
+                    app.front.insert(&arrived, entry);
+                }
             }
             return resp;
         }
@@ -456,10 +471,7 @@ async fn dispatch(
     }
     let resp = match resolved.repo.clone() {
         Some(repo) if repo.repo_type == RepoType::Virtual => Box::pin(run_virtual(app, &repo, &parts, &resolved, &caller, body)).await,
-        repo => {
-            let front = front.filter(|_| matches!(identity, Identity::Anonymous));
-            run_plan(app, &resolved.plugin, repo, &parts, &resolved, &caller, Some(body), front).await
-        }
+        repo => run_plan(app, &resolved.plugin, repo, &parts, &resolved, &caller, Some(body), front).await,
     };
     // A write that failed inside the plugin's handling because the disk filled up (or the
     // metadata store failed) is the server's unavailability, not a bug: 503, not 500.
@@ -494,9 +506,9 @@ async fn handle(app: Arc<App>, main_listener: bool, local_port: u16, peer: Socke
     // Noted before the resolution: a change to the definitions meanwhile leaves the front index
     // entry this request may make stale from birth.
     let front = (!api && !page)
-        .then(|| front::Arrived::of(main_listener, local_port, forwarded, &method, &uri, req.headers()))
+        .then(|| app.front.arrived(main_listener, local_port, forwarded, &method, &uri, req.headers()))
         .flatten()
-        .map(|_| front::Admit::new(&app, main_listener, local_port));
+        .map(|arrived| front::Admit::new(&app, &arrived));
     // Resolved before the span exists, so that the span is made with its repository: recording a
     // field afterwards costs the log formatter a second pass.
     let resolved = (!api && !page).then(|| resolve::resolve(&app, main_listener, local_port, forwarded, (req.uri(), req.headers())));
@@ -586,7 +598,7 @@ async fn serve_front(
     let in_flight = app.caps.store.touches().enter();
     // Only when the entry is dropped: the look-up in `request` had the key, but not past the move.
     let forget = |parts: &http::request::Parts| {
-        if let Some(arrived) = front::Arrived::of(main_listener, local_port, false, &parts.method, &parts.uri, &parts.headers) {
+        if let Some(arrived) = app.front.arrived(main_listener, local_port, false, &parts.method, &parts.uri, &parts.headers) {
             app.front.forget(&arrived);
         }
     };
@@ -597,7 +609,7 @@ async fn serve_front(
     }
     let resp = async {
         let resolved = &entry.resolved;
-        let caller = gate::caller(&app, &ANONYMOUS, resolved);
+        let caller = gate::caller(&app, &entry.identity, resolved);
         let exchange = Exchange::of_request(&app, &resolved.plugin, entry.repo(), &parts, resolved, &caller);
         let ready = entry.kept.ready();
         exchange.series().reused(ready);
@@ -607,7 +619,16 @@ async fn serve_front(
             forget(&parts);
         }
         drop(in_flight);
-        account(&app, &parts.method, parts.uri.path(), entry.repo(), &resp, started, peer.ip(), None);
+        account(
+            &app,
+            &parts.method,
+            parts.uri.path(),
+            entry.repo(),
+            &resp,
+            started,
+            peer.ip(),
+            entry.identity.user().map(|u| u.name.as_str()),
+        );
         resp
     };
     crate::upstream::shared::ARRIVED.scope(started, resp).await
@@ -642,7 +663,9 @@ fn request(
     req: Request<Incoming>,
 ) -> impl Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send {
     let forwarded = app.config.trusted_proxies.contains(peer.ip());
-    let indexed = front::Arrived::of(main_listener, local_port, forwarded, req.method(), req.uri(), req.headers())
+    let indexed = app
+        .front
+        .arrived(main_listener, local_port, forwarded, req.method(), req.uri(), req.headers())
         .and_then(|arrived| app.front.find(front::Stamp::now(&app), &arrived, req.headers()));
     let answer = match indexed {
         Some(entry) => futures_util::future::Either::Left(serve_front(app, entry, main_listener, local_port, peer, req)),
