@@ -301,6 +301,8 @@ pub async fn metrics(app: &Arc<App>, method: &Method) -> Response<Body> {
         return ApiError::MethodNotAllowed(format!("{method} is not supported on /metrics")).response();
     }
     let checks = readiness(app).await;
+    // What worker threads hold of requests they answered counts before the scrape.
+    crate::server::account::flush_all();
     match app.metrics.render(app.fills.in_flight()) {
         Ok(mut text) => {
             use std::fmt::Write as _;

@@ -238,24 +238,49 @@ pub struct Access<'a> {
 /// Logs one request at info level, target `binaryrepo::server` (what `RUST_LOG` filters on):
 /// `<time>  INFO request{method=GET path=/v2/... repo="r"}: binaryrepo::server: served status=200 bytes=754 ms=0`.
 pub fn access(a: &Access<'_>) {
-    if !tracing::enabled!(target: "binaryrepo::server", tracing::Level::INFO) {
-        return;
+    if let Some(mut lines) = AccessLines::new(1, a.path.len()) {
+        lines.add(a, SystemTime::now());
+        lines.write();
     }
-    let Some(sink) = SINK.get() else {
-        tracing::info!(
-            target: "binaryrepo::server",
-            method = a.method, path = a.path, repo = a.repo, status = a.status, bytes = a.bytes,
-            ms = a.elapsed.as_millis() as u64, client = %a.client, user = a.user, "served"
-        );
-        return;
-    };
-    let mut line = Vec::with_capacity(200 + a.path.len());
-    if sink.json {
-        format_access_json(&mut line, a, SystemTime::now());
-    } else {
-        format_access(&mut line, a, SystemTime::now(), sink.ansi);
+}
+
+/// Access lines formatted together and handed to the output in one piece.
+pub struct AccessLines {
+    sink: Option<&'static Sink>,
+    buf: Vec<u8>,
+}
+
+impl AccessLines {
+    /// None when access lines are filtered out. `count` and `path_bytes`: what the buffer is sized for.
+    pub fn new(count: usize, path_bytes: usize) -> Option<AccessLines> {
+        if !tracing::enabled!(target: "binaryrepo::server", tracing::Level::INFO) {
+            return None;
+        }
+        let sink = SINK.get();
+        let buf = if sink.is_some() { Vec::with_capacity(200 * count + path_bytes) } else { Vec::new() };
+        Some(AccessLines { sink, buf })
     }
-    sink.shared.append(&line, false);
+
+    /// The line of a request that was answered `at`.
+    pub fn add(&mut self, a: &Access<'_>, at: SystemTime) {
+        match self.sink {
+            None => tracing::info!(
+                target: "binaryrepo::server",
+                method = a.method, path = a.path, repo = a.repo, status = a.status, bytes = a.bytes,
+                ms = a.elapsed.as_millis() as u64, client = %a.client, user = a.user, "served"
+            ),
+            Some(sink) if sink.json => format_access_json(&mut self.buf, a, at),
+            Some(sink) => format_access(&mut self.buf, a, at, sink.ansi),
+        }
+    }
+
+    pub fn write(self) {
+        if let Some(sink) = self.sink
+            && !self.buf.is_empty()
+        {
+            sink.shared.append(&self.buf, false);
+        }
+    }
 }
 
 /// The access line as tracing's JSON formatter shapes an event: `{"timestamp", "level", "fields",

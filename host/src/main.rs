@@ -81,7 +81,9 @@ fn load_config(config: Option<PathBuf>, overrides: Overrides) -> Result<(Config,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // Access lines and request metrics of reads are done when a worker runs out of work.
+    binaryrepo::server::account::hooks(&mut builder).enable_all().build().map_err(|e| {
         eprintln!("binaryrepo: cannot start the runtime: {e}");
         ExitCode::FAILURE
     })

@@ -150,6 +150,31 @@ impl Series {
         self.count_plan(if matches!(ready, Ready::Respond { .. }) { 0 } else { 1 }, true);
     }
 
+    /// The name of the repository the series counts (empty: no repository).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Counts one request whose (method, status) counter this series keeps and has already
+    /// taken from the family (`Metrics::request` takes it the first time); false, counting
+    /// nothing, for any other.
+    pub fn request_kept(&self, method: &http::Method, status: u16, body_bytes: Option<u64>, elapsed: Duration) -> bool {
+        let Some(counter) = common_slot(method, status).and_then(|i| self.common.get(i)).and_then(|slot| slot.get()) else {
+            return false;
+        };
+        if let Some(bytes) = body_bytes.filter(|b| *b > 0) {
+            self.response_bytes.inc_by(bytes);
+        }
+        self.seconds.observe(elapsed.as_secs_f64());
+        counter.inc();
+        true
+    }
+
+    /// Whether `request_kept` would count this request.
+    pub fn keeps(&self, method: &http::Method, status: u16) -> bool {
+        common_slot(method, status).and_then(|i| self.common.get(i)).is_some_and(|slot| slot.get().is_some())
+    }
+
     fn count_plan(&self, kind: usize, reused: bool) {
         if let Some(c) = self.plans.get(kind + if reused { PLAN_KINDS.len() } else { 0 }) {
             c.inc();

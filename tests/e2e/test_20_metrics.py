@@ -1,6 +1,8 @@
 """GET /metrics: what an operator watches, in the Prometheus exposition format. A cold pull shows up as
 fills and upstream bytes that match the upstream's own access log; a warm pull as blobs served from the store and
 not one upstream request. The exposition is read with the Prometheus project's own OpenMetrics parser."""
+from concurrent.futures import ThreadPoolExecutor
+
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from harness.clients import dir_image, skopeo_copy
@@ -68,3 +70,36 @@ def test_the_exposition_parses_and_stays_bounded(br, upstream):
     assert head.status == 200 and head.body == b"", head
     post = request("POST", br.url + "/metrics")
     assert post.status == 405 and post.json()["error"]["code"] == "METHOD_NOT_ALLOWED", post
+
+
+def test_every_read_is_counted_and_logged_however_fast_they_come(upstream, br, images, tmp_path):
+    """Reads answered 200/206/304/404 are counted and logged once the worker that answered them runs out of work
+    (server/account.rs), off the time their client waits: a scrape right after a burst still counts every one of
+    them, every one has its access line, and none is lost when the server stops right after a burst. (What a
+    scrape does when a worker has not run out of work yet, `flush_all`, and the queue's bound are proven by the
+    unit test in server/account.rs: a client cannot hold a worker busy at will.)"""
+    small = images["small"]
+    br.create_remote(REPO, upstream.url)
+    skopeo_copy(small.ref(br.prefix(REPO)), tmp_path / "cold")
+    manifest = br.v2(REPO, f"{small.repo}/manifests/{small.tag}")
+    missing = br.v2(REPO, f"{small.repo}/manifests/no-such-tag")
+    assert request("GET", missing).status == 404
+    m0 = br.metrics()
+    br.served(br.log_mark())  # the log writer has written the lines so far (it batches them up to 50 ms)
+    mark = br.log_mark()
+    asked = [("GET", manifest)] * 400 + [("HEAD", manifest)] * 100 + [("GET", missing)] * 60
+    with ThreadPoolExecutor(8) as ex:
+        statuses = list(ex.map(lambda a: request(a[0], a[1]).status, asked))
+    assert statuses.count(200) == 500 and statuses.count(404) == 60, set(statuses)
+    m1 = br.metrics()
+    for method, status, n in (("GET", "200", 400), ("HEAD", "200", 100), ("GET", "404", 60)):
+        assert delta(m1, m0, "binaryrepo_http_requests_total", repository=REPO, method=method, status=status) == n, (method, status)
+    lines = [s for s in br.served(mark) if s[1].startswith(f"/v2/{REPO}/{small.repo}/manifests/")]
+    assert len(lines) == len(asked), len(lines)
+    # a burst, then the server stops at once: every line is in the log
+    br.served(br.log_mark())
+    mark = br.log_mark()
+    with ThreadPoolExecutor(8) as ex:
+        assert set(ex.map(lambda _: request("GET", manifest).status, range(200))) == {200}
+    br.stop()
+    assert len([s for s in br.served(mark) if s[1].endswith(f"/manifests/{small.tag}")]) == 200

@@ -1,6 +1,7 @@
 //! Listeners and the per-request path: the management API, or resolve the repository, ask its
 //! plugin for a plan, and carry the plan out.
 
+pub mod account;
 pub mod body;
 pub mod forwarded;
 pub mod front;
@@ -32,7 +33,6 @@ use tracing::Instrument;
 
 use crate::App;
 use crate::auth::{AuthFailure, Identity};
-use crate::logging;
 use crate::plugins::bindings::types;
 use crate::plugins::caps::Readable;
 use crate::plugins::{LoadedPlugin, reuse, wit_repository};
@@ -544,41 +544,15 @@ async fn handle(app: Arc<App>, main_listener: bool, local_port: u16, peer: Socke
             gate::audit_request(identity.as_ref().and_then(|i| i.as_ref().ok()), client, repo_name, &method, path, resp.status().as_u16());
         }
         let user = match identity.as_ref().and_then(|i| i.as_ref().ok()) {
-            Some(Identity::User(u)) => Some(u.name.as_str()),
+            Some(Identity::User(u)) => Some(u),
             _ => None,
         };
-        account(&app, &method, path, repo.as_ref(), &resp, started, client, user);
+        account::account(&app, &method, &uri, repo.as_ref(), &resp, started, client, user);
         resp
     }
     .instrument(span);
     // Upstream answers asked for after this moment may serve the request (upstream/shared.rs).
     crate::upstream::shared::ARRIVED.scope(started, resp).await
-}
-
-/// The request's access line and its request metrics.
-#[allow(clippy::too_many_arguments)]
-fn account(
-    app: &App,
-    method: &http::Method,
-    path: &str,
-    repo: Option<&Arc<Repository>>,
-    resp: &Response<Body>,
-    started: Instant,
-    client: std::net::IpAddr,
-    user: Option<&str>,
-) {
-    let access = logging::Access {
-        method: method.as_str(),
-        path,
-        repo: repo.map(|r| r.name.as_str()),
-        status: resp.status().as_u16(),
-        bytes: body_length(resp),
-        elapsed: started.elapsed(),
-        client,
-        user,
-    };
-    app.metrics.request(&app.metrics.series_of(repo.map(|r| &**r)), method, access.status, access.bytes, access.elapsed);
-    logging::access(&access);
 }
 
 /// A request the front index has an entry for (`front`): the plan it names is carried out as
@@ -619,27 +593,14 @@ async fn serve_front(
             forget(&parts);
         }
         drop(in_flight);
-        account(
-            &app,
-            &parts.method,
-            parts.uri.path(),
-            entry.repo(),
-            &resp,
-            started,
-            peer.ip(),
-            entry.identity.user().map(|u| u.name.as_str()),
-        );
+        let user = match &entry.identity {
+            Identity::User(u) => Some(u),
+            Identity::Anonymous => None,
+        };
+        account::account(&app, &parts.method, &parts.uri, entry.repo(), &resp, started, peer.ip(), user);
         resp
     };
     crate::upstream::shared::ARRIVED.scope(started, resp).await
-}
-
-/// The body's length as the client will get it: exact for small bodies, Content-Length for
-/// streamed blobs, None when neither says.
-fn body_length(resp: &Response<Body>) -> Option<u64> {
-    hyper::body::Body::size_hint(resp.body())
-        .exact()
-        .or_else(|| resp.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()))
 }
 
 fn connection_builder() -> auto::Builder<TokioExecutor> {
