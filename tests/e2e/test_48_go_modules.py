@@ -617,7 +617,9 @@ def test_a_warm_read_with_credentials_follows_users_tokens_and_grants_at_once(ma
     """Warm reads with credentials are answered from the same index as anonymous ones (server/front.rs), keyed by the
     header's MAC: the next request after a password change, a group or grant change, a revoked or expired token or a
     deleted user is answered as the change says, however often the same request was answered before; the access
-    line still names the user."""
+    line still names the user. Mutation checks: without `Auth::changed` in `commit_users` the old password is still
+    answered, without it in `commit_tokens` the revoked token is, and without the `until` check in `Front::find`
+    the expired tokens are."""
     up = goproxy()
     make_module(up.root, "example.com/creds", "v1.0.0")
     br = make_binaryrepo(repositories=[], config={"token_ttl_seconds": 2})
