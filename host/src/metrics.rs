@@ -156,23 +156,30 @@ impl Series {
     }
 
     /// Counts one request whose (method, status) counter this series keeps and has already
-    /// taken from the family (`Metrics::request` takes it the first time); false, counting
-    /// nothing, for any other.
-    pub fn request_kept(&self, method: &http::Method, status: u16, body_bytes: Option<u64>, elapsed: Duration) -> bool {
-        let Some(counter) = common_slot(method, status).and_then(|i| self.common.get(i)).and_then(|slot| slot.get()) else {
-            return false;
-        };
+    /// taken from the family (`Metrics::request` takes it the first time); counts nothing for
+    /// any other (see `keeps`).
+    pub fn request_kept(&self, method: &http::Method, status: u16, body_bytes: Option<u64>, elapsed: Duration) {
+        if let Some(counter) = self.kept(method, status) {
+            self.response(body_bytes, elapsed);
+            counter.inc();
+        }
+    }
+
+    /// Whether `request_kept` counts this request.
+    pub fn keeps(&self, method: &http::Method, status: u16) -> bool {
+        self.kept(method, status).is_some()
+    }
+
+    fn kept(&self, method: &http::Method, status: u16) -> Option<&Counter<u64, AtomicU64>> {
+        common_slot(method, status).and_then(|i| self.common.get(i)).and_then(|slot| slot.get())
+    }
+
+    /// A response's body bytes and time, whatever its method and status.
+    fn response(&self, body_bytes: Option<u64>, elapsed: Duration) {
         if let Some(bytes) = body_bytes.filter(|b| *b > 0) {
             self.response_bytes.inc_by(bytes);
         }
         self.seconds.observe(elapsed.as_secs_f64());
-        counter.inc();
-        true
-    }
-
-    /// Whether `request_kept` would count this request.
-    pub fn keeps(&self, method: &http::Method, status: u16) -> bool {
-        common_slot(method, status).and_then(|i| self.common.get(i)).is_some_and(|slot| slot.get().is_some())
     }
 
     fn count_plan(&self, kind: usize, reused: bool) {
@@ -323,10 +330,7 @@ impl Metrics {
 
     /// One answered request.
     pub fn request(&self, series: &Series, method: &http::Method, status: u16, body_bytes: Option<u64>, elapsed: Duration) {
-        if let Some(bytes) = body_bytes.filter(|b| *b > 0) {
-            series.response_bytes.inc_by(bytes);
-        }
-        series.seconds.observe(elapsed.as_secs_f64());
+        series.response(body_bytes, elapsed);
         let labels = || RequestLabels { repository: series.name.clone(), method: method_label(method), status };
         match common_slot(method, status).and_then(|i| series.common.get(i)) {
             Some(slot) => slot.get_or_init(|| self.requests.get_or_create_owned(&labels())).inc(),

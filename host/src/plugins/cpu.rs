@@ -95,12 +95,13 @@ impl CpuAccount {
             CLOSED => 0,
             since if self.precise.load(Ordering::Relaxed) => nanos(thread_cpu()).saturating_sub(since),
             since => {
-                // The open segment so far on the wall clock, the rest of it on the CPU clock.
+                // The first tick: the open segment so far on the wall clock, the rest of it on
+                // the CPU clock, from now.
                 let so_far = wall().saturating_sub(since);
                 self.closed.fetch_add(so_far, Ordering::Relaxed);
                 self.precise.store(true, Ordering::Relaxed);
                 self.open_since.store(nanos(thread_cpu()), Ordering::Relaxed);
-                return self.guest();
+                so_far
             }
         };
         let total = closed.saturating_add(open);

@@ -23,7 +23,7 @@ use http::{Method, Response, Uri};
 
 use super::Body;
 use crate::App;
-use crate::auth::UserIdentity;
+use crate::auth::{Identity, UserIdentity};
 use crate::logging::{self, Access, AccessLines};
 use crate::metrics::Series;
 use crate::repos::Repository;
@@ -144,7 +144,8 @@ fn record(served: Vec<Served>) {
 }
 
 /// The request's access line and its request metrics: queued for when the thread runs out of
-/// work where that is allowed, else at once.
+/// work where that is allowed, else at once. `identity`: None when the credentials were refused
+/// (or not checked).
 #[allow(clippy::too_many_arguments)]
 pub fn account(
     app: &App,
@@ -154,8 +155,12 @@ pub fn account(
     resp: &Response<Body>,
     started: Instant,
     client: IpAddr,
-    user: Option<&Arc<UserIdentity>>,
+    identity: Option<&Identity>,
 ) {
+    let user = match identity {
+        Some(Identity::User(u)) => Some(u),
+        _ => None,
+    };
     let status = resp.status().as_u16();
     let bytes = body_length(resp);
     let elapsed = started.elapsed();

@@ -65,8 +65,9 @@ pub struct Admit {
 }
 
 impl Admit {
-    pub fn new(app: &App, arrived: &Arrived<'_>) -> Admit {
-        Admit { main_listener: arrived.main_listener, port: arrived.port, credential: arrived.credential, stamp: Stamp::now(app) }
+    /// `stamp`: read before the request is resolved.
+    pub fn new(stamp: Stamp, arrived: &Arrived<'_>) -> Admit {
+        Admit { main_listener: arrived.main_listener, port: arrived.port, credential: arrived.credential, stamp }
     }
 
     pub fn stamp(&self) -> Stamp {

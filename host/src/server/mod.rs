@@ -493,7 +493,16 @@ async fn dispatch(
 }
 
 /// `peer`: the TCP peer (a proxy's address behind one: `resolve::client_addr` gives the client's).
-async fn handle(app: Arc<App>, main_listener: bool, local_port: u16, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+/// `admit`: the request as the front index would key it, noted before it was resolved (None:
+/// one the index does not take).
+async fn handle(
+    app: Arc<App>,
+    main_listener: bool,
+    local_port: u16,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    admit: Option<front::Admit>,
+) -> Response<Body> {
     let started = Instant::now();
     let forwarded = app.config.trusted_proxies.contains(peer.ip());
     // Kept for the access line: the request itself is consumed below.
@@ -503,12 +512,7 @@ async fn handle(app: Arc<App>, main_listener: bool, local_port: u16, peer: Socke
     let api = main_listener && (path == "/api" || path.starts_with("/api/") || path == "/metrics");
     // The web page: `/ui/` on the main listener, and `/` there when no repository answers it.
     let page = main_listener && crate::ui::owns(path);
-    // Noted before the resolution: a change to the definitions meanwhile leaves the front index
-    // entry this request may make stale from birth.
-    let front = (!api && !page)
-        .then(|| app.front.arrived(main_listener, local_port, forwarded, &method, &uri, req.headers()))
-        .flatten()
-        .map(|arrived| front::Admit::new(&app, &arrived));
+    let front = admit.filter(|_| !api && !page);
     // Resolved before the span exists, so that the span is made with its repository: recording a
     // field afterwards costs the log formatter a second pass.
     let resolved = (!api && !page).then(|| resolve::resolve(&app, main_listener, local_port, forwarded, (req.uri(), req.headers())));
@@ -540,14 +544,11 @@ async fn handle(app: Arc<App>, main_listener: bool, local_port: u16, peer: Socke
             (Some(resolved), Some(identity)) => dispatch(&app, resolved, req, identity, client, front).await,
             (_, None) => Box::pin(token_endpoint(&app, req, client)).await,
         };
+        let identity = identity.as_ref().and_then(|i| i.as_ref().ok());
         if !matches!(method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS) && !token {
-            gate::audit_request(identity.as_ref().and_then(|i| i.as_ref().ok()), client, repo_name, &method, path, resp.status().as_u16());
+            gate::audit_request(identity, client, repo_name, &method, path, resp.status().as_u16());
         }
-        let user = match identity.as_ref().and_then(|i| i.as_ref().ok()) {
-            Some(Identity::User(u)) => Some(u),
-            _ => None,
-        };
-        account::account(&app, &method, &uri, repo.as_ref(), &resp, started, client, user);
+        account::account(&app, &method, &uri, repo.as_ref(), &resp, started, client, identity);
         resp
     }
     .instrument(span);
@@ -570,16 +571,17 @@ async fn serve_front(
     let (parts, body) = req.into_parts();
     // Entered before the plan's blob removals are read, as in `run_plan`.
     let in_flight = app.caps.store.touches().enter();
-    // Only when the entry is dropped: the look-up in `request` had the key, but not past the move.
+    // Drops the entry, and gives what handling the request afresh may index it by. Only when the
+    // entry is dropped: the look-up in `request` had the key, but not past the move.
     let forget = |parts: &http::request::Parts| {
-        if let Some(arrived) = app.front.arrived(main_listener, local_port, false, &parts.method, &parts.uri, &parts.headers) {
-            app.front.forget(&arrived);
-        }
+        let arrived = app.front.arrived(main_listener, local_port, false, &parts.method, &parts.uri, &parts.headers)?;
+        app.front.forget(&arrived);
+        Some(front::Admit::new(front::Stamp::now(&app), &arrived))
     };
     if !app.plugins.plans.holds(&entry.kept, entry.repo(), app.plugins.blob_removals()) {
-        forget(&parts);
+        let admit = forget(&parts);
         drop(in_flight);
-        return Box::pin(handle(app.clone(), main_listener, local_port, peer, Request::from_parts(parts, body))).await;
+        return Box::pin(handle(app.clone(), main_listener, local_port, peer, Request::from_parts(parts, body), admit)).await;
     }
     let resp = async {
         let resolved = &entry.resolved;
@@ -593,11 +595,7 @@ async fn serve_front(
             forget(&parts);
         }
         drop(in_flight);
-        let user = match &entry.identity {
-            Identity::User(u) => Some(u),
-            Identity::Anonymous => None,
-        };
-        account::account(&app, &parts.method, &parts.uri, entry.repo(), &resp, started, peer.ip(), user);
+        account::account(&app, &parts.method, &parts.uri, entry.repo(), &resp, started, peer.ip(), Some(&entry.identity));
         resp
     };
     crate::upstream::shared::ARRIVED.scope(started, resp).await
@@ -624,13 +622,18 @@ fn request(
     req: Request<Incoming>,
 ) -> impl Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send {
     let forwarded = app.config.trusted_proxies.contains(peer.ip());
-    let indexed = app
-        .front
-        .arrived(main_listener, local_port, forwarded, req.method(), req.uri(), req.headers())
-        .and_then(|arrived| app.front.find(front::Stamp::now(&app), &arrived, req.headers()));
+    // The stamp is read before the request is resolved (in `handle`, on a miss): a change to the
+    // definitions meanwhile leaves the entry the request may make stale from birth.
+    let (indexed, admit) = match app.front.arrived(main_listener, local_port, forwarded, req.method(), req.uri(), req.headers()) {
+        Some(arrived) => {
+            let stamp = front::Stamp::now(&app);
+            (app.front.find(stamp, &arrived, req.headers()), Some(front::Admit::new(stamp, &arrived)))
+        }
+        None => (None, None),
+    };
     let answer = match indexed {
         Some(entry) => futures_util::future::Either::Left(serve_front(app, entry, main_listener, local_port, peer, req)),
-        None => futures_util::future::Either::Right(handle(app, main_listener, local_port, peer, req)),
+        None => futures_util::future::Either::Right(handle(app, main_listener, local_port, peer, req, admit)),
     };
     futures_util::FutureExt::map(zero_copy::scope(sendfile, answer), Ok)
 }
